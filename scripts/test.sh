@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command: notebook cells (nbdev-test) then pytest. Slow end-to-end tests on the packaged
+# SmolLM2 run too; pass --fast to skip them while iterating.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+export PATH="$PWD/$VENV/bin:$PATH"
+export WANDB_MODE=${WANDB_MODE:-disabled} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+if [ "${1:-}" = "--fast" ]; then flags=""; marks=(-m "not slow"); else flags="slow"; marks=(); fi
+nbdev-test --flags "$flags" --timing
+pytest -q "${marks[@]}" tests

@@ -1,0 +1,98 @@
+"Foundation: config round trip and errors, settings precedence, papermill parameters, the tiny model."
+import json, subprocess, sys
+from pathlib import Path
+import pytest
+from hypothesis import given, settings, strategies as st
+from conftest import ROOT, BIN, run_cli
+from finetune_kit.config import (ConfigError, RunConfig, load_config, make_config, param_specs, save_config,
+                                 update_config, flatten, read_settings)
+
+WORKBOOK = ROOT/"nbs/workbooks/finetune.ipynb"
+
+def _value(spec):
+    "A hypothesis strategy of valid values for one flat parameter."
+    if spec.choices: return st.sampled_from(spec.choices)
+    t = spec.type
+    s = {int: st.integers(-10**6, 10**6), float: st.floats(allow_nan=False, allow_infinity=False),
+         bool: st.booleans(), str: st.text(max_size=20)}
+    base = next((v for k, v in s.items() if k is t or k in getattr(t, "__args__", ())), st.text())
+    return st.one_of(st.none(), base) if type(None) in getattr(t, "__args__", ()) else base
+
+@settings(max_examples=50, deadline=None)
+@given(st.data())
+def test_config_json_round_trip_is_exact(tmp_path_factory, data):
+    specs = param_specs()
+    names = data.draw(st.lists(st.sampled_from(sorted(specs)), unique=True, max_size=12))
+    cfg = update_config(RunConfig(), {n: data.draw(_value(specs[n])) for n in names})
+    p = save_config(cfg, tmp_path_factory.mktemp("cfg")/"config.json")
+    back = load_config(p)
+    assert back == cfg and flatten(back) == flatten(cfg)
+
+@pytest.mark.parametrize("params,msg", [
+    ({"learning_rat": 1e-4}, "unknown parameter 'learning_rat' (did you mean 'learning_rate'?)"),
+    ({"lora_r": "eight"}, "parameter 'lora_r' must be int, got 'eight' (str)"),
+    ({"packing": "yes"}, "parameter 'packing' must be bool"),
+    ({"peft_method": "lorra"}, "parameter 'peft_method' must be one of"),
+])
+def test_bad_parameters_fail_with_one_line(params, msg):
+    with pytest.raises(ConfigError) as e: make_config(params, settings=False)
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+def test_settings_sit_under_explicit_parameters(tmp_path):
+    ini = tmp_path/"settings.ini"
+    ini.write_text("[finetune_kit]\nseed = 5\nruns_dir = myruns\nbase_model = tiny-test\nreport_to = none\n")
+    assert read_settings(ini)["runs_dir"] == str(tmp_path/"myruns")
+    cfg = make_config(settings=ini)
+    assert (cfg.seed, cfg.model.base_model, cfg.tracking.report_to) == (5, "tiny-test", "none")
+    cfg = make_config({"seed": 9, "base_model": None}, settings=ini)
+    assert (cfg.seed, cfg.model.base_model) == (9, "tiny-test")
+    ini.write_text("[finetune_kit]\nseeds = 5\n")
+    with pytest.raises(ConfigError, match="unknown settings.ini setting 'seeds' \\(did you mean 'seed'\\?\\)"): read_settings(ini)
+
+def test_papermill_parameters_reach_the_run_config(tmp_path):
+    "The `parameters` tag survives nbdev-clean: papermill's injected seed lands in config.json."
+    nb = json.loads(WORKBOOK.read_text())
+    assert any("parameters" in c["metadata"].get("tags", []) for c in nb["cells"])
+    out = tmp_path/"out.ipynb"
+    r = subprocess.run([str(BIN/"papermill"), str(WORKBOOK), str(out), "-p", "seed", "7", "-p", "runs_dir", str(tmp_path/"runs"),
+                        "--no-progress-bar"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (cfg_file,) = (tmp_path/"runs").glob("*/config.json")
+    assert json.loads(cfg_file.read_text())["seed"] == 7
+    env = json.loads((cfg_file.parent/"env.json").read_text())
+    assert env["packages"]["papermill"] and env["device"] in ("cpu", "cuda")
+
+def test_cli_run_puts_the_executed_notebook_in_the_run_folder(tmp_path):
+    r = run_cli("run", WORKBOOK, "-p", "seed", "11", "-p", "runs_dir", tmp_path, "-p", "run_id", "job1", "-p", "learning_rate", "5e-4")
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = load_config(tmp_path/"job1/config.json")
+    assert (cfg.seed, cfg.train.learning_rate, cfg.run_id) == (11, 5e-4, "job1")
+    assert (tmp_path/"job1/notebook.ipynb").exists()
+
+@pytest.mark.parametrize("args,msg", [
+    (["-p", "learning_rat", "1e-4"], "unknown parameter 'learning_rat' (did you mean 'learning_rate'?)"),
+    (["-p", "lora_r", "big"], "parameter 'lora_r' must be int, got 'big' (str)"),
+])
+def test_cli_run_rejects_bad_parameters_before_a_kernel_starts(tmp_path, args, msg):
+    r = run_cli("run", WORKBOOK, *args, "-p", "runs_dir", tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: {msg}"
+    assert not any(tmp_path.iterdir())
+
+def test_tiny_model_loads_generates_and_backprops(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg = model.config
+    assert (cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size) == ("llama", 2, 64) and len(tok) < 1000
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello"}]
+    text = tok.apply_chat_template(msgs, tokenize=False)
+    assert "<|im_start|>system\nBe brief.<|im_end|>" in text and text.endswith("<|im_start|>assistant\nHello<|im_end|>\n")
+    enc = tok.apply_chat_template(msgs[:2], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**enc, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > enc["input_ids"].shape[1]
+    assert model.generation_config.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+    batch = tok(text, return_tensors="pt")
+    loss = model(**batch, labels=batch["input_ids"]).loss
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
