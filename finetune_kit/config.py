@@ -102,6 +102,9 @@ class EvalConfig:
     max_eval_samples: int|None = _f(200, "evaluate at most this many test records (None: all)")
     slice_field: str|None = _f(None, "record field for per-slice metrics")
     ship_margin: float = _f(0.02, "tuned must beat base by this much on the headline metric to ship")
+    eval_split: str = _f("test", "prepared split to evaluate on", ("test", "validation", "train"))
+    bootstrap_samples: int = _f(1000, "bootstrap resamples for the 95% intervals (0: no intervals)")
+    review_samples: int = _f(50, "records on the blind human-review sheet (0: no sheet)")
 
 @dataclass
 class TrackingConfig:
