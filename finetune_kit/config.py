@@ -46,12 +46,16 @@ class DataConfig:
     dedup: bool = _f(True, "drop exact and near duplicates (MinHash LSH)")
     near_dup_threshold: float = _f(0.9, "Jaccard similarity above which two records are near duplicates")
     pii_scrub: bool = _f(True, "replace emails, phones, cards, IBANs, IPs and SSN-like ids with typed placeholders")
+    strip_html: bool = _f(False, "strip HTML tags and entities from text fields")
+    label_set: str|None = _f(None, "comma-separated declared labels; other labels are rejected (None: the labels found)")
+    decontaminate: str|None = _f(None, "evaluation set(s) to remove exact and near matches of: packaged name or comma-separated files")
     label_prompt: str = _f("list", "how a classification prompt presents the label set", ("list", "omit", "describe"))
     system_prompt: str|None = _f(None, "system prompt for every record (None: the task's default)")
     # Parameters that control the split
     val_size: float = _f(0.1, "share of records for validation")
     test_size: float = _f(0.1, "share of records for test")
     group_field: str|None = _f(None, "records sharing this field's value stay in one split")
+    dvc_add: bool = _f(False, "run `dvc add` on the prepared folder when dvc is installed and the folder is in a DVC repo")
     data_dir: str|None = _f(None, "an already prepared data folder to train on (None: prepare into the run folder)")
 
 @dataclass
