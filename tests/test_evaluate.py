@@ -1,0 +1,273 @@
+"Evaluation: metrics against hand-computed cases, resampling, review round trips, generation with an adapter toggle, the CLI."
+import json, math
+from pathlib import Path
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+from conftest import ROOT
+from finetune_kit.config import make_config
+from finetune_kit.evaluate import (OUTSIDE, LABEL_STUDIO_CHOICES, EvalError, bootstrap_intervals, classification_metrics, cli,
+                                   comparison_table, evaluate, exact_match, generate, generate_pair, import_review,
+                                   json_field_metrics, label_studio_tasks, label_studio_verdicts, load_split, make_review_sheet,
+                                   ner_metrics, normalize_label, perplexity, qa_metrics, review_rates, rouge_metrics,
+                                   score_outputs, ship_verdict, slice_report, slice_values, tags_from_entities, tfidf_baseline,
+                                   token_f1, write_review, read_jsonl)
+
+CLS = ROOT/"tests/fixtures/evaluate/cls"
+runner = CliRunner()
+
+def cfg_for(**kw):
+    return make_config(settings=False, base_model="tiny-test", report_to="none", max_new_tokens=4, bootstrap_samples=100,
+                       review_samples=4, max_eval_samples=None, **kw)
+
+# ---- metrics against hand-computed cases
+
+@pytest.mark.parametrize("answer,want", [("Sport", "sport"), ("  tech. ", "tech"), ("'business'", "business"),
+    ("Label: sport", "sport"), ("the answer is tech", "tech"), ("Sport. About football.", "sport"),
+    ("sport or tech", None), ("technology", None), ("", None), ("sci-fi", "sci-fi"), ("sci", None)])
+def test_normalize_label(answer, want):
+    assert normalize_label(answer, ["business", "sport", "tech", "sci-fi"]) == want
+
+def test_classification_metrics_hand_computed():
+    m = classification_metrics(list("aabbc"), ["a", "b", "b", "c.", "zzz"], ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(2/5)
+    assert m["macro_f1"] == pytest.approx((2/3 + 1/2 + 0)/3)
+    assert m["macro_precision"] == pytest.approx((1 + 1/2 + 0)/3)
+    assert (m["micro_precision"], m["micro_recall"]) == (pytest.approx(2/4), pytest.approx(2/5))
+    assert m["weighted_f1"] == pytest.approx((2*2/3 + 2*1/2 + 0)/5)
+    assert (m["outside_label_count"], m["outside_label_rate"]) == (1, 0.2)
+
+def test_ner_strict_entity_f1_and_unparsable():
+    toks = "John Smith flew from Paris".split()
+    recs = [{"tokens": toks, "tags": ["B-person", "I-person", "O", "O", "B-location"]}, {"tokens": ["Berlin"], "tags": ["B-location"]}]
+    # "Smith" alone is a boundary error: strict mode gives it no credit
+    m = ner_metrics(recs, ["person: Smith\nlocation: Paris", "I think Berlin!"])
+    assert (m["precision"], m["recall"], m["f1"]) == (pytest.approx(1/2), pytest.approx(1/3), pytest.approx(0.4))
+    assert m["unparsable_count"] == 1 and m["per_type"]["location"]["recall"] == pytest.approx(1/2)
+    assert tags_from_entities(toks, [("person", "john smith"), ("org", "ACME")]) == (["B-person", "I-person", "O", "O", "O"], 1)
+
+def test_rouge_em_token_f1_hand_computed():
+    m = rouge_metrics(["the cat sat down"], ["the cat sat"])
+    assert (m["rouge1"], m["rouge2"], m["rougeL"]) == (pytest.approx(6/7), pytest.approx(0.8), pytest.approx(6/7))
+    assert token_f1("the cat sat", "a cat sat down") == pytest.approx(0.8)
+    assert exact_match("The Eiffel Tower!", "eiffel tower") == 1.0
+    assert qa_metrics(["Paris", "1969"], ["paris.", "in 1969"]) == {"n": 2, "exact_match": 0.5, "token_f1": pytest.approx((1 + 2/3)/2)}
+
+def test_json_field_error_rate_counts_unparsable():
+    ref = '{"name": "Ada", "age": 36, "city": {"name": "London"}}'
+    m = json_field_metrics([ref, ref, ref], ['{"name": "ada", "age": 36, "city": {"name": "London"}}',
+                                             'Here: {"name": "Ada", "age": 37}', "no idea"])
+    assert m["field_error_rate"] == pytest.approx((0 + 2 + 3)/9)
+    assert (m["unparsable_count"], m["per_field_error_rate"]["age"]) == (1, pytest.approx(2/3))
+
+def test_unparsable_outputs_are_counted_not_fatal():
+    recs = read_jsonl(CLS/"test.jsonl")[:4]
+    s = score_outputs("classification", recs, ["", "\x00\x01", "sport sport tech", recs[3]["label"]], labels=["business", "sport", "tech"])
+    assert s.metrics["outside_label_count"] == 3 and [it["readable"] for it in s.items] == [False, False, False, True]
+    j = score_outputs("instruction", [{"prompt": [], "reference": '{"a": 1}'}]*2, ["{oops", '{"a": 1}'])
+    assert (j.headline, j.value, j.metrics["unparsable_count"]) == ("field_accuracy", 0.5, 1)
+
+def test_no_references_skips_reference_metrics_and_says_so():
+    recs = [{"prompt": [{"role": "user", "content": "x"}]}]*3
+    s = score_outputs("summarization", recs, ["a", "b", "c"])
+    assert s.headline is None and "rougeL" not in s.metrics and "reference metrics skipped" in s.notes[0]
+    assert bootstrap_intervals(s) == {} and not ship_verdict({})["ship"]
+    part = score_outputs("summarization", [{"prompt": [], "reference": "a b"}, {"prompt": []}], ["a b", "zz"])
+    assert part.value == 1.0 and "1 of 2 records have no reference" in part.notes[0]
+
+def test_perplexity_matches_model_loss():
+    import torch
+    from finetune_kit.testing import load_tiny
+    model, tok = load_tiny()
+    ids = tok("The team won the match.", return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad(): want = math.exp(model(input_ids=ids, labels=ids).loss.item())
+    assert perplexity(model, tok, ["The team won the match."]) == pytest.approx(want, rel=1e-4)
+    # a record: only the completion's tokens are scored
+    rec = read_jsonl(CLS/"test.jsonl")[0]
+    full = tok.apply_chat_template(rec["prompt"] + rec["completion"], tokenize=False)
+    pre = tok.apply_chat_template(rec["prompt"], add_generation_prompt=True, tokenize=False)
+    fid = tok(full, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    n_pre = len(tok(pre, add_special_tokens=False)["input_ids"])
+    lab = fid.clone(); lab[:, :n_pre] = -100
+    with torch.no_grad(): want = math.exp(model(input_ids=fid, labels=lab).loss.item())
+    assert perplexity(model, tok, [rec]) == pytest.approx(want, rel=1e-4)
+
+# ---- resampling, verdict, slices
+
+def _sim(p_base, p_tuned, n=150, seed=0):
+    rng = np.random.default_rng(seed)
+    y = list(rng.choice(["a", "b", "c"], n))
+    noisy = lambda p: [t if rng.random() < p else str(rng.choice(["a", "b", "c", "?"])) for t in y]
+    recs = [{"prompt": [], "reference": t, "label": t, "meta": {"g": str(rng.choice(["x", "y"]))}} for t in y]
+    return recs, *(score_outputs("classification", recs, noisy(p), labels=["a", "b", "c"]) for p in (p_base, p_tuned))
+
+def test_counts_reproduce_library_metrics_on_any_subset():
+    from sklearn.metrics import f1_score
+    from seqeval.metrics import f1_score as seq_f1
+    from seqeval.scheme import IOB2
+    recs, sb, _ = _sim(0.5, 0.5)
+    idx = np.random.default_rng(3).choice(len(recs), 60)  # with repeats, as a bootstrap draws
+    y = [recs[i]["label"] for i in idx]; p = [sb.items[i]["prediction"] for i in idx]
+    assert sb.headline_on(idx) == pytest.approx(f1_score(y, p, labels=["a", "b", "c"], average="macro", zero_division=0), abs=1e-12)
+    toks = ["A", "B", "C", "D"]
+    nrecs = [{"tokens": toks, "tags": t} for t in (["B-x", "I-x", "O", "B-y"], ["O", "B-y", "O", "O"], ["B-x", "O", "B-x", "O"])]
+    outs = ["x: A B\ny: D", "x: B", "x: A\nx: C D"]
+    s = score_outputs("ner", nrecs, outs)
+    gold = [r["tags"] for r in nrecs]; pred = [tags_from_entities(toks, e)[0] for e in
+                                               ([("x", "A B"), ("y", "D")], [("x", "B")], [("x", "A"), ("x", "C D")])]
+    assert s.value == pytest.approx(seq_f1(gold, pred, mode="strict", scheme=IOB2))
+    assert s.headline_on([0, 0, 2]) == pytest.approx(seq_f1([gold[0], gold[0], gold[2]], [pred[0], pred[0], pred[2]], mode="strict", scheme=IOB2))
+
+def test_bootstrap_is_deterministic_under_a_seed():
+    _, sb, st = _sim(0.55, 0.85)
+    a = bootstrap_intervals(sb, st, n_resamples=500, seed=7)
+    assert a == bootstrap_intervals(sb, st, n_resamples=500, seed=7)
+    assert a != bootstrap_intervals(sb, st, n_resamples=500, seed=8)
+    d = a["difference"]
+    assert d["low"] < d["value"] < d["high"] and d["low"] > 0 and a["base"]["low"] < a["base"]["value"] < a["base"]["high"]
+    assert ship_verdict(a, 0.02)["ship"] and not ship_verdict(a, 0.9)["ship"]
+    same = bootstrap_intervals(sb, sb, n_resamples=200, seed=7)["difference"]
+    assert (same["low"], same["high"]) == (0.0, 0.0) and not ship_verdict({"difference": same}, 0.0)["ship"]
+
+def test_slices_flag_the_widest_gap():
+    recs, sb, st = _sim(0.5, 0.9, n=120)
+    for r, i in zip(recs, range(120)): r["meta"]["g"] = "hard" if i < 40 else "easy"
+    st = score_outputs("classification", recs, [("?" if i < 40 else r["label"]) for i, r in enumerate(recs)], labels=["a", "b", "c"])
+    t, flag = slice_report({"base": sb, "tuned": st}, slice_values(recs, "g"))
+    assert (flag["system"], flag["worst_group"], t.loc["hard", "flag"]) == ("tuned", "hard", "⚠ worst")
+    assert t.loc["hard", "tuned"] == 0.0 and t.loc["easy", "tuned"] == 1.0 and t["n"].sum() == 120
+    with pytest.raises(EvalError, match="slice column 'nope'"): slice_values(recs, "nope")
+
+def test_tfidf_baseline_on_the_fixture():
+    test, info = load_split(CLS, "test")
+    s = score_outputs("classification", test, tfidf_baseline(read_jsonl(CLS/"train.jsonl"), test), info["labels"])
+    assert s.value > 0.6 and s.metrics["outside_label_rate"] == 0
+
+# ---- human review round trips
+
+def _review(tmp_path, n=8):
+    recs = read_jsonl(CLS/"test.jsonl")
+    base = [f"base answer {i}" for i in range(len(recs))]; tuned = [f"tuned answer {i}" for i in range(len(recs))]
+    sheet, key = make_review_sheet(recs, base, tuned, n=n, seed=1)
+    return sheet, key, write_review(sheet, key, tmp_path)
+
+def test_review_sheet_is_blind_and_round_trips_csv(tmp_path):
+    sheet, key, p = _review(tmp_path)
+    assert len(sheet) == 8 and {v["1"] for v in key.values()} == {"base", "tuned"}  # both orders occur
+    for f in ("csv", "html", "label_studio"): assert '"tuned"' not in p[f].read_text() and "review_key" not in p[f].read_text()
+    filled = pd.read_csv(p["csv"], dtype=str, keep_default_na=False)
+    tuned_slot = lambda it: next(s for s, who in key[it].items() if who == "tuned")
+    base_slot = lambda it: next(s for s, who in key[it].items() if who == "base")
+    filled["verdict"] = [tuned_slot(it) for it in filled["item"][:5]] + ["tie", base_slot(filled["item"][6]), ""]
+    filled.to_csv(tmp_path/"filled.csv", index=False)
+    r = import_review(tmp_path/"filled.csv")
+    assert (r["win"], r["tie"], r["loss"], r["blank"], r["judged"]) == (5, 1, 1, 1, 7)
+    assert r["win_rate"] == pytest.approx(5/7) and json.loads((tmp_path/"review.json").read_text())["win"] == 5
+    html = p["html"].read_text()
+    assert html.count('class="item"') == 8 and "Download CSV" in html and "<script>" in html
+
+def test_review_round_trips_label_studio(tmp_path):
+    sheet, key, p = _review(tmp_path, n=6)
+    tasks = json.loads(p["label_studio"].read_text())
+    assert tasks == label_studio_tasks(sheet) and set(tasks[0]["data"]) == {"item", "prompt", "reference", "output_1", "output_2"}
+    assert '<Choices name="verdict" toName="prompt"' in p["label_studio_config"].read_text()
+    verdicts = ["1", "2", "tie", "1", "2", "1"]
+    export = []
+    for i, (t, v) in enumerate(zip(tasks, verdicts)):  # Label Studio's JSON export shape
+        anns = [{"id": 10+i, "completed_by": 1, "was_cancelled": False, "lead_time": 3.2, "result": [
+            {"id": "r1", "from_name": "verdict", "to_name": "prompt", "type": "choices", "origin": "manual",
+             "value": {"choices": [LABEL_STUDIO_CHOICES[v]]}},
+            {"id": "r2", "from_name": "comment", "to_name": "prompt", "type": "textarea", "value": {"text": ["ok"]}}]}]
+        if i == 0: anns.append({"id": 99, "was_cancelled": True, "result": []})  # skipped: ignored
+        export.append({"id": i+1, "data": t["data"], "annotations": anns, "predictions": []})
+    (tmp_path/"export.json").write_text(json.dumps(export))
+    got = label_studio_verdicts(tmp_path/"export.json")
+    assert list(got["verdict"]) == verdicts and set(got["comment"]) == {"ok"}
+    want = review_rates(pd.DataFrame({"item": sheet["item"], "verdict": verdicts}), key)
+    assert import_review(tmp_path/"export.json") == want | {"source": str(tmp_path/"export.json")}
+    # Label Studio's Pairwise control (left/right) reads too
+    pw = [{"data": export[0]["data"], "annotations": [{"result": [{"type": "pairwise", "value": {"selected": "right"}}]}]}]
+    assert list(label_studio_verdicts(pw)["verdict"]) == ["2"]
+    with pytest.raises(EvalError, match="not in the review key"): review_rates(pd.DataFrame({"item": ["zz"], "verdict": ["1"]}), key)
+
+# ---- generation on the tiny model, base and tuned from one PeftModel
+
+@pytest.fixture(scope="module")
+def tiny_peft():
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from finetune_kit.testing import load_tiny
+    model, tok = load_tiny()
+    torch.manual_seed(0)
+    return get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False)), tok
+
+def test_generation_adapter_toggle_on_one_model(tiny_peft):
+    from finetune_kit.testing import load_tiny
+    model, tok = tiny_peft
+    recs = read_jsonl(CLS/"test.jsonl")[:6]
+    base, tuned = generate_pair(model, tok, recs, batch_size=4, max_new_tokens=5, progress=False)
+    plain, _ = load_tiny()
+    assert base == generate(plain, tok, recs, batch_size=4, max_new_tokens=5, progress=False)  # adapter off == bare base
+    assert tuned != base
+    assert tuned == [generate(model, tok, [r], batch_size=1, max_new_tokens=5, progress=False)[0] for r in recs]  # left padding is exact
+    assert tok.padding_side == "right" and model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"] is not None
+    with pytest.raises(EvalError, match="needs a PeftModel"): generate_pair(plain, tok, recs)
+
+def test_evaluate_writes_the_eval_folder(tiny_peft, tmp_path):
+    model, tok = tiny_peft
+    res = evaluate(cfg_for(slice_field="desk"), CLS, out_dir=tmp_path, model=model, tokenizer=tok, progress=False)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"predictions.jsonl", "metrics.json", "report.md", "comparison.png", "confusion_base.png", "confusion_tuned.png",
+            "slices.png", "review_sheet.csv", "review_sheet.html", "review_key.json", "label_studio_tasks.json"} <= names
+    m = json.loads((tmp_path/"metrics.json").read_text())
+    assert m["headline"] == "macro_f1" and set(m["intervals"]) == {"base", "tuned", "difference"}
+    assert m["tuned"]["outside_label_count"] > 0 and m["unreadable_examples"]["tuned"] and "baseline" in m
+    assert not m["verdict"]["ship"] and m["slices"]["metric"] == "macro_f1"
+    preds = read_jsonl(tmp_path/"predictions.jsonl")
+    assert len(preds) == 12 and {"base_output", "tuned_output", "base_prediction", "baseline_prediction", "slice"} <= set(preds[0])
+    assert "## Answers that could not be read" in res.report and list(res.table.columns) == ["base", "tuned", "baseline", "tuned - base"]
+
+def test_evaluate_from_precomputed_outputs_without_references(tmp_path):
+    d = tmp_path/"data"; d.mkdir()
+    recs = [{k: v for k, v in r.items() if k not in ("reference", "label", "completion")} for r in read_jsonl(CLS/"test.jsonl")]
+    (d/"test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (d/"data.json").write_text(json.dumps({"task": "classification", "labels": ["business", "sport", "tech"]}))
+    outs = {"base": ["sport"]*12, "tuned": ["tech", "??"]*6}
+    res = evaluate(cfg_for(), d, out_dir=tmp_path/"eval", outputs=outs, progress=False)
+    m = res.metrics
+    assert m["headline"] is None and m["intervals"] == {} and "reference metrics skipped" in " ".join(m["notes"])
+    assert m["tuned"]["outside_label_count"] == 6 and not m["verdict"]["ship"] and "macro_f1" not in m["base"]
+
+# ---- command line
+
+def test_cli_run_on_a_data_folder_with_an_adapter(tmp_path, tiny_peft):
+    model, _ = tiny_peft
+    model.save_pretrained(tmp_path/"adapter")
+    r = runner.invoke(cli, ["run", str(CLS), "--adapter", str(tmp_path/"adapter"), "--base-model", "tiny-test", "--report-to", "none",
+                            "--max-samples", "6", "--out", str(tmp_path/"eval"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "verdict: do not ship" in r.output and (tmp_path/"eval/metrics.json").is_file()
+    m = json.loads((tmp_path/"eval/metrics.json").read_text())
+    assert m["n"] == 6 and m["tuned"]["macro_f1"] is not None
+    # the filled sheet comes back through the CLI
+    r = runner.invoke(cli, ["review", "import", str(tmp_path/"eval/review_sheet.csv")])
+    assert r.exit_code == 0 and "over 0 judgments" in r.output
+
+def test_cli_adapter_that_does_not_fit_is_one_line(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from finetune_kit.testing import make_tiny_model
+    other = make_tiny_model(tmp_path/"other", hidden_size=32)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(other), LoraConfig(r=4, target_modules="all-linear")).save_pretrained(tmp_path/"ad")
+    r = runner.invoke(cli, ["run", str(CLS), "--adapter", str(tmp_path/"ad"), "--base-model", "tiny-test", "--report-to", "none",
+                            "--out", str(tmp_path/"eval"), "--no-progress"])
+    assert r.exit_code == 2
+    errs = [l for l in r.output.splitlines() if l.startswith("error: ")]  # (transformers' loading bars also go to stderr)
+    assert len(errs) == 1 and "Traceback" not in r.output, r.output
+    assert "adapter does not fit base model tiny-test" in errs[0] and "weights have other shapes, e.g." in errs[0], errs[0]
+
+def test_cli_bad_input_is_one_line(tmp_path):
+    for args in (["run", str(tmp_path/"nope")], ["run", str(CLS), "--split", "dev"], ["review", "import", str(tmp_path/"x.csv")]):
+        r = runner.invoke(cli, args)
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and r.output.startswith("error: "), (args, r.output)
