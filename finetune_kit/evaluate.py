@@ -823,21 +823,24 @@ def _log_tracking(cfg:RunConfig, out_dir:Path, metrics:dict, images:dict) -> str
             if isinstance(v, (int, float)) and not isinstance(v, bool): flat[f"eval/{sname}/{k}"] = v
     for k, v in (metrics.get("intervals") or {}).items():
         for kk in ("low", "high"): flat[f"eval/ci/{k}_{kk}"] = v[kk]
+    name = cfg.tracking.run_name or cfg.run_id
     try:
         if backend == "wandb":
             if os.environ.get("WANDB_MODE") == "disabled": return None
-            import wandb
-            run = wandb.init(project=cfg.tracking.project, name=cfg.tracking.run_name or cfg.run_id, id=cfg.run_id, resume="allow",
-                             dir=str(out_dir), mode=os.environ.get("WANDB_MODE", "offline"), job_type="eval", reinit="create_new")
+            import wandb  # the training run's id: the eval lands in the same W&B run
+            run = wandb.init(project=cfg.tracking.project, name=name, id=cfg.run_id, resume="allow", dir=str(out_dir.parent),
+                             mode=os.environ.get("WANDB_MODE", "offline"), job_type="eval", reinit="create_new")
             run.log(flat | {f"eval/plots/{k}": wandb.Image(str(p)) for k, p in images.items()})
             run.summary["eval/ship"] = metrics.get("verdict", {}).get("ship")
             run.finish()
             return "wandb"
         if backend == "mlflow":
-            import mlflow
-            uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(cfg.runs_dir).resolve()/'mlflow.db'}"
-            mlflow.set_tracking_uri(uri); mlflow.set_experiment(cfg.tracking.project)
-            with mlflow.start_run(run_name=f"{cfg.run_id}-eval"):
+            import mlflow  # the training run (same run name) if there is one, else a new run
+            mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(cfg.runs_dir).resolve()/'mlflow.db'}")
+            exp = mlflow.set_experiment(cfg.tracking.project)
+            prev = mlflow.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{name}'", max_results=1,
+                                      output_format="list") if name else []
+            with mlflow.start_run(run_id=prev[0].info.run_id) if prev else mlflow.start_run(run_name=name):
                 mlflow.log_metrics({k.replace("/", "."): float(v) for k, v in flat.items() if not math.isnan(float(v))})
                 mlflow.log_artifacts(str(out_dir), artifact_path="eval")
             return "mlflow"
@@ -883,6 +886,7 @@ def evaluate(cfg:RunConfig,
              outputs:dict|None=None,  # precomputed answers {"base": [...], "tuned": [...]} instead of generating
              progress:bool=True) -> EvalResult:
     "Generate on `cfg.eval.eval_split`, score base (and tuned, and a baseline), compare, and write the eval folder."
+    if (model is None) != (tokenizer is None): raise EvalError("pass both model and tokenizer, or neither")
     run_dir = Path(cfg.runs_dir)/cfg.run_id if cfg.run_id else None
     data = data or cfg.data.data_dir or run_dir
     if data is None: raise EvalError("no data to evaluate: pass a prepared data folder (or set data_dir)")

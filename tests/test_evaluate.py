@@ -17,6 +17,14 @@ from finetune_kit.evaluate import (OUTSIDE, LABEL_STUDIO_CHOICES, EvalError, boo
 CLS = ROOT/"tests/fixtures/evaluate/cls"
 runner = CliRunner()
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    "The tiny model's matrices are too small to share: one thread is faster, and immune to a busy machine."
+    import torch
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 def cfg_for(**kw):
     return make_config(settings=False, base_model="tiny-test", report_to="none", max_new_tokens=4, bootstrap_samples=100,
                        review_samples=4, max_eval_samples=None, **kw)
