@@ -279,13 +279,14 @@ def test_decontamination_removes_copies_of_eval_set(tmp_path):
 # --- PII ------------------------------------------------------------------------------------
 
 PII_TRUE = [("ada.lovelace@example.org", "EMAIL"), ("(415) 555-2671", "PHONE"), ("+44 20 7946 0958", "PHONE"),
-            ("212-555-0123", "PHONE"), ("4111 1111 1111 1111", "CARD"), ("5500-0000-0000-0004", "CARD"),
+            ("212-555-0123", "PHONE"), ("1-800-555-0199", "PHONE"), ("+33 1 42 68 53 00", "PHONE"), ("4111 1111 1111 1111", "CARD"), ("5500-0000-0000-0004", "CARD"),
             ("378282246310005", "CARD"), ("DE89 3704 0044 0532 0130 00", "IBAN"), ("GB82WEST12345698765432", "IBAN"),
             ("192.168.0.1", "IP"), ("2001:db8::8a2e:370:7334", "IP"), ("536-90-4399", "SSN")]
 PII_FALSE = ["4111 1111 1111 1112", "GB82 WEST 1234 5698 7654 33", "999.10.1.1", "version 2.0.1", "call me at 12",
              "000-12-3456", "the score was 3-1 in 2005", "ISBN 978-3-16-148410-0", "@paulwalk", "user@localhost",
              "10:30:00", "Order no. 123456789", "a £1.2bn deal in 2004-05", "pi is 3.14159265358979",
-             "on 12/03/2024 at 14:05", "2,225 articles and 1,000,000 views", "Flight BA2490 at gate 22"]
+             "on 12/03/2024 at 14:05", "2,225 articles and 1,000,000 views", "Flight BA2490 at gate 22",
+             "Johansson beat Peter Luczak 7-6 (7-5) 4-6 6-3 4-6 6-0, and"]
 
 @pytest.mark.parametrize("value,typ", PII_TRUE)
 def test_pii_true_positive(value, typ):
