@@ -8,6 +8,10 @@ from finetune_kit.config import (ConfigError, RunConfig, load_config, make_confi
                                  update_config, flatten, read_settings)
 
 WORKBOOK = ROOT/"nbs/workbooks/finetune.ipynb"
+# the workbook end to end on the tiny model, in seconds
+TINY = {"base_model": "tiny-test", "max_records": 60, "max_steps": 2, "max_eval_samples": 6, "bootstrap_samples": 20,
+        "report_to": "none"}
+TINY_ARGS = [x for k, v in TINY.items() for x in ("-p", k, str(v))]
 
 def _value(spec):
     "A hypothesis strategy of valid values for one flat parameter."
@@ -55,7 +59,7 @@ def test_papermill_parameters_reach_the_run_config(tmp_path):
     assert any("parameters" in c["metadata"].get("tags", []) for c in nb["cells"])
     out = tmp_path/"out.ipynb"
     r = subprocess.run([str(BIN/"papermill"), str(WORKBOOK), str(out), "-p", "seed", "7", "-p", "runs_dir", str(tmp_path/"runs"),
-                        "--no-progress-bar"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                        *TINY_ARGS, "--no-progress-bar"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     (cfg_file,) = (tmp_path/"runs").glob("*/config.json")
     assert json.loads(cfg_file.read_text())["seed"] == 7
@@ -63,11 +67,12 @@ def test_papermill_parameters_reach_the_run_config(tmp_path):
     assert env["packages"]["papermill"] and env["device"] in ("cpu", "cuda")
 
 def test_cli_run_puts_the_executed_notebook_in_the_run_folder(tmp_path):
-    r = run_cli("run", WORKBOOK, "-p", "seed", "11", "-p", "runs_dir", tmp_path, "-p", "run_id", "job1", "-p", "learning_rate", "5e-4")
+    r = run_cli("run", WORKBOOK, "-p", "seed", "11", "-p", "runs_dir", tmp_path, "-p", "run_id", "job1", "-p", "learning_rate", "5e-4", *TINY_ARGS)
     assert r.returncode == 0, r.stderr[-2000:]
     cfg = load_config(tmp_path/"job1/config.json")
     assert (cfg.seed, cfg.train.learning_rate, cfg.run_id) == (11, 5e-4, "job1")
     assert (tmp_path/"job1/notebook.ipynb").exists()
+    assert (tmp_path/"job1/adapter/adapter_model.safetensors").exists() and (tmp_path/"job1/eval/metrics.json").exists()
 
 @pytest.mark.parametrize("args,msg", [
     (["-p", "learning_rat", "1e-4"], "unknown parameter 'learning_rat' (did you mean 'learning_rate'?)"),

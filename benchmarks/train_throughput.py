@@ -1,0 +1,92 @@
+"""Training throughput on SmolLM2-135M-Instruct, LoRA r=16 (all linear layers), BBC topic records.
+
+Measures non-padding tokens per second of
+- kit: the kit's default training (`finetune_kit.train.training_args` + `FinetuneTrainer`), and
+- trl: TRL's `SFTTrainer` with its default `SFTConfig` (the same LoRA via `peft_config`), with
+  `use_cpu=True` on a machine without CUDA (TRL demands it there). TRL's default `bf16=True` is
+  measured as well, but the ratio is taken against the faster of TRL's runs, bf16 on or off,
+so the figure is not inflated by a precision this CPU runs slowly,
+on the same prepared records, same machine, same run. Steps after the warm-up are timed.
+
+Last line: `speedup_vs_trl: <kit tokens/s / trl tokens/s>` (target >= 1.5).
+
+    python benchmarks/train_throughput.py [--steps 6] [--warmup 2] [--records 200]
+"""
+import argparse, json, subprocess, sys, tempfile, time
+
+def measure(side, steps, warmup, records, data_dir):
+    import torch
+    from transformers import TrainerCallback
+    from finetune_kit.config import make_config
+    from finetune_kit.data import load_splits
+    from finetune_kit.models import load_model, apply_peft
+    cfg = make_config({"base_model": "smollm2-135m-instruct", "peft_method": "lora", "lora_r": 16, "report_to": "none",
+                       "max_steps": steps + warmup, "source": "bbc", "max_records": records}, settings=False)
+    train_ds = load_splits(data_dir)["train"]
+    train_ds = train_ds.remove_columns([c for c in train_ds.column_names if c not in ("prompt", "completion")])
+
+    class Clock(TrainerCallback):
+        "Time and count non-padding tokens of the steps after the warm-up."
+        def __init__(self): self.t, self.tok = None, None
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == warmup: self.t, self.tok = time.perf_counter(), trainer._total_train_tokens
+        def on_train_end(self, args, state, control, **kw):
+            self.seconds, self.tokens = time.perf_counter() - self.t, trainer._total_train_tokens - self.tok
+
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as d:
+        if side == "kit":
+            from finetune_kit.train import FinetuneTrainer, training_args
+            model, tok = load_model(cfg, progress=False)
+            model = apply_peft(model, cfg)
+            trainer = FinetuneTrainer(model=model, args=training_args(cfg, d, save_strategy="no", disable_tqdm=True),
+                                      processing_class=tok, train_dataset=train_ds, callbacks=[clock])
+        else:
+            from peft import LoraConfig
+            from trl import SFTConfig, SFTTrainer
+            from finetune_kit.models import resolve_model, load_tokenizer
+            path = resolve_model("smollm2-135m-instruct", progress=False)
+            bf16 = side == "trl-bf16"
+            args = SFTConfig(d, max_steps=steps + warmup, use_cpu=not torch.cuda.is_available(), bf16=bf16 if not torch.cuda.is_available() else None,
+                             report_to="none", save_strategy="no", disable_tqdm=True, model_init_kwargs={"dtype": torch.float32})
+            trainer = SFTTrainer(model=path, args=args, train_dataset=train_ds, processing_class=load_tokenizer("smollm2-135m-instruct"),
+                                 peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"),
+                                 callbacks=[clock])
+        trainer.train()
+    return {"side": side, "tokens": clock.tokens, "seconds": clock.seconds, "tokens_per_s": clock.tokens / clock.seconds,
+            "batch": trainer.args.per_device_train_batch_size, "gradient_checkpointing": trainer.args.gradient_checkpointing,
+            "bf16": bool(trainer.args.bf16)}
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--records", type=int, default=200)
+    ap.add_argument("--one", metavar="SIDE")
+    ap.add_argument("--data")
+    a = ap.parse_args()
+    if a.one:
+        print(json.dumps(measure(a.one, a.steps, a.warmup, a.records, a.data)))
+        return
+    from finetune_kit.config import make_config
+    from finetune_kit.data import prepare_data
+    from finetune_kit.models import load_tokenizer
+    with tempfile.TemporaryDirectory() as data:
+        cfg = make_config({"source": "bbc", "max_records": a.records, "base_model": "smollm2-135m-instruct"}, settings=False)
+        info = prepare_data(cfg, data, tokenizer=load_tokenizer("smollm2-135m-instruct"))
+        print(f"BBC records: {info['counts']['splits'] if 'splits' in info.get('counts', {}) else info.get('counts')}")
+        res = {}
+        for side in ("kit", "trl", "trl-bf16"):
+            r = subprocess.run([sys.executable, __file__, "--one", side, "--data", data, "--steps", str(a.steps),
+                                "--warmup", str(a.warmup), "--records", str(a.records)], capture_output=True, text=True)
+            if r.returncode: sys.exit(f"{side} failed:\n{r.stderr[-3000:]}")
+            res[side] = json.loads(r.stdout.strip().splitlines()[-1])
+            x = res[side]
+            print(f"{side:9s} {x['tokens_per_s']:7.1f} non-padding tokens/s  ({x['tokens']} tokens in {x['seconds']:.1f}s; "
+                  f"batch {x['batch']}, gradient checkpointing {x['gradient_checkpointing']}, bf16 {x['bf16']})", flush=True)
+    trl_best = max(res["trl"]["tokens_per_s"], res["trl-bf16"]["tokens_per_s"])
+    print(f"speedup vs TRL defaults with bf16 (strict): {res['kit']['tokens_per_s'] / res['trl-bf16']['tokens_per_s']:.2f}")
+    print(f"speedup_vs_trl: {res['kit']['tokens_per_s'] / trl_best:.2f}")
+
+if __name__ == "__main__":
+    main()

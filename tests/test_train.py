@@ -1,0 +1,159 @@
+"Training stage on the tiny model: run folder, resume after SIGKILL, determinism, DDP, tracking, faults."
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import pytest
+import torch
+from conftest import ROOT, BIN, run_cli
+from finetune_kit.config import make_config
+
+BASE = {"base_model": "tiny-test", "source": "bbc", "max_records": 120, "max_chars": 200, "report_to": "none",
+        "logging_steps": 1, "seed": 3}
+
+def cfg_for(tmp_path, **kw):
+    return make_config({**BASE, "runs_dir": str(tmp_path), **kw}, settings=False)
+
+def cli_args(params: dict):
+    return [x for k, v in params.items() for x in ("-p", k, str(v))]
+
+def losses(run_dir):
+    return [(r["step"], r["loss"]) for r in map(json.loads, (Path(run_dir)/"metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    "One uninterrupted CLI run of 24 steps."
+    tmp = tmp_path_factory.mktemp("runs")
+    p = {**BASE, "runs_dir": tmp, "max_steps": 24, "save_steps": 4, "run_id": "straight"}
+    r = run_cli("train", *cli_args(p))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return tmp/"straight"
+
+def test_run_folder_holds_every_record(finished):
+    names = {p.name for p in finished.iterdir()}
+    assert {"config.json", "env.json", "data.json", "metrics.jsonl", "manifest.json", "summary.json", "training_curve.png",
+            "checkpoints", "adapter"} <= names
+    rows = [json.loads(l) for l in (finished/"metrics.jsonl").read_text().splitlines()]
+    step_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in step_rows] == list(range(1, 25))
+    assert all({"loss", "learning_rate", "grad_norm", "elapsed"} <= r.keys() for r in step_rows)
+    assert all(r["tokens_per_s"] > 0 for r in step_rows[1:])
+    assert sorted(p.name for p in (finished/"checkpoints").glob("checkpoint-*")) == ["checkpoint-20", "checkpoint-24"]  # last K=2
+    assert (finished/"adapter/adapter_model.safetensors").exists() and not list((finished/"adapter").glob("*.bin"))
+    s = json.loads((finished/"summary.json").read_text())
+    assert s["steps"] == 24 and s["tokens_per_s"] > 0 and s["peak_rss_mb"] > 0 and s["adapter_mb"] > 0
+    assert 0 < s["loss_token_share"] < 0.5  # completion-only: the prompt carries no loss
+
+def test_generation_config_stops_at_the_templates_end_of_turn(finished):
+    from transformers import AutoTokenizer, GenerationConfig
+    from finetune_kit.train import end_of_turn_id
+    tok = AutoTokenizer.from_pretrained(finished/"adapter")
+    gc = GenerationConfig.from_pretrained(finished/"adapter")
+    eot = end_of_turn_id(tok)
+    assert tok.convert_ids_to_tokens(eot) == "<|im_end|>" and eot in gc.eos_token_id
+    s = json.loads((finished/"summary.json").read_text())
+    assert s["records_without_end_of_turn"] == 0
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(finished, tmp_path):
+    p = {**BASE, "runs_dir": tmp_path, "max_steps": 24, "save_steps": 4, "run_id": "killed"}
+    proc = subprocess.Popen([str(BIN/"finetune-kit"), "train", *cli_args(p)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ck = tmp_path/"killed/checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (ck/"checkpoint-8").exists() and proc.poll() is None: time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    done = {int(c.name.split("-")[1]) for c in ck.glob("checkpoint-*")}
+    assert max(done) < 24 and not (tmp_path/"killed/adapter").exists()
+    r = run_cli("train", "--resume", tmp_path/"killed")
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed, straight = dict(losses(tmp_path/"killed")), dict(losses(finished))
+    assert resumed[24] == pytest.approx(straight[24], abs=1e-6)
+    assert json.loads((tmp_path/"killed/summary.json").read_text())["steps"] == 24
+
+def test_same_manifest_gives_identical_metrics(finished, tmp_path):
+    p = {**BASE, "runs_dir": tmp_path, "max_steps": 24, "save_steps": 4, "run_id": "again"}
+    r = run_cli("train", *cli_args(p))
+    assert r.returncode == 0, r.stderr[-3000:]
+    m1, m2 = (json.loads((d/"manifest.json").read_text()) for d in (finished, tmp_path/"again"))
+    assert {k: v for k, v in m1.items() if k != "run_id"} == {k: v for k, v in m2.items() if k != "run_id"}
+    assert m1["data_fingerprint"] and m1["chat_template_sha256"] and m1["packages"]["torch"]
+    assert losses(finished) == losses(tmp_path/"again")
+
+def test_torchrun_two_cpu_processes(tmp_path):
+    p = {**BASE, "runs_dir": tmp_path, "max_steps": 6, "save_steps": 100, "run_id": "ddp"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([str(BIN/"torchrun"), "--nproc_per_node", "2", "--master_port", "29533", "-m", "finetune_kit.cli", "train",
+                        *cli_args(p)], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    man = json.loads((tmp_path/"ddp/manifest.json").read_text())
+    s = json.loads((tmp_path/"ddp/summary.json").read_text())
+    assert man["world_size"] == 2 and s["world_size"] == 2 and s["steps"] == 6
+    assert (tmp_path/"ddp/adapter/adapter_model.safetensors").exists()
+
+def test_secrets_never_land_in_the_run_folder(tmp_path):
+    secret = "sk-planted-0123456789abcdef"
+    env = {**os.environ, "WANDB_API_KEY": secret, "HF_TOKEN": secret, "OPENAI_API_KEY": secret, "WANDB_MODE": "offline"}
+    p = {**BASE, "runs_dir": tmp_path, "max_steps": 3, "save_steps": 2, "run_id": "secret", "report_to": "wandb"}
+    r = run_cli("train", *cli_args(p), env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert list((tmp_path/"secret/wandb").glob("offline-run-*")), "W&B offline run expected in the run folder"
+    hits = [f for f in tmp_path.rglob("*") if f.is_file() and secret.encode() in f.read_bytes()]
+    assert hits == []
+    assert secret not in r.stdout + r.stderr
+
+def test_mlflow_backend_logs_params_and_metrics(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path/'ml.db'}")
+    from finetune_kit.train import train
+    res = train(cfg_for(tmp_path, max_steps=4, save_steps=100, report_to="mlflow", project="kit-test"))
+    import mlflow
+    exp = mlflow.get_experiment_by_name("kit-test")
+    (run,) = mlflow.search_runs([exp.experiment_id], output_format="list")
+    assert run.data.params["kit.data_fingerprint"] == json.loads((res.run_dir/"data.json").read_text())["fingerprint"]
+    assert "loss" in run.data.metrics and run.data.params["kit.lora_r"] == "16"
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    from transformers import TrainerCallback
+    from finetune_kit.train import train, TrainingError
+    class Poison(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if state.global_step == 5:
+                with torch.no_grad():
+                    for p in model.parameters():
+                        if p.requires_grad: p.fill_(float("nan"))
+    with pytest.raises(TrainingError, match=r"step 5: loss is nan .*last checkpoint"):
+        train(cfg_for(tmp_path, max_steps=10, save_steps=4, run_id="nan"), callbacks=[Poison()])
+    assert sorted(p.name for p in (tmp_path/"nan/checkpoints").glob("checkpoint-*")) == ["checkpoint-4"]
+    assert not (tmp_path/"nan/adapter").exists()
+
+def test_a_batch_without_loss_tokens_stops(tmp_path, tiny_model_dir):
+    from datasets import Dataset
+    from finetune_kit.models import load_model, apply_peft
+    from finetune_kit.train import FinetuneTrainer, training_args, TrainingError, check_trainable
+    cfg = cfg_for(tmp_path, max_steps=1)
+    model, tok = load_model(cfg)
+    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": "a b c"}], "completion": [{"role": "assistant", "content": "x"}]}])
+    tr = FinetuneTrainer(model=apply_peft(model, cfg), args=training_args(cfg, tmp_path/"ck"), processing_class=tok, train_dataset=ds)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with pytest.raises(TrainingError, match="no token in this batch carries loss"):
+        tr.compute_loss(tr.model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.full_like(ids, -100)})
+    with pytest.raises(TrainingError, match="training set is empty"): check_trainable(ds.select([]), 0)
+
+def test_truncation_that_cuts_every_answer_stops_before_training(tmp_path):
+    r = run_cli("train", *cli_args({**BASE, "runs_dir": tmp_path, "max_steps": 2, "max_length": 8}))
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+
+def test_compact_loss_equals_trls_loss(tmp_path):
+    "Projecting only the labelled positions gives TRL's loss value, so the speed-up changes no numbers."
+    from datasets import Dataset
+    from finetune_kit.models import load_model, apply_peft
+    from finetune_kit.train import FinetuneTrainer, training_args
+    cfg = cfg_for(tmp_path, max_steps=1)
+    model, tok = load_model(cfg)
+    rows = [{"prompt": [{"role": "user", "content": "the team won " * (i + 1)}], "completion": [{"role": "assistant", "content": "sport"}]} for i in range(4)]
+    tr = FinetuneTrainer(model=apply_peft(model, cfg), args=training_args(cfg, tmp_path/"ck", per_device_train_batch_size=4),
+                         processing_class=tok, train_dataset=Dataset.from_list(rows))
+    batch = tr._prepare_inputs(next(iter(tr.get_train_dataloader())))
+    tr.model.eval()
+    with torch.no_grad():
+        tr.compact_loss = True; ours = tr.compute_loss(tr.model, dict(batch))
+        tr.compact_loss = False; theirs = tr.compute_loss(tr.model, dict(batch))
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
