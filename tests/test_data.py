@@ -188,7 +188,7 @@ def test_cleaning_and_html(tmp_path):
     assert info["cleaning"]["html"] == 2
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.lists(st.one_of(
     st.builds(lambda t, l: json.dumps({"text": t, "label": l}).encode(), st.sampled_from(["alpha beta", "Alpha  beta!", "gamma", " ", "delta epsilon zeta"]),
               st.sampled_from(["a", "b", 3])),
@@ -323,7 +323,7 @@ def test_token_budget_counts(tmp_path, tiny_tok):
 
 
 def test_label_prompt_costs(tmp_path, tiny_tok):
-    cost = {lp: prep(tmp_path/lp, _corpus(30), tokenizer=tiny_tok, label_prompt=lp)["tokens"]["prompt"]["mean"] for lp in ("list", "describe", "omit")}
+    cost = {lp: prep(tmp_path/lp, _corpus(15), tokenizer=tiny_tok, label_prompt=lp)["tokens"]["prompt"]["mean"] for lp in ("list", "describe", "omit")}
     assert cost["omit"] < cost["describe"] and cost["omit"] < cost["list"]
 
 
