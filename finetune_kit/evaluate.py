@@ -114,6 +114,7 @@ def generate(model, tokenizer,
     texts = [tokenizer.apply_chat_template(_prompt_of(p), add_generation_prompt=True, tokenize=False) for p in prompts]
     lens = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
     order = sorted(range(len(texts)), key=lambda i: -lens[i])  # longest first: a too-long batch fails early
+    if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token  # batches need a pad token
     gc, out = greedy_config(model, tokenizer, max_new_tokens), [None]*len(texts)
     side, was_training = tokenizer.padding_side, model.training
     tokenizer.padding_side = "left"
@@ -324,7 +325,8 @@ def perplexity(model, tokenizer,
                 for i, (ids, st) in enumerate(chunk):
                     x[i, :len(ids)] = torch.tensor(ids); att[i, :len(ids)] = 1
                     lab[i, st:len(ids)] = torch.tensor(ids[st:])
-                logits = model(input_ids=x.to(device), attention_mask=att.to(device)).logits.float()  # (B, T, V)
+                logits = model(input_ids=x.to(device), attention_mask=att.to(device)).logits.float()
+                logits = logits[:, -T:]  # (B, T, V); prompt tuning puts its virtual tokens in front
                 tgt = lab[:, 1:].to(device)
                 lp = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), tgt, ignore_index=-100, reduction="sum")
                 nll += lp.item(); n += int((tgt != -100).sum())
@@ -630,10 +632,11 @@ body{{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;paddi
 <script>
 const ITEMS={ids};
 function q(s){{s=String(s);return /[",\\n\\r]/.test(s)?'"'+s.replace(/"/g,'""')+'"':s}}
-function upd(){{let n=ITEMS.filter(i=>document.querySelector('input[name="v_'+i+'"]:checked')).length;
+const pick=k=>document.querySelector('input[name="v'+k+'"]:checked');
+function upd(){{let n=ITEMS.filter((_,k)=>pick(k)).length;
 document.getElementById('done').textContent=n+' / '+ITEMS.length+' done'}}
-function dl(){{let rows=[['item','verdict','comment']];for(const i of ITEMS){{const c=document.querySelector('input[name="v_'+i+'"]:checked');
-rows.push([i,c?c.value:'',document.getElementById('c_'+i).value])}}
+function dl(){{let rows=[['item','verdict','comment']];ITEMS.forEach((i,k)=>{{const c=pick(k);
+rows.push([i,c?c.value:'',document.getElementById('c'+k).value])}});
 const b=new Blob([rows.map(r=>r.map(q).join(',')).join('\\n')+'\\n'],{{type:'text/csv'}});
 const a=document.createElement('a');a.href=URL.createObjectURL(b);a.download='review_sheet_filled.csv';a.click()}}
 document.addEventListener('change',upd);upd();
@@ -643,15 +646,15 @@ def review_html(sheet:pd.DataFrame) -> str:
     "A standalone HTML page for `sheet`: prompt, reference, both answers, a 1/2/tie choice and a comment per item, and a CSV download."
     e = lambda s: html.escape(str(s))
     items = []
-    for k, r in enumerate(sheet.itertuples(index=False), 1):
+    for k, r in enumerate(sheet.itertuples(index=False)):
         i = e(r.item)
-        ch = "".join(f'<label><input type="radio" name="v_{i}" value="{v}"> {t}</label>'
+        ch = "".join(f'<label><input type="radio" name="v{k}" value="{v}"> {t}</label>'
                      for v, t in (("1", "answer 1 is better"), ("tie", "tie"), ("2", "answer 2 is better")))
-        items.append(f'<div class="item"><div class="lab">item {k}: {i}</div><div class="lab">prompt</div><pre>{e(r.prompt)}</pre>'
+        items.append(f'<div class="item"><div class="lab">item {k+1}: {i}</div><div class="lab">prompt</div><pre>{e(r.prompt)}</pre>'
                      f'<div class="lab">reference</div><pre>{e(r.reference) or "<i>(none)</i>"}</pre><div class="pair">'
                      f'<div><div class="lab">answer 1</div><pre>{e(r.output_1)}</pre></div>'
                      f'<div><div class="lab">answer 2</div><pre>{e(r.output_2)}</pre></div></div>'
-                     f'<div class="choices">{ch}</div><textarea id="c_{i}" rows="1" placeholder="comment (optional)"></textarea></div>')
+                     f'<div class="choices">{ch}</div><textarea id="c{k}" rows="1" placeholder="comment (optional)"></textarea></div>')
     return _HTML.format(items="\n".join(items), ids=json.dumps([str(x) for x in sheet["item"]]).replace("</", "<\\/"))
 
 # %% ../nbs/05_evaluate.ipynb #2aada714

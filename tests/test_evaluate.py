@@ -279,3 +279,27 @@ def test_cli_bad_input_is_one_line(tmp_path):
     for args in (["run", str(tmp_path/"nope")], ["run", str(CLS), "--split", "dev"], ["review", "import", str(tmp_path/"x.csv")]):
         r = runner.invoke(cli, args)
         assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and r.output.startswith("error: "), (args, r.output)
+
+def test_review_html_download_gives_an_importable_sheet(tmp_path):
+    "Run the page's script under node with a stub DOM: its CSV reads back through import_review."
+    import shutil, subprocess
+    from finetune_kit.evaluate import review_html
+    if not shutil.which("node"): pytest.skip("node is not installed")
+    sheet, key, p = _review(tmp_path, n=3)
+    first = sheet.loc[0, "item"]
+    sheet.loc[0, "item"] = 'we"ird, <id>'  # an id that needs quoting in HTML, JS and CSV
+    key = {('we"ird, <id>' if k == first else k): v for k, v in key.items()}
+    (tmp_path/"review_key.json").write_text(json.dumps(key))
+    h = review_html(sheet)
+    js = h[h.index("<script>") + 8:h.index("</script></body>")]
+    stub = """const checked={0:{value:'1'},2:{value:'tie'}}; let csv=null;
+global.document={querySelector:s=>checked[+s.match(/v(\\d+)/)[1]]||null, getElementById:id=>({value:'ok, "fine"'}),
+  addEventListener:()=>{}, createElement:()=>({click(){}})};
+global.Blob=function(parts){csv=parts.join('')}; global.URL={createObjectURL:()=>'blob:x'};
+""" + js + "\ndl(); process.stdout.write(csv);"
+    out = subprocess.run(["node", "-e", stub], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    (tmp_path/"filled.csv").write_text(out.stdout)
+    r = import_review(tmp_path/"filled.csv")
+    assert (r["judged"], r["tie"], r["blank"]) == (2, 1, 1) and r["win"] + r["loss"] == 1
+    assert pd.read_csv(tmp_path/"filled.csv")["comment"][0] == 'ok, "fine"'
