@@ -249,18 +249,26 @@ def test_evaluate_from_precomputed_outputs_without_references(tmp_path):
 
 # ---- command line
 
-def test_cli_run_on_a_data_folder_with_an_adapter(tmp_path, tiny_peft):
+def test_cli_run_on_a_run_folder_finds_its_data_and_adapter(tmp_path, tiny_peft):
+    from finetune_kit.config import create_run
     model, _ = tiny_peft
-    model.save_pretrained(tmp_path/"adapter")
-    r = runner.invoke(cli, ["run", str(CLS), "--adapter", str(tmp_path/"adapter"), "--base-model", "tiny-test", "--report-to", "none",
-                            "--max-samples", "6", "--out", str(tmp_path/"eval"), "--no-progress"])
+    cfg, run_dir = create_run(make_config(settings=False, base_model="tiny-test", report_to="none", runs_dir=str(tmp_path),
+                                          data_dir=str(CLS), max_new_tokens=4, bootstrap_samples=50, review_samples=3))
+    model.save_pretrained(run_dir/"adapter")
+    r = runner.invoke(cli, ["run", str(run_dir), "--max-samples", "6", "--no-progress"])
     assert r.exit_code == 0, r.output
-    assert "verdict: do not ship" in r.output and (tmp_path/"eval/metrics.json").is_file()
-    m = json.loads((tmp_path/"eval/metrics.json").read_text())
-    assert m["n"] == 6 and m["tuned"]["macro_f1"] is not None
+    assert "verdict: do not ship" in r.output and "base 0.000  tuned 0.000  baseline" in r.output
+    m = json.loads((run_dir/"eval/metrics.json").read_text())
+    assert (m["n"], m["adapter"], m["data"]) == (6, str(run_dir/"adapter"), str(CLS))
     # the filled sheet comes back through the CLI
-    r = runner.invoke(cli, ["review", "import", str(tmp_path/"eval/review_sheet.csv")])
-    assert r.exit_code == 0 and "over 0 judgments" in r.output
+    sheet = pd.read_csv(run_dir/"eval/review_sheet.csv", dtype=str, keep_default_na=False)
+    sheet["verdict"] = ["1", "2", "tie"]
+    sheet.to_csv(tmp_path/"filled.csv", index=False)
+    r = runner.invoke(cli, ["review", "import", str(tmp_path/"filled.csv"), "--key", str(run_dir/"eval/review_key.json")])
+    key = json.loads((run_dir/"eval/review_key.json").read_text())
+    wins = sum(key[it][v] == "tuned" for it, v in zip(sheet["item"], sheet["verdict"]) if v != "tie")
+    assert r.exit_code == 0 and f"over 3 judgments: win {wins/3:.0%}  tie 33%  loss {(2-wins)/3:.0%}" in r.output, r.output
+    assert json.loads((run_dir/"eval/review.json").read_text())["win"] == wins
 
 def test_cli_adapter_that_does_not_fit_is_one_line(tmp_path):
     from peft import LoraConfig, get_peft_model
