@@ -703,8 +703,11 @@ def label_studio_verdicts(export) -> pd.DataFrame:
     back = {v.lower(): k for k, v in LABEL_STUDIO_CHOICES.items()}
     rows = []
     for t in export:
-        item = (t.get("data") or {}).get("item")
+        item = (t.get("data") or {}).get("item", t.get("item"))
         if item is None: raise EvalError(f"Label Studio task {t.get('id')} has no data.item: was it made by label_studio_tasks?")
+        if "annotations" not in t and "verdict" in t:  # the flat JSON-MIN export: control values beside the data fields
+            v = t["verdict"]; v = v[0] if isinstance(v, list) and v else v
+            rows.append({"item": str(item), "verdict": back.get(str(v).lower(), v), "comment": t.get("comment") or ""}); continue
         for a in t.get("annotations") or []:
             if a.get("was_cancelled"): continue
             v = c = None

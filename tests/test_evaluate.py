@@ -197,6 +197,8 @@ def test_review_round_trips_label_studio(tmp_path):
     # Label Studio's Pairwise control (left/right) reads too
     pw = [{"data": export[0]["data"], "annotations": [{"result": [{"type": "pairwise", "value": {"selected": "right"}}]}]}]
     assert list(label_studio_verdicts(pw)["verdict"]) == ["2"]
+    flat = [t["data"] | {"id": i, "verdict": LABEL_STUDIO_CHOICES[v], "annotator": 1} for i, (t, v) in enumerate(zip(tasks, verdicts))]
+    assert list(label_studio_verdicts(flat)["verdict"]) == verdicts  # JSON-MIN
     with pytest.raises(EvalError, match="not in the review key"): review_rates(pd.DataFrame({"item": ["zz"], "verdict": ["1"]}), key)
 
 # ---- generation on the tiny model, base and tuned from one PeftModel
