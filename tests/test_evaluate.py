@@ -313,3 +313,18 @@ global.Blob=function(parts){csv=parts.join('')}; global.URL={createObjectURL:()=
     r = import_review(tmp_path/"filled.csv")
     assert (r["judged"], r["tie"], r["blank"]) == (2, 1, 1) and r["win"] + r["loss"] == 1
     assert pd.read_csv(tmp_path/"filled.csv")["comment"][0] == 'ok, "fine"'
+
+def test_evaluate_workbook_runs_as_a_papermill_job(tmp_path):
+    "The workbook's parameters reach the run: a base-model evaluation of the fixture set on the tiny model."
+    import subprocess, sys
+    from conftest import BIN
+    wb = ROOT/"nbs/workbooks/evaluate.ipynb"
+    args = dict(base_model="tiny-test", data_dir=str(CLS), runs_dir=str(tmp_path/"runs"), run_id="wb", report_to="none",
+                max_eval_samples=5, max_new_tokens=3, bootstrap_samples=50)
+    cmd = [str(BIN/"papermill"), str(wb), str(tmp_path/"out.ipynb"), "--no-progress-bar", "--cwd", str(ROOT/"nbs/workbooks")]
+    for k, v in args.items(): cmd += ["-p", k, str(v)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((tmp_path/"runs/wb/eval/metrics.json").read_text())
+    assert (m["n"], m["base_model"], m["adapter"], m["data"]) == (5, "tiny-test", None, str(CLS))
+    assert m["verdict"]["reason"] == "base model only: nothing to compare"
