@@ -1,5 +1,5 @@
 "Data curation stage: readers, validation and quarantine, PII, dedup and leakage, fingerprint, CLI."
-import json, os, stat
+import json
 from collections import Counter
 from pathlib import Path
 
