@@ -1180,12 +1180,22 @@ def load_splits(data_dir,  # a folder written by `prepare_data`
     from datasets import Dataset, DatasetDict
     data_dir = Path(data_dir)
     if not (data_dir/"data.json").is_file(): raise DataError(f"{data_dir}: not a prepared data folder (no data.json)")
-    out = {}
-    for name in _SPLITS:
-        p = data_dir/f"{name}.jsonl"
-        rows = [r["data"] for r in read_jsonl(p) if r["reason"] is None] if p.exists() else []
-        out[name] = Dataset.from_list(rows)
-    return DatasetDict(out)
+    rows = {n: [r["data"] for r in read_jsonl(data_dir/f"{n}.jsonl") if r["reason"] is None] if (data_dir/f"{n}.jsonl").exists() else []
+            for n in _SPLITS}
+    _arrow_safe_meta([r for v in rows.values() for r in v])
+    return DatasetDict({n: Dataset.from_list(v) for n, v in rows.items()})
+
+def _arrow_safe_meta(rows:list[dict]):
+    "Make `meta` fit one Arrow type per key: a key whose values mix types (or nest) becomes JSON text, in place."
+    types = {}
+    for r in rows:
+        for k, v in (r.get("meta") or {}).items():
+            if v is not None: types.setdefault(k, set()).add(float if type(v) is int else type(v))
+    bad = {k for k, ts in types.items() if len(ts) > 1 or ts & {dict, list}}
+    for r in rows:
+        m = r.get("meta") or {}
+        for k in bad & m.keys():
+            if m[k] is not None and not isinstance(m[k], str): m[k] = json.dumps(m[k], ensure_ascii=False, default=str)
 
 # %% ../nbs/01_data.ipynb #e97f8ed2
 import typer

@@ -352,6 +352,13 @@ def test_outputs_card_and_load_splits(tmp_path):
     assert dj["labels"] == ["business", "sport", "tech"] and dj["template"]["label_prompt"] == "list"
 
 
+def test_load_splits_mixed_meta(tmp_path):
+    recs = [dict(r, extra=i if i % 3 else f"s{i}", nested={"a": 1} if i % 2 else [1, 2]) for i, r in enumerate(_corpus(30))]
+    prep(tmp_path/"out", recs)
+    ds = load_splits(tmp_path/"out")
+    assert sum(d.num_rows for d in ds.values()) == 30 and isinstance(ds["train"][0]["meta"]["nested"], str)
+
+
 def test_max_records_is_counted(tmp_path):
     info = prep(tmp_path/"out", _corpus(60), max_records=25)
     assert info["counts"]["kept"] == 25 and info["counts"]["skipped"] == 35 and info["counts"]["reconciled"]
