@@ -818,7 +818,7 @@ class EvalResult:
     slices: pd.DataFrame|None = None
     figures: dict = field(default_factory=dict)
     report: str = ""
-    def _repr_markdown_(self): return self.report
+    def _repr_markdown_(self): return "\n".join(l for l in self.report.splitlines() if not l.startswith("!["))  # plots: `figures`
 
 def _log_tracking(cfg:RunConfig, out_dir:Path, metrics:dict, images:dict) -> str|None:
     "Log the eval metrics and plots to the run's W&B (offline unless set) or MLflow run; the run folder stays the record."
