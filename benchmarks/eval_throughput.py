@@ -3,14 +3,16 @@
 
     python benchmarks/eval_throughput.py [--n 32] [--batch-size 16] [--max-new-tokens 32] [--max-chars 160] [--threads N]
 
-The generation budget defaults to the kit's evaluation default (32 new tokens); the untuned model
-rarely stops early, so every answer runs to it. Prefill (the prompt, about 85 tokens here) is
+The generation budget defaults to the kit's evaluation default (32 new tokens). Prefill (the prompt, about 85 tokens here) is
 compute-bound and gains little from batching; decoding one token per step is bound by reading the
 weights, which one batched step reads once for 16 answers: the more new tokens, the larger the gain.
+Both modes call `generate` the same way (batch_size 1 or 16), so both reuse the KV cache of the
+prompts' shared prefix (chat markup, system prompt, instruction, label list); `--no-prefix-cache`
+turns that off for both.
 
 Both modes run in the same process on the same prompts (a warm-up call first), interleaved batch
-by batch so that load from other processes affects both alike: the ratio is like for like. Prints prompts/s and new tokens/s for each mode, how often the two modes' answers
-agree (fp32 batched and unbatched matmuls may differ in the last bits), and last the line
+by batch so that load from other processes affects both alike: the ratio is like for like. Prints
+prompts/s and new tokens/s for each mode, how often the two modes' answers agree (fp32 batched and unbatched matmuls may differ in the last bits), and last the line
 `batched_speedup: <ratio>`. Target: at least 3 on a 2-core CPU.
 """
 from __future__ import annotations
@@ -38,6 +40,8 @@ def main():
     ap.add_argument("--max-chars", type=int, default=160, help="cut each article to this many characters (short prompts)")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                    help="recompute the prompts' shared prefix in every call (both modes)")
     a = ap.parse_args()
     from finetune_kit.config import EvalConfig
     a.max_new_tokens = a.max_new_tokens or EvalConfig().max_new_tokens
@@ -51,7 +55,8 @@ def main():
     lens = [len(tok(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"])
             for r in recs]
     print(f"model {a.model}, {len(recs)} prompts of {min(lens)}-{max(lens)} tokens (mean {sum(lens)/len(lens):.0f}), "
-          f"max_new_tokens {a.max_new_tokens}, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
+          f"max_new_tokens {a.max_new_tokens}, prefix cache {a.prefix_cache}, torch threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.2f}")
     generate(model, tok, recs[:2], batch_size=2, max_new_tokens=2, progress=False)  # warm-up
 
     # Interleave the two modes batch by batch (one-at-a-time over a batch's prompts, then that batch at
@@ -60,10 +65,11 @@ def main():
     for s in range(0, len(recs), a.batch_size):
         chunk = recs[s:s + a.batch_size]
         t0 = time.perf_counter()
-        single += [generate(model, tok, [r], batch_size=1, max_new_tokens=a.max_new_tokens, progress=False)[0] for r in chunk]
+        single += generate(model, tok, chunk, batch_size=1, max_new_tokens=a.max_new_tokens, progress=False, prefix_cache=a.prefix_cache)
         t1 += time.perf_counter() - t0
         t0 = time.perf_counter()
-        batched += generate(model, tok, chunk, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, progress=False)
+        batched += generate(model, tok, chunk, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, progress=False,
+                            prefix_cache=a.prefix_cache)
         tb += time.perf_counter() - t0
     new_tokens = lambda outs: sum(len(tok(o, add_special_tokens=False)["input_ids"]) for o in outs)
     for name, outs, t in (("one at a time", single, t1), (f"batch {a.batch_size}", batched, tb)):

@@ -105,33 +105,60 @@ def greedy_config(model, tokenizer, max_new_tokens:int=32):
               max_length=None, eos_token_id=eos, pad_token_id=pad)
     return gc
 
+def _common_prefix(ids:list[list[int]]) -> int:
+    "Length of the token prefix every sequence in `ids` shares, leaving each at least one token of its own."
+    n, p = min(map(len, ids)) - 1, 0
+    while p < n and all(x[p] == ids[0][p] for x in ids): p += 1
+    return p
+
+def _prefix_cache(model, prefix:list[int], device):
+    "The KV cache of `prefix` and the keyword `generate` takes it by (None when the model cannot share one)."
+    import torch
+    cfg = getattr(model, "active_peft_config", None)
+    if cfg is not None and getattr(cfg, "is_prompt_learning", False): return None, None  # virtual tokens come first
+    out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
+    for kw in ("cache", "past_key_values"):  # transformers 5 calls it `cache`; 4.x `past_key_values`
+        c = getattr(out, kw, None)
+        if c is not None and hasattr(c, "batch_repeat_interleave"): return c, kw
+    return None, None
+
 def generate(model, tokenizer,
              prompts:list,  # records (their `prompt` is used) or message lists
-             batch_size:int=16, max_new_tokens:int=32, progress:bool=True, desc:str="generate") -> list[str]:
+             batch_size:int=16, max_new_tokens:int=32, progress:bool=True, desc:str="generate",
+             prefix_cache:bool=True,  # compute the prompts' shared leading tokens once and reuse their KV cache
+             min_prefix:int=8,  # shortest shared prefix worth caching
+            ) -> list[str]:
     "Greedy answers to `prompts`, batched with left padding, in input order."
     import torch
     from tqdm.auto import tqdm
     texts = [tokenizer.apply_chat_template(_prompt_of(p), add_generation_prompt=True, tokenize=False) for p in prompts]
-    lens = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
-    order = sorted(range(len(texts)), key=lambda i: -lens[i])  # longest first: a too-long batch fails early
+    if not texts: return []
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # longest first: a too-long batch fails early
     if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token  # batches need a pad token
-    gc, out = greedy_config(model, tokenizer, max_new_tokens), [None]*len(texts)
-    side, was_training = tokenizer.padding_side, model.training
-    tokenizer.padding_side = "left"
+    gc, out, was_training = greedy_config(model, tokenizer, max_new_tokens), [None]*len(texts), model.training
     model.eval()
     device = next(model.parameters()).device
     try:
         with torch.inference_mode(), tqdm(total=len(texts), desc=desc, disable=not progress, leave=False) as bar:
+            P = _common_prefix(ids) if prefix_cache and len(ids) > 1 else 0
+            cache, kw = _prefix_cache(model, ids[0][:P], device) if P >= min_prefix else (None, None)
+            if cache is None: P = 0
             for s in range(0, len(order), batch_size):
                 idx = order[s:s+batch_size]
-                enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-                ids = model.generate(**enc, generation_config=gc)  # (B, T_prompt + T_new)
-                for i, a in zip(idx, tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)):
-                    out[i] = a.strip()
+                suf = [ids[i][P:] for i in idx]
+                L = max(map(len, suf))
+                # left padding, after the shared prefix: [prefix][pad...][own tokens]; masked pads are skipped
+                # by the attention and by the position ids generate derives from the mask
+                x = torch.tensor([ids[idx[0]][:P] + [gc.pad_token_id]*(L-len(t)) + t for t in suf], device=device)
+                att = torch.tensor([[1]*P + [0]*(L-len(t)) + [1]*len(t) for t in suf], device=device)
+                extra = {}
+                if cache is not None:
+                    c = copy.deepcopy(cache); c.batch_repeat_interleave(len(idx)); extra[kw] = c
+                new = model.generate(input_ids=x, attention_mask=att, generation_config=gc, **extra)[:, x.shape[1]:]  # (B, T_new)
+                for i, a in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)): out[i] = a.strip()
                 bar.update(len(idx))
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
+    finally: model.train(was_training)
     return out
 
 # %% ../nbs/05_evaluate.ipynb #6c414227
