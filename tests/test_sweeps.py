@@ -176,7 +176,9 @@ def test_prepare_cached_reuses_the_prepared_data():
     d = prepare_cached(cfg, tok)
     assert (d/"data.json").exists() and json.loads((d/"cache_key.json").read_text())["seed"] == 5
     t0 = time.time(); assert prepare_cached(cfg, tok) == d and time.time() - t0 < 5
-    assert prepare_cached(make_config(dict(base_model="tiny-test", max_records=20, seed=5, max_chars=50), settings=False), tok) != d
+    from finetune_kit.sweeps import data_cache_key
+    other = make_config(dict(base_model="tiny-test", max_records=20, seed=5, max_chars=50), settings=False)
+    assert data_cache_key(other, tok) != data_cache_key(cfg, tok) and data_cache_key(cfg, tok) == data_cache_key(cfg, tok)
 
 # --- end to end on the tiny model -------------------------------------------------------------
 
@@ -224,10 +226,13 @@ def test_local_sweep_resumes_after_a_kill_records_a_failing_trial_and_finishes(t
     nb = Path(failed["run_id"].map(lambda r: sd/"trials"/r/"notebook.ipynb").iloc[0])
     assert nb.exists() and "train(" in sweeps.failed_cell(nb)
     assert set(t["state"]) <= {"complete", "failed", "stale"}
+    data_dirs = set()
     for rid, r in zip(done["run_id"], done["lora_r"]):  # injected parameters reached the notebooks' configs
         cfg = json.loads((sd/"trials"/rid/"config.json").read_text())
+        data_dirs.add(cfg["data"]["data_dir"])
         assert (cfg["peft"]["lora_r"], cfg["train"]["learning_rate"], cfg["model"]["base_model"], cfg["run_id"]) == (r, 5e-3, "tiny-test", rid)
         assert done.set_index("run_id").loc[rid, "tokens"] > 0 and done.set_index("run_id").loc[rid, "peak_mb"] > 0
+    assert len(data_dirs) == 1  # the trials shared one cached data folder
     assert json.loads((sd/"best_config.json").read_text())["lora_r"] in (2, 4, 8)
     assert (sd/"plots"/"parallel_coordinates.png").exists() and "| trial |" in (sd/"trials.md").read_text()
 
