@@ -101,3 +101,10 @@ def test_tiny_model_loads_generates_and_backprops(tiny_model_dir):
     loss = model(**batch, labels=batch["input_ids"]).loss
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+def test_cli_run_failing_cell_keeps_the_notebook_and_names_the_cell(tmp_path):
+    r = run_cli("run", WORKBOOK, "-p", "runs_dir", tmp_path, "-p", "run_id", "broken", "-p", "source", str(tmp_path/"missing.jsonl"), *TINY_ARGS)
+    assert r.returncode == 1
+    assert "error: cell" in r.stderr and "DataError" in r.stderr and "prepare_data" in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"error: the executed notebook is kept: {tmp_path/'broken/notebook.ipynb'}"
+    assert (tmp_path/"broken/notebook.ipynb").exists()
