@@ -845,6 +845,9 @@ class EvalResult:
     slices: pd.DataFrame|None = None
     figures: dict = field(default_factory=dict)
     report: str = ""
+    def __repr__(self):
+        v = self.metrics.get("verdict", {})
+        return f"EvalResult({self.out_dir}, {self.metrics.get('task')}, n={self.metrics.get('n')}, ship={v.get('ship')})"
     def _repr_markdown_(self): return "\n".join(l for l in self.report.splitlines() if not l.startswith("!["))  # plots: `figures`
 
 def _log_tracking(cfg:RunConfig, out_dir:Path, metrics:dict, images:dict) -> str|None:
