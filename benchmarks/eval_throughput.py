@@ -8,7 +8,8 @@ compute-bound and gains little from batching; decoding one token per step is bou
 weights, which one batched step reads once for 16 answers: the more new tokens, the larger the gain.
 Both modes call `generate` the same way (batch_size 1 or 16), so both reuse the KV cache of the
 prompts' shared prefix (chat markup, system prompt, instruction, label list); `--no-prefix-cache`
-turns that off for both.
+turns that off for both. On a CPU, `generate` also applies its two CPU measures (the faster GEMM
+orientation for few rows, a KV cache that grows without copying) in both modes alike.
 
 Both modes run in the same process on the same prompts (a warm-up call first), interleaved batch
 by batch so that load from other processes affects both alike: the ratio is like for like. Prints

@@ -6,7 +6,7 @@ Docs: https://finetune-kit.github.io/finetune-kit/evaluate.html.md"""
 
 # %% ../nbs/05_evaluate.ipynb #13bc829c
 from __future__ import annotations
-import copy, csv, html, io, json, math, os, random, re, string, warnings
+import contextlib, copy, csv, functools, html, io, json, math, os, random, re, string, warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +122,45 @@ def _prefix_cache(model, prefix:list[int], device):
         if c is not None and hasattr(c, "batch_repeat_interleave"): return c, kw
     return None, None
 
+@functools.cache
+def _growing_layer() -> tuple[type, type]:
+    "transformers' `DynamicLayer` and `GrowingLayer`, a drop-in that appends into spare capacity instead of concatenating."
+    from transformers.cache_utils import DynamicLayer
+    class GrowingLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized: self.lazy_initialization(key_states, value_states)
+            n, k = (self.keys.shape[-2] if self.keys.numel() else 0), key_states.shape[-2]
+            buf = getattr(self, "_buf", None)
+            if (buf is None or buf[0].shape[0] != key_states.shape[0] or buf[0].shape[-2] < n + k
+                or (n and self.keys.data_ptr() != buf[0].data_ptr())):  # first call, or keys replaced (repeat, reorder)
+                cap = max(2*(n + k), 64)
+                buf = tuple(t.new_empty(*t.shape[:2], cap, t.shape[-1]) for t in (key_states, value_states))
+                if n: buf[0][:, :, :n], buf[1][:, :, :n] = self.keys, self.values
+                self._buf = buf
+            buf[0][:, :, n:n+k], buf[1][:, :, n:n+k] = key_states, value_states
+            self.keys, self.values = buf[0][:, :, :n+k], buf[1][:, :, :n+k]
+            return self.keys, self.values
+    return DynamicLayer, GrowingLayer
+
+def _few_rows_linear(self, x):
+    "`nn.Linear.forward` computed as `(W @ x.T).T` for 2 to 256 rows (MKL runs that orientation faster there)."
+    import torch
+    m = x.numel() // x.shape[-1]
+    if not 1 < m <= 256: return torch.nn.functional.linear(x, self.weight, self.bias)
+    y = torch.mm(self.weight, x.reshape(m, x.shape[-1]).t()).t().contiguous().reshape(*x.shape[:-1], -1)
+    return y if self.bias is None else y + self.bias
+
+@contextlib.contextmanager
+def _cpu_generation(model, device):
+    "On a CPU with fp32 weights, plain `nn.Linear` layers use `_few_rows_linear` inside this block."
+    import torch, types
+    mods = [m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.dtype == torch.float32] \
+        if device.type == "cpu" else []
+    for m in mods: m.forward = types.MethodType(_few_rows_linear, m)
+    try: yield
+    finally:
+        for m in mods: m.__dict__.pop("forward", None)
+
 def generate(model, tokenizer,
              prompts:list,  # records (their `prompt` is used) or message lists
              batch_size:int=16, max_new_tokens:int=32, progress:bool=True, desc:str="generate",
@@ -140,7 +179,8 @@ def generate(model, tokenizer,
     model.eval()
     device = next(model.parameters()).device
     try:
-        with torch.inference_mode(), tqdm(total=len(texts), desc=desc, disable=not progress, leave=False) as bar:
+        with torch.inference_mode(), _cpu_generation(model, device), \
+             tqdm(total=len(texts), desc=desc, disable=not progress, leave=False) as bar:
             P = _common_prefix(ids) if prefix_cache and len(ids) > 1 else 0
             cache, kw = _prefix_cache(model, ids[0][:P], device) if P >= min_prefix else (None, None)
             if cache is None: P = 0
@@ -155,6 +195,10 @@ def generate(model, tokenizer,
                 extra = {}
                 if cache is not None:
                     c = copy.deepcopy(cache); c.batch_repeat_interleave(len(idx)); extra[kw] = c
+                    if device.type == "cpu":
+                        plain, growing = _growing_layer()
+                        for layer in getattr(c, "layers", []):
+                            if type(layer) is plain: layer.__class__ = growing
                 new = model.generate(input_ids=x, attention_mask=att, generation_config=gc, **extra)[:, x.shape[1]:]  # (B, T_new)
                 for i, a in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)): out[i] = a.strip()
                 bar.update(len(idx))

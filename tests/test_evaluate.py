@@ -224,6 +224,23 @@ def test_generation_adapter_toggle_on_one_model(tiny_peft):
     assert tok.padding_side == "right" and model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"] is not None
     with pytest.raises(EvalError, match="needs a PeftModel"): generate_pair(plain, tok, recs)
 
+@pytest.mark.slow
+def test_cpu_batched_generation_matches_one_at_a_time_on_smollm2():
+    "The CPU measures (few-rows GEMM orientation, growing KV cache, shared prefix) leave SmolLM2's answers unchanged."
+    import torch
+    from finetune_kit.models import load_model
+    import finetune_kit.evaluate as E
+    model, tok = load_model(make_config(settings=False, base_model="smollm2-135m-instruct"), progress=False)
+    recs = read_jsonl(CLS/"test.jsonl")[:8]
+    batched = generate(model, tok, recs, batch_size=8, max_new_tokens=12, progress=False)
+    assert all(batched) and batched == [generate(model, tok, [r], batch_size=1, max_new_tokens=12, progress=False)[0] for r in recs]
+    assert not [m for m in model.modules() if "forward" in vars(m)]  # the GEMM patch is gone after generating
+    gc = E.greedy_config(model, tok, 12)  # the same answers from plain transformers, one prompt at a time
+    for r, want in zip(recs[:2], batched):
+        ids = tok.apply_chat_template(r["prompt"], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        with torch.inference_mode(): out = model.generate(**ids, generation_config=gc)
+        assert tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip() == want
+
 def test_evaluate_writes_the_eval_folder(tiny_peft, tmp_path):
     model, tok = tiny_peft
     res = evaluate(cfg_for(slice_field="desk"), CLS, out_dir=tmp_path, model=model, tokenizer=tok, progress=False)
