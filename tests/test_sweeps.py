@@ -183,7 +183,12 @@ def test_prepare_cached_reuses_the_prepared_data():
 # --- end to end on the tiny model -------------------------------------------------------------
 
 def _states(db:Path) -> dict:
-    with sqlite3.connect(db) as c: return dict(c.execute("select number, state from trials"))
+    "Trial number -> state in an Optuna SQLite study; empty while the runner has created the file but not its tables yet."
+    try:
+        with sqlite3.connect(db) as c: return dict(c.execute("select number, state from trials"))
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e): return {}
+        raise
 
 def test_local_sweep_resumes_after_a_kill_records_a_failing_trial_and_finishes(tmp_path, trial_env):
     """Four trials on the tiny model (one made to fail with lora_r 0); the runner is killed after the first trial
