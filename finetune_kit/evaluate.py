@@ -154,8 +154,8 @@ def _few_rows_linear(self, x):
 def _cpu_generation(model, device):
     "On a CPU with fp32 weights, plain `nn.Linear` layers use `_few_rows_linear` inside this block."
     import torch, types
-    mods = [m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.dtype == torch.float32] \
-        if device.type == "cpu" else []
+    mods = [m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.dtype == torch.float32
+            and "forward" not in vars(m)] if device.type == "cpu" else []  # leave forwards others wrapped (accelerate hooks)
     for m in mods: m.forward = types.MethodType(_few_rows_linear, m)
     try: yield
     finally:
