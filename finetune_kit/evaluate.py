@@ -112,14 +112,20 @@ def _common_prefix(ids:list[list[int]]) -> int:
     return p
 
 def _prefix_cache(model, prefix:list[int], device):
-    "The KV cache of `prefix` and the keyword `generate` takes it by (None when the model cannot share one)."
+    """The KV cache of `prefix` and the keyword `generate` takes it by (None when the model cannot share one).
+    On a CPU its plain dynamic layers become growing ones, so every batch's copy grows without concatenating."""
     import torch
     cfg = getattr(model, "active_peft_config", None)
     if cfg is not None and getattr(cfg, "is_prompt_learning", False): return None, None  # virtual tokens come first
     out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
     for kw in ("cache", "past_key_values"):  # transformers 5 calls it `cache`; 4.x `past_key_values`
         c = getattr(out, kw, None)
-        if c is not None and hasattr(c, "batch_repeat_interleave"): return c, kw
+        if c is not None and hasattr(c, "batch_repeat_interleave"):
+            if device.type == "cpu":
+                plain, growing = _growing_layer()
+                for layer in getattr(c, "layers", []):
+                    if type(layer) is plain: layer.__class__ = growing
+            return c, kw
     return None, None
 
 @functools.cache
@@ -195,10 +201,6 @@ def generate(model, tokenizer,
                 extra = {}
                 if cache is not None:
                     c = copy.deepcopy(cache); c.batch_repeat_interleave(len(idx)); extra[kw] = c
-                    if device.type == "cpu":
-                        plain, growing = _growing_layer()
-                        for layer in getattr(c, "layers", []):
-                            if type(layer) is plain: layer.__class__ = growing
                 new = model.generate(input_ids=x, attention_mask=att, generation_config=gc, **extra)[:, x.shape[1]:]  # (B, T_new)
                 for i, a in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)): out[i] = a.strip()
                 bar.update(len(idx))
