@@ -6,6 +6,8 @@
 The generation budget defaults to the kit's evaluation default (32 new tokens). Prefill (the prompt, about 85 tokens here) is
 compute-bound and gains little from batching; decoding one token per step is bound by reading the
 weights, which one batched step reads once for 16 answers: the more new tokens, the larger the gain.
+Answers end at different lengths; in a batch, `generate` drops each finished answer from the next
+steps (one prompt at a time simply stops), so a batch does not pay for its longest answer 16 times.
 Both modes call `generate` the same way (batch_size 1 or 16), so both reuse the KV cache of the
 prompts' shared prefix (chat markup, system prompt, instruction, label list); `--no-prefix-cache`
 turns that off for both. On a CPU, `generate` also applies its two CPU measures (the faster GEMM

@@ -111,22 +111,32 @@ def _common_prefix(ids:list[list[int]]) -> int:
     while p < n and all(x[p] == ids[0][p] for x in ids): p += 1
     return p
 
-def _prefix_cache(model, prefix:list[int], device):
-    """The KV cache of `prefix` and the keyword `generate` takes it by (None when the model cannot share one).
-    On a CPU its plain dynamic layers become growing ones, so every batch's copy grows without concatenating."""
-    import torch
-    cfg = getattr(model, "active_peft_config", None)
-    if cfg is not None and getattr(cfg, "is_prompt_learning", False): return None, None  # virtual tokens come first
-    out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
-    for kw in ("cache", "past_key_values"):  # transformers 5 calls it `cache`; 4.x `past_key_values`
+def _cache_of(out) -> tuple:
+    "The KV cache a forward returned and the keyword the model takes it back by (transformers 5: `cache`; 4.x: `past_key_values`)."
+    for kw in ("cache", "past_key_values"):
         c = getattr(out, kw, None)
-        if c is not None and hasattr(c, "batch_repeat_interleave"):
-            if device.type == "cpu":
-                plain, growing = _growing_layer()
-                for layer in getattr(c, "layers", []):
-                    if type(layer) is plain: layer.__class__ = growing
-            return c, kw
+        if c is not None and hasattr(c, "batch_repeat_interleave"): return c, kw
     return None, None
+
+def _grow_on_cpu(cache, device):
+    "On a CPU, turn `cache`'s plain dynamic layers into growing ones, so that it grows without concatenating."
+    if cache is None or device.type != "cpu": return cache
+    plain, growing = _growing_layer()
+    for layer in getattr(cache, "layers", []):
+        if type(layer) is plain: layer.__class__ = growing
+    return cache
+
+def _prompt_learning(model) -> bool:
+    cfg = getattr(model, "active_peft_config", None)
+    return cfg is not None and getattr(cfg, "is_prompt_learning", False)
+
+def _prefix_cache(model, prefix:list[int], device):
+    """The KV cache of `prefix` and the keyword the model takes it by (None when the model cannot share one).
+    On a CPU its layers grow in place, and so do those of every batch's copy."""
+    import torch
+    if _prompt_learning(model): return None, None  # virtual tokens come first
+    c, kw = _cache_of(model(input_ids=torch.tensor([prefix], device=device), use_cache=True))
+    return _grow_on_cpu(c, device), kw
 
 @functools.cache
 def _growing_layer() -> tuple[type, type]:
@@ -167,6 +177,44 @@ def _cpu_generation(model, device):
     finally:
         for m in mods: m.__dict__.pop("forward", None)
 
+_GREEDY_KEYS = {"max_new_tokens", "max_length", "do_sample", "num_beams", "temperature", "top_p", "top_k", "use_cache",
+                "pad_token_id", "bos_token_id", "eos_token_id", "transformers_version", "_from_model_config"}
+
+def _own_loop_fits(model, gc) -> bool:
+    """Whether `_greedy_rows` reproduces `model.generate` for `gc`: greedy decoding and nothing else (no repetition
+    penalty, suppressed or forced tokens, ...: any setting it does not know sends `generate` to transformers'), on a
+    model whose forward takes position ids and `logits_to_keep` and has no virtual tokens."""
+    import inspect
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    takes = inspect.signature(base.forward).parameters
+    return (not _prompt_learning(model) and {"position_ids", "logits_to_keep"} <= set(takes)
+            and set(gc.to_diff_dict()) <= _GREEDY_KEYS and not gc.do_sample and (gc.num_beams or 1) == 1)
+
+def _greedy_rows(model, x, att, P:int, cache, kw, gc) -> list[list[int]]:
+    """Greedy new token ids for each row of the left-padded batch `x`, whose first `P` tokens are already in
+    `cache` (or none, `P=0`). A row that emits an eos id leaves the batch: later steps compute only the rows
+    still answering, instead of feeding pad tokens to finished ones as `model.generate` does."""
+    import torch
+    eos = torch.tensor(gc.eos_token_id, device=x.device)
+    pos = (att.cumsum(-1) - 1).clamp(min=0)  # position ids skip the left pads, as transformers derives them
+    rows, new = list(range(len(x))), [[] for _ in range(len(x))]
+    inp, p = x[:, P:], pos[:, P:]
+    for step in range(gc.max_new_tokens):
+        out = model(input_ids=inp, attention_mask=att, position_ids=p, use_cache=True, logits_to_keep=1,
+                    **({kw: cache} if cache is not None else {}))
+        if cache is None: cache, kw = _cache_of(out); _grow_on_cpu(cache, x.device)
+        nxt = out.logits[:, -1].argmax(-1)
+        ended = torch.isin(nxt, eos)
+        for r, t in zip(rows, nxt.tolist()): new[r].append(t)  # an eos id too, as transformers keeps it (decoding drops special ones)
+        if step == gc.max_new_tokens - 1 or bool(ended.all()): break
+        if bool(ended.any()):  # drop finished rows from the batch and from every layer's cache
+            keep = (~ended).nonzero().squeeze(1)
+            rows, nxt, att, p = [rows[i] for i in keep.tolist()], nxt[keep], att[keep], p[keep]
+            cache.batch_select_indices(keep)
+        att = torch.cat([att, att.new_ones(len(rows), 1)], 1)
+        inp, p = nxt[:, None], p[:, -1:] + 1
+    return new
+
 def generate(model, tokenizer,
              prompts:list,  # records (their `prompt` is used) or message lists
              batch_size:int=16, max_new_tokens:int=32, progress:bool=True, desc:str="generate",
@@ -182,6 +230,7 @@ def generate(model, tokenizer,
     order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # longest first: a too-long batch fails early
     if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token  # batches need a pad token
     gc, out, was_training = greedy_config(model, tokenizer, max_new_tokens), [None]*len(texts), model.training
+    own_loop = _own_loop_fits(model, gc)
     model.eval()
     device = next(model.parameters()).device
     try:
@@ -195,13 +244,14 @@ def generate(model, tokenizer,
                 suf = [ids[i][P:] for i in idx]
                 L = max(map(len, suf))
                 # left padding, after the shared prefix: [prefix][pad...][own tokens]; masked pads are skipped
-                # by the attention and by the position ids generate derives from the mask
+                # by the attention and by the position ids derived from the mask
                 x = torch.tensor([ids[idx[0]][:P] + [gc.pad_token_id]*(L-len(t)) + t for t in suf], device=device)
                 att = torch.tensor([[1]*P + [0]*(L-len(t)) + [1]*len(t) for t in suf], device=device)
-                extra = {}
-                if cache is not None:
-                    c = copy.deepcopy(cache); c.batch_repeat_interleave(len(idx)); extra[kw] = c
-                new = model.generate(input_ids=x, attention_mask=att, generation_config=gc, **extra)[:, x.shape[1]:]  # (B, T_new)
+                c = None
+                if cache is not None: c = copy.deepcopy(cache); c.batch_repeat_interleave(len(idx))
+                if own_loop: new = _greedy_rows(model, x, att, P, c, kw, gc)
+                else: new = model.generate(input_ids=x, attention_mask=att, generation_config=gc,
+                                           **({kw: c} if c is not None else {}))[:, x.shape[1]:].tolist()
                 for i, a in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)): out[i] = a.strip()
                 bar.update(len(idx))
     finally: model.train(was_training)

@@ -224,22 +224,57 @@ def test_generation_adapter_toggle_on_one_model(tiny_peft):
     assert tok.padding_side == "right" and model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"] is not None
     with pytest.raises(EvalError, match="needs a PeftModel"): generate_pair(plain, tok, recs)
 
+def _transformers_answers(model, tok, recs, n) -> tuple[list[str], list[list[int]]]:
+    "Answers (texts and new token ids) from plain `model.generate`, one prompt at a time, with the kit's greedy settings."
+    import torch
+    from finetune_kit.evaluate import greedy_config
+    gc, texts, ids = greedy_config(model, tok, n), [], []
+    for r in recs:
+        x = tok.apply_chat_template(r["prompt"], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        with torch.inference_mode(): o = model.generate(**x, generation_config=gc)[0, x["input_ids"].shape[1]:]
+        texts.append(tok.decode(o, skip_special_tokens=True).strip()); ids.append(o.tolist())
+    return texts, ids
+
+def _batch_sizes(model):
+    "A list that fills with the batch size of every forward call of `model`'s decoder stack (however it is called)."
+    sizes = []
+    model.get_base_model().model.register_forward_pre_hook(lambda m, a, kw: sizes.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    return sizes
+
+def test_finished_rows_leave_the_batch_and_answers_match_transformers():
+    "Rows that end early leave the batch; each answer still equals transformers' own; settings the loop does not know go to transformers."
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from finetune_kit.testing import load_tiny
+    model, tok = load_tiny()
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False))
+    recs = read_jsonl(CLS/"test.jsonl")[:6]
+    _, ids = _transformers_answers(model, tok, recs, 6)
+    firsts = [a[0] for a in ids]
+    stop = next(t for t in firsts if firsts.count(t) < len(firsts))  # an ordinary token some answers start with, not all
+    model.generation_config.eos_token_id = [tok.eos_token_id, stop]  # ... now ends those answers at once
+    want, ids = _transformers_answers(model, tok, recs, 6)
+    assert 1 <= sum(len(a) == 1 for a in ids) < len(ids)  # some answers end at their first token, others run on
+    sizes = _batch_sizes(model)
+    assert generate(model, tok, recs, batch_size=6, max_new_tokens=6, progress=False) == want
+    assert sizes[1] == 6 and sizes[1:] == sorted(sizes[1:], reverse=True) and sizes[-1] < 6  # after the prefix call: shrinking
+    model.generation_config.repetition_penalty = 1.5  # not plain greedy: transformers' generate runs it, pads and all
+    want, sizes[:] = _transformers_answers(model, tok, recs, 6)[0], []
+    assert generate(model, tok, recs, batch_size=6, max_new_tokens=6, progress=False) == want
+    assert set(sizes[1:]) == {6}
+
 @pytest.mark.slow
 def test_cpu_batched_generation_matches_one_at_a_time_on_smollm2():
     "The CPU measures (few-rows GEMM orientation, growing KV cache, shared prefix) leave SmolLM2's answers unchanged."
-    import torch
     from finetune_kit.models import load_model
-    import finetune_kit.evaluate as E
     model, tok = load_model(make_config(settings=False, base_model="smollm2-135m-instruct"), progress=False)
     recs = read_jsonl(CLS/"test.jsonl")[:8]
     batched = generate(model, tok, recs, batch_size=8, max_new_tokens=12, progress=False)
     assert all(batched) and batched == [generate(model, tok, [r], batch_size=1, max_new_tokens=12, progress=False)[0] for r in recs]
     assert not [m for m in model.modules() if "forward" in vars(m)]  # the GEMM patch is gone after generating
-    gc = E.greedy_config(model, tok, 12)  # the same answers from plain transformers, one prompt at a time
-    for r, want in zip(recs[:2], batched):
-        ids = tok.apply_chat_template(r["prompt"], add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        with torch.inference_mode(): out = model.generate(**ids, generation_config=gc)
-        assert tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip() == want
+    want, ids = _transformers_answers(model, tok, recs, 12)
+    assert batched == want and min(map(len, ids)) < 12  # plain transformers agrees; some answers ended early, leaving the batch
 
 def test_evaluate_writes_the_eval_folder(tiny_peft, tmp_path):
     model, tok = tiny_peft
