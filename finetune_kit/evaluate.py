@@ -203,14 +203,14 @@ def _greedy_rows(model, x, att, P:int, cache, kw, gc) -> list[list[int]]:
         out = model(input_ids=inp, attention_mask=att, position_ids=p, use_cache=True, logits_to_keep=1,
                     **({kw: cache} if cache is not None else {}))
         if cache is None: cache, kw = _cache_of(out); _grow_on_cpu(cache, x.device)
-        nxt = out.logits[:, -1].argmax(-1)
+        nxt = out.logits[:, -1].argmax(-1).to(x.device)  # the output layer may sit on another device (device_map)
         ended = torch.isin(nxt, eos)
         for r, t in zip(rows, nxt.tolist()): new[r].append(t)  # an eos id too, as transformers keeps it (decoding drops special ones)
         if step == gc.max_new_tokens - 1 or bool(ended.all()): break
         if bool(ended.any()):  # drop finished rows from the batch and from every layer's cache
             keep = (~ended).nonzero().squeeze(1)
             rows, nxt, att, p = [rows[i] for i in keep.tolist()], nxt[keep], att[keep], p[keep]
-            cache.batch_select_indices(keep)
+            cache.batch_select_indices(keep.tolist())  # a list indexes layers on any device
         att = torch.cat([att, att.new_ones(len(rows), 1)], 1)
         inp, p = nxt[:, None], p[:, -1:] + 1
     return new
