@@ -13,12 +13,12 @@ from typing import Iterable, Iterator
 
 # %% auto #0
 __all__ = ['PACKAGED', 'ACLSUM_ASPECTS', 'TASK_FIELDS', 'REJECT_REASONS', 'PII_TYPES', 'DEFAULT_SYSTEM_PROMPTS', 'LABEL_PROMPTS',
-           'TOKEN_SAMPLE', 'cli', 'DataError', 'format_entities', 'parse_entities', 'read_jsonl', 'read_json',
-           'read_csv', 'read_parquet', 'read_hf', 'read_folder', 'read_conll', 'read_source', 'packaged_path',
-           'load_bbc', 'load_wnut16', 'load_aclsum', 'Rejected', 'validate_record', 'strip_html', 'clean_text',
-           'scrub_pii', 'normalize_key', 'minhash_signatures', 'DuplicateIndex', 'find_duplicates', 'make_template',
-           'make_prompt', 'make_answer', 'render_chats', 'token_lengths', 'split_indices', 'record_digest',
-           'fingerprint', 'write_card', 'dvc_add', 'prepare_data', 'load_splits', 'prepare_cmd']
+           'TOKEN_SAMPLE', 'cli', 'DataError', 'format_entities', 'parse_entities', 'read_jsonl', 'write_jsonl',
+           'read_json', 'read_csv', 'read_parquet', 'read_hf', 'read_folder', 'read_conll', 'read_source',
+           'packaged_path', 'load_bbc', 'load_wnut16', 'load_aclsum', 'Rejected', 'validate_record', 'strip_html',
+           'clean_text', 'scrub_pii', 'normalize_key', 'minhash_signatures', 'DuplicateIndex', 'find_duplicates',
+           'make_template', 'make_prompt', 'make_answer', 'render_chats', 'token_lengths', 'split_indices',
+           'record_digest', 'fingerprint', 'write_card', 'dvc_add', 'prepare_data', 'load_splits', 'prepare_cmd']
 
 # %% ../nbs/01_data.ipynb #34f52064
 class DataError(ValueError):
@@ -87,6 +87,16 @@ def read_jsonl(path) -> Iterator[dict]:
         except ValueError as e: yield _raw(path, i, reason="invalid_json", detail=str(e).split(":")[0]); continue
         if not isinstance(obj, dict): yield _raw(path, i, reason="not_an_object", detail=type(obj).__name__); continue
         yield _raw(path, i, obj)
+
+_LINE_BREAKS = re.compile("[\u0085\u2028\u2029]")
+
+def write_jsonl(rows:Iterable[dict], path) -> Path:
+    """Write `rows` to `path` as JSON Lines in UTF-8. The three characters Python's `str.splitlines` also
+    breaks at (U+0085, U+2028, U+2029) are written as JSON escapes, so that every reader sees the same lines."""
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as f:
+        for r in rows: f.write(_LINE_BREAKS.sub(lambda m: f"\\u{ord(m[0]):04x}", json.dumps(r, ensure_ascii=False, default=str)) + "\n")
+    return path
 
 def read_json(path) -> Iterator[dict]:
     "Raw records from a JSON file holding an array of objects (or an object with one such array)."
@@ -1138,13 +1148,9 @@ def prepare_data(cfg,  # a `RunConfig`: `cfg.data` says what to prepare, `cfg.se
             rows.append(row)
         written[name] = rows
     fp = fingerprint(digests, template, seed)
-    for name, rows in written.items():
-        with open(out/f"{name}.jsonl", "w", encoding="utf-8") as f:
-            for r in rows: f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
-    with open(out/"rejected.jsonl", "w", encoding="utf-8") as f:
-        for r in rejected: f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
-    with open(out/"duplicates.jsonl", "w", encoding="utf-8") as f:
-        for r in dup_rows: f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+    for name, rows in written.items(): write_jsonl(rows, out/f"{name}.jsonl")
+    write_jsonl(rejected, out/"rejected.jsonl")
+    write_jsonl(dup_rows, out/"duplicates.jsonl")
 
     by_reason = dict(sorted(Counter(r["reason"] for r in rejected).items()))
     n_dup = len(dup_of) if d.dedup else 0

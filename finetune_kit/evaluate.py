@@ -18,14 +18,14 @@ from .config import ConfigError, RunConfig, create_run, load_config, make_config
 
 # %% auto #0
 __all__ = ['OUTSIDE', 'HEADLINE', 'REVIEW_COLUMNS', 'LABEL_STUDIO_CHOICES', 'cli', 'review_cli', 'EvalError', 'read_jsonl',
-           'write_jsonl', 'find_data_dir', 'load_split', 'greedy_config', 'generate', 'generate_pair',
-           'normalize_label', 'classification_metrics', 'tags_from_entities', 'ner_metrics', 'rouge_metrics',
-           'squad_normalize', 'exact_match', 'token_f1', 'qa_metrics', 'parse_json_object', 'json_field_counts',
-           'json_field_metrics', 'perplexity', 'TaskScores', 'score_outputs', 'bootstrap_intervals', 'ship_verdict',
-           'comparison_table', 'comparison_plot', 'confusion_plot', 'slice_values', 'slice_report', 'tfidf_baseline',
-           'prompt_text', 'make_review_sheet', 'review_html', 'label_studio_config', 'label_studio_tasks',
-           'label_studio_verdicts', 'review_rates', 'write_review', 'import_review', 'load_for_eval', 'EvalResult',
-           'evaluate', 'run_cmd', 'review_make', 'review_import']
+           'find_data_dir', 'load_split', 'greedy_config', 'generate', 'generate_pair', 'normalize_label',
+           'classification_metrics', 'tags_from_entities', 'ner_metrics', 'rouge_metrics', 'squad_normalize',
+           'exact_match', 'token_f1', 'qa_metrics', 'parse_json_object', 'json_field_counts', 'json_field_metrics',
+           'perplexity', 'TaskScores', 'score_outputs', 'bootstrap_intervals', 'ship_verdict', 'comparison_table',
+           'comparison_plot', 'confusion_plot', 'slice_values', 'slice_report', 'tfidf_baseline', 'prompt_text',
+           'make_review_sheet', 'review_html', 'label_studio_config', 'label_studio_tasks', 'label_studio_verdicts',
+           'review_rates', 'write_review', 'import_review', 'load_for_eval', 'EvalResult', 'evaluate', 'run_cmd',
+           'review_make', 'review_import']
 
 # %% ../nbs/05_evaluate.ipynb #9bc1271c
 class EvalError(ValueError):
@@ -34,7 +34,7 @@ class EvalError(ValueError):
 def read_jsonl(path) -> list[dict]:
     "The JSON objects in the JSONL file `path` (blank lines skipped); a bad line is an `EvalError` naming it."
     path, rows = Path(path), []
-    try: lines = path.read_text(encoding="utf-8").splitlines()
+    try: lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines: U+2028 inside a string is no line end
     except (OSError, UnicodeDecodeError) as e: raise EvalError(f"{path}: cannot read: {e}") from None
     for i, line in enumerate(lines, 1):
         if not line.strip(): continue
@@ -44,12 +44,7 @@ def read_jsonl(path) -> list[dict]:
         rows.append(row)
     return rows
 
-def write_jsonl(rows, path) -> Path:
-    "Write `rows` (dicts) to `path` as JSONL."
-    path = Path(path)
-    with path.open("w", encoding="utf-8") as f:
-        for r in rows: f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
-    return path
+from .data import write_jsonl  # line-break characters inside strings escaped
 
 # %% ../nbs/05_evaluate.ipynb #695916c1
 def find_data_dir(path) -> Path:

@@ -4,7 +4,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 from typer.testing import CliRunner
 
 from finetune_kit.config import make_config
@@ -197,6 +197,7 @@ def test_cleaning_and_html(tmp_path):
     st.binary(max_size=30),
     st.just(b'{"text": "caf\xe9", "label": "a"}'),
 ), max_size=40))
+@example(blobs=[b'{"text": ["\\u0085"], "label": "a"}'])  # found by hypothesis: U+0085 in an excerpt split a line
 def test_random_malformed_jsonl_reconciles(tmp_path_factory, blobs):
     d = tmp_path_factory.mktemp("prop")
     raw = b"\n".join(b.replace(b"\n", b" ").replace(b"\r", b" ") for b in blobs) + b"\n"
@@ -204,6 +205,18 @@ def test_random_malformed_jsonl_reconciles(tmp_path_factory, blobs):
     info = prep(d/"out", [d/"r.jsonl"])
     assert info["counts"]["read"] == sum(1 for l in raw.splitlines() if l.strip())
     check_contract(d/"out", info)
+
+
+def test_line_break_characters_stay_inside_their_jsonl_line(tmp_path):
+    "U+0085, U+2028 and U+2029 in a value are escaped on write; the evaluation reader keeps a raw one inside its line."
+    from finetune_kit.evaluate import read_jsonl as read_records
+    rows = [{"text": "a\u0085b\u2028c\u2029d", "label": "x"}, {"text": "café"}]
+    p = D.write_jsonl(rows, tmp_path/"r.jsonl")
+    text = p.read_text(encoding="utf-8")
+    assert [json.loads(l) for l in text.splitlines()] == rows and "café" in text  # any line splitter; UTF-8 stays readable
+    assert read_records(p) == rows
+    (tmp_path/"other.jsonl").write_text(json.dumps(rows[0], ensure_ascii=False) + "\n", encoding="utf-8")  # another tool's file
+    assert read_records(tmp_path/"other.jsonl") == rows[:1]
 
 
 # --- duplicates, leakage, decontamination ------------------------------------------------
