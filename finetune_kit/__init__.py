@@ -1,1 +1,7 @@
+"""A notebook-first workbook for turning a general LLM into a task specialist with parameter-efficient fine-tuning
+
+Modules:
+
+- `finetune_kit.tasks`: One `TaskSpec` per task: the record's fields and checks, what the model reads and answers, the metric that decides, and the baseline to beat. Registered by name, as PEFT registers its methods."""
+
 __version__ = "0.0.1"

@@ -11,25 +11,26 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from .files import KitError
+from .tasks import TASKS
 
 # %% auto #0
-__all__ = ['TASKS', 'PEFT_METHODS', 'ConfigError', 'DataConfig', 'ModelConfig', 'AdapterConfig', 'TrainConfig', 'EvalConfig',
+__all__ = ['PEFT_METHODS', 'ConfigError', 'DataConfig', 'ModelConfig', 'AdapterConfig', 'TrainConfig', 'EvalConfig',
            'TrackingConfig', 'RunConfig', 'ParamSpec', 'param_specs', 'check_param', 'update_config', 'flatten',
            'config_to_dict', 'config_from_dict', 'save_config', 'load_config', 'find_settings', 'read_settings',
            'make_config', 'config_from_namespace', 'seed_everything', 'capture_env', 'cache_dir', 'new_run_id',
            'create_run']
 
 # %% ../nbs/00_config.ipynb #f4712907
-class ConfigError(ValueError):
+class ConfigError(KitError):
     "A bad parameter or config file: the message is one line naming the parameter."
 
 def _f(default, help:str, choices=None):
     "A dataclass field with `help` (and `choices`) metadata."
-    md = {"help": help} | ({"choices": list(choices)} if choices else {})
+    md = {"help": help} | ({"choices": choices} if choices else {})  # a live registry (TASKS) stays live
     return field(default=default, metadata=md)
 
 # %% ../nbs/00_config.ipynb #7b042506
-TASKS = ("classification", "ner", "summarization", "instruction", "chat", "prompt_completion")
 PEFT_METHODS = ("lora", "qlora", "dora", "adalora", "prompt_tuning", "prefix_tuning", "ia3", "full")
 
 @dataclass
