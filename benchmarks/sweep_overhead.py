@@ -62,7 +62,7 @@ def main():
         params = dict(base_model=MODEL, max_records=a.max_records, max_steps=a.max_steps, max_eval_samples=a.eval_samples,
                       bootstrap_samples=200, review_samples=0, report_to="none", runs_dir=d, run_id="bench")
         from finetune_kit.config import make_config
-        from finetune_kit.sweeps import prepare_cached
+        from finetune_kit.data import prepare_cached
         t = time.time(); data_dir = prepare_cached(make_config(params)); prep = time.time() - t  # shared by trials: not part of one
         print(f"prepared data: {data_dir} ({prep:.1f} s, cached for every trial)")
         import papermill  # the sweep runner imports it once, before it forks trials

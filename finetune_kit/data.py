@@ -10,6 +10,7 @@ import csv, hashlib, importlib.util, json, re, unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator
+from .files import KitError
 
 # %% auto #0
 __all__ = ['PACKAGED', 'ACLSUM_ASPECTS', 'TASK_FIELDS', 'REJECT_REASONS', 'PII_TYPES', 'DEFAULT_SYSTEM_PROMPTS', 'LABEL_PROMPTS',
@@ -18,10 +19,11 @@ __all__ = ['PACKAGED', 'ACLSUM_ASPECTS', 'TASK_FIELDS', 'REJECT_REASONS', 'PII_T
            'packaged_path', 'load_bbc', 'load_wnut16', 'load_aclsum', 'Rejected', 'validate_record', 'strip_html',
            'clean_text', 'scrub_pii', 'normalize_key', 'minhash_signatures', 'DuplicateIndex', 'find_duplicates',
            'make_template', 'make_prompt', 'make_answer', 'render_chats', 'token_lengths', 'split_indices',
-           'record_digest', 'fingerprint', 'write_card', 'dvc_add', 'prepare_data', 'load_splits', 'prepare_cmd']
+           'record_digest', 'fingerprint', 'write_card', 'dvc_add', 'prepare_data', 'load_splits', 'data_cache_key',
+           'prepare_cached', 'prepare_cmd']
 
 # %% ../nbs/01_data.ipynb #34f52064
-class DataError(ValueError):
+class DataError(KitError):
     "A data source that cannot be read at all: the message is one line naming the file and the cause."
 
 # %% ../nbs/01_data.ipynb #41ce2e5f
@@ -1202,6 +1204,58 @@ def _arrow_safe_meta(rows:list[dict]):
         m = r.get("meta") or {}
         for k in bad & m.keys():
             if m[k] is not None and not isinstance(m[k], str): m[k] = json.dumps(m[k], ensure_ascii=False, default=str)
+
+# %% ../nbs/01_data.ipynb #2f760076
+import dataclasses, os, shutil, tempfile
+from .config import cache_dir
+
+def _digest(p:Path) -> str:
+    "sha256 of a file's bytes, or of a folder's file names, sizes and modification times."
+    h = hashlib.sha256()
+    if p.is_file():
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
+    else:
+        for q in sorted(x for x in p.rglob("*") if x.is_file()):
+            st = q.stat(); h.update(f"{q.relative_to(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+def data_cache_key(cfg, tokenizer=None) -> dict:
+    "What a prepared data folder depends on: data parameters, seed, token budget, source contents, tokenizer, data code."
+    import finetune_kit, finetune_kit.data as data_mod
+    d = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("data_dir", "dvc_add")}
+    files = {}
+    for s in (cfg.data.source, cfg.data.decontaminate or ""):
+        for part in (x.strip() for x in str(s).split(",")):
+            if part and Path(part).expanduser().exists(): files[part] = _digest(Path(part).expanduser())
+    tok = None
+    if tokenizer is not None:
+        from finetune_kit.train import tokenizer_hashes
+        tok = {"name": str(getattr(tokenizer, "name_or_path", "")), **tokenizer_hashes(tokenizer)}
+    return {"data": d, "seed": cfg.seed, "max_length": cfg.train.max_length, "files": files, "tokenizer": tok,
+            "kit": finetune_kit.__version__, "data_code": _digest(Path(data_mod.__file__))}
+
+def prepare_cached(cfg, tokenizer=None) -> Path:
+    "The prepared data folder for `cfg`: `cfg.data.data_dir` if set, else prepared once into the cache and reused."
+    if cfg.data.data_dir: return Path(cfg.data.data_dir)
+    if tokenizer is None:
+        from finetune_kit.models import load_tokenizer
+        tokenizer = load_tokenizer(cfg)
+    key = data_cache_key(cfg, tokenizer)
+    h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    dest = cache_dir("data")/h
+    if (dest/"data.json").exists(): return dest
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{h}-"))
+    try:
+        prepare_data(cfg, tmp, tokenizer=tokenizer)
+        (tmp/"cache_key.json").write_text(json.dumps(key, indent=1, default=str) + "\n")
+        os.rename(tmp, dest)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another trial won the race
+        if not (dest/"data.json").exists(): raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True); raise
+    return dest
 
 # %% ../nbs/01_data.ipynb #e97f8ed2
 import typer

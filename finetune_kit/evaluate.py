@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import typer
 from .config import ConfigError, RunConfig, create_run, load_config, make_config, update_config
+from .files import KitError
 
 # %% auto #0
 __all__ = ['OUTSIDE', 'HEADLINE', 'REVIEW_COLUMNS', 'LABEL_STUDIO_CHOICES', 'cli', 'review_cli', 'EvalError', 'read_jsonl',
@@ -28,7 +29,7 @@ __all__ = ['OUTSIDE', 'HEADLINE', 'REVIEW_COLUMNS', 'LABEL_STUDIO_CHOICES', 'cli
            'review_make', 'review_import']
 
 # %% ../nbs/05_evaluate.ipynb #9bc1271c
-class EvalError(ValueError):
+class EvalError(KitError):
     "A problem with the evaluation's inputs that the user can fix: the message is one line."
 
 def read_jsonl(path) -> list[dict]:

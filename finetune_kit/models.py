@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import typer
 from .config import PEFT_METHODS, RunConfig, cache_dir
+from .files import KitError
 
 # %% auto #0
 __all__ = ['SMOLLM2', 'SMOLLM2_PIP', 'KNOWN_MODELS', 'MERGEABLE', 'cli', 'ModelError', 'smollm2_gguf', 'convert_gguf',
@@ -20,7 +21,7 @@ __all__ = ['SMOLLM2', 'SMOLLM2_PIP', 'KNOWN_MODELS', 'MERGEABLE', 'cli', 'ModelE
            'info_cmd']
 
 # %% ../nbs/03_models.ipynb #df7ca786
-class ModelError(ValueError):
+class ModelError(KitError):
     "A bad model name, a missing package or an unsupported method: the message is one line saying what to do."
 
 SMOLLM2 = "smollm2-135m-instruct"

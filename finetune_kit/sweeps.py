@@ -15,11 +15,10 @@ from .config import ConfigError, cache_dir, check_param, find_settings, flatten,
 # %% auto #0
 __all__ = ['METHODS', 'GOALS', 'DISTRIBUTIONS', 'LOCAL_DISTRIBUTIONS', 'DEFAULT_NOTEBOOK', 'DEFAULT_COMMAND', 'HEARTBEAT_S',
            'GRACE_S', 'COST_COLUMNS', 'SweepError', 'SweepSpec', 'load_sweep', 'grid_points', 'search_space',
-           'trial_params', 'row_key', 'trial_metric', 'intermediate_values', 'trial_cost', 'data_cache_key',
-           'prepare_cached', 'keep_model', 'gpu_ids', 'worker_env', 'open_study', 'failed_cell', 'recover_stale',
-           'resolve_notebook', 'default_sweep_dir', 'sweep', 'trials_table', 'pick_cheapest', 'plot_sweep',
-           'trial_config', 'SweepResult', 'write_results', 'wandb_sweep_config', 'register_wandb', 'agent_context',
-           'sweep_cmd']
+           'trial_params', 'row_key', 'trial_metric', 'intermediate_values', 'trial_cost', 'gpu_ids', 'worker_env',
+           'open_study', 'failed_cell', 'recover_stale', 'resolve_notebook', 'default_sweep_dir', 'sweep',
+           'trials_table', 'pick_cheapest', 'plot_sweep', 'trial_config', 'SweepResult', 'write_results',
+           'wandb_sweep_config', 'register_wandb', 'agent_context', 'sweep_cmd']
 
 # %% ../nbs/06_sweeps.ipynb #7599069c
 class SweepError(ConfigError):
@@ -333,70 +332,6 @@ def trial_cost(run_dir) -> dict:
     peak = s.get("peak_gpu_mb") if _finite(s.get("peak_gpu_mb")) else s.get("peak_rss_mb")
     if _finite(peak): out["peak_mb"] = round(float(peak), 1)
     return out
-
-# %% ../nbs/06_sweeps.ipynb #2f760076
-def _digest(p:Path) -> str:
-    "sha256 of a file's bytes, or of a folder's file names, sizes and modification times."
-    h = hashlib.sha256()
-    if p.is_file():
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
-    else:
-        for q in sorted(x for x in p.rglob("*") if x.is_file()):
-            st = q.stat(); h.update(f"{q.relative_to(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-def data_cache_key(cfg, tokenizer=None) -> dict:
-    "What a prepared data folder depends on: data parameters, seed, token budget, source contents, tokenizer, data code."
-    import finetune_kit, finetune_kit.data as data_mod
-    d = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("data_dir", "dvc_add")}
-    files = {}
-    for s in (cfg.data.source, cfg.data.decontaminate or ""):
-        for part in (x.strip() for x in str(s).split(",")):
-            if part and Path(part).expanduser().exists(): files[part] = _digest(Path(part).expanduser())
-    tok = None
-    if tokenizer is not None:
-        from finetune_kit.train import tokenizer_hashes
-        tok = {"name": str(getattr(tokenizer, "name_or_path", "")), **tokenizer_hashes(tokenizer)}
-    return {"data": d, "seed": cfg.seed, "max_length": cfg.train.max_length, "files": files, "tokenizer": tok,
-            "kit": finetune_kit.__version__, "data_code": _digest(Path(data_mod.__file__))}
-
-def prepare_cached(cfg, tokenizer=None) -> Path:
-    "The prepared data folder for `cfg`: `cfg.data.data_dir` if set, else prepared once into the cache and reused."
-    if cfg.data.data_dir: return Path(cfg.data.data_dir)
-    from finetune_kit.data import prepare_data
-    if tokenizer is None:
-        from finetune_kit.models import load_tokenizer
-        tokenizer = load_tokenizer(cfg)
-    key = data_cache_key(cfg, tokenizer)
-    h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    dest = cache_dir("data")/h
-    if (dest/"data.json").exists(): return dest
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{h}-"))
-    try:
-        prepare_data(cfg, tmp, tokenizer=tokenizer)
-        (tmp/"cache_key.json").write_text(json.dumps(key, indent=1, default=str) + "\n")
-        os.rename(tmp, dest)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another trial won the race
-        if not (dest/"data.json").exists(): raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
-    return dest
-
-# %% ../nbs/06_sweeps.ipynb #7d9ffdaa
-def keep_model():
-    "A training callback that keeps the trained model and tokenizer (`.model`, `.tokenizer`) when training ends."
-    from transformers import TrainerCallback
-    class KeepModel(TrainerCallback):
-        model = tokenizer = None
-        def on_train_end(self, args, state, control, model=None, processing_class=None, **kw):
-            self.model, self.tokenizer = model, processing_class or kw.get("tokenizer")
-        @property
-        def peft_model(self):
-            "The trained model if it can switch its adapter off (a `PeftModel`), else None."
-            return self.model if hasattr(self.model, "disable_adapter") else None
-    return KeepModel()
 
 # %% ../nbs/06_sweeps.ipynb #b34e2c19
 HEARTBEAT_S, GRACE_S = 30, 180

@@ -13,12 +13,13 @@ import torch.nn.functional as F
 from transformers import TrainerCallback, EarlyStoppingCallback
 from trl import SFTConfig, SFTTrainer
 from .config import RunConfig, ConfigError, create_run, flatten, load_config, seed_everything
+from .files import KitError
 
 # %% auto #0
 __all__ = ['DEFAULT_LR', 'PROMPT_LEARNING', 'hardware_args', 'training_args', 'TrainingError', 'FinetuneTrainer', 'RunRecorder',
            'read_metrics', 'end_of_turn_id', 'set_stop_tokens', 'check_trainable', 'start_tracking', 'end_tracking',
            'tokenizer_hashes', 'write_manifest', 'plot_training', 'TrainResult', 'latest_checkpoint', 'total_steps',
-           'train']
+           'train', 'keep_model']
 
 # %% ../nbs/04_train.ipynb #49363b3a
 DEFAULT_LR = {"lora": 1e-3, "qlora": 1e-3, "dora": 1e-3, "adalora": 1e-3, "ia3": 3e-3,
@@ -61,7 +62,7 @@ def training_args(cfg:RunConfig, output_dir, **overrides) -> SFTConfig:
     return SFTConfig(**{**kw, **overrides})
 
 # %% ../nbs/04_train.ipynb #53afc3d7
-class TrainingError(RuntimeError):
+class TrainingError(KitError, RuntimeError):
     "Training stopped for a reason the user can act on; the message says which."
 
 class FinetuneTrainer(SFTTrainer):
@@ -403,3 +404,17 @@ def _print_summary(run_dir, s:dict):
     for k in ("steps", "train_loss", "train_seconds", "tokens_per_s", "peak_rss_mb", "peak_gpu_mb", "adapter_mb", "loss_token_share", "world_size"):
         if s.get(k) is not None: t.add_row(k, f"{s[k]:.4g}" if isinstance(s[k], float) else str(s[k]))
     Console().print(t)
+
+# %% ../nbs/04_train.ipynb #7d9ffdaa
+def keep_model():
+    "A training callback that keeps the trained model and tokenizer (`.model`, `.tokenizer`) when training ends."
+    from transformers import TrainerCallback
+    class KeepModel(TrainerCallback):
+        model = tokenizer = None
+        def on_train_end(self, args, state, control, model=None, processing_class=None, **kw):
+            self.model, self.tokenizer = model, processing_class or kw.get("tokenizer")
+        @property
+        def peft_model(self):
+            "The trained model if it can switch its adapter off (a `PeftModel`), else None."
+            return self.model if hasattr(self.model, "disable_adapter") else None
+    return KeepModel()

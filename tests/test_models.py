@@ -138,7 +138,10 @@ def test_merged_logits_match_base_plus_adapter(method, batch):
     before = _logits(m, batch)
     merged = merge_adapter(m)
     assert not hasattr(merged, "peft_config") and not M.is_4bit(merged)
-    assert (_logits(merged, batch) - before).abs().max().item() < 1e-4
+    # bitsandbytes computes 4-bit matmuls in bf16 on CPUs with AVX512-BF16 (its gemv_4bit kernel), so there base +
+    # QLoRA adapter is a bf16 computation and the merged fp32 model agrees to bf16's precision, not fp32's
+    tol = 1e-2 if method == "qlora" else 1e-4
+    assert (_logits(merged, batch) - before).abs().max().item() < tol
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
 def test_prompt_methods_say_they_cannot_merge(method, tmp_path, batch):

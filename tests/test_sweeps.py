@@ -170,13 +170,13 @@ def test_cli_wandb_registers_the_sweep_and_prints_the_agent_line(cli, monkeypatc
 def test_prepare_cached_reuses_the_prepared_data():
     from finetune_kit.config import make_config
     from finetune_kit.models import load_tokenizer
-    from finetune_kit.sweeps import prepare_cached
+    from finetune_kit.data import prepare_cached
     cfg = make_config(dict(base_model="tiny-test", max_records=20, seed=5), settings=False)
     tok = load_tokenizer(cfg)
     d = prepare_cached(cfg, tok)
     assert (d/"data.json").exists() and json.loads((d/"cache_key.json").read_text())["seed"] == 5
     t0 = time.time(); assert prepare_cached(cfg, tok) == d and time.time() - t0 < 5
-    from finetune_kit.sweeps import data_cache_key
+    from finetune_kit.data import data_cache_key
     other = make_config(dict(base_model="tiny-test", max_records=20, seed=5, max_chars=50), settings=False)
     assert data_cache_key(other, tok) != data_cache_key(cfg, tok) and data_cache_key(cfg, tok) == data_cache_key(cfg, tok)
 
