@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-export PATH="$PWD/$VENV/bin:$PATH" PYTHONPATH="$PWD/scripts/docs${PYTHONPATH:+:$PYTHONPATH}"
+case $VENV in /*) ;; *) VENV=$PWD/$VENV ;; esac
+export PATH="$VENV/bin:$PATH" PYTHONPATH="$PWD/scripts/docs${PYTHONPATH:+:$PYTHONPATH}"
 [ "${DOCS_QUARTO:-}" = system ] || export PATH="$PWD/scripts/docs:$PATH"
 start=$(date +%s)
 nbdev-readme
