@@ -1,4 +1,4 @@
-"""nbdev doc processor for the docs site: API docs come from the exported module, so no notebook cell runs.
+"""nbdev doc processors for the docs site: API docs come from the exported modules, so no notebook cell runs.
 
 nbdev's default `exec_show_docs` runs every export cell and every cell that imports something, to fill in the
 `show_doc` cells it adds after each export. Example cells that import a helper then run too: slowly, and with a
@@ -13,10 +13,10 @@ import ast, inspect, json, re, sys
 from importlib import import_module
 from pathlib import Path
 
+from fastcore.nbio import mk_cell
 from nbdev.config import get_config
 from nbdev.doclinks import NbdevLookup
 from nbdev.process import Processor
-from fastcore.nbio import mk_cell
 from nbdev.showdoc import show_doc
 
 _re_default_exp = re.compile(r'^\s*#\|\s*default_exp\s+(\S+)', re.MULTILINE)
