@@ -37,7 +37,7 @@ def bootstrap_intervals(base:TaskScores, tuned:TaskScores|None=None, n_resamples
         return {k: {"value": float(p), "low": float("nan"), "high": float("nan")} for k, p in zip(names, point)}
     batch = max(1, min(n_resamples, 2_000_000//max(n*systems[0].counts.shape[1], 1)))  # memory per batch of resamples
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=RuntimeWarning)  # a degenerate distribution (resamples all equal) warns
+        warnings.simplefilter("ignore", category=RuntimeWarning)  # degenerate distributions (resamples all equal) warn
         r = bootstrap((np.arange(n),), stat, n_resamples=n_resamples, vectorized=True, method="percentile",
                       confidence_level=confidence, rng=np.random.default_rng(seed), batch=batch)
     lo, hi = np.atleast_1d(r.confidence_interval.low), np.atleast_1d(r.confidence_interval.high)
@@ -55,7 +55,8 @@ def ship_verdict(intervals:dict, margin:float=0.02, metric:str="headline") -> di
     if ok_margin and ok_ci: reason = f"tuned beats base on {metric} by {gain:+.3f} (margin {margin}), {ci} above zero"
     elif not ok_margin: reason = f"gain {gain:+.3f} on {metric} is below the margin {margin} ({ci})"
     else:
-        reason = f"gain {gain:+.3f} clears the margin but the {ci} reaches zero: could be noise; evaluate on more records"
+        reason = (f"gain {gain:+.3f} clears the margin but the {ci} reaches zero: could be noise; "
+                  "evaluate on more records")
     return {"ship": bool(ok_margin and ok_ci), "gain": gain, "margin": margin, "reason": reason}
 
 # %% ../../nbs/05c_evaluate_compare.ipynb #cfd8b024
