@@ -26,7 +26,7 @@ def bbc_prompts(n:int, max_chars:int, seed:int=42) -> list[dict]:
     "`n` prepared BBC classification records (short texts), from the data stage."
     from finetune_kit.config import make_config
     from finetune_kit.data import prepare_data
-    from finetune_kit.evaluate import read_jsonl
+    from finetune_kit.files import read_jsonl
     out = Path(tempfile.mkdtemp(prefix="eval-bench-"))
     cfg = make_config(settings=False, source="bbc", task="classification", max_records=max(4*n, 100), max_chars=max_chars,
                       pii_scrub=False, seed=seed)

@@ -153,8 +153,8 @@ class TaskSpec:
     extra_inputs: tuple = ()  # other source fields the task reads
     headline: str|None = None  # metric a verdict is about (None: the scorer names it)
     has_reference: Callable = lambda r: isinstance(r.get("reference"), str) and r["reference"].strip() != ""
-    score: str|Callable|None = None  # (records, outputs, labels) -> (metrics, items, counts, agg, headline)
-    describe: str|Callable|None = None  # (outputs, labels) -> (metrics, items) for answers without references
+    score: str|Callable|None = None  # (records, outputs, labels, parse=None) -> (metrics, items, counts, agg, headline)
+    describe: str|Callable|None = None  # (outputs, labels, parse=None) -> (metrics, items) for answers with no reference
     baseline: str|Callable|None = None  # (train, test, seed) -> answers of a classical system
     plot_metrics: tuple = ()  # metrics on the comparison plot (headline first)
 

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 from conftest import ROOT
 from finetune_kit.config import make_config
-from finetune_kit.evaluate import (OUTSIDE, LABEL_STUDIO_CHOICES, EvalError, bootstrap_intervals, classification_metrics, cli,
+from finetune_kit.evaluate import (OUTSIDE, LABEL_STUDIO_CHOICES, EvalError, bootstrap_intervals, classification_metrics,
                                    comparison_table, evaluate, exact_match, generate, generate_pair, import_review,
                                    json_field_metrics, label_studio_tasks, label_studio_verdicts, load_split, make_review_sheet,
                                    ner_metrics, normalize_label, perplexity, qa_metrics, review_rates, rouge_metrics,
