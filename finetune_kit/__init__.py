@@ -2,6 +2,7 @@
 
 Modules:
 
+- `finetune_kit.config`: One run config of nested dataclasses flows through every stage: `settings.ini` defaults, flat parameters, run folders, seeding and environment capture.
 - `finetune_kit.tasks`: One `TaskSpec` per task: the record's fields and checks, what the model reads and answers, the metric that decides, and the baseline to beat. Registered by name, as PEFT registers its methods."""
 
 __version__ = "0.0.1"
