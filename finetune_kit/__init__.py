@@ -4,6 +4,8 @@ Modules:
 
 - `finetune_kit.config`: One run config of nested dataclasses flows through every stage: `settings.ini` defaults, flat parameters, run folders, seeding and environment capture.
 - `finetune_kit.models`: Base models from a hub id, a local folder or the packaged SmolLM2 GGUF, the right device and dtype, and every PEFT method built from the run config.
-- `finetune_kit.tasks`: One `TaskSpec` per task: the record's fields and checks, what the model reads and answers, the metric that decides, and the baseline to beat. Registered by name, as PEFT registers its methods."""
+- `finetune_kit.tasks`: One `TaskSpec` per task: the record's fields and checks, what the model reads and answers, the metric that decides, and the baseline to beat. Registered by name, as PEFT registers its methods.
+- `finetune_kit.tracking`: Every run keeps its own records in its folder (`metrics.jsonl`, the training curve); W&B or MLflow mirror them: one call opens the backend's run with the flat config, one closes it.
+- `finetune_kit.train`: Supervised fine-tuning with TRL's `SFTTrainer`: completion-only loss computed only where it counts, one run folder, tracking, checkpoints and resume."""
 
 __version__ = "0.0.1"
