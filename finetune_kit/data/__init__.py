@@ -7,7 +7,7 @@ Docs: https://finetune-kit.github.io/finetune-kit/data.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/02_data.ipynb #189ee73c
+# %% ../../nbs/02_data.ipynb #ca46cd9f
 from ..files import read_jsonl, write_jsonl
 from ..tasks import REJECT_REASONS, Rejected, format_entities, parse_entities
 from .sources import *
