@@ -3,6 +3,12 @@
 Modules:
 
 - `finetune_kit.config`: One run config of nested dataclasses flows through every stage: `settings.ini` defaults, flat parameters, run folders, seeding and environment capture.
+- `finetune_kit.data.card`: `card.md` and its plots: where the data came from, what was dropped and why, the label mix per split, token lengths, cleaning and PII, label conflicts and one rendered example.
+- `finetune_kit.data.curate`: Clean text, scrub personal data and find exact and near duplicates; clean and scrub whole records by the roles their task gives their text fields.
+- `finetune_kit.data.prepare`: `prepare_data` as named steps (read and validate; clean and scrub; dedup and decontaminate; sample; template and token budget; split and write), reading a prepared folder back, and `dvc add`.
+- `finetune_kit.data.sources`: Read records from JSON Lines, JSON, CSV/TSV, Parquet, `datasets` objects, label folders and CoNLL files, load the packaged public sets, and check records against their task.
+- `finetune_kit.data.split`: Leakage-free train/validation/test splits (stratified, grouped, seeded), stable record ids and one fingerprint for everything training sees.
+- `finetune_kit.data.templates`: Every record becomes a chat: the system prompt, the task's instruction and the record's text as the prompt, the gold answer as the completion; and the token lengths of both under the model's chat template.
 - `finetune_kit.evaluate.compare`: Base vs tuned: paired bootstrap intervals and a ship verdict, the comparison table and plots, slices, and a cheap classical baseline.
 - `finetune_kit.evaluate.generate`: Greedy answers to the data stage's prompts, batched, with a shared-prefix KV cache and two CPU measures; base and tuned answers from one model; perplexity.
 - `finetune_kit.evaluate.metrics`: Task metrics on raw answers (labels, entities, ROUGE, SQuAD EM/F1, JSON fields), the per-task scorers the task registry names, and `score_outputs`, which keeps per-record counts for resampling.

