@@ -8,8 +8,10 @@ Docs: https://finetune-kit.github.io/finetune-kit/sweeps.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/06_sweeps.ipynb #b781ab4a
+# %% ../../nbs/06_sweeps.ipynb #b02c7941
 from .spec import *
 from .runner import *
 from .results import *
 from .agents import *
+from . import agents, results, runner, spec
+__all__ = [*spec.__all__, *runner.__all__, *results.__all__, *agents.__all__]  # `import *` gives the four modules' names
