@@ -63,7 +63,7 @@ def test_data_prepare_parameters_reach_the_config(tmp_path):
     assert dj["split"]["seed"] == 9 and dj["counts"]["splits"]["test"] == 0  # -p wins over the file
     assert r.output.startswith(f"prepared {tmp_path/'o'}: ") and "fingerprint " in r.output
 
-def test_python_m_and_console_script_agree():
+def test_console_script_errors_are_one_line_on_stderr():
     r = run_cli("version")
     assert r.returncode == 0 and r.stdout.strip()
     r = run_cli("train", "-p", "lora_rank", "8")
