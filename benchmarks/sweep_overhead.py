@@ -3,7 +3,7 @@
 A sweep trial is one papermill job of nbs/workbooks/experiment.ipynb. Besides the work (training,
 evaluation) every trial pays for a fresh kernel, for importing torch / transformers / trl / peft and
 the kit, and for loading the base model. This script runs one short trial exactly as the sweep
-runner does (`finetune_kit.cli.run_job`, papermill already imported, the prepared data already in
+runner does (`finetune_kit.jobs.run_job`, papermill already imported, the prepared data already in
 the cache, as for every trial after a sweep's first), and measures:
 
 - kernel start: from papermill's notebook start to its first cell (from the executed notebook);
@@ -66,7 +66,7 @@ def main():
         t = time.time(); data_dir = prepare_cached(make_config(params)); prep = time.time() - t  # shared by trials: not part of one
         print(f"prepared data: {data_dir} ({prep:.1f} s, cached for every trial)")
         import papermill  # the sweep runner imports it once, before it forks trials
-        from finetune_kit.cli import run_job
+        from finetune_kit.jobs import run_job
         t0 = time.time(); out = run_job(EXPERIMENT, params, progress=False); wall = time.time() - t0
         nb = json.loads(Path(out).read_text())
         cells = [c for c in nb["cells"] if c["cell_type"] == "code"]

@@ -22,7 +22,7 @@ from .tracking import read_metrics, _wandb_logged_in  # importable from here, as
 # %% auto #0
 __all__ = ['DEFAULT_LR', 'PROMPT_LEARNING', 'hardware_args', 'training_args', 'TrainingError', 'FinetuneTrainer',
            'check_trainable', 'end_of_turn_id', 'set_stop_tokens', 'tokenizer_hashes', 'write_manifest',
-           'latest_checkpoint', 'total_steps', 'TrainResult', 'train', 'keep_model']
+           'latest_checkpoint', 'total_steps', 'TrainResult', 'train', 'keep_model', 'TextProgress']
 
 # %% ../nbs/04_train.ipynb #389b54ca
 DEFAULT_LR = {"lora": 1e-3, "qlora": 1e-3, "dora": 1e-3, "adalora": 1e-3, "ia3": 3e-3,
@@ -374,3 +374,30 @@ def keep_model():
             "The trained model if it can switch its adapter off (a `PeftModel`), else None."
             return self.model if hasattr(self.model, "disable_adapter") else None
     return KeepModel()
+
+# %% ../nbs/04_train.ipynb #a7c3e1f0
+class TextProgress(TrainerCallback):
+    "Training progress as text for a job's terminal or log: a step bar and one line per log, on stderr."
+    bar = None
+    def on_train_begin(self, args, state, control, **kw):
+        from tqdm.std import tqdm
+        if state.is_world_process_zero:
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", dynamic_ncols=True)
+    def on_step_end(self, args, state, control, **kw):
+        if self.bar is not None: self.bar.update(state.global_step - self.bar.n)
+    def on_log(self, args, state, control, logs=None, **kw):
+        if self.bar is None or not logs: return
+        shown = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items() if k != "total_flos"]
+        self.bar.write(f"step {state.global_step}: " + ", ".join(shown), file=self.bar.fp)
+    def on_train_end(self, args, state, control, **kw):
+        if self.bar is not None: self.bar.close(); self.bar = None
+
+from fastcore.basics import patch
+
+@patch
+def add_callback(self:FinetuneTrainer, callback):
+    "`Trainer.add_callback`; inside a job's kernel (`jobs.in_job`) the Trainer's HTML progress table is `TextProgress`."
+    from finetune_kit.jobs import in_job
+    if in_job() and getattr(callback, "__name__", type(callback).__name__) == "NotebookProgressCallback":
+        callback = TextProgress
+    SFTTrainer.add_callback(self, callback)

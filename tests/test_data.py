@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from finetune_kit.config import make_config
 from finetune_kit import data as D
+from finetune_kit.cli import app
 from finetune_kit.data import (DataError, REJECT_REASONS, find_duplicates, format_entities, load_splits,
                                parse_entities, prepare_data, read_source, scrub_pii)
 from finetune_kit.tasks import _spans
@@ -395,25 +396,27 @@ def test_dvc_add(tmp_path, monkeypatch):
 
 def test_cli_exit_codes(tmp_path):
     run = CliRunner().invoke
-    r = run(cli, ["prepare", str(FIX/"bad"/"invalid_json.jsonl"), "--out", str(tmp_path/"ok"), "--test-size", "0", "--val-size", "0"])
+    r = run(app, ["data", "prepare", str(FIX/"bad"/"invalid_json.jsonl"), "--out", str(tmp_path/"ok"), "-p", "test_size", "0",
+                  "-p", "val_size", "0"])
     assert r.exit_code == 0, r.output
     assert "1 rejected" in r.output and "invalid_json 1" in r.output and (tmp_path/"ok"/"data.json").exists()
     for args, msg in [([str(tmp_path/"nope.jsonl")], "nope.jsonl: no such file or folder"),
-                      ([str(FIX/"classification.jsonl"), "--task", "nerd"], "parameter 'task' must be one of"),
-                      (["bbc", "--task", "ner"], "'bbc' is a classification set"),
-                      ([str(FIX/"classification.jsonl"), "--near-dup-threshold", "0"], "near_dup_threshold must be in (0, 1]")]:
-        r = run(cli, ["prepare", *args, "--out", str(tmp_path/"x")])
+                      ([str(FIX/"classification.jsonl"), "-p", "task", "nerd"], "parameter 'task' must be one of"),
+                      (["bbc", "-p", "task", "ner"], "'bbc' is a classification set"),
+                      ([str(FIX/"classification.jsonl"), "-p", "near_dup_threshold", "0"], "near_dup_threshold must be in (0, 1]")]:
+        r = run(app, ["data", "prepare", *args, "--out", str(tmp_path/"x")])
         assert r.exit_code == 2, (args, r.output)
         err = r.stderr if hasattr(r, "stderr") else r.output
         assert err.count("\n") == 1 and err.startswith("error: ") and msg in err, err
     (tmp_path/"cut.json").write_text("[{")
-    r = run(cli, ["prepare", str(tmp_path/"cut.json"), "--out", str(tmp_path/"x")])
+    r = run(app, ["data", "prepare", str(tmp_path/"cut.json"), "--out", str(tmp_path/"x")])
     assert r.exit_code == 2 and "cut.json: not valid JSON" in r.output
 
 
 def test_cli_mapping_options(tmp_path):
-    r = CliRunner().invoke(cli, ["prepare", str(FIX/"classification.jsonl"), "--out", str(tmp_path/"o"), "--text-field", "body",
-                                 "--label-field", "topic", "--no-pii", "--no-dedup", "--seed", "3", "--label-prompt", "omit"])
+    r = CliRunner().invoke(app, ["data", "prepare", str(FIX/"classification.jsonl"), "--out", str(tmp_path/"o"), "-p", "text_field",
+                                 "body", "-p", "label_field", "topic", "-p", "pii_scrub", "false", "-p", "dedup", "false",
+                                 "-p", "seed", "3", "-p", "label_prompt", "omit"])
     assert r.exit_code == 0, r.output
     dj = json.loads((tmp_path/"o"/"data.json").read_text())
     assert dj["counts"]["kept"] == 6 and dj["split"]["seed"] == 3 and dj["template"]["instruction"] == "Classify the text."

@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 from conftest import ROOT
 from finetune_kit.config import make_config
+from finetune_kit.cli import app
 from finetune_kit.evaluate import (OUTSIDE, LABEL_STUDIO_CHOICES, EvalError, bootstrap_intervals, classification_metrics,
                                    comparison_table, evaluate, exact_match, generate, generate_pair, import_review,
                                    json_field_metrics, label_studio_tasks, label_studio_verdicts, load_split, make_review_sheet,
@@ -309,7 +310,7 @@ def test_cli_run_on_a_run_folder_finds_its_data_and_adapter(tmp_path, tiny_peft)
     cfg, run_dir = create_run(make_config(settings=False, base_model="tiny-test", report_to="none", runs_dir=str(tmp_path),
                                           data_dir=str(CLS), max_new_tokens=4, bootstrap_samples=50, review_samples=3))
     model.save_pretrained(run_dir/"adapter")
-    r = runner.invoke(cli, ["run", str(run_dir), "--max-samples", "6", "--no-progress"])
+    r = runner.invoke(app, ["evaluate", "run", str(run_dir), "-p", "max_eval_samples", "6", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "verdict: do not ship" in r.output and "base 0.000  tuned 0.000  baseline" in r.output
     m = json.loads((run_dir/"eval/metrics.json").read_text())
@@ -318,7 +319,7 @@ def test_cli_run_on_a_run_folder_finds_its_data_and_adapter(tmp_path, tiny_peft)
     sheet = pd.read_csv(run_dir/"eval/review_sheet.csv", dtype=str, keep_default_na=False)
     sheet["verdict"] = ["1", "2", "tie"]
     sheet.to_csv(tmp_path/"filled.csv", index=False)
-    r = runner.invoke(cli, ["review", "import", str(tmp_path/"filled.csv"), "--key", str(run_dir/"eval/review_key.json")])
+    r = runner.invoke(app, ["review", "import", str(tmp_path/"filled.csv"), "--key", str(run_dir/"eval/review_key.json")])
     key = json.loads((run_dir/"eval/review_key.json").read_text())
     wins = sum(key[it][v] == "tuned" for it, v in zip(sheet["item"], sheet["verdict"]) if v != "tie")
     assert r.exit_code == 0 and f"over 3 judgments: win {wins/3:.0%}  tie 33%  loss {(2-wins)/3:.0%}" in r.output, r.output
@@ -330,7 +331,7 @@ def test_cli_adapter_that_does_not_fit_is_one_line(tmp_path):
     from finetune_kit.testing import make_tiny_model
     other = make_tiny_model(tmp_path/"other", hidden_size=32)
     get_peft_model(AutoModelForCausalLM.from_pretrained(other), LoraConfig(r=4, target_modules="all-linear")).save_pretrained(tmp_path/"ad")
-    r = runner.invoke(cli, ["run", str(CLS), "--adapter", str(tmp_path/"ad"), "--base-model", "tiny-test", "--report-to", "none",
+    r = runner.invoke(app, ["evaluate", "run", str(CLS), "--adapter", str(tmp_path/"ad"), "-p", "base_model", "tiny-test", "-p", "report_to", "none",
                             "--out", str(tmp_path/"eval"), "--no-progress"])
     assert r.exit_code == 2
     errs = [l for l in r.output.splitlines() if l.startswith("error: ")]  # (transformers' loading bars also go to stderr)
@@ -338,8 +339,9 @@ def test_cli_adapter_that_does_not_fit_is_one_line(tmp_path):
     assert "adapter does not fit base model tiny-test" in errs[0] and "weights have other shapes, e.g." in errs[0], errs[0]
 
 def test_cli_bad_input_is_one_line(tmp_path):
-    for args in (["run", str(tmp_path/"nope")], ["run", str(CLS), "--split", "dev"], ["review", "import", str(tmp_path/"x.csv")]):
-        r = runner.invoke(cli, args)
+    for args in (["evaluate", "run", str(tmp_path/"nope")], ["evaluate", "run", str(CLS), "-p", "eval_split", "dev"],
+                 ["review", "import", str(tmp_path/"x.csv")]):
+        r = runner.invoke(app, args)
         assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and r.output.startswith("error: "), (args, r.output)
 
 def test_review_html_download_gives_an_importable_sheet(tmp_path):

@@ -3,6 +3,7 @@ import importlib.util, json
 from types import SimpleNamespace
 import pytest, torch
 from typer.testing import CliRunner
+from finetune_kit.cli import app
 from finetune_kit.config import PEFT_METHODS, make_config
 from finetune_kit import models as M
 from finetune_kit.models import (MERGEABLE, SMOLLM2, SMOLLM2_PIP, DeviceSettings, ModelError, apply_peft, device_settings,
@@ -183,17 +184,17 @@ def test_adapter_folder_without_safetensors_is_refused(tmp_path):
 # ---- CLI
 
 def test_cli_list_info_pull(tiny_model_dir):
-    r = CliRunner().invoke(M.cli, ["list"])
+    r = CliRunner().invoke(app, ["models", "list"])
     assert r.exit_code == 0 and SMOLLM2 in r.output and "tiny-test" in r.output
-    r = CliRunner().invoke(M.cli, ["info", "tiny-test"])
+    r = CliRunner().invoke(app, ["models", "info", "tiny-test"])
     assert r.exit_code == 0 and "parameters:     106,816" in r.output and "chat_template:  True" in r.output
     assert "linear_modules: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj" in r.output
-    r = CliRunner().invoke(M.cli, ["pull", "tiny-test"])
+    r = CliRunner().invoke(app, ["models", "pull", "tiny-test"])
     assert r.exit_code == 0 and r.output.strip() == str(tiny_model_dir)
 
 @pytest.mark.parametrize("cmd", ["info", "pull"])
 def test_cli_bad_name_is_one_line_exit_2(cmd):
-    r = CliRunner().invoke(M.cli, [cmd, "smol"])
+    r = CliRunner().invoke(app, ["models", cmd, "smol"])
     assert r.exit_code == 2 and r.stderr.startswith("error: smol: unknown model name") and r.stderr.count("\n") == 1
 
 # ---- SmolLM2 (slow: converts the packaged GGUF once, about a minute)

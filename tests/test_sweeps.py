@@ -1,23 +1,34 @@
 "Sweeps: sweep files, the local Optuna runner (resume, failures, pruning, budgets), results, W&B registration and agents."
 import json, os, signal, sqlite3, subprocess, sys, time
 from pathlib import Path
-import pytest, typer, yaml
+import pytest, yaml
 from typer.testing import CliRunner
 from conftest import ROOT, BIN
 from finetune_kit.config import param_specs
 from finetune_kit import sweeps
-from finetune_kit.sweeps import (SweepError, load_sweep, grid_points, search_space, sweep, sweep_cmd, open_study, recover_stale,
-                                 trials_table, pick_cheapest, write_results, wandb_sweep_config, gpu_ids, worker_env, _fake_study)
+from finetune_kit.sweeps import runner as sweep_runner
+from finetune_kit.sweeps import (SweepError, load_sweep, grid_points, search_space, sweep, open_study, recover_stale,
+                                 trials_table, pick_cheapest, write_results, wandb_sweep_config, gpu_ids, worker_env)
 
 EXPERIMENT = ROOT/"nbs/workbooks/experiment.ipynb"
 TINY = ROOT/"sweeps/tiny.yaml"
 
 @pytest.fixture
 def cli():
-    app = typer.Typer()
-    app.callback()(lambda: None)
-    app.command("sweep")(sweep_cmd)
+    from finetune_kit.cli import app
     return app
+
+def _fake_study(spec, rows):
+    "An in-memory study with finished trials `rows` of (params, value or None, state, attrs), as the runner records them."
+    import optuna
+    from optuna.trial import TrialState, create_trial
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if spec.goal == "maximize" else "minimize")
+    space = search_space(spec)
+    for params, value, state, attrs in rows:
+        study.add_trial(create_trial(params=params, distributions={k: space[k] for k in params}, value=value,
+                                     state=getattr(TrialState, state.upper()), user_attrs={"outcome": state, **attrs}))
+    return study
 
 @pytest.fixture
 def trial_env(monkeypatch):
@@ -84,7 +95,7 @@ def test_a_dead_runners_trials_are_queued_again(tmp_path):
     study = open_study(spec, sweep_dir=tmp_path)
     t = study.ask(search_space(spec))
     dead = subprocess.Popen([sys.executable, "-c", "0"]); dead.wait()
-    for k, v in {"host": sweeps._host(), "runner_pid": dead.pid, "runner_started": 0.0, "params": {"lora_r": t.params["lora_r"]}}.items():
+    for k, v in {"host": sweep_runner._host(), "runner_pid": dead.pid, "runner_started": 0.0, "params": {"lora_r": t.params["lora_r"]}}.items():
         t.set_user_attr(k, v)
     assert recover_stale(study, say=lambda *a: None) == [t.number]
     assert study.get_trials(deepcopy=False)[t.number].state.name == "FAIL"
@@ -107,10 +118,10 @@ def test_hyperband_stops_a_weak_running_trial(tmp_path):
     (run_dir/"metrics.jsonl").write_text('{"step": 2, "loss": 6.0}\n{"step": 2, "eval_loss": 9.0}\n')
     import multiprocessing as mp
     proc = mp.get_context("fork").Process(target=time.sleep, args=(60,)); proc.start()
-    job = sweeps._Job(trial, proc, run_dir, tmp_path/"log", time.time(), devices=1)
+    job = sweep_runner._Job(trial, proc, run_dir, tmp_path/"log", time.time(), devices=1)
     try:
         for _ in range(50):
-            if not sweeps._watch(study, spec, job): break
+            if not sweep_runner._watch(study, spec, job): break
             time.sleep(0.1)
         proc.join(10)
         assert job.pruned and job.reported == 1 and not proc.is_alive()
@@ -137,7 +148,7 @@ def test_results_rank_by_metric_and_cost_and_pick_the_cheapest(tmp_path):
         assert res.files[k].exists(), k
     best = json.loads(res.files["best_config"].read_text())
     assert best["lora_r"] == 32 and "run_id" not in best and "runs_dir" not in best
-    from finetune_kit.cli import job_params
+    from finetune_kit.jobs import job_params
     assert job_params(params_json=str(res.files["best_config"]))["lora_r"] == 32  # ready for `finetune-kit train --params-json`
     assert "cell 7 failed: ValueError: boom" in res.files["md"].read_text()
 
@@ -149,12 +160,12 @@ def test_trial_cap_and_gpu_hours_budget(tmp_path):
     spec = load_sweep({"method": "random", "metric": {"name": "eval/loss"}, "parameters": {"lora_r": {"values": [4, 8]}}}, name="cap")
     study = _fake_study(spec, [({"lora_r": 4}, 1.0, "complete", {"seconds": 3600.0, "device_hours": 1.0}),
                                ({"lora_r": 8}, None, "fail", {"seconds": 1800.0, "device_hours": 0.5})])
-    assert sweeps._budget_stop(study, spec, 2, None, None, {}) == "trial cap 2 reached"
-    assert sweeps._budget_stop(study, spec, 3, None, None, {}) is None
-    assert sweeps._budget_stop(study, spec, None, None, 2.0, {}) == "GPU-hours budget (2.0) spent"  # 1.5 used + 0.75 typical
-    assert sweeps._budget_stop(study, spec, None, time.time() + 600, None, {}) == "wall-clock budget spent"
+    assert sweep_runner._budget_stop(study, spec, 2, None, None, {}) == "trial cap 2 reached"
+    assert sweep_runner._budget_stop(study, spec, 3, None, None, {}) is None
+    assert sweep_runner._budget_stop(study, spec, None, None, 2.0, {}) == "GPU-hours budget (2.0) spent"  # 1.5 used + 0.75 typical
+    assert sweep_runner._budget_stop(study, spec, None, time.time() + 600, None, {}) == "wall-clock budget spent"
     spec.target = 1.5
-    assert "target 1.5 reached" in sweeps._budget_stop(study, spec, None, None, None, {})
+    assert "target 1.5 reached" in sweep_runner._budget_stop(study, spec, None, None, None, {})
 
 def test_cli_wandb_registers_the_sweep_and_prints_the_agent_line(cli, monkeypatch):
     import wandb
@@ -200,7 +211,7 @@ def test_local_sweep_resumes_after_a_kill_records_a_failing_trial_and_finishes(t
     spec.pop("early_terminate")  # keep the trial states deterministic (pruning has its own test)
     f = tmp_path/"resume.yaml"; f.write_text(yaml.safe_dump(spec))
     sd = tmp_path/"sweep"
-    runner = subprocess.Popen([sys.executable, "-m", "finetune_kit.sweeps", str(f), "--dir", str(sd)], cwd=ROOT,
+    runner = subprocess.Popen([sys.executable, "-m", "finetune_kit.cli", "sweep", str(f), "--dir", str(sd)], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.time() + 400
