@@ -1,5 +1,4 @@
-"""The `finetune-kit` command: every stage as a subcommand that takes the run config's flat parameters, and any
-workbook as a papermill job.
+"""The `finetune-kit` command: every stage as a subcommand that takes the run config's flat parameters, and any workbook as a papermill job.
 
 Docs: https://finetune-kit.github.io/finetune-kit/cli.html.md"""
 

@@ -1,5 +1,4 @@
-"""One run config of nested dataclasses flows through every stage: `settings.ini` defaults, flat parameters,
-run folders, seeding and environment capture.
+"""One run config of nested dataclasses flows through every stage: `settings.ini` defaults, flat parameters, run folders, seeding and environment capture.
 
 Docs: https://finetune-kit.github.io/finetune-kit/config.html.md"""
 

@@ -1,5 +1,4 @@
-"""A workbook run as a papermill job: parameters checked before a kernel starts, the executed copy in the run
-folder, and the stages' own progress (training steps and loss, generation) on the job's terminal.
+"""A workbook run as a papermill job: parameters checked before a kernel starts, the executed copy in the run folder, and the stages' own progress (training steps and loss, generation) on the job's terminal.
 
 Docs: https://finetune-kit.github.io/finetune-kit/jobs.html.md"""
 

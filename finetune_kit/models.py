@@ -1,5 +1,4 @@
-"""Base models from a hub id, a local folder or the packaged SmolLM2 GGUF, the right device and dtype, and every
-PEFT method built from the run config.
+"""Base models from a hub id, a local folder or the packaged SmolLM2 GGUF, the right device and dtype, and every PEFT method built from the run config.
 
 Docs: https://finetune-kit.github.io/finetune-kit/models.html.md"""
 

@@ -1,5 +1,4 @@
-"""One `TaskSpec` per task: the record's fields and checks, what the model reads and answers, the metric that
-decides, and the baseline to beat. Registered by name, as PEFT registers its methods.
+"""One `TaskSpec` per task: the record's fields and checks, what the model reads and answers, the metric that decides, and the baseline to beat. Registered by name, as PEFT registers its methods.
 
 Docs: https://finetune-kit.github.io/finetune-kit/tasks.html.md"""
 

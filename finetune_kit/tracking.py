@@ -1,5 +1,4 @@
-"""Every run keeps its own records in its folder (`metrics.jsonl`, the training curve); W&B or MLflow mirror them:
-one call opens the backend's run with the flat config, one closes it.
+"""Every run keeps its own records in its folder (`metrics.jsonl`, the training curve); W&B or MLflow mirror them: one call opens the backend's run with the flat config, one closes it.
 
 Docs: https://finetune-kit.github.io/finetune-kit/tracking.html.md"""
 

@@ -1,5 +1,4 @@
-"""Supervised fine-tuning with TRL's `SFTTrainer`: completion-only loss computed only where it counts, one run
-folder, tracking, checkpoints and resume.
+"""Supervised fine-tuning with TRL's `SFTTrainer`: completion-only loss computed only where it counts, one run folder, tracking, checkpoints and resume.
 
 Docs: https://finetune-kit.github.io/finetune-kit/train.html.md"""
 

@@ -1,5 +1,4 @@
-"""`card.md` and its plots: where the data came from, what was dropped and why, the label mix per split, token
-lengths, cleaning and PII, label conflicts and one rendered example.
+"""`card.md` and its plots: where the data came from, what was dropped and why, the label mix per split, token lengths, cleaning and PII, label conflicts and one rendered example.
 
 Docs: https://finetune-kit.github.io/finetune-kit/data_card.html.md"""
 

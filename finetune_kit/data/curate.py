@@ -1,5 +1,4 @@
-"""Clean text, scrub personal data and find exact and near duplicates; clean and scrub whole records by the
-roles their task gives their text fields.
+"""Clean text, scrub personal data and find exact and near duplicates; clean and scrub whole records by the roles their task gives their text fields.
 
 Docs: https://finetune-kit.github.io/finetune-kit/data_curate.html.md"""
 

@@ -1,5 +1,4 @@
-"""`prepare_data` as named steps (read and validate; clean and scrub; dedup and decontaminate; sample; template and
-token budget; split and write), reading a prepared folder back, and `dvc add`.
+"""`prepare_data` as named steps (read and validate; clean and scrub; dedup and decontaminate; sample; template and token budget; split and write), reading a prepared folder back, and `dvc add`.
 
 Docs: https://finetune-kit.github.io/finetune-kit/data_prepare.html.md"""
 

@@ -1,5 +1,4 @@
-"""Read records from JSON Lines, JSON, CSV/TSV, Parquet, `datasets` objects, label folders and CoNLL files,
-load the packaged public sets, and check records against their task.
+"""Read records from JSON Lines, JSON, CSV/TSV, Parquet, `datasets` objects, label folders and CoNLL files, load the packaged public sets, and check records against their task.
 
 Docs: https://finetune-kit.github.io/finetune-kit/data_sources.html.md"""
 

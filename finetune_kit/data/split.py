@@ -1,5 +1,4 @@
-"""Leakage-free train/validation/test splits (stratified, grouped, seeded), stable record ids and one
-fingerprint for everything training sees.
+"""Leakage-free train/validation/test splits (stratified, grouped, seeded), stable record ids and one fingerprint for everything training sees.
 
 Docs: https://finetune-kit.github.io/finetune-kit/data_split.html.md"""
 

@@ -1,5 +1,4 @@
-"""Every record becomes a chat: the system prompt, the task's instruction and the record's text as the prompt,
-the gold answer as the completion; and the token lengths of both under the model's chat template.
+"""Every record becomes a chat: the system prompt, the task's instruction and the record's text as the prompt, the gold answer as the completion; and the token lengths of both under the model's chat template.
 
 Docs: https://finetune-kit.github.io/finetune-kit/data_templates.html.md"""
 

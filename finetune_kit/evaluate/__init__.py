@@ -1,5 +1,4 @@
-"""Generation from the data stage's prompts, task metrics, base vs tuned with bootstrap intervals and a ship
-verdict, slices, a classical baseline, and blind human review.
+"""Generation from the data stage's prompts, task metrics, base vs tuned with bootstrap intervals and a ship verdict, slices, a classical baseline, and blind human review.
 
 Docs: https://finetune-kit.github.io/finetune-kit/evaluate.html.md"""
 

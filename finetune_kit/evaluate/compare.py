@@ -1,5 +1,4 @@
-"""Base vs tuned: paired bootstrap intervals and a ship verdict, the comparison table and plots, slices, and a
-cheap classical baseline.
+"""Base vs tuned: paired bootstrap intervals and a ship verdict, the comparison table and plots, slices, and a cheap classical baseline.
 
 Docs: https://finetune-kit.github.io/finetune-kit/evaluate_compare.html.md"""
 

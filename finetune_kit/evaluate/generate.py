@@ -1,5 +1,4 @@
-"""Greedy answers to the data stage's prompts, batched, with a shared-prefix KV cache and two CPU measures; base and
-tuned answers from one model; perplexity.
+"""Greedy answers to the data stage's prompts, batched, with a shared-prefix KV cache and two CPU measures; base and tuned answers from one model; perplexity.
 
 Docs: https://finetune-kit.github.io/finetune-kit/evaluate_generate.html.md"""
 

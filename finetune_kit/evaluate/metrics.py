@@ -1,5 +1,4 @@
-"""Task metrics on raw answers (labels, entities, ROUGE, SQuAD EM/F1, JSON fields), the per-task scorers the task
-registry names, and `score_outputs`, which keeps per-record counts for resampling.
+"""Task metrics on raw answers (labels, entities, ROUGE, SQuAD EM/F1, JSON fields), the per-task scorers the task registry names, and `score_outputs`, which keeps per-record counts for resampling.
 
 Docs: https://finetune-kit.github.io/finetune-kit/evaluate_metrics.html.md"""
 

@@ -1,5 +1,4 @@
-"""Blind pairwise human review: a sheet as CSV, a standalone HTML page and Label Studio tasks; the filled sheet
-back as the tuned model's win/tie/loss rates.
+"""Blind pairwise human review: a sheet as CSV, a standalone HTML page and Label Studio tasks; the filled sheet back as the tuned model's win/tie/loss rates.
 
 Docs: https://finetune-kit.github.io/finetune-kit/evaluate_review.html.md"""
 

@@ -1,5 +1,4 @@
-"""`evaluate` as named steps: load the split, generate base and tuned answers, score them and a baseline, compare,
-write the eval folder, and mirror it to the run's tracking.
+"""`evaluate` as named steps: load the split, generate base and tuned answers, score them and a baseline, compare, write the eval folder, and mirror it to the run's tracking.
 
 Docs: https://finetune-kit.github.io/finetune-kit/evaluate_run.html.md"""
 

@@ -1,5 +1,4 @@
-"""W&B-format sweep files, run offline by Optuna (parallel, resumable, budgeted) or by W&B agents; every trial
-is an experiment-notebook job; results rank configurations by metric and by cost.
+"""W&B-format sweep files, run offline by Optuna (parallel, resumable, budgeted) or by W&B agents; every trial is an experiment-notebook job; results rank configurations by metric and by cost.
 
 Docs: https://finetune-kit.github.io/finetune-kit/sweeps.html.md"""
 

@@ -1,5 +1,4 @@
-"""What a trial leaves behind (its metric and its cost), and the sweep's results: trials ranked by metric and by
-cost, the cheapest configuration within reach of the best, plots, and the chosen trials' configs.
+"""What a trial leaves behind (its metric and its cost), and the sweep's results: trials ranked by metric and by cost, the cheapest configuration within reach of the best, plots, and the chosen trials' configs.
 
 Docs: https://finetune-kit.github.io/finetune-kit/sweeps_results.html.md"""
 

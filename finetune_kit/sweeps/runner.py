@@ -1,5 +1,4 @@
-"""A sweep's trials as experiment-notebook jobs on this host: an Optuna study shared by workers and hosts,
-one process per trial, Hyperband pruning, resume after a crash, and budgets.
+"""A sweep's trials as experiment-notebook jobs on this host: an Optuna study shared by workers and hosts, one process per trial, Hyperband pruning, resume after a crash, and budgets.
 
 Docs: https://finetune-kit.github.io/finetune-kit/sweeps_runner.html.md"""
 

@@ -1,5 +1,4 @@
-"""W&B's sweep format, checked against the run config before anything runs, and mapped onto an Optuna search
-space: grids, distributions and each trial's flat parameters.
+"""W&B's sweep format, checked against the run config before anything runs, and mapped onto an Optuna search space: grids, distributions and each trial's flat parameters.
 
 Docs: https://finetune-kit.github.io/finetune-kit/sweeps_spec.html.md"""
 
