@@ -24,7 +24,8 @@ REJECT_REASONS = {
     "missing_field": "a required field is absent (or null)",
     "empty_field": "a required field is empty, or only whitespace or markup",
     "wrong_type": "a field has the wrong type",
-    "bad_role_order": "chat roles out of order or unknown (system first, then user/assistant alternating, assistant last)",
+    "bad_role_order": ("chat roles out of order or unknown (system first, then user/assistant alternating, "
+                       "assistant last)"),
     "bad_tags": "NER tags that are not BIO, or not one per token",
     "label_not_in_set": "a label outside the declared label set",
     "contaminated": "an exact or near copy of a record of the evaluation set",
@@ -59,22 +60,26 @@ def _message(m, f:str) -> dict:
     if role is None: raise Rejected("missing_field", f + ".role")
     if content is None: raise Rejected("missing_field", f + ".content")
     if not isinstance(role, str): raise Rejected("wrong_type", f + ".role", f"expected text, got {type(role).__name__}")
-    if not isinstance(content, str): raise Rejected("wrong_type", f + ".content", f"expected text, got {type(content).__name__}")
+    if not isinstance(content, str):
+        raise Rejected("wrong_type", f + ".content", f"expected text, got {type(content).__name__}")
     role = _ROLE_ALIASES.get(role.strip().lower(), role.strip().lower())
-    if role not in ("system", "user", "assistant"): raise Rejected("bad_role_order", f + ".role", f"unknown role {role!r}")
+    if role not in ("system", "user", "assistant"):
+        raise Rejected("bad_role_order", f + ".role", f"unknown role {role!r}")
     if not content.strip(): raise Rejected("empty_field", f + ".content")
     return {"role": role, "content": content}
 
 def messages_of(v, field:str, last:str="assistant") -> list[dict]:
     "Checked `[{role, content}]` (ShareGPT `from`/`value` accepted) ending with a `last` message."
-    if not isinstance(v, list): raise Rejected("wrong_type", field, f"expected a list of messages, got {type(v).__name__}")
+    if not isinstance(v, list):
+        raise Rejected("wrong_type", field, f"expected a list of messages, got {type(v).__name__}")
     if not v: raise Rejected("empty_field", field)
     out = [_message(m, f"{field}[{i}]") for i, m in enumerate(v)]
     body = out[1:] if out[0]["role"] == "system" else out
     for i, m in enumerate(body):
         want = "user" if i % 2 == 0 else "assistant"
         if m["role"] != want:
-            raise Rejected("bad_role_order", f"{field}[{i + len(out) - len(body)}].role", f"expected {want}, got {m['role']}")
+            j = i + len(out) - len(body)
+            raise Rejected("bad_role_order", f"{field}[{j}].role", f"expected {want}, got {m['role']}")
     if not body or body[-1]["role"] != last: raise Rejected("bad_role_order", field, f"the last message must be {last}")
     return out
 
@@ -154,7 +159,7 @@ class TaskSpec:
     headline: str|None = None  # metric a verdict is about (None: the scorer names it)
     has_reference: Callable = lambda r: isinstance(r.get("reference"), str) and r["reference"].strip() != ""
     score: str|Callable|None = None  # (records, outputs, labels, parse=None) -> (metrics, items, counts, agg, headline)
-    describe: str|Callable|None = None  # (outputs, labels, parse=None) -> (metrics, items) for answers with no reference
+    describe: str|Callable|None = None  # (outputs, labels, parse=None) -> (metrics, items), no reference
     baseline: str|Callable|None = None  # (train, test, seed) -> answers of a classical system
     plot_metrics: tuple = ()  # metrics on the comparison plot (headline first)
 
@@ -171,7 +176,8 @@ TASKS: dict[str, TaskSpec] = {}
 
 def register_task(spec:TaskSpec, replace:bool=False) -> TaskSpec:
     "Add `spec` to `TASKS` under `spec.name` (an existing name only with `replace`)."
-    if spec.name in TASKS and not replace: raise KitError(f"task '{spec.name}' is already registered (pass replace=True)")
+    if spec.name in TASKS and not replace:
+        raise KitError(f"task '{spec.name}' is already registered (pass replace=True)")
     TASKS[spec.name] = spec
     return spec
 
@@ -220,7 +226,8 @@ _TAG = re.compile(r"^(?:O|[BIES]-\S.*)$")
 def _validate_ner(d):
     toks, tags = tokens_of(d, "tokens"), tokens_of(d, "tags")
     if len(toks) != len(tags): raise Rejected("bad_tags", "tags", f"{len(tags)} tags for {len(toks)} tokens")
-    if (bad := next((t for t in tags if not _TAG.match(t)), None)) is not None: raise Rejected("bad_tags", "tags", f"not a BIO tag: {bad!r}")
+    if (bad := next((t for t in tags if not _TAG.match(t)), None)) is not None:
+        raise Rejected("bad_tags", "tags", f"not a BIO tag: {bad!r}")
     return {"tokens": toks, "tags": tags}
 
 def _ner_texts(rec, fn):
@@ -261,7 +268,8 @@ register_task(TaskSpec(
     texts=flat_texts(document="input", summary="text"),
     input_text=lambda r: r["document"], answer=lambda r: r["summary"], user_text=_instructed(lambda r: r["document"]),
     system_prompt="You write short, faithful summaries.", instruction=lambda *a: "Summarize the text.",
-    headline="rougeL", score="finetune_kit.evaluate.metrics:score_summaries", plot_metrics=("rougeL", "rouge1", "rouge2")))
+    headline="rougeL", score="finetune_kit.evaluate.metrics:score_summaries",
+    plot_metrics=("rougeL", "rouge1", "rouge2")))
 
 # %% ../nbs/01_tasks.ipynb #271f1748
 def _validate_instruction(d):
@@ -287,7 +295,8 @@ def _message_texts(*names):
             for i, m in enumerate(rec[name]): m["content"] = fn(m["content"], f"{name}[{i}].content", "text")
     return texts
 
-def _last_assistant(msgs) -> int: return max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=len(msgs))
+def _last_assistant(msgs) -> int:
+    return max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=len(msgs))
 
 def _conversation_text(msgs, end) -> str: return "\n".join(m["content"] for m in msgs[:end] if m["role"] != "system")
 
@@ -295,7 +304,8 @@ register_task(TaskSpec(
     "chat", ("messages", None), validate=lambda d: {"messages": messages_of(_get(d, "messages"), "messages")},
     texts=_message_texts("messages"),
     input_text=lambda r: _conversation_text(r["messages"], _last_assistant(r["messages"])),
-    answer=lambda r: r["messages"][-1]["content"], user_text=lambda r, t: r["messages"][:_last_assistant(r["messages"])],
+    answer=lambda r: r["messages"][-1]["content"],
+    user_text=lambda r, t: r["messages"][:_last_assistant(r["messages"])],
     **_FREE_FORM))
 
 # %% ../nbs/01_tasks.ipynb #8542ff44
@@ -304,7 +314,8 @@ def _validate_prompt_completion(d):
     p = messages_of(p, "prompt", last="user") if isinstance(p, list) else text_of(d, "prompt")
     c = _get(d, "completion")
     if isinstance(c, list):
-        if len(c) != 1 or not isinstance(c[0], dict) or c[0].get("role", c[0].get("from")) not in ("assistant", "gpt", "bot", "model"):
+        role = c[0].get("role", c[0].get("from")) if len(c) == 1 and isinstance(c[0], dict) else None
+        if role not in ("assistant", "gpt", "bot", "model"):
             raise Rejected("bad_role_order", "completion", "expected one assistant message")
         c = _get(c[0], "content") if "content" in c[0] else _get(c[0], "value")
         if not isinstance(c, str): raise Rejected("wrong_type", "completion", f"expected text, got {type(c).__name__}")
@@ -315,5 +326,6 @@ def _validate_prompt_completion(d):
 register_task(TaskSpec(
     "prompt_completion", ("prompt", "completion"), validate=_validate_prompt_completion,
     texts=_message_texts("prompt", "completion"),
-    input_text=lambda r: r["prompt"] if isinstance(r["prompt"], str) else _conversation_text(r["prompt"], len(r["prompt"])),
+    input_text=lambda r: (r["prompt"] if isinstance(r["prompt"], str)
+                          else _conversation_text(r["prompt"], len(r["prompt"]))),
     answer=lambda r: r["completion"], user_text=lambda r, t: r["prompt"], **_FREE_FORM))
