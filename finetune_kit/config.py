@@ -66,9 +66,11 @@ class DataConfig:
 class ModelConfig:
     "Which base model, in which precision."
     base_model: str = _f("smollm2-135m-instruct", "a name from `finetune-kit models list`, a local folder or a hub id")
-    dtype: str = _f("auto", "weights dtype: auto is bf16 on GPUs that support it, else fp32",
+    dtype: str = _f("auto", "weights and compute precision: auto is bf16 where the hardware computes it "
+                    "(GPUs, CPUs with AVX512-BF16 or AMX), fp16 on older GPUs, else fp32",
                     ("auto", "float32", "bfloat16", "float16"))
-    attn_implementation: str = _f("sdpa", "attention kernel", ("sdpa", "eager", "flash_attention_2"))
+    attn_implementation: str = _f("auto", "attention kernel (auto: sdpa on GPUs, eager on CPUs, where it "
+                                  "measured faster)", ("auto", "sdpa", "eager", "flash_attention_2"))
     trust_remote_code: bool = _f(False, "run code shipped with a hub model (off unless asked for)")
 
 # %% ../nbs/00_config.ipynb #bb492250

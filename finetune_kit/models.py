@@ -7,15 +7,15 @@ Docs: https://finetune-kit.github.io/finetune-kit/models.html.md"""
 # %% ../nbs/03_models.ipynb #243e6425
 from __future__ import annotations
 import importlib.util, os, shutil, tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from .config import PEFT_METHODS, RunConfig, cache_dir
 from .files import KitError
 
 # %% auto #0
 __all__ = ['SMOLLM2', 'KNOWN_MODELS', 'SMOLLM2_PIP', 'MERGEABLE', 'ModelError', 'smollm2_gguf', 'convert_gguf', 'resolve_model',
-           'model_status', 'pull_model', 'load_tokenizer', 'DeviceSettings', 'device_settings', 'check_4bit',
-           'load_model', 'is_4bit', 'linear_module_names', 'target_modules', 'peft_config', 'apply_peft',
+           'model_status', 'pull_model', 'load_tokenizer', 'detect_bf16', 'DeviceSettings', 'device_settings',
+           'check_4bit', 'load_model', 'is_4bit', 'linear_module_names', 'target_modules', 'peft_config', 'apply_peft',
            'adalora_callback', 'save_adapter', 'adapter_size_mb', 'model_report', 'merge_adapter', 'model_info']
 
 # %% ../nbs/03_models.ipynb #c7a2c9af
@@ -139,35 +139,62 @@ def load_tokenizer(cfg_or_name:RunConfig|str,  # the run config (its base model)
     return tok
 
 # %% ../nbs/03_models.ipynb #aba6fb88
-@dataclass(frozen=True)
-class DeviceSettings:
-    "How to load a model on this hardware."
-    device: str  # "cuda" or "cpu"
-    dtype: str  # weights dtype name, e.g. "float32"
-    compute_dtype: str  # compute dtype for 4-bit layers
-    device_map: dict|None  # passed to from_pretrained (None on CPU)
-    attn_implementation: str
+def detect_bf16(cuda:bool|None=None,  # a CUDA GPU is present (None: ask torch)
+               ) -> tuple[bool, str]:
+    "Whether this machine computes bf16 in hardware, and what says so (the GPU, or the CPU's AVX512-BF16 or AMX)."
+    import torch
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if cuda:
+        ok = torch.cuda.is_bf16_supported()
+        return ok, f"{torch.cuda.get_device_name(0)} {'supports' if ok else 'does not support'} bf16"
+    cpu = getattr(torch, "cpu", None)
+    has = lambda f: bool(getattr(cpu, f, lambda: False)())
+    feats = [n for n, f in (("AVX512-BF16", "_is_avx512_bf16_supported"), ("AMX", "_is_amx_tile_supported")) if has(f)]
+    return bool(feats), f"this CPU has {' and '.join(feats)}" if feats else "this CPU has no bf16 instructions (AVX512-BF16 or AMX)"
 
 # %% ../nbs/03_models.ipynb #3285620f
+@dataclass(frozen=True)
+class DeviceSettings:
+    "How to load and run a model on this hardware."
+    device: str  # "cuda" or "cpu"
+    dtype: str  # weights dtype name, e.g. "bfloat16"
+    compute_dtype: str  # compute dtype of 4-bit layers
+    device_map: dict|None  # passed to from_pretrained (None on CPU)
+    attn_implementation: str
+    mixed_precision: str = "no"  # the Trainer's autocast: "bf16", "fp16" or "no" (accelerate's names)
+    reason: str = field(default="", compare=False)  # why, in words
+
+# %% ../nbs/03_models.ipynb #e402bcb5
+_MIXED = {"bfloat16": "bf16", "float16": "fp16", "float32": "no"}
+
 def device_settings(dtype:str="auto", # "auto", "float32", "bfloat16" or "float16"
-                    attn_implementation:str="sdpa", # "sdpa", "eager" or "flash_attention_2"
+                    attn_implementation:str="auto", # "auto", "sdpa", "eager" or "flash_attention_2"
                     cuda:bool|None=None, # a CUDA GPU is present (None: ask torch)
-                    bf16:bool|None=None, # the GPU supports bf16 (None: ask torch)
-                    local_rank:int|None=None # this process's GPU (None: $LOCAL_RANK or 0)
+                    bf16:bool|None=None, # the GPU, or the CPU, computes bf16 in hardware (None: `detect_bf16`)
+                    local_rank:int|None=None, # this process's GPU (None: $LOCAL_RANK or 0)
+                    full:bool=False, # full fine-tuning: every weight trains (fp32 master weights where it matters)
                    ) -> DeviceSettings:
-    "Device, dtypes, `device_map` and attention kernel for the given (or detected) hardware."
-    if cuda is None or bf16 is None:
-        import torch
-        cuda = torch.cuda.is_available() if cuda is None else cuda
-        bf16 = (cuda and torch.cuda.is_bf16_supported()) if bf16 is None else bf16
+    "Device, weights and compute precision, `device_map` and attention kernel for the given (or detected) hardware."
+    import torch
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    why = None
+    if bf16 is None: bf16, why = detect_bf16(cuda)
+    why = why or ("bf16 in hardware" if bf16 else "no bf16 in hardware")
+    if attn_implementation == "auto": attn_implementation = "sdpa" if cuda else "eager"
     if attn_implementation == "flash_attention_2" and not cuda:
         raise ModelError("attn_implementation=flash_attention_2 needs a CUDA GPU; use sdpa on CPU")
-    if not cuda:
-        return DeviceSettings("cpu", "float32" if dtype == "auto" else dtype, "float32", None, attn_implementation)
-    rank = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
-    auto = "bfloat16" if bf16 else "float16"
-    return DeviceSettings("cuda", auto if dtype == "auto" else dtype, "bfloat16" if bf16 else "float32",
-                          {"": rank}, attn_implementation)
+    if dtype != "auto": weights, mixed, reason = dtype, _MIXED[dtype], f"dtype={dtype} was asked for"
+    elif bf16:
+        weights = "float32" if full and not cuda else "bfloat16"
+        mixed, reason = "bf16", f"{why}: bf16 compute" + (", fp32 master weights" if weights == "float32" else "")
+    elif cuda:
+        weights = "float32" if full else "float16"
+        mixed, reason = "fp16", f"{why}: fp16 mixed precision" + (", fp32 master weights" if full else "")
+    else: weights, mixed, reason = "float32", "no", f"{why}: fp32"
+    compute = "bfloat16" if mixed == "bf16" else "float32"
+    rank = (int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank) if cuda else None
+    return DeviceSettings("cuda" if cuda else "cpu", weights, compute, {"": rank} if cuda else None, attn_implementation,
+                          mixed, reason)
 
 # %% ../nbs/03_models.ipynb #0ff8a35c
 def check_4bit(device:str="cpu"):
@@ -196,7 +223,8 @@ def load_model(cfg:RunConfig,  # the run config: its `model` section and `peft_m
     if adapter is not None and not adapter.is_dir(): raise ModelError(f"{adapter}: no such adapter folder")
     full = adapter is not None and _is_full_checkpoint(adapter)
     path = str(adapter) if full else resolve_model(cfg.model.base_model, progress=progress)
-    ds = device_settings(cfg.model.dtype, cfg.model.attn_implementation)
+    full_ft = cfg.peft.peft_method == "full" and adapter is None  # training every weight: fp32 master weights
+    ds = device_settings(cfg.model.dtype, cfg.model.attn_implementation, full=full_ft)
     kw = dict(dtype=getattr(torch, ds.dtype), attn_implementation=ds.attn_implementation,
               trust_remote_code=cfg.model.trust_remote_code)
     if ds.device_map is not None: kw["device_map"] = ds.device_map

@@ -15,6 +15,7 @@ from transformers import TrainerCallback, EarlyStoppingCallback
 from trl import SFTConfig, SFTTrainer
 from .config import RunConfig, ConfigError, create_run, flatten, load_config, seed_everything
 from .files import KitError
+from .models import detect_bf16, device_settings
 from .tracking import RunRecorder, plot_training, start_tracking, end_tracking
 from .tracking import read_metrics, _wandb_logged_in  # importable from here, as before
 
@@ -28,18 +29,21 @@ DEFAULT_LR = {"lora": 1e-3, "qlora": 1e-3, "dora": 1e-3, "adalora": 1e-3, "ia3":
               "prompt_tuning": 3e-2, "prefix_tuning": 1e-2, "full": 5e-5}
 
 # %% ../nbs/04_train.ipynb #c4ac7a3f
-def _cuda_caps():
-    "(cuda available, bf16 supported, compute capability major)."
-    if not torch.cuda.is_available(): return False, False, 0
-    return True, torch.cuda.is_bf16_supported(), torch.cuda.get_device_capability()[0]
+def _caps():
+    "(cuda available, bf16 computed in hardware by the GPU or the CPU, compute capability major)."
+    cuda = torch.cuda.is_available()
+    return cuda, detect_bf16(cuda)[0], torch.cuda.get_device_capability()[0] if cuda else 0
 
 def hardware_args(cfg:RunConfig, caps=None) -> dict:
     "The precision, optimizer and checkpointing arguments for `cfg` on hardware `caps` (cuda, bf16, sm major)."
-    cuda, bf16, major = caps or _cuda_caps()
+    cuda, bf16, major = caps or _caps()
     method, gc = cfg.peft.peft_method, cfg.train.gradient_checkpointing
     gc = gc if gc is not None else method == "qlora"
-    return dict(bf16=cuda and bf16, fp16=cuda and not bf16, tf32=True if cuda and major >= 8 else None,
-                use_cpu=not cuda, optim="paged_adamw_8bit" if cuda and method == "qlora" else "adamw_torch",
+    ds = device_settings(cfg.model.dtype, cfg.model.attn_implementation, cuda=cuda, bf16=bf16, local_rank=0,
+                         full=method == "full")
+    return dict(bf16=ds.mixed_precision == "bf16", fp16=ds.mixed_precision == "fp16",
+                tf32=True if cuda and major >= 8 else None, use_cpu=not cuda,
+                optim="paged_adamw_8bit" if cuda and method == "qlora" else "adamw_torch",
                 gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None)
 
 # %% ../nbs/04_train.ipynb #d1c39e60
@@ -170,12 +174,14 @@ def tokenizer_hashes(tok) -> dict:
 
 # %% ../nbs/04_train.ipynb #fa58562f
 def write_manifest(run_dir, cfg:RunConfig, tok, data_info:dict, model_id:str, world_size:int) -> dict:
-    "Write `manifest.json` (data fingerprint, template/tokenizer hashes, packages, seed) and return it."
+    "Write `manifest.json` (data fingerprint, template/tokenizer hashes, precision and why, packages, seed); return it."
     run_dir = Path(run_dir)
     env = json.loads((run_dir/"env.json").read_text()) if (run_dir/"env.json").exists() else {}
     cfg_d = {k: v for k, v in flatten(cfg).items() if k not in ("run_id", "runs_dir", "run_name", "data_dir")}
+    ds = device_settings(cfg.model.dtype, cfg.model.attn_implementation, full=cfg.peft.peft_method == "full")
     m = {"run_id": cfg.run_id, "seed": cfg.seed, "config_sha256": _sha(json.dumps(cfg_d, sort_keys=True)),
          "data_fingerprint": data_info.get("fingerprint"), "base_model": model_id, **tokenizer_hashes(tok),
+         "precision": {"weights": ds.dtype, "mixed_precision": ds.mixed_precision, "reason": ds.reason},
          "world_size": world_size, "python": env.get("python"), "packages": env.get("packages", {})}
     (run_dir/"manifest.json").write_text(json.dumps(m, indent=2) + "\n")
     return m

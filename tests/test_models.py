@@ -65,15 +65,36 @@ def test_tokenizer_has_pad_and_side():
 
 # ---- device and dtype
 
-@pytest.mark.parametrize("dtype,cuda,bf16,want", [
-    ("auto", False, False, DeviceSettings("cpu", "float32", "float32", None, "sdpa")),
-    ("auto", True, True, DeviceSettings("cuda", "bfloat16", "bfloat16", {"": 0}, "sdpa")),
-    ("auto", True, False, DeviceSettings("cuda", "float16", "float32", {"": 0}, "sdpa")),
-    ("float32", True, True, DeviceSettings("cuda", "float32", "bfloat16", {"": 0}, "sdpa")),
-    ("bfloat16", False, False, DeviceSettings("cpu", "bfloat16", "float32", None, "sdpa")),
+# the hardware-detection rule as a table: (dtype asked, CUDA, bf16 in hardware, full fine-tuning) -> settings
+@pytest.mark.parametrize("dtype,cuda,bf16,full,want", [
+    ("auto", False, False, False, DeviceSettings("cpu", "float32", "float32", None, "sdpa", "no")),       # CPU, no bf16
+    ("auto", False, True, False, DeviceSettings("cpu", "bfloat16", "bfloat16", None, "sdpa", "bf16")),   # AVX512-BF16/AMX
+    ("auto", False, True, True, DeviceSettings("cpu", "float32", "bfloat16", None, "sdpa", "bf16")),     # fp32 master
+    ("auto", True, True, False, DeviceSettings("cuda", "bfloat16", "bfloat16", {"": 0}, "sdpa", "bf16")),  # CUDA bf16
+    ("auto", True, False, False, DeviceSettings("cuda", "float16", "float32", {"": 0}, "sdpa", "fp16")),   # T4, V100
+    ("auto", True, False, True, DeviceSettings("cuda", "float32", "float32", {"": 0}, "sdpa", "fp16")),    # fp16 AMP
+    ("float32", True, True, False, DeviceSettings("cuda", "float32", "float32", {"": 0}, "sdpa", "no")),   # asked
+    ("float32", False, True, False, DeviceSettings("cpu", "float32", "float32", None, "sdpa", "no")),
+    ("bfloat16", False, False, False, DeviceSettings("cpu", "bfloat16", "bfloat16", None, "sdpa", "bf16")),
 ])
-def test_device_settings(dtype, cuda, bf16, want):
-    assert device_settings(dtype, "sdpa", cuda=cuda, bf16=bf16, local_rank=0) == want
+def test_device_settings(dtype, cuda, bf16, full, want):
+    got = device_settings(dtype, "sdpa", cuda=cuda, bf16=bf16, local_rank=0, full=full)
+    assert got == want and got.reason
+
+def test_auto_attention_is_eager_on_cpus_and_sdpa_on_gpus():
+    assert device_settings(cuda=False, bf16=True).attn_implementation == "eager"
+    assert device_settings(cuda=True, bf16=True, local_rank=0).attn_implementation == "sdpa"
+    assert device_settings(attn_implementation="sdpa", cuda=False, bf16=True).attn_implementation == "sdpa"
+
+def test_bf16_detection_reads_the_cpu(monkeypatch):
+    import torch
+    from finetune_kit.models import detect_bf16
+    for avx, amx, want in ((False, False, False), (True, False, True), (False, True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+        ok, why = detect_bf16(cuda=False)
+        assert ok == want and why == ("this CPU has " + " and ".join(n for n, f in (("AVX512-BF16", avx), ("AMX", amx)) if f)
+                                      if want else "this CPU has no bf16 instructions (AVX512-BF16 or AMX)")
 
 def test_device_settings_uses_local_rank(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "3")
@@ -88,8 +109,9 @@ def test_load_model_passes_device_choice_and_no_remote_code(monkeypatch):
     def spy(path, **kw): seen.update(kw); return real(path, **kw)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
     model, tok = load_model(cfg_for())
-    assert seen["trust_remote_code"] is False and seen["dtype"] == torch.float32 and seen["attn_implementation"] == "sdpa"
-    assert "device_map" not in seen and model.dtype == torch.float32
+    want = getattr(torch, device_settings().dtype)  # the hardware's: bf16 on a CPU with AVX512-BF16 or AMX
+    assert seen["trust_remote_code"] is False and seen["dtype"] == want and seen["attn_implementation"] == "sdpa"
+    assert "device_map" not in seen and model.dtype == want
     load_model(make_config(base_model="tiny-test", trust_remote_code=True, settings=False))
     assert seen["trust_remote_code"] is True
 
@@ -119,7 +141,7 @@ def test_every_method_builds_and_trains(method, batch):
 
 @pytest.mark.parametrize("method", PEFT_METHODS)
 def test_save_reload_gives_identical_logits(method, batch, tmp_path):
-    c = cfg_for(method)
+    c = cfg_for(method, dtype="float32")  # bit-identical in fp32 (under bf16, QLoRA trains with fp32 norms, serves bf16)
     m = apply_peft(load_model(c)[0], c, total_steps=20)
     _nudge(m)
     before = _logits(m, batch)
@@ -133,7 +155,7 @@ def test_save_reload_gives_identical_logits(method, batch, tmp_path):
 
 @pytest.mark.parametrize("method", MERGEABLE)
 def test_merged_logits_match_base_plus_adapter(method, batch):
-    c = cfg_for(method)
+    c = cfg_for(method, dtype="float32")  # the merge is exact in fp32 (bf16 weights round it)
     m = apply_peft(load_model(c)[0], c, total_steps=20)
     _nudge(m)
     before = _logits(m, batch)
@@ -208,8 +230,10 @@ def test_smollm2_converted_once_and_qlora_footprint_below_lora():
     tok = load_tokenizer(SMOLLM2)
     assert gen["eos_token_id"] == tok.convert_tokens_to_ids("<|im_end|>") and tok.chat_template
     assert not list(M.Path(path).parent.glob(f".{SMOLLM2}-*"))  # no temp folders left
-    c = make_config(base_model=SMOLLM2, settings=False)
+    c = make_config(base_model=SMOLLM2, dtype="float32", settings=False)
     lora = model_report(apply_peft(load_model(c)[0], c))
     cq = make_config(base_model=SMOLLM2, peft_method="qlora", settings=False)
     qlora = model_report(apply_peft(load_model(cq)[0], cq))
-    assert qlora["trainable"] == lora["trainable"] and qlora["footprint_mb"] < 0.5*lora["footprint_mb"]
+    assert qlora["trainable"] == lora["trainable"] and qlora["footprint_mb"] < 0.5*lora["footprint_mb"]  # vs fp32 LoRA
+    c16 = make_config(base_model=SMOLLM2, settings=False)  # bf16 weights where the hardware computes bf16
+    assert qlora["footprint_mb"] < model_report(apply_peft(load_model(c16)[0], c16))["footprint_mb"]
