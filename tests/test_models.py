@@ -110,7 +110,8 @@ def test_load_model_passes_device_choice_and_no_remote_code(monkeypatch):
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
     model, tok = load_model(cfg_for())
     want = getattr(torch, device_settings().dtype)  # the hardware's: bf16 on a CPU with AVX512-BF16 or AMX
-    assert seen["trust_remote_code"] is False and seen["dtype"] == want and seen["attn_implementation"] == "sdpa"
+    assert seen["trust_remote_code"] is False and seen["dtype"] == want
+    assert seen["attn_implementation"] == device_settings().attn_implementation  # eager on a CPU, sdpa on a GPU
     assert "device_map" not in seen and model.dtype == want
     load_model(make_config(base_model="tiny-test", trust_remote_code=True, settings=False))
     assert seen["trust_remote_code"] is True
