@@ -8,11 +8,21 @@ Measures non-padding tokens per second of
 so the figure is not inflated by a precision this CPU runs slowly,
 on the same prepared records, same machine, same run. Steps after the warm-up are timed.
 
-Last line: `speedup_vs_trl: <kit tokens/s / trl tokens/s>` (target >= 1.5).
+It also prints each side's useful FLOP/s (`_bench.train_flops`: forward and input-gradient products of the frozen
+weights, the output layer only where a label is) and the kit's share of the device's best matrix-product peak
+(`_bench.device_peak`, fp32 or bf16), as `peak_share`. Diagnostic sides change one kit default at a time:
+`kit-fp32` (dtype float32), `kit-sdpa` (SDPA attention), `kit-full-logits` (TRL's loss over every position),
+`kit-random` (random batches instead of length-grouped), `kit-dropout` (LoRA dropout 0.05).
 
-    python benchmarks/train_throughput.py [--steps 6] [--warmup 2] [--records 200]
+Last line: `speedup_vs_trl: <kit tokens/s / the faster TRL default run's tokens/s>` (target >= 2.0).
+
+    python benchmarks/train_throughput.py [--steps 12] [--warmup 2] [--records 200] [--sides kit,trl,trl-bf16,...]
 """
 import argparse, json, subprocess, sys, tempfile, time
+from _bench import device_peak, linear_params, train_flops
+
+KIT_VARIANTS = {"kit": {}, "kit-fp32": {"dtype": "float32"}, "kit-sdpa": {"attn_implementation": "sdpa"},
+                "kit-dropout": {"lora_dropout": 0.05}, "kit-full-logits": {}, "kit-random": {}}
 
 def measure(side, steps, warmup, records, data_dir):
     import torch
@@ -21,7 +31,8 @@ def measure(side, steps, warmup, records, data_dir):
     from finetune_kit.data import load_splits
     from finetune_kit.models import load_model, apply_peft
     cfg = make_config({"base_model": "smollm2-135m-instruct", "peft_method": "lora", "lora_r": 16, "report_to": "none",
-                       "max_steps": steps + warmup, "source": "bbc", "max_records": records}, settings=False)
+                       "max_steps": steps + warmup, "source": "bbc", "max_records": records,
+                       **KIT_VARIANTS.get(side, {})}, settings=False)
     train_ds = load_splits(data_dir)["train"]
     train_ds = train_ds.remove_columns([c for c in train_ds.column_names if c not in ("prompt", "completion")])
 
@@ -35,12 +46,14 @@ def measure(side, steps, warmup, records, data_dir):
 
     clock = Clock()
     with tempfile.TemporaryDirectory() as d:
-        if side == "kit":
+        if side.startswith("kit"):
             from finetune_kit.train import FinetuneTrainer, training_args
             model, tok = load_model(cfg, progress=False)
             model = apply_peft(model, cfg)
-            trainer = FinetuneTrainer(model=model, args=training_args(cfg, d, save_strategy="no", disable_tqdm=True),
+            over = {"train_sampling_strategy": "random"} if side == "kit-random" else {}
+            trainer = FinetuneTrainer(model=model, args=training_args(cfg, d, save_strategy="no", disable_tqdm=True, **over),
                                       processing_class=tok, train_dataset=train_ds, callbacks=[clock])
+            trainer.compact_loss = side != "kit-full-logits"
         else:
             from peft import LoraConfig
             from trl import SFTConfig, SFTTrainer
@@ -53,28 +66,34 @@ def measure(side, steps, warmup, records, data_dir):
                                  peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"),
                                  callbacks=[clock])
         trainer.train()
-    return {"side": side, "tokens": clock.tokens, "seconds": clock.seconds, "tokens_per_s": clock.tokens / clock.seconds,
+        blocks, head = linear_params(trainer.model)
+    return {"side": side, "blocks": blocks, "head": head, "tokens": clock.tokens, "seconds": clock.seconds, "tokens_per_s": clock.tokens / clock.seconds,
             "batch": trainer.args.per_device_train_batch_size, "gradient_checkpointing": trainer.args.gradient_checkpointing,
             "bf16": bool(trainer.args.bf16)}
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--records", type=int, default=200)
     ap.add_argument("--one", metavar="SIDE")
     ap.add_argument("--data")
-    ap.add_argument("--sides", default="kit,trl,trl-bf16", help="comma-separated: kit, trl (fp32), trl-bf16 (TRL's strict default)")
+    ap.add_argument("--sides", default="kit,trl,trl-bf16",
+                    help=f"comma-separated: {', '.join(KIT_VARIANTS)}, trl (fp32), trl-bf16 (TRL's strict default)")
     a = ap.parse_args()
     if a.one:
         print(json.dumps(measure(a.one, a.steps, a.warmup, a.records, a.data)))
         return
     from finetune_kit.config import make_config
     from finetune_kit.data import prepare_data
+    from finetune_kit.data import load_splits, token_lengths
     from finetune_kit.models import load_tokenizer
     with tempfile.TemporaryDirectory() as data:
         cfg = make_config({"source": "bbc", "max_records": a.records, "base_model": "smollm2-135m-instruct"}, settings=False)
-        info = prepare_data(cfg, data, tokenizer=load_tokenizer("smollm2-135m-instruct"))
+        tok = load_tokenizer("smollm2-135m-instruct")
+        info = prepare_data(cfg, data, tokenizer=tok)
+        p_lens, t_lens = token_lengths(list(load_splits(data)["train"]), tok)
+        loss_share = 1 - sum(p_lens) / sum(t_lens)  # the answer's share of each record's tokens, over the split
         print(f"BBC records: {info['counts']['splits'] if 'splits' in info.get('counts', {}) else info.get('counts')}")
         res = {}
         for side in a.sides.split(","):
@@ -83,8 +102,14 @@ def main():
             if r.returncode: sys.exit(f"{side} failed:\n{r.stderr[-3000:]}")
             res[side] = json.loads(r.stdout.strip().splitlines()[-1])
             x = res[side]
-            print(f"{side:9s} {x['tokens_per_s']:7.1f} non-padding tokens/s  ({x['tokens']} tokens in {x['seconds']:.1f}s; "
-                  f"batch {x['batch']}, gradient checkpointing {x['gradient_checkpointing']}, bf16 {x['bf16']})", flush=True)
+            x["gflops"] = train_flops(x["blocks"], x["head"], x["tokens"], x["tokens"] * loss_share) / x["seconds"] / 1e9
+            print(f"{side:15s} {x['tokens_per_s']:7.1f} non-padding tokens/s, {x['gflops']:6.1f} useful GFLOP/s  "
+                  f"({x['tokens']} tokens in {x['seconds']:.1f}s; batch {x['batch']}, gradient checkpointing "
+                  f"{x['gradient_checkpointing']}, bf16 {x['bf16']})", flush=True)
+    import torch
+    peak = device_peak("cuda" if torch.cuda.is_available() else "cpu", sizes=(1024, 2048))
+    print("device peak GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in peak.items()))
+    print(f"peak_share: {res['kit']['gflops'] / max(peak.values()):.3f}")
     trl_best = max(res[s]["tokens_per_s"] for s in res if s.startswith("trl"))
     if "trl-bf16" in res: print(f"speedup vs TRL defaults with bf16 (strict): {res['kit']['tokens_per_s'] / res['trl-bf16']['tokens_per_s']:.2f}")
     print(f"speedup_vs_trl: {res['kit']['tokens_per_s'] / trl_best:.2f}")

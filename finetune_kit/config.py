@@ -82,7 +82,8 @@ class AdapterConfig:
     peft_method: str = _f("lora", "PEFT method, or full fine-tuning as the baseline", PEFT_METHODS)
     lora_r: int = _f(16, "LoRA/DoRA/AdaLoRA rank")
     lora_alpha: int = _f(32, "LoRA scaling numerator (scale = alpha / r)")
-    lora_dropout: float = _f(0.05, "dropout on the LoRA input")
+    lora_dropout: float = _f(0.0, "dropout on the LoRA input (0: PEFT's default; 0.05 cost a CPU step 30% for the same "
+                                     "quick-start predictions)")
     target_modules: str = _f("all-linear", "'all-linear' or comma-separated module names")
     num_virtual_tokens: int = _f(20, "virtual tokens for prompt and prefix tuning")
 

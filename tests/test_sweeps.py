@@ -50,6 +50,14 @@ def test_experiment_parameters_cell_holds_every_flat_parameter():
     untyped = [k for k in param_specs() if not seen[k]["inferred_type_name"] or seen[k]["inferred_type_name"] == "None"]
     assert not untyped and all(seen[k]["help"] for k in param_specs())
 
+def test_experiment_defaults_are_the_config_defaults():
+    "The workbook's literals do not drift from the run config's defaults (None there means settings.ini)."
+    import ast, papermill as pm
+    seen, specs = pm.inspect_notebook(str(EXPERIMENT)), param_specs()
+    drift = {k: (seen[k]["default"], specs[k].default) for k in specs
+             if seen[k]["default"] != "None" and ast.literal_eval(seen[k]["default"]) != specs[k].default}
+    assert not drift, drift
+
 # --- sweep files ---------------------------------------------------------------------------------
 
 def test_example_sweeps_are_valid():
