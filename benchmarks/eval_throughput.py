@@ -49,6 +49,7 @@ def main():
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--dtype", default="auto", help="model precision (auto: bf16 where the hardware computes it)")
+    ap.add_argument("--attn", default="auto", help="attention kernel (auto: eager on CPUs, sdpa on GPUs)")
     ap.add_argument("--agreement", default=None, action=argparse.BooleanOptionalAction,
                     help="compare the answers with an fp32 model's (default: on unless the precision is fp32)")
     ap.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
@@ -62,7 +63,8 @@ def main():
     from finetune_kit.models import load_model
     from finetune_kit.evaluate import generate
     recs = bbc_prompts(a.n, a.max_chars)
-    model, tok = load_model(make_config(settings=False, base_model=a.model, dtype=a.dtype), progress=False)
+    model, tok = load_model(make_config(settings=False, base_model=a.model, dtype=a.dtype, attn_implementation=a.attn),
+                            progress=False)
     lens = [len(tok(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"])
             for r in recs]
     print(f"model {a.model}, {len(recs)} prompts of {min(lens)}-{max(lens)} tokens (mean {sum(lens)/len(lens):.0f}), "

@@ -66,6 +66,18 @@ def _prefix_cache(model, prefix:list[int], device):
     c, kw = _cache_of(model(input_ids=torch.tensor([prefix], device=device), use_cache=True))
     return _grow_on_cpu(c, device), kw
 
+# %% ../../nbs/05a_evaluate_generate.ipynb #bc3e29f6
+@contextlib.contextmanager
+def _decoding_attention(model, device):
+    "On a CPU, a model loaded with eager attention decodes with SDPA inside this block (restored after it)."
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    was = getattr(getattr(base, "config", None), "_attn_implementation", None)
+    switch = device.type == "cpu" and was == "eager" and hasattr(base, "set_attn_implementation")
+    if switch: base.set_attn_implementation("sdpa")
+    try: yield
+    finally:
+        if switch: base.set_attn_implementation(was)
+
 # %% ../../nbs/05a_evaluate_generate.ipynb #8c449517
 def _few_rows_linear(self, x):
     "`nn.Linear.forward` computed as `(W @ x.T).T` for 2 to 256 rows (MKL runs that orientation faster there)."
@@ -108,11 +120,13 @@ def _growing_layer() -> tuple[type, type]:
     return DynamicLayer, GrowingLayer
 
 def _grow_on_cpu(cache, device):
-    "On a CPU, turn `cache`'s plain dynamic layers into growing ones, so that it grows without concatenating."
+    "On a CPU, turn `cache`'s plain fp32 dynamic layers into growing ones, so that they grow without concatenating."
+    import torch
     if cache is None or device.type != "cpu": return cache
     plain, growing = _growing_layer()
     for layer in getattr(cache, "layers", []):
-        if type(layer) is plain: layer.__class__ = growing
+        keys = getattr(layer, "keys", None)
+        if type(layer) is plain and keys is not None and keys.dtype == torch.float32: layer.__class__ = growing
     return cache
 
 # %% ../../nbs/05a_evaluate_generate.ipynb #6bb34038
@@ -165,7 +179,7 @@ def generate(model, tokenizer,
             ) -> list[str]:
     "Greedy answers to `prompts`, batched with left padding, in input order."
     import torch
-    from tqdm.auto import tqdm
+    from finetune_kit.jobs import progress_bar
     texts = [tokenizer.apply_chat_template(_prompt_of(p), add_generation_prompt=True, tokenize=False) for p in prompts]
     if not texts: return []
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -176,8 +190,8 @@ def generate(model, tokenizer,
     model.eval()
     device = next(model.parameters()).device
     try:
-        with torch.inference_mode(), _cpu_generation(model, device), \
-             tqdm(total=len(texts), desc=desc, disable=not progress, leave=False) as bar:
+        with torch.inference_mode(), _cpu_generation(model, device), _decoding_attention(model, device), \
+             progress_bar(total=len(texts), desc=desc, disable=not progress, leave=False) as bar:
             P = _common_prefix(ids) if prefix_cache and len(ids) > 1 else 0
             cache, kw = _prefix_cache(model, ids[0][:P], device) if P >= min_prefix else (None, None)
             if cache is None: P = 0
