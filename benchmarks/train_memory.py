@@ -6,7 +6,7 @@ batch 8 x 256 tokens of BBC articles whose label is the completion.
 - plain: fp32, no gradient checkpointing, the model's own loss over full logits, AdamW (what a
   short script with transformers + peft does): full fine-tuning, LoRA r=16, QLoRA (NF4, double quant).
 - kit: `finetune_kit.train.FinetuneTrainer` with `training_args(cfg)` (logits only where labels
-  are; QLoRA turns gradient checkpointing on).
+  are; QLoRA turns gradient checkpointing on; the hardware's precision: bf16 where it computes bf16).
 
 Last line: `qlora_peak_ratio: <kit QLoRA peak / plain full fine-tuning peak>` (target <= 0.5).
 
@@ -32,7 +32,8 @@ def one(method, mode, batch, length, steps=2):
     torch.manual_seed(0)
     cfg = make_config({"base_model": "smollm2-135m-instruct", "peft_method": method, "max_steps": steps,
                        "per_device_train_batch_size": batch, "max_length": length, "report_to": "none",
-                       **({"gradient_checkpointing": False} if mode == "plain" else {})}, settings=False)
+                       **({"gradient_checkpointing": False, "dtype": "float32", "attn_implementation": "sdpa"}
+                          if mode == "plain" else {})}, settings=False)
     model, tok = load_model(cfg, progress=False)
     model = apply_peft(model, cfg, total_steps=steps)
     ds = Dataset.from_list(records(tok, batch * steps, length))
