@@ -55,7 +55,9 @@ class DataConfig:
     system_prompt: str|None = _f(None, "system prompt for every record (None: the task's default)")
     # Parameters that control the split
     val_size: float = _f(0.1, "share of records for validation")
-    test_size: float = _f(0.1, "share of records for test")
+    test_size: float = _f(0.1, "share of records for test (when test_records is None)")
+    test_records: int|None = _f(None, "held-out test records, drawn before max_records samples the training pool "
+                                "(None: test_size of the sampled records)")
     group_field: str|None = _f(None, "records sharing this field's value stay in one split")
     dvc_add: bool = _f(False, "run `dvc add` on the prepared folder when dvc is installed "
                               "and the folder is in a DVC repo")
@@ -119,7 +121,9 @@ class EvalConfig:
     "How to evaluate."
     eval_batch_size: int = _f(16, "prompts per generation batch")
     max_new_tokens: int = _f(32, "generation budget per answer")
-    max_eval_samples: int|None = _f(200, "evaluate at most this many test records (None: all)")
+    max_eval_samples: int|None = _f(None, "evaluate at most this many test records (None: the whole split)")
+    decode: str = _f("generate", "classification answers: generate text, rank the labels by likelihood, or both",
+                     ("generate", "rank", "both"))
     slice_field: str|None = _f(None, "record field for per-slice metrics")
     ship_margin: float = _f(0.02, "tuned must beat base by this much on the headline metric to ship")
     eval_split: str = _f("test", "prepared split to evaluate on", ("test", "validation", "train"))
