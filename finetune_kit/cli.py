@@ -11,7 +11,8 @@ from pathlib import Path
 import typer
 from typer.core import TyperCommand, TyperGroup
 from . import __version__
-from .config import ConfigError, load_config, make_config, param_specs, read_settings, update_config
+from .config import (ConfigError, load_config, make_config, param_specs, range_text, read_settings,
+                                 update_config)
 from .files import KitError, one_line
 from .jobs import job_params, job_plan, run_job
 
@@ -68,7 +69,7 @@ _TYPE_NAMES = {int: "INTEGER", float: "FLOAT", bool: "BOOLEAN", str: "TEXT"}
 def _shown(v) -> str: return "none" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 def param_help(names:list[str]) -> list[tuple[str, str]]:
-    "Help rows `(NAME TYPE, help [default: ...])` for flat parameters `names`, with `settings.ini`'s values."
+    "Help rows `(NAME TYPE, help [range: ...] [default: ...])` for flat parameters `names`, with `settings.ini`'s values."
     specs = param_specs()
     try: settings = read_settings()
     except KitError: settings = {}
@@ -80,7 +81,8 @@ def param_help(names:list[str]) -> list[tuple[str, str]]:
                 else "|".join(_TYPE_NAMES.get(t, t.__name__) for t in types))
         if len(types) < len(getattr(sp.type, "__args__", (sp.type,))): kind += "|none"
         default = f"{_shown(settings[n])} (settings.ini)" if n in settings else _shown(sp.default)
-        rows.append((f"{n} {kind}", f"{sp.help} [default: {default}]"))
+        rng = f" [range: {range_text(sp.limits)}]" if sp.limits else ""
+        rows.append((f"{n} {kind}", f"{sp.help}{rng} [default: {default}]"))
     return rows
 
 # %% ../nbs/08_cli.ipynb #6e667b06
