@@ -14,7 +14,7 @@ from . import __version__
 from .config import (ConfigError, load_config, make_config, param_specs, range_text, read_settings,
                                  update_config)
 from .files import KitError, one_line
-from .jobs import job_params, job_plan, run_job
+from .jobs import check_notebook, job_params, job_plan, run_job
 
 # %% auto #0
 __all__ = ['ALL_PARAMS', 'app', 'data_app', 'evaluate_app', 'review_app', 'models_app', 'fail', 'KitGroup', 'stage_params',
@@ -158,7 +158,7 @@ def run_cmd(ctx:typer.Context,
             output:Path|None = typer.Option(None, "--output", "-o",
                                             help="executed notebook path (default: in the run folder)")):
     "Execute a workbook as a papermill job; the stages' progress streams here."
-    if not notebook.exists(): fail(f"{notebook}: no such notebook")
+    check_notebook(notebook, ctx.meta["params"])
     from papermill.exceptions import PapermillExecutionError
     params, out = job_plan(ctx.meta["params"], output)
     try: run_job(notebook, params, output)
