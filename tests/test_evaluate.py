@@ -150,7 +150,7 @@ def test_slices_flag_the_widest_gap():
 
 def test_tfidf_baseline_on_the_fixture():
     test, info = load_split(CLS, "test")
-    s = score_outputs("classification", test, tfidf_baseline(read_jsonl(CLS/"train.jsonl"), test), info["labels"])
+    s = score_outputs("classification", test, tfidf_baseline(read_jsonl(CLS/"train.jsonl"), test)[0], info["labels"])
     assert s.value > 0.6 and s.metrics["outside_label_rate"] == 0
 
 # ---- human review round trips
@@ -284,12 +284,13 @@ def test_evaluate_writes_the_eval_folder(tiny_peft, tmp_path):
     assert {"predictions.jsonl", "metrics.json", "report.md", "comparison.png", "confusion_base.png", "confusion_tuned.png",
             "slices.png", "review_sheet.csv", "review_sheet.html", "review_key.json", "label_studio_tasks.json"} <= names
     m = json.loads((tmp_path/"metrics.json").read_text())
-    assert m["headline"] == "macro_f1" and set(m["intervals"]) == {"base", "tuned", "difference"}
+    assert m["headline"] == "macro_f1" and set(m["intervals"]) == {"base", "tuned", "baseline", "difference", "vs_baseline"}
     assert m["tuned"]["outside_label_count"] > 0 and m["unreadable_examples"]["tuned"] and "baseline" in m
     assert not m["verdict"]["ship"] and m["slices"]["metric"] == "macro_f1"
     preds = read_jsonl(tmp_path/"predictions.jsonl")
     assert len(preds) == 12 and {"base_output", "tuned_output", "base_prediction", "baseline_prediction", "slice"} <= set(preds[0])
-    assert "## Answers that could not be read" in res.report and list(res.table.columns) == ["base", "tuned", "baseline", "tuned - base"]
+    assert "## Answers that could not be read" in res.report and list(res.table.columns) == ["base", "tuned", "baseline", "tuned - base",
+                                                                                    "tuned - baseline"]
 
 def test_evaluate_from_precomputed_outputs_without_references(tmp_path):
     d = tmp_path/"data"; d.mkdir()
@@ -382,3 +383,50 @@ def test_evaluate_workbook_runs_as_a_papermill_job(tmp_path):
     m = json.loads((tmp_path/"runs/wb/eval/metrics.json").read_text())
     assert (m["n"], m["base_model"], m["adapter"], m["data"]) == (5, "tiny-test", None, str(CLS))
     assert m["verdict"]["reason"] == "base model only: nothing to compare"
+
+
+# ---- honest verdicts: baselines, the verdict, macro averages
+
+def test_verdict_weighs_the_baseline():
+    "Tuned beats base but loses to the baseline: keep the baseline. Tuned beats both: ship. Neither: no."
+    recs, sb, st = _sim(0.55, 0.85, n=300)
+    _, strong, weak = _sim(0.98, 0.45, n=300)
+    keep = ship_verdict(bootstrap_intervals(sb, st, 500, baseline=strong), 0.02, "macro_f1", "tfidf")
+    assert (keep["ship"], keep["prefer"]) == (False, "baseline") and "keep the tfidf baseline" in keep["reason"]
+    go = ship_verdict(bootstrap_intervals(sb, st, 500, baseline=weak), 0.02, "macro_f1", "tfidf")
+    assert (go["ship"], go["prefer"]) == (True, "tuned") and go["vs_baseline"] > 0
+    _, same, _ = _sim(0.55, 0.55, n=300)
+    none = ship_verdict(bootstrap_intervals(sb, same, 500, baseline=strong), 0.02, "macro_f1", "tfidf")
+    assert (none["ship"], none["prefer"]) == (False, "baseline")
+
+def test_macro_averages_over_the_labels_that_occur():
+    "40 declared labels, 12 of them in the references or answers: macro-F1 is scikit-learn's default average."
+    from sklearn.metrics import f1_score
+    rng = np.random.default_rng(0)
+    labels = [f"l{i:02d}" for i in range(40)]
+    refs = list(rng.choice(labels[:12], 200)); outs = [r if rng.random() < 0.6 else str(rng.choice(labels[:12])) for r in refs]
+    s = score_outputs("classification", [{"prompt": [], "label": r, "reference": r} for r in refs], outs, labels)
+    assert s.value == pytest.approx(f1_score(refs, outs, average="macro"), abs=1e-12)
+    assert s.headline_on(np.arange(200)) == pytest.approx(s.value, abs=1e-12)
+    assert len([k for k in s.metrics["per_class"] if k.startswith("l")]) == 40  # every declared label is listed
+
+def test_ner_and_summary_baselines():
+    from finetune_kit.evaluate import crf_baseline, lead_baseline, memorisation_baseline
+    train = [{"tokens": "Ada met Bob in Paris".split(), "tags": ["B-per", "O", "B-per", "O", "B-loc"]}] * 4
+    test = [{"tokens": "Bob left Paris".split(), "tags": ["B-per", "O", "B-loc"]}]
+    for fn in (memorisation_baseline, crf_baseline):
+        answers, about = fn(train, test)
+        s = score_outputs("ner", test, answers)
+        assert s.value == 1.0 and about["fit_seconds"] >= 0 and about["ms_per_record"] >= 0, (fn, answers)
+    docs = [{"prompt": [{"role": "user", "content": "Summarize the text.\n\nText: One. Two. Three."}], "reference": "One."}]
+    assert lead_baseline(docs, docs)[0] == ["One."]
+
+def test_an_unfittable_baseline_is_a_note_and_evaluation_completes(tmp_path):
+    d = tmp_path/"one_class"; d.mkdir()
+    (d/"train.jsonl").write_text("".join(json.dumps({**r, "label": "sport"}) + "\n" for r in read_jsonl(CLS/"train.jsonl")))
+    (d/"test.jsonl").write_text((CLS/"test.jsonl").read_text())
+    recs = read_jsonl(CLS/"test.jsonl")
+    res = evaluate(cfg_for(), d, out_dir=tmp_path/"eval", outputs={"base": ["x"] * len(recs), "tuned": [r["label"] for r in recs]},
+                   progress=False)
+    assert "baseline" not in res.systems and any("baseline tfidf unavailable" in n for n in res.metrics["notes"])
+    assert res.metrics["verdict"]["prefer"] == "tuned" and (tmp_path/"eval"/"report.md").is_file()
