@@ -41,11 +41,20 @@ def _read_bytes(path:Path) -> bytes:
     except OSError as e: raise DataError(f"{path}: cannot read file: {e.strerror or e}") from None
 
 def _wide_encoding(b:bytes) -> str|None:
-    "'UTF-16' or 'UTF-32' when `b` starts like text in one of them (a byte-order mark, or NUL bytes), else None."
-    if b[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"): return "UTF-32"
-    if b[:2] in (b"\xff\xfe", b"\xfe\xff"): return "UTF-16"
-    head = b[:4096]
-    return "UTF-16" if len(head) >= 4 and head.count(0) >= len(head) // 4 else None
+    "'UTF-16' or 'UTF-32' when `b` starts as text in one (a byte-order mark, or NUL in every other byte), else None."
+    head, enc = b[:4096], None
+    if head[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"): enc, codec = "UTF-32", "utf-32"
+    elif head[:2] in (b"\xff\xfe", b"\xfe\xff"): enc, codec = "UTF-16", "utf-16"
+    elif len(head) >= 16:
+        even, odd = head[0::2].count(0) / len(head[0::2]), head[1::2].count(0) / len(head[1::2])
+        if min(even, odd) <= 0.1 and max(even, odd) >= 0.9:
+            enc, codec = "UTF-16", "utf-16-le" if odd > even else "utf-16-be"
+    if enc is None: return None
+    try: text = head.decode(codec)
+    except UnicodeDecodeError as e:  # a character cut at the end of the head is fine, other damage is not
+        if e.start < len(head) - 8: return None
+        text = head[:e.start].decode(codec)
+    return enc if text.strip() and all(ch.isprintable() or ch in "\t\r\n" for ch in text) else None
 
 def _text_bytes(path:Path) -> bytes:
     "A text file's bytes; a `DataError` with the fix when it is UTF-16 or UTF-32."
