@@ -203,6 +203,7 @@ def prepare_cmd(ctx:typer.Context,
         why = ", ".join(f"{k} {v}" for k, v in c["rejected_by_reason"].items())
         typer.echo(f"rejected: {why} (see {out/'rejected.jsonl'})")
     if not c["kept"]: typer.echo("warning: no record was kept; see the rejections above", err=True)
+    for w in info.get("warnings", []): typer.echo(f"warning: {w}", err=True)
     if "dvc" in info: typer.echo(f"dvc: {info['dvc']}")
     typer.echo(f"fingerprint {info['fingerprint']}")
 

@@ -41,6 +41,205 @@ def one_error_line(r) -> str:
     return errs[0]
 
 
+# --- 1, 2. inputs are sacred, outputs atomic --------------------------------------------------------------
+
+CLS_P = ["-p", "text_field", "body", "-p", "label_field", "topic"]
+
+def _prepared(tmp_path):
+    "A good preparation of the classification fixture in `tmp_path/o`, and its snapshot."
+    r = prep_cli(FIX/"classification.jsonl", "--out", tmp_path/"o", *CLS_P)
+    assert r.exit_code == 0, r.output
+    return tmp_path/"o", snapshot(tmp_path/"o")
+
+def test_issue_01_prepare_into_the_folder_of_its_source_never_deletes_it(tmp_path):
+    d = tmp_path/"d"; d.mkdir()
+    shutil.copy(FIX/"classification.jsonl", d/"train.jsonl")
+    before = (d/"train.jsonl").read_bytes()
+    line = one_error_line(prep_cli(d/"train.jsonl", "--out", d, *CLS_P))
+    assert "train.jsonl" in line and "would replace this source" in line
+    assert (d/"train.jsonl").read_bytes() == before and sorted(p.name for p in d.iterdir()) == ["train.jsonl"]
+    shutil.copy(FIX/"classification.jsonl", d/"raw.jsonl")  # a source beside the outputs is read, never touched
+    r = prep_cli(d/"raw.jsonl", "--out", tmp_path/"d2", *CLS_P)
+    assert r.exit_code == 0 and (d/"raw.jsonl").read_bytes() == before
+
+@pytest.mark.parametrize("bad", [["nosuch.jsonl"], ["-p", "val_size", "1.5"], ["-p", "group_field", "nosuch"]])
+def test_issue_02_a_failed_rerun_keeps_the_previous_preparation(tmp_path, bad):
+    out, before = _prepared(tmp_path)
+    src = [tmp_path/bad[0]] if not bad[0].startswith("-") else [FIX/"classification.jsonl", *bad]
+    line = one_error_line(prep_cli(*src, "--out", out, *CLS_P))
+    assert any(w in line for w in ("nosuch", "val_size"))
+    assert snapshot(out) == before and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+@pytest.mark.parametrize("when", ["reading", "writing"])
+def test_issue_02_ctrl_c_keeps_the_previous_preparation_and_never_leaves_a_cut_split(tmp_path, monkeypatch, when):
+    import finetune_kit.data.prepare as P
+    out, before = _prepared(tmp_path)
+    if when == "reading":
+        real = P.read_source
+        def reader(*a, **kw):
+            for i, r in enumerate(real(*a, **kw)):
+                if i == 3: raise KeyboardInterrupt
+                yield r
+        monkeypatch.setattr(P, "read_source", reader)
+    else:
+        real = P.write_jsonl
+        def writer(rows, path, *a, **kw):
+            real(list(rows)[:2], path, *a, **kw)  # a cut file...
+            raise KeyboardInterrupt  # ...and Ctrl-C
+        monkeypatch.setattr(P, "write_jsonl", writer)
+    for folder in (out, tmp_path/"fresh"):
+        with pytest.raises(KeyboardInterrupt):
+            P.prepare_data(make_config({"text_field": "body", "label_field": "topic"}, settings=False), folder,
+                           sources=[FIX/"classification.jsonl"])
+    assert snapshot(out) == before
+    assert not (tmp_path/"fresh"/"train.jsonl").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+# --- 3. human review work is never overwritten; a failed or empty rerun never replaces a good evaluation ---
+
+def _eval(cfg, out, tuned, **kw):
+    from finetune_kit.evaluate import evaluate
+    recs = lines(CLS/"test.jsonl")
+    return evaluate(cfg, CLS, out_dir=out, outputs={"base": ["sport"] * len(recs), "tuned": tuned(recs)},
+                    progress=False, **kw)
+
+def _eval_cfg(**kw):
+    return make_config({"base_model": "tiny-test", "report_to": "none", "bootstrap_samples": 20, "review_samples": 6,
+                        **kw}, settings=False)
+
+def test_issue_03_rerun_never_overwrites_a_filled_review_sheet_and_a_stale_sheet_is_refused(tmp_path):
+    from finetune_kit.evaluate import EvalError, import_review
+    ev = tmp_path/"eval"
+    _eval(_eval_cfg(), ev, lambda rs: [r["reference"] for r in rs])
+    sheet = pd.read_csv(ev/"review_sheet.csv", dtype=str, keep_default_na=False)
+    sheet["verdict"] = "1"; sheet.to_csv(ev/"review_sheet.csv", index=False)
+    shutil.copy(ev/"review_sheet.csv", tmp_path/"saved_sheet.csv")
+    first = import_review(ev/"review_sheet.csv")
+    before = snapshot(ev)
+    res = _eval(_eval_cfg(), ev, lambda rs: ["tech"] * len(rs))  # a rerun with other answers
+    assert res.out_dir == tmp_path/"eval-2" and snapshot(ev) == before  # the human verdicts are kept
+    assert any("earlier one is kept" in n for n in res.metrics["notes"])
+    with pytest.raises(EvalError, match="another evaluation"):  # the old sheet against the new key: refused
+        import_review(tmp_path/"saved_sheet.csv", key=tmp_path/"eval-2"/"review_key.json", out=tmp_path/"r.json")
+    assert import_review(ev/"review_sheet.csv", out=tmp_path/"again.json")["win"] == first["win"]
+
+def test_issue_03_max_samples_0_is_refused_and_a_rerun_leaves_no_stale_plots(tmp_path):
+    ev = tmp_path/"eval"
+    _eval(_eval_cfg(slice_field="desk"), ev, lambda rs: [r["reference"] for r in rs])
+    before = snapshot(ev)
+    for v in ("0", "-1"):
+        line = one_error_line(runner.invoke(app, ["evaluate", "run", str(CLS), "--out", str(ev), "-p", "max_eval_samples", v]))
+        assert "max_eval_samples" in line and snapshot(ev) == before
+    assert (ev/"slices.png").exists()
+    _eval(_eval_cfg(), ev, lambda rs: [r["reference"] for r in rs])  # no slice_field now: its plot goes too
+    assert not (ev/"slices.png").exists() and (ev/"comparison.png").exists()
+
+# --- 4, 5. structural damage is reported, never merged into other records ---------------------------------
+
+ROWS = ["The cat sat on the mat today", "Stocks fell sharply this morning", "The team won the final match",
+        "Rain is expected all week long"]
+
+@pytest.mark.parametrize("sep,suffix", [("\t", "tsv"), (",", "csv")])
+def test_issue_04_an_unbalanced_quote_rejects_its_row_and_keeps_the_rows_after_it(tmp_path, sep, suffix):
+    from finetune_kit.data import prepare_data
+    src = tmp_path/f"q.{suffix}"
+    src.write_text(f"text{sep}label\n\"Hello world said nobody{sep}a\n" +
+                   "".join(f"{t}{sep}{'abab'[i]}\n" for i, t in enumerate(ROWS)))
+    info = prepare_data(make_config({"val_size": 0, "test_size": 0, "max_records": None}, settings=False),
+                        tmp_path/"o", sources=[src])
+    kept = sorted(r["prompt"][-1]["content"].rsplit("Text: ", 1)[1] for r in lines(tmp_path/"o/train.jsonl"))
+    assert kept == sorted(ROWS)
+    (rej,) = lines(tmp_path/"o/rejected.jsonl")
+    assert (rej["line"], rej["reason"]) == (2, "malformed_row") and "quote opened on line 2" in rej["detail"]
+
+def test_issue_05_a_conll_row_missing_its_last_column_is_rejected_not_read_as_a_tag(tmp_path):
+    from finetune_kit.data import prepare_data
+    src = tmp_path/"c.conll"
+    src.write_text("EU NNP B-NP B-ORG\nrejects VBZ B-VP O\nGerman JJ B-NP B-MISC\nin IN B-PP\ncall NN I-NP O\n\n"
+                   "Peter NNP B-NP B-PER\nBlackburn NNP I-NP I-PER\n")
+    info = prepare_data(make_config({"task": "ner", "val_size": 0, "test_size": 0, "max_records": None},
+                                    settings=False), tmp_path/"o", sources=[src])
+    assert info["entity_types"] == ["PER"]  # no invented type 'PP'
+    (rej,) = lines(tmp_path/"o/rejected.jsonl")
+    assert rej["reason"] == "malformed_row" and rej["detail"] == "line 4: 3 columns, the file's lines have 4"
+
+# --- 6. every parameter has a type and a range, checked before anything runs -------------------------------
+
+@pytest.mark.parametrize("name,value,says", [
+    ("learning_rate", "0", "must be > 0"), ("learning_rate", "-1e-4", "must be > 0"),
+    ("learning_rate", "nan", "finite"), ("num_train_epochs", "-1", "must be > 0"), ("max_chars", "-5", ">= 1"),
+    ("lora_r", "0", ">= 1"), ("per_device_train_batch_size", "0", ">= 1"), ("max_records", "-5", ">= 1"),
+    ("seed", "-1", "[0, 4294967295]"), ("max_eval_samples", "-1", ">= 1"), ("eval_batch_size", "0", ">= 1"),
+    ("val_size", "1.5", "[0, 1)"), ("near_dup_threshold", "2", "1"),
+])
+def test_issue_06_out_of_range_parameters_fail_before_anything_runs(tmp_path, name, value, says):
+    for args in (["train", "-p", "runs_dir", str(tmp_path), "-p", name, value],
+                 ["run", str(ROOT/"nbs/workbooks/finetune.ipynb"), "-p", "runs_dir", str(tmp_path), "-p", name, value]):
+        line = one_error_line(runner.invoke(app, args))
+        assert f"parameter {name} " in line and says in line, line
+    assert list(tmp_path.iterdir()) == []  # no run folder was made
+    with pytest.raises(ConfigError): check_param(name, value, coerce=True)  # the workbook's path
+    (tmp_path/"s.yaml").write_text(f"method: grid\nmetric: {{name: train/loss, goal: minimize}}\n"
+                                   f"parameters:\n  {name}: {{values: [{value}]}}\n")
+    from finetune_kit.sweeps import load_sweep
+    with pytest.raises(KitError, match=name): load_sweep(tmp_path/"s.yaml")
+
+def test_issue_06_learning_rate_0_is_refused_and_none_means_the_default():
+    with pytest.raises(ConfigError, match="learning_rate must be > 0"): make_config({"learning_rate": 0}, settings=False)
+    assert make_config({"learning_rate": None}, settings=False).train.learning_rate is None
+
+# --- 7. run on a notebook that cannot take the parameters --------------------------------------------------
+
+def test_issue_07_run_on_a_notebook_without_a_parameters_cell_refuses_the_values(tmp_path):
+    nb = json.loads((ROOT/"nbs/workbooks/finetune.ipynb").read_text())
+    for c in nb["cells"]: c.get("metadata", {}).pop("tags", None)
+    (tmp_path/"untagged.ipynb").write_text(json.dumps(nb))
+    line = one_error_line(runner.invoke(app, ["run", str(tmp_path/"untagged.ipynb"), "-p", "seed", "3"]))
+    assert "untagged.ipynb: no cell is tagged 'parameters', so seed would be ignored" in line
+    (tmp_path/"notes.ipynb").write_text("not json")
+    assert "notes.ipynb: not a notebook" in one_error_line(runner.invoke(app, ["run", str(tmp_path/"notes.ipynb")]))
+    assert "is a folder" in one_error_line(runner.invoke(app, ["run", str(tmp_path)]))
+
+# --- 8. NaN, huge records, label case variants, duplicate headers -------------------------------------------
+
+def test_issue_08_nan_and_infinity_never_reach_the_splits(tmp_path):
+    from finetune_kit.data import prepare_data
+    src = tmp_path/"n.jsonl"
+    src.write_text('{"text": "alpha beta gamma", "label": "a", "score": NaN}\n'
+                   '{"text": "delta epsilon zeta", "label": "b", "score": Infinity, "w": -Infinity}\n')
+    prepare_data(make_config({"val_size": 0, "test_size": 0, "max_records": None}, settings=False), tmp_path/"o",
+                 sources=[src])
+    text = (tmp_path/"o/train.jsonl").read_text()
+    for l in text.splitlines(): json.loads(l, parse_constant=lambda c: pytest.fail(f"{c} in the split"))
+    assert "NaN" not in text and "Infinity" not in text
+
+def test_issue_08_a_huge_jsonl_record_is_rejected_without_a_tokenizer_as_in_csv(tmp_path):
+    from finetune_kit.data import prepare_data
+    big = "word " * 400_000
+    (tmp_path/"b.jsonl").write_text(json.dumps({"text": "fine text", "label": "a"}) + "\n" +
+                                    json.dumps({"text": big, "label": "b"}) + "\n")
+    pd.DataFrame({"text": ["fine text", big], "label": ["a", "b"]}).to_csv(tmp_path/"b.csv", index=False)
+    for src in ("b.jsonl", "b.csv"):
+        info = prepare_data(make_config({"val_size": 0, "test_size": 0, "max_records": None, "max_chars": None},
+                                        settings=False), tmp_path/src.replace(".", "_"), sources=[tmp_path/src])
+        assert info["counts"]["rejected_by_reason"] == {"too_large": 1}, (src, info["counts"])
+
+def test_issue_08_label_case_variants_warn(tmp_path):
+    src = tmp_path/"l.jsonl"
+    src.write_text("".join(json.dumps({"text": f"text number {i} about things", "label": l}) + "\n"
+                           for i, l in enumerate(["Sports", "sports", "tech", "tech"] * 3)))
+    r = prep_cli(src, "--out", tmp_path/"o", "-p", "val_size", "0", "-p", "test_size", "0")
+    assert r.exit_code == 0, r.output
+    want = "labels 'Sports' and 'sports' differ only in case or spacing"
+    assert f"warning: {want}" in r.output
+    assert any(want in w for w in json.loads((tmp_path/"o/data.json").read_text())["warnings"])
+    assert want in (tmp_path/"o/card.md").read_text()
+
+def test_issue_08_a_duplicate_csv_header_is_an_error_naming_the_column(tmp_path):
+    (tmp_path/"d.csv").write_text("text,label,text\nhello there,a,other\nbye now,b,more\n")
+    line = one_error_line(prep_cli(tmp_path/"d.csv", "--out", tmp_path/"o"))
+    assert "d.csv" in line and "'text'" in line and not (tmp_path/"o").exists()
+
+
 # --- 9. resume reports the whole run; a finished run is not trained again; a damaged checkpoint falls back -------
 
 def _train(tmp, run_id, **kw):
