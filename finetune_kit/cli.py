@@ -328,7 +328,8 @@ def sweep_cmd(
                                             help="device-hours budget of the sweep (GPU-hours; trial-hours on CPU)"),
     sweep_dir:Path|None = typer.Option(None, "--dir", help="sweep folder (default: <runs_dir>/sweeps/<name>)"),
     within:float = typer.Option(0.01, "--within",
-                                help="report the cheapest trial whose metric is within this of the best")):
+                                help="report the cheapest trial whose metric is within this of the best"),
+    retry_failed:bool = typer.Option(False, "--retry-failed", help="run the failed trials' parameters again")):
     "Run a hyperparameter sweep: trials are experiment-notebook jobs, resumable, in parallel; or hand it to W&B agents."
     from finetune_kit.sweeps import load_sweep, register_wandb, sweep, trials_markdown
     spec = load_sweep(sweep_file)
@@ -341,7 +342,8 @@ def sweep_cmd(
             typer.echo("note: W&B sweeps have no time budget: stop the agents, or use `wandb agent --count N`")
         return
     try: res = sweep(spec, parallel=parallel, storage=storage, max_trials=max_trials, max_hours=max_hours,
-                     max_gpu_hours=max_gpu_hours, sweep_dir=sweep_dir, within=within, verbose=True)
+                     max_gpu_hours=max_gpu_hours, sweep_dir=sweep_dir, within=within, retry=retry_failed,
+                     verbose=True)
     except KeyboardInterrupt: raise typer.Exit(130)
     typer.echo(trials_markdown(res.table.drop(columns=["error"])))
     if res.best is not None: typer.echo(f"best: trial {res.best.name}, {spec.metric} = {res.best[spec.metric]:.4g}")
@@ -349,6 +351,10 @@ def sweep_cmd(
         typer.echo(f"cheapest within {within:g}: trial {res.cheapest.name}, {res.cheapest['seconds'] or 0:.0f} s")
     for k in ("csv", "md", "best_config", "cheapest_config"):
         if k in res.files: typer.echo(f"wrote {res.files[k]}")
+    if res.failed:
+        n, (first, why) = len(res.table), next(iter(res.failed.items()))
+        fail(f"{len(res.failed)} of {n} trials failed (trial {first}: {one_line(why, 200)}); "
+             "fix the cause and rerun with --retry-failed", code=1)
 
 # %% ../nbs/08_cli.ipynb #fcaa2fbe
 def main():

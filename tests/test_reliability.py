@@ -290,3 +290,47 @@ def test_issue_09_damaged_newest_checkpoint_falls_back_to_the_older_one(straight
     with open(ck/"checkpoint-8"/"optimizer.pt", "r+b") as f: f.truncate(2000)  # the optimizer this time
     _interrupt_after(res.run_dir, 8)
     assert train(None, run_dir=res.run_dir, resume=True).summary["steps"] == 8
+
+
+# --- 10. failed sweep trials: exit non-zero, --retry-failed, the metric checked before any trial --------------
+
+def _flaky_sweep(tmp_path, metric="train/loss"):
+    "A two-trial grid over a tiny notebook that fails until the file FLAKY_FIXED exists, and the sweep file."
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell('lora_r = 8\nruns_dir = "runs"\nrun_id = "x"', metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(
+                    "import json, os, pathlib\n"
+                    "if not os.path.exists(os.environ['FLAKY_FIXED']): raise RuntimeError('disk full')\n"
+                    "d = pathlib.Path(runs_dir)/run_id; d.mkdir(parents=True, exist_ok=True)\n"
+                    "(d/'summary.json').write_text(json.dumps({'train_loss': lora_r / 10}))")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path/"flaky.ipynb")
+    spec = {"name": "flaky", "method": "grid", "metric": {"name": metric, "goal": "minimize"},
+            "parameters": {"lora_r": {"values": [2, 4]}},
+            "command": ["finetune-kit", "run", str(tmp_path/"flaky.ipynb"), "--params-json", "${args_json_file}"]}
+    (tmp_path/"flaky.yaml").write_text(json.dumps(spec))
+    return ["sweep", str(tmp_path/"flaky.yaml"), "--dir", str(tmp_path/"sweep")]
+
+def test_issue_10_failed_trials_exit_non_zero_and_retry_failed_runs_them_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLAKY_FIXED", str(tmp_path/"fixed"))
+    args = _flaky_sweep(tmp_path)
+    r = runner.invoke(app, args)
+    errs = [l for l in r.output.splitlines() if l.startswith("error: ")]
+    assert r.exit_code == 1 and errs == ["error: 2 of 2 trials failed (trial 0: cell 3 failed: RuntimeError: disk full); "
+                                         "fix the cause and rerun with --retry-failed"], r.output
+    (tmp_path/"fixed").touch()  # the cause is fixed
+    r = runner.invoke(app, args)  # a plain rerun runs nothing again, and says how
+    assert r.exit_code == 1 and "note: trials 0, 1 failed before; --retry-failed runs them again" in r.output
+    assert "started" not in r.output
+    r = runner.invoke(app, [*args, "--retry-failed"])
+    assert r.exit_code == 0, r.output
+    assert "trials 0, 1 failed before: queued again" in r.output and "best: trial 2, train/loss = 0.2" in r.output
+    r = runner.invoke(app, [*args, "--retry-failed"])  # nothing left to retry
+    assert r.exit_code == 0 and "queued again" not in r.output and "started" not in r.output
+
+def test_issue_10_a_metric_no_trial_logs_stops_the_sweep_before_any_trial(tmp_path):
+    args = _flaky_sweep(tmp_path, metric="eval/tuned/f1_macro")
+    line = one_error_line(runner.invoke(app, args))
+    assert line.startswith("error: metric.name: no trial logs 'eval/tuned/f1_macro' (did you mean eval/tuned/macro_f1")
+    assert not (tmp_path/"sweep").exists()
