@@ -225,14 +225,19 @@ def checkpoint_damage(ck:Path) -> str|None:
 
 def _step(ck:Path) -> int: return int(ck.name.split("-")[1])
 
+def _checkpoint_folders(ckpt_dir:Path) -> list[Path]:
+    "The `checkpoint-<N>` folders in `ckpt_dir`; a `TrainingError` for a folder Trainer would take for one."
+    found = [p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir()] if ckpt_dir.is_dir() else []
+    if odd := sorted(p.name for p in found if not re.fullmatch(r"checkpoint-\d+", p.name)):
+        raise TrainingError(f"{ckpt_dir/odd[0]}: Trainer's checkpoint rotation takes a folder named checkpoint-<N>... "
+                            "for a checkpoint and may delete it: move it out of checkpoints/ (nothing was changed)")
+    return found
+
 def latest_checkpoint(ckpt_dir) -> Path|None:
     "The newest whole checkpoint in `ckpt_dir`; newer incomplete ones are removed, damaged ones moved aside."
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.exists(): return None
-    found = [p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir()]
-    if odd := sorted(p.name for p in found if not re.fullmatch(r"checkpoint-\d+", p.name)):
-        raise TrainingError(f"{ckpt_dir/odd[0]}: Trainer's checkpoint rotation takes a folder named checkpoint-<N>... "
-                            "for a checkpoint and may delete it: move it out of checkpoints/ (nothing was changed)")
+    found = _checkpoint_folders(ckpt_dir)
     cks = sorted(found, key=_step)
     while cks:
         if not _complete(cks[-1]):
@@ -441,6 +446,7 @@ def train(cfg:RunConfig,  # the run's config
     from finetune_kit.models import load_model, apply_peft
     state, cfg, run_dir = _setup_run(cfg, run_dir, resume)
     if resume and (done := _finished(run_dir)): return done
+    if resume: _checkpoint_folders(run_dir/"checkpoints")  # a folder in the way stops the resume before any work
     seed_everything(cfg.seed)
     model, tok = load_model(cfg)
     splits, data_info = _prepare(cfg, run_dir, tok, state)

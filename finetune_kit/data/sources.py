@@ -157,7 +157,7 @@ def _csv_header(path:Path, lines:list[str], delimiter:str, bad:dict) -> tuple[li
                                 "rename one")
             seen[h] = j
         return header, end
-    return [], 0
+    raise DataError(f"{path}: no header row (the file is empty): the first row names the columns")
 
 def _swallowed(row, start:int, end:int, n:int, delimiter:str) -> bool:
     "Whether a row looks like an unclosed quote ate the lines after its first."
