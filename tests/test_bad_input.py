@@ -130,6 +130,7 @@ CASES = [
     ("review make {d}/garbage_eval", "garbage_eval"),
     ("review make {d}/base_only_eval", "no tuned answers to review"),
     ("review make {d}/base_only_eval -p review_samples -1", "parameter review_samples"),
+    ("review make {d}/review_filled", "holds a filled review sheet (6 cells filled in): a new sheet would replace it"),
     ("review import {d}/nosuch.csv", "nosuch.csv: no such file"),
     ("review import {d}/sheet_garbage.csv", "review_key.json: cannot read the review key"),
     ("review import {d}/dup_header.csv --key {d}/nosuch_key.json", "nosuch_key.json: no review key"),
@@ -181,6 +182,10 @@ def damaged(d:Path):
     other = {k: {**v, "answers": "0" * 12} for k, v in key.items()}
     (d/"review"/"other_key.json").write_text(json.dumps(other))
     (d/"review"/"garbage.csv").write_bytes(b'item,verdict\n"unclosed,1\n')
+    filled = d/"review_filled"; filled.mkdir()  # an eval folder whose sheet someone has filled in
+    (filled/"predictions.jsonl").write_text("".join(json.dumps({"id": r["id"], "prompt": "p", "base_output": "sport",
+                                                                "tuned_output": r["reference"]}) + "\n" for r in recs))
+    sheet.assign(verdict="1").to_csv(filled/"review_sheet.csv", index=False)
 
 
 @pytest.fixture(scope="module")

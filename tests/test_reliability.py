@@ -240,6 +240,58 @@ def test_issue_08_a_duplicate_csv_header_is_an_error_naming_the_column(tmp_path)
     assert "d.csv" in line and "'text'" in line and not (tmp_path/"o").exists()
 
 
+def test_issue_03_review_make_never_replaces_a_filled_sheet(tmp_path):
+    ev = tmp_path/"eval"
+    _eval(_eval_cfg(), ev, lambda rs: [r["reference"] for r in rs])
+    sheet = pd.read_csv(ev/"review_sheet.csv", dtype=str, keep_default_na=False)
+    sheet["verdict"] = "2"; sheet.to_csv(ev/"review_sheet.csv", index=False)
+    before = snapshot(ev)
+    line = one_error_line(runner.invoke(app, ["review", "make", str(ev), "-p", "seed", "7"]))
+    assert "review_sheet.csv holds a filled review sheet" in line and snapshot(ev) == before
+
+
+def test_every_numeric_parameter_has_a_range():
+    from finetune_kit.config import param_specs
+    bare = [n for n, s in param_specs().items()
+            if {int, float} & set(getattr(s.type, "__args__", (s.type,))) and not s.limits]
+    assert bare == []
+
+
+# --- tracebacks: each command line the issue lists is one line now ------------------------------------------
+
+def test_issue_tb_a_record_that_makes_the_parser_raise_is_quarantined_and_the_rest_prepared(tmp_path):
+    from finetune_kit.data import prepare_data
+    good = [json.dumps({"text": f"text number {i} about things", "label": "ab"[i % 2]}) for i in range(6)]
+    deep = '{"text": ' + "[" * 100_000 + "]" * 100_000 + ', "label": "a"}'
+    (tmp_path/"s.jsonl").write_text("\n".join(good[:3] + [deep] + good[3:]) + "\n")
+    info = prepare_data(make_config({"val_size": 0, "test_size": 0, "max_records": None}, settings=False),
+                        tmp_path/"o", sources=[tmp_path/"s.jsonl"])
+    assert info["counts"]["kept"] == 6 and info["counts"]["rejected_by_reason"] == {"too_large": 1}
+    (rej,) = lines(tmp_path/"o/rejected.jsonl")
+    assert rej["line"] == 4 and "nested too deeply" in rej["detail"]
+
+ISSUE_TRACEBACKS = [  # the issue's list, with today's spelling of each option
+    ("data prepare {fix} --out {d}/o -p max_records -5", "parameter max_records must be >= 1"),
+    ("data prepare {fix} --out {d}/o -p seed -1", "parameter seed must be in [0, 4294967295]"),
+    ("data prepare {fix} --out {d}/o --tokenizer nosuch-model", "nosuch-model: unknown model name"),
+    ("evaluate run {cls} -p max_eval_samples -1", "parameter max_eval_samples must be >= 1"),
+    ("train -p per_device_train_batch_size 0", "parameter per_device_train_batch_size must be >= 1"),
+    ("sweep {d}/latin1.yaml", "latin1.yaml: not UTF-8 (byte 0xe9 on line 2): save it as UTF-8"),
+    ("run {d}/notjson.ipynb", "notjson.ipynb: not a notebook"),
+    ("run {d}", "is a folder, not a notebook"),
+    ("train --resume {d}/run", "checkpoint-4-backup: Trainer's checkpoint rotation takes a folder named"),
+]
+
+@pytest.mark.parametrize("cmd,says", ISSUE_TRACEBACKS, ids=[c for c, _ in ISSUE_TRACEBACKS])
+def test_issue_tb_listed_command_is_one_line_exit_2(tmp_path_factory, cmd, says, monkeypatch):
+    from test_bad_input import damaged
+    d = tmp_path_factory.getbasetemp()/"issue_tb"
+    if not d.exists(): d.mkdir(); damaged(d)
+    monkeypatch.chdir(d)
+    args = cmd.format(d=d, fix=FIX/"classification.jsonl", cls=CLS).split()
+    assert says in one_error_line(runner.invoke(app, args))
+
+
 # --- 9. resume reports the whole run; a finished run is not trained again; a damaged checkpoint falls back -------
 
 def _train(tmp, run_id, **kw):

@@ -14,8 +14,8 @@ from .generate import EvalError
 
 # %% auto #0
 __all__ = ['REVIEW_COLUMNS', 'LABEL_STUDIO_CHOICES', 'prompt_text', 'answers_digest', 'make_review_sheet', 'review_html',
-           'label_studio_config', 'label_studio_tasks', 'label_studio_verdicts', 'review_rates', 'write_review',
-           'import_review', 'human_work']
+           'label_studio_config', 'label_studio_tasks', 'label_studio_verdicts', 'review_rates', 'human_work',
+           'write_review', 'import_review']
 
 # %% ../../nbs/05d_evaluate_review.ipynb #ac8b5288
 def prompt_text(prompt:list[dict]) -> str:
@@ -197,10 +197,25 @@ def review_rates(verdicts:pd.DataFrame, key:dict) -> dict:
     return {"judged": n, "blank": blank, "win": win, "tie": tie, "loss": loss,
             "win_rate": r(win), "tie_rate": r(tie), "loss_rate": r(loss)}
 
+# %% ../../nbs/05d_evaluate_review.ipynb #e6eaba54
+def human_work(folder) -> str|None:
+    "What human review work `folder` holds, in words (None: nothing)."
+    folder = Path(folder)
+    if (folder/"review.json").is_file(): return f"{folder/'review.json'} holds imported review verdicts"
+    for p in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
+        try: df = pd.read_csv(p, dtype=str, keep_default_na=False)
+        except (OSError, ValueError): continue
+        filled = sum(int((df[c].str.strip() != "").sum()) for c in ("verdict", "comment") if c in df.columns)
+        if filled and "item" in df.columns: return f"{p} holds a filled review sheet ({filled} cells filled in)"
+    return None
+
 # %% ../../nbs/05d_evaluate_review.ipynb #b135df27
 def write_review(sheet:pd.DataFrame, key:dict, folder) -> dict[str, Path]:
     "Write the sheet (CSV, HTML, Label Studio tasks and config) and, separately, its key into `folder`."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(folder)
+    if (why := human_work(folder)):  # `review make` on a folder someone has been reviewing in
+        raise EvalError(f"{why}: a new sheet would replace it and its key; move them away first")
+    folder.mkdir(parents=True, exist_ok=True)
     p = {"csv": folder/"review_sheet.csv", "html": folder/"review_sheet.html", "key": folder/"review_key.json",
          "label_studio": folder/"label_studio_tasks.json", "label_studio_config": folder/"label_studio_config.xml"}
     sheet.to_csv(p["csv"], index=False, quoting=csv.QUOTE_NONNUMERIC)
@@ -237,15 +252,3 @@ def import_review(sheet,  # a filled review_sheet.csv, or a Label Studio JSON ex
     out = Path(out) if out else key_path.parent/"review.json"
     out.write_text(json.dumps(res, indent=1) + "\n")
     return res
-
-# %% ../../nbs/05d_evaluate_review.ipynb #e6eaba54
-def human_work(folder) -> str|None:
-    "What human review work `folder` holds, in words (None: nothing)."
-    folder = Path(folder)
-    if (folder/"review.json").is_file(): return f"{folder/'review.json'} holds imported review verdicts"
-    for p in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
-        try: df = pd.read_csv(p, dtype=str, keep_default_na=False)
-        except (OSError, ValueError): continue
-        filled = sum(int((df[c].str.strip() != "").sum()) for c in ("verdict", "comment") if c in df.columns)
-        if filled and "item" in df.columns: return f"{p} holds a filled review sheet ({filled} cells filled in)"
-    return None
