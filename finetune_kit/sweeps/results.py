@@ -69,8 +69,8 @@ def check_metric_name(metric:str) -> str:
     import difflib, re
     names, parts = logged_metric_names(), str(metric).split("/")
     if metric in names: return metric
-    if len(parts) == 3 and parts[0] == "eval" and re.fullmatch(r"[A-Za-z][\w-]*", parts[1]) and parts[2] in EVAL_METRICS:
-        return metric  # another system: a named baseline, or answers by rank (`tuned_rank`)
+    other_system = len(parts) == 3 and parts[0] == "eval" and re.fullmatch(r"[A-Za-z][\w-]*", parts[1])
+    if other_system and parts[2] in EVAL_METRICS: return metric  # a named baseline, or ranked answers (`tuned_rank`)
     close = difflib.get_close_matches(str(metric), names, n=3, cutoff=0.6)
     hint = f"did you mean {' or '.join(close)}?" if close else "e.g. eval/loss, train/loss or eval/tuned/macro_f1"
     raise SweepError(f"metric.name: no trial logs '{metric}' ({hint})")
