@@ -27,7 +27,8 @@ def _notebook(tagged:bool) -> str:
     return json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
 
 def _sweep(**over) -> str:
-    s = {"method": "grid", "metric": {"name": "train/loss", "goal": "minimize"}, "parameters": {"lora_r": {"values": [2]}},
+    s = {"method": "grid", "metric": {"name": "train/loss", "goal": "minimize"},
+         "parameters": {"lora_r": {"values": [2]}},
          "command": ["finetune-kit", "run", str(WORKBOOK), "--params-json", "${args_json_file}"]}
     return json.dumps({**s, **over})
 
@@ -48,7 +49,8 @@ FILES = {  # name -> bytes of a damaged (or otherwise unusable) file
     "unknown_key.yaml": _sweep(metirc={"name": "x"}).encode(),
     "lora0.yaml": _sweep(parameters={"lora_r": {"values": [2, 0]}}).encode(),
     "badmetric.yaml": _sweep(metric={"name": "eval/tuned/f1_macro", "goal": "maximize"}).encode(),
-    "nonb.yaml": _sweep(command=["finetune-kit", "run", "nosuch/notebook.ipynb", "--params-json", "${args_json_file}"]).encode(),
+    "nonb.yaml": _sweep(command=["finetune-kit", "run", "nosuch/notebook.ipynb", "--params-json",
+                                 "${args_json_file}"]).encode(),
     "params_list.json": b"[1, 2]",
     "params_bad.json": b"{seed: 3}",
     "params_latin1.json": '{"run_id": "caf\xe9"}'.encode("latin-1"),
@@ -170,7 +172,8 @@ def damaged(d:Path):
     (d/"garbage_split.jsonl").write_bytes(b"{not json\n\x00\x01\n")
     (d/"garbage_eval").mkdir(); (d/"garbage_eval"/"predictions.jsonl").write_bytes(b'{"id": 1, \n[[[\n')
     (d/"base_only_eval").mkdir()
-    (d/"base_only_eval"/"predictions.jsonl").write_text(json.dumps({"id": "a", "prompt": "p", "base_output": "x"}) + "\n")
+    row = {"id": "a", "prompt": "p", "base_output": "x"}
+    (d/"base_only_eval"/"predictions.jsonl").write_text(json.dumps(row) + "\n")
     run = d/"run"; (run/"checkpoints"/"checkpoint-4-backup").mkdir(parents=True)
     from finetune_kit.config import make_config, save_config
     save_config(make_config({"base_model": "tiny-test", "runs_dir": str(d), "run_id": "run", "report_to": "none"},
@@ -230,7 +233,8 @@ def test_the_console_script_prints_one_line_on_stderr(bad_dir):
 def _nested(depth:int) -> str: return '{"text": ' + "[" * depth + '"x"' + "]" * depth + ', "label": "a"}'
 
 JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                           lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+                           lambda kids: st.lists(kids, max_size=4)
+                           | st.dictionaries(st.text(max_size=8), kids, max_size=4),
                            max_leaves=20)
 LINE = st.one_of(
     st.binary(max_size=60),

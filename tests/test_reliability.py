@@ -92,7 +92,8 @@ def test_issue_02_ctrl_c_keeps_the_previous_preparation_and_never_leaves_a_cut_s
             P.prepare_data(make_config({"text_field": "body", "label_field": "topic"}, settings=False), folder,
                            sources=[FIX/"classification.jsonl"])
     assert snapshot(out) == before
-    assert not (tmp_path/"fresh"/"train.jsonl").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not (tmp_path/"fresh"/"train.jsonl").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
 
 # --- 3. human review work is never overwritten; a failed or empty rerun never replaces a good evaluation ---
 
@@ -127,7 +128,8 @@ def test_issue_03_max_samples_0_is_refused_and_a_rerun_leaves_no_stale_plots(tmp
     _eval(_eval_cfg(slice_field="desk"), ev, lambda rs: [r["reference"] for r in rs])
     before = snapshot(ev)
     for v in ("0", "-1"):
-        line = one_error_line(runner.invoke(app, ["evaluate", "run", str(CLS), "--out", str(ev), "-p", "max_eval_samples", v]))
+        args = ["evaluate", "run", str(CLS), "--out", str(ev), "-p", "max_eval_samples", v]
+        line = one_error_line(runner.invoke(app, args))
         assert "max_eval_samples" in line and snapshot(ev) == before
     assert (ev/"slices.png").exists()
     _eval(_eval_cfg(), ev, lambda rs: [r["reference"] for r in rs])  # no slice_field now: its plot goes too
@@ -184,7 +186,8 @@ def test_issue_06_out_of_range_parameters_fail_before_anything_runs(tmp_path, na
     with pytest.raises(KitError, match=name): load_sweep(tmp_path/"s.yaml")
 
 def test_issue_06_learning_rate_0_is_refused_and_none_means_the_default():
-    with pytest.raises(ConfigError, match="learning_rate must be > 0"): make_config({"learning_rate": 0}, settings=False)
+    with pytest.raises(ConfigError, match="learning_rate must be > 0"):
+        make_config({"learning_rate": 0}, settings=False)
     assert make_config({"learning_rate": None}, settings=False).train.learning_rate is None
 
 # --- 7. run on a notebook that cannot take the parameters --------------------------------------------------
@@ -350,7 +353,8 @@ def _flaky_sweep(tmp_path, metric="train/loss"):
     "A two-trial grid over a tiny notebook that fails until the file FLAKY_FIXED exists, and the sweep file."
     import nbformat
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell('lora_r = 8\nruns_dir = "runs"\nrun_id = "x"', metadata={"tags": ["parameters"]}),
+    params = nbformat.v4.new_code_cell('lora_r = 8\nruns_dir = "runs"\nrun_id = "x"', metadata={"tags": ["parameters"]})
+    nb.cells = [params,
                 nbformat.v4.new_code_cell(
                     "import json, os, pathlib\n"
                     "if not os.path.exists(os.environ['FLAKY_FIXED']): raise RuntimeError('disk full')\n"
@@ -369,8 +373,8 @@ def test_issue_10_failed_trials_exit_non_zero_and_retry_failed_runs_them_again(t
     args = _flaky_sweep(tmp_path)
     r = runner.invoke(app, args)
     errs = [l for l in r.output.splitlines() if l.startswith("error: ")]
-    assert r.exit_code == 1 and errs == ["error: 2 of 2 trials failed (trial 0: cell 3 failed: RuntimeError: disk full); "
-                                         "fix the cause and rerun with --retry-failed"], r.output
+    assert r.exit_code == 1 and errs == ["error: 2 of 2 trials failed (trial 0: cell 3 failed: RuntimeError: "
+                                         "disk full); fix the cause and rerun with --retry-failed"], r.output
     (tmp_path/"fixed").touch()  # the cause is fixed
     r = runner.invoke(app, args)  # a plain rerun runs nothing again, and says how
     assert r.exit_code == 1 and "note: trials 0, 1 failed before; --retry-failed runs them again" in r.output
