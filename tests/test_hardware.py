@@ -1,0 +1,91 @@
+"""The hardware arguments per device class (CPU with and without bf16, a bf16 GPU, an fp16-only GPU) for each kind of
+fine-tuning, and the CUDA loss path (TRL's own loss inside the kit's fail-fast checks), decided and run on a CPU."""
+import pytest
+import torch
+from finetune_kit.config import make_config
+from finetune_kit.models import device_settings
+from finetune_kit.train import FinetuneTrainer, TrainingError, hardware_args, training_args, uses_compact_loss
+
+CPU, CPU_BF16, GPU_BF16, GPU_FP16 = (False, False, 0), (False, True, 0), (True, True, 9), (True, False, 7)
+
+# device class, method -> weights dtype, 4-bit compute dtype, bf16, fp16, tf32, optim, gradient checkpointing, compact
+TABLE = [
+    (CPU,      "lora",  "float32",  "float32",  False, False, None, "adamw_torch",       False, True),
+    (CPU,      "qlora", "float32",  "float32",  False, False, None, "adamw_torch",       True,  True),
+    (CPU,      "full",  "float32",  "float32",  False, False, None, "adamw_torch",       False, True),
+    (CPU_BF16, "lora",  "bfloat16", "bfloat16", True,  False, None, "adamw_torch",       False, True),
+    (CPU_BF16, "qlora", "bfloat16", "bfloat16", True,  False, None, "adamw_torch",       True,  True),
+    (CPU_BF16, "full",  "float32",  "bfloat16", True,  False, None, "adamw_torch",       False, True),
+    (GPU_BF16, "lora",  "bfloat16", "bfloat16", True,  False, True, "adamw_torch_fused", False, False),
+    (GPU_BF16, "qlora", "bfloat16", "bfloat16", True,  False, True, "paged_adamw_8bit",  True,  False),
+    (GPU_BF16, "full",  "bfloat16", "bfloat16", True,  False, True, "adamw_torch_fused", False, False),
+    (GPU_FP16, "lora",  "float16",  "float16",  False, True,  None, "adamw_torch_fused", False, False),
+    (GPU_FP16, "qlora", "float16",  "float16",  False, True,  None, "paged_adamw_8bit",  True,  False),
+    (GPU_FP16, "full",  "float32",  "float16",  False, True,  None, "adamw_torch_fused", False, False),  # fp32 master
+]
+
+@pytest.mark.parametrize("caps,method,weights,compute,bf16,fp16,tf32,optim,gc,compact", TABLE,
+                         ids=[f"{['cpu', 'cpu-bf16', 'gpu-bf16', 'gpu-fp16'][[CPU, CPU_BF16, GPU_BF16, GPU_FP16].index(r[0])]}-{r[1]}"
+                              for r in TABLE])
+def test_hardware_arguments_per_device_class(caps, method, weights, compute, bf16, fp16, tf32, optim, gc, compact):
+    cfg = make_config(peft_method=method, settings=False)
+    cuda, has_bf16, _ = caps
+    ds = device_settings(cuda=cuda, bf16=has_bf16, local_rank=0, full=method == "full", sharded=None)
+    hw = hardware_args(cfg, caps=caps)
+    assert (ds.dtype, ds.compute_dtype, ds.mixed_precision) == (weights, compute, "bf16" if bf16 else "fp16" if fp16 else "no")
+    assert (hw["bf16"], hw["fp16"], hw["tf32"], hw["optim"], hw["gradient_checkpointing"], hw["use_cpu"]) == \
+        (bf16, fp16, tf32, optim, gc, not cuda)
+    assert ds.device_map == ({"": 0} if cuda else None)
+    assert uses_compact_loss(method, cuda=cuda) == compact
+
+@pytest.mark.parametrize("sharded", ["fsdp", "deepspeed"])
+def test_no_device_map_under_fsdp_or_zero(sharded, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP" if sharded == "fsdp" else "ACCELERATE_USE_DEEPSPEED", "true")
+    assert device_settings(cuda=True, bf16=True, local_rank=1).device_map is None
+    assert device_settings(cuda=True, bf16=True, local_rank=1, sharded=None).device_map == {"": 1}
+
+@pytest.fixture(scope="module")
+def cuda_path_trainer(tmp_path_factory):
+    "A FinetuneTrainer on the tiny model with the loss path the CUDA branch chooses (TRL's own)."
+    from datasets import Dataset
+    from finetune_kit.models import apply_peft, load_model
+    cfg = make_config(base_model="tiny-test", max_steps=1, report_to="none", dtype="float32", settings=False)
+    model, tok = load_model(cfg)
+    rows = [{"prompt": [{"role": "user", "content": "the team won " * (i + 1)}],
+             "completion": [{"role": "assistant", "content": "sport"}]} for i in range(4)]
+    tr = FinetuneTrainer(model=apply_peft(model, cfg), processing_class=tok, train_dataset=Dataset.from_list(rows),
+                         args=training_args(cfg, tmp_path_factory.mktemp("ck"), per_device_train_batch_size=4,
+                                            disable_tqdm=True))
+    tr.compact_loss = uses_compact_loss("lora", cuda=True)
+    return tr
+
+def test_cuda_branch_uses_trls_loss_inside_the_fail_fast_checks(cuda_path_trainer, monkeypatch):
+    tr = cuda_path_trainer
+    assert tr.compact_loss is False
+    calls = []
+    monkeypatch.setattr(FinetuneTrainer, "_compact_loss", lambda *a, **k: calls.append("kit") or 1 / 0)
+    batch = tr._prepare_inputs(next(iter(tr.get_train_dataloader())))
+    tr.model.train()
+    loss = tr.compute_loss(tr.model, dict(batch))
+    assert calls == [] and torch.isfinite(loss) and "entropy" in tr._metrics["train"]  # TRL's metrics, TRL's path
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with pytest.raises(TrainingError, match="no token in this batch carries loss"):
+        tr.compute_loss(tr.model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.full_like(ids, -100)})
+    p = next(p for p in tr.model.parameters() if p.requires_grad)
+    saved = p.detach().clone()
+    with torch.no_grad(): p.fill_(float("nan"))
+    try:
+        with pytest.raises(TrainingError, match=r"loss is nan"): tr.compute_loss(tr.model, dict(batch))
+    finally:
+        with torch.no_grad(): p.copy_(saved)
+
+def test_training_stage_takes_the_loss_path_from_the_device(tmp_path, monkeypatch):
+    "train() on the CUDA decision (forced on this CPU) runs TRL's loss for every step and never the compact one."
+    import finetune_kit.train as T
+    monkeypatch.setattr(T, "uses_compact_loss", lambda method: uses_compact_loss(method, cuda=True))
+    monkeypatch.setattr(FinetuneTrainer, "_compact_loss", lambda *a, **k: 1 / 0)
+    cfg = make_config({"base_model": "tiny-test", "source": "bbc", "max_records": 60, "max_chars": 120, "max_steps": 2,
+                       "save_steps": 100, "logging_steps": 1, "report_to": "none", "runs_dir": str(tmp_path)},
+                      settings=False)
+    res = T.train(cfg)
+    assert res.summary["steps"] == 2 and res.summary["train_loss"] > 0
