@@ -15,7 +15,7 @@ from transformers import TrainerCallback, EarlyStoppingCallback
 from trl import SFTConfig, SFTTrainer
 from .config import RunConfig, ConfigError, create_run, flatten, load_config, seed_everything
 from .files import KitError
-from .models import detect_bf16, device_settings
+from .models import detect_bf16, device_settings, sharding
 from .tracking import RunRecorder, plot_training, start_tracking, end_tracking
 from .tracking import read_metrics, _wandb_logged_in  # importable from here, as before
 
@@ -305,7 +305,7 @@ def _save_results(trainer, tok, cfg:RunConfig, run_dir:Path, train_loss:float, s
     "Save the adapter and generation config; write `summary.json`, `manifest.json` and the curve; return the summary."
     from finetune_kit.models import model_report, save_adapter
     adapter_dir, model = run_dir/"adapter", trainer.accelerator.unwrap_model(trainer.model)
-    save_adapter(model, adapter_dir, tok)
+    if not sharding(): save_adapter(model, adapter_dir, tok)  # sharded: `trainer.save_model` on every rank did
     model.generation_config.save_pretrained(adapter_dir)
     report = model_report(trainer.model)
     summary = {"steps": trainer.state.global_step, "train_loss": train_loss, "train_seconds": round(seconds, 2),
@@ -368,6 +368,7 @@ def train(cfg:RunConfig,  # the run's config
     seconds = time.time() - t0
     set_stop_tokens(trainer.model, tok)
     summary = {}
+    if sharding(): trainer.save_model(str(run_dir/"adapter"))  # every rank: the shards are gathered, rank 0 writes
     if state.is_main_process:
         summary = _save_results(trainer, tok, cfg, run_dir, out.training_loss, seconds, data_info, checks,
                                 state.num_processes)
