@@ -6,7 +6,7 @@ Docs: https://finetune-kit.github.io/finetune-kit/train.html.md"""
 
 # %% ../nbs/04_train.ipynb #8e314cf7
 from __future__ import annotations
-import dataclasses, hashlib, json, math, resource, shutil, sys, time
+import dataclasses, hashlib, importlib.util, json, math, resource, shutil, sys, time
 from pathlib import Path
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,13 @@ def _caps():
     cuda = torch.cuda.is_available()
     return cuda, detect_bf16(cuda)[0], torch.cuda.get_device_capability()[0] if cuda else 0
 
+def _liger(cfg:RunConfig, cuda:bool) -> bool:
+    "Liger's kernels when asked for on CUDA (Triton kernels: nothing to gain on a CPU), installed or a clear error."
+    if not (cfg.train.use_liger_kernel and cuda): return False
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError("use_liger_kernel=True needs the liger-kernel package: pip install 'finetune-kit[liger]'")
+    return True
+
 def hardware_args(cfg:RunConfig, caps=None) -> dict:
     "The precision, optimizer and checkpointing arguments for `cfg` on hardware `caps` (cuda, bf16, sm major)."
     cuda, bf16, major = caps or _caps()
@@ -44,7 +51,8 @@ def hardware_args(cfg:RunConfig, caps=None) -> dict:
     optim = ("paged_adamw_8bit" if method == "qlora" else "adamw_torch_fused") if cuda else "adamw_torch"
     return dict(bf16=ds.mixed_precision == "bf16", fp16=ds.mixed_precision == "fp16",
                 tf32=True if cuda and major >= 8 else None, use_cpu=not cuda, optim=optim,
-                gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None)
+                gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+                use_liger_kernel=_liger(cfg, cuda))
 
 # %% ../nbs/04_train.ipynb #d1c39e60
 def training_args(cfg:RunConfig,  # the run config

@@ -89,3 +89,60 @@ def test_training_stage_takes_the_loss_path_from_the_device(tmp_path, monkeypatc
                       settings=False)
     res = T.train(cfg)
     assert res.summary["steps"] == 2 and res.summary["train_loss"] > 0
+
+def test_pyproject_ranges_hold_the_tested_lock():
+    "Every dependency's range in pyproject.toml admits its pin in constraints.txt; the GPU extras exist, unpinned."
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name as canon
+    from conftest import ROOT
+    proj = tomllib.loads((ROOT/"pyproject.toml").read_text())["project"]
+    pins = dict(l.split("==", 1) for l in (ROOT/"constraints.txt").read_text().splitlines() if "==" in l and not l.startswith("#"))
+    pins = {canon(k): v.strip() for k, v in pins.items()}
+    reqs = {canon(r.name): r for r in map(Requirement, proj["dependencies"])}
+    bad = {n: (str(r.specifier), pins[n]) for n, r in reqs.items() if n in pins and not r.specifier.contains(pins[n], prereleases=True)}
+    assert bad == {}
+    assert [n for n in reqs if n not in pins] == []
+    for name, floor in (("scikit-learn", "1.6"), ("scipy", "1.15")):  # GroupKFold(shuffle=...), bootstrap(rng=...)
+        assert not reqs[name].specifier.contains({"scikit-learn": "1.5.2", "scipy": "1.14.1"}[name]) and reqs[name].specifier.contains(floor)
+    assert not reqs["optuna"].specifier.contains("6.0") and reqs["optuna"].specifier.contains(pins["optuna"])
+    extras = proj["optional-dependencies"]
+    assert {"gpu", "flash-attn", "liger", "vllm", "deepspeed"} <= set(extras)
+    for extra in ("flash-attn", "liger", "vllm", "deepspeed"):
+        (r,) = map(Requirement, extras[extra])
+        assert r.specifier and canon(r.name) not in pins  # a range; never in the CPU lock
+
+def test_liger_is_asked_for_and_guarded(monkeypatch):
+    import importlib.util
+    from finetune_kit.config import ConfigError
+    cfg = make_config(use_liger_kernel=True, settings=False)
+    assert hardware_args(cfg, caps=CPU_BF16)["use_liger_kernel"] is False  # CPU: not used
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "liger_kernel" else real(n, *a))
+    with pytest.raises(ConfigError, match=r"finetune-kit\[liger\]"): hardware_args(cfg, caps=GPU_BF16)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "liger_kernel" else real(n, *a))
+    assert hardware_args(cfg, caps=GPU_BF16)["use_liger_kernel"] is True
+    assert hardware_args(make_config(settings=False), caps=GPU_BF16)["use_liger_kernel"] is False
+
+def test_flash_attention_when_installed_and_packing(monkeypatch):
+    import finetune_kit.models as M
+    monkeypatch.setattr(M, "has_flash_attn", lambda: True)
+    assert device_settings(cuda=True, bf16=True, packing=True, sharded=None).attn_implementation == "flash_attention_2"
+    assert device_settings(cuda=True, bf16=True, packing=False, sharded=None).attn_implementation == "sdpa"
+    assert device_settings(cuda=False, bf16=True, packing=True, sharded=None).attn_implementation == "eager"
+    monkeypatch.setattr(M, "has_flash_attn", lambda: False)
+    assert device_settings(cuda=True, bf16=True, packing=True, sharded=None).attn_implementation == "sdpa"
+
+def test_gpu_smoke_prints_one_line_per_check():
+    "Without CUDA the smoke script stops with one line (exit 2); on a CPU by request its checks run, one line each."
+    import subprocess, sys
+    from conftest import ROOT
+    r = subprocess.run([sys.executable, "scripts/gpu_smoke.py"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stdout.strip().splitlines()) == 1 and "no CUDA" in r.stdout
+    r = subprocess.run([sys.executable, "scripts/gpu_smoke.py", "--allow-cpu", "--model", "tiny-test", "--steps", "2",
+                        "--batch", "4", "--records", "60", "--only", "device,lora,trl_loss,full_fp16,vllm,ddp,fsdp"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    lines = r.stdout.strip().splitlines()
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [l.split(":")[0] for l in lines] == ["SKIP device", "PASS lora", "SKIP trl_loss", "SKIP full_fp16", "SKIP vllm",
+                                               "SKIP ddp", "SKIP fsdp"], lines
