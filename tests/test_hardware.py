@@ -146,3 +146,16 @@ def test_gpu_smoke_prints_one_line_per_check():
     assert r.returncode == 0, r.stderr[-2000:]
     assert [l.split(":")[0] for l in lines] == ["SKIP device", "PASS lora", "SKIP trl_loss", "SKIP full_fp16", "SKIP vllm",
                                                "SKIP ddp", "SKIP fsdp"], lines
+
+def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype(monkeypatch):
+    "FSDP-QLoRA: the 4-bit weights are stored in the compute dtype (so FSDP can shard them with the rest), no device_map."
+    import torch
+    from finetune_kit.models import is_4bit, load_model
+    cfg = make_config(base_model="tiny-test", peft_method="qlora", settings=False)
+    model, _ = load_model(cfg)
+    assert {p.dtype for p in model.parameters() if type(p).__name__ == "Params4bit"} == {torch.uint8}
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    model, _ = load_model(cfg)
+    ds = device_settings()
+    assert is_4bit(model) and ds.device_map is None
+    assert {p.dtype for p in model.parameters() if type(p).__name__ == "Params4bit"} == {getattr(torch, ds.compute_dtype)}
