@@ -206,7 +206,7 @@ def device_settings(dtype:str="auto", # "auto", "float32", "bfloat16" or "float1
         weights = "float32" if full else "float16"
         mixed, reason = "fp16", f"{why}: fp16 mixed precision" + (", fp32 master weights" if full else "")
     else: weights, mixed, reason = "float32", "no", f"{why}: fp32"
-    compute = {"bf16": "bfloat16", "fp16": "float16" if cuda else "float32"}.get(mixed, "float32")
+    compute = "bfloat16" if mixed == "bf16" else "float32"
     rank = (int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank) if cuda else None
     if sharded: reason += f"; {sharded} places the shards (no device_map)"
     return DeviceSettings("cuda" if cuda else "cpu", weights, compute, {"": rank} if cuda and not sharded else None,

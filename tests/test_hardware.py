@@ -19,9 +19,9 @@ TABLE = [
     (GPU_BF16, "lora",  "bfloat16", "bfloat16", True,  False, True, "adamw_torch_fused", False, False),
     (GPU_BF16, "qlora", "bfloat16", "bfloat16", True,  False, True, "paged_adamw_8bit",  True,  False),
     (GPU_BF16, "full",  "bfloat16", "bfloat16", True,  False, True, "adamw_torch_fused", False, False),
-    (GPU_FP16, "lora",  "float16",  "float16",  False, True,  None, "adamw_torch_fused", False, False),
-    (GPU_FP16, "qlora", "float16",  "float16",  False, True,  None, "paged_adamw_8bit",  True,  False),
-    (GPU_FP16, "full",  "float32",  "float16",  False, True,  None, "adamw_torch_fused", False, False),  # fp32 master
+    (GPU_FP16, "lora",  "float16",  "float32",  False, True,  None, "adamw_torch_fused", False, False),
+    (GPU_FP16, "qlora", "float16",  "float32",  False, True,  None, "paged_adamw_8bit",  True,  False),
+    (GPU_FP16, "full",  "float32",  "float32",  False, True,  None, "adamw_torch_fused", False, False),  # fp32 master
 ]
 
 @pytest.mark.parametrize("caps,method,weights,compute,bf16,fp16,tf32,optim,gc,compact", TABLE,
