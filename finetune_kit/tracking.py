@@ -90,6 +90,11 @@ def wandb_run_args(cfg:RunConfig,  # the run's config: its run id and `tracking`
     "The `wandb.init` arguments that put every part of the run (training, evaluation) into one W&B run, one mode."
     kw = dict(name=cfg.tracking.run_name or cfg.run_id, resume="allow", dir=str(run_dir), mode=wandb_mode())
     if os.environ.get("WANDB_SWEEP_ID"): return kw  # the agent's run: its id and project come from the agent
+    rec = Path(run_dir)/"sweep.json"  # a trial evaluated later, outside its agent: the agent's run, resumed
+    agent = json.loads(rec.read_text()) if rec.is_file() else {}
+    if agent.get("run_id"):
+        return dict(project=agent.get("project") or cfg.tracking.project, id=agent["run_id"], **kw,
+                    **({"entity": agent["entity"]} if agent.get("entity") else {}))
     return dict(project=cfg.tracking.project, id=cfg.run_id, **kw)
 
 # %% ../nbs/04b_tracking.ipynb #199f182f
