@@ -120,6 +120,8 @@ class TrainConfig:
     early_stopping_patience: int|None = _f(None, "stop after N evaluations without improvement (None: off)",
                                            ge=1)
     neftune_noise_alpha: float|None = _f(None, "NEFTune embedding noise (None: off)", gt=0)
+    use_liger_kernel: bool = _f(False, "Liger's fused Triton kernels on CUDA (pip install 'finetune-kit[liger]'); "
+                                       "ignored on CPU")
 
 # %% ../nbs/00_config.ipynb #ab631eee
 @dataclass
