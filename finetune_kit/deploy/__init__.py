@@ -7,5 +7,10 @@ Docs: https://finetune-kit.github.io/finetune-kit/deploy.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/09_deploy.ipynb #6855ed62
+# %% ../../nbs/09_deploy.ipynb #1676ddf6
 from .export import *
+from .engine import *
+from .ab import *
+from .serve import *
+from .vllm import *
+from .monitor import *
