@@ -160,16 +160,23 @@ class TaskSpec:
     has_reference: Callable = lambda r: isinstance(r.get("reference"), str) and r["reference"].strip() != ""
     score: str|Callable|None = None  # (records, outputs, labels, parse=None) -> (metrics, items, counts, agg, headline)
     describe: str|Callable|None = None  # (outputs, labels, parse=None) -> (metrics, items), no reference
-    baseline: str|Callable|None = None  # (train, test, seed) -> answers of a classical system
+    baselines: tuple = ()  # classical systems: (train, test, seed, validation) -> (answers, about)
     plot_metrics: tuple = ()  # metrics on the comparison plot (headline first)
 
     def get(self, name:str) -> Callable|None:
         "The callable behind attribute `name`, importing a `'module:function'` name."
-        v = getattr(self, name)
-        if isinstance(v, str):
-            mod, _, fn = v.partition(":")
-            v = getattr(importlib.import_module(mod), fn)
-        return v
+        return _resolve(getattr(self, name))
+
+    def get_baselines(self) -> list[Callable]:
+        "The baseline callables, imported."
+        return [_resolve(b) for b in self.baselines]
+
+def _resolve(v):
+    "A callable, or the one a `'module:function'` name names."
+    if isinstance(v, str):
+        mod, _, fn = v.partition(":")
+        v = getattr(importlib.import_module(mod), fn)
+    return v
 
 # %% ../nbs/01_tasks.ipynb #294979ed
 TASKS: dict[str, TaskSpec] = {}
@@ -217,7 +224,7 @@ register_task(TaskSpec(
     headline="macro_f1", has_reference=_classification_has_reference,
     score="finetune_kit.evaluate.metrics:score_classification",
     describe="finetune_kit.evaluate.metrics:describe_classification",
-    baseline="finetune_kit.evaluate.compare:tfidf_baseline",
+    baselines=("finetune_kit.evaluate.baselines:tfidf_baseline",),
     plot_metrics=("macro_f1", "accuracy", "weighted_f1", "outside_label_rate")))
 
 # %% ../nbs/01_tasks.ipynb #eee1f74c
@@ -259,6 +266,7 @@ register_task(TaskSpec(
     entities=lambda r: [t[2:] for t in r["tags"] if t.startswith(("B-", "S-"))],
     headline="f1", has_reference=_ner_has_reference,
     score="finetune_kit.evaluate.metrics:score_ner", describe="finetune_kit.evaluate.metrics:describe_ner",
+    baselines=("finetune_kit.evaluate.baselines:memorisation_baseline", "finetune_kit.evaluate.baselines:crf_baseline"),
     plot_metrics=("f1", "precision", "recall", "unparsable_rate")))
 
 # %% ../nbs/01_tasks.ipynb #4949829f
@@ -269,7 +277,7 @@ register_task(TaskSpec(
     input_text=lambda r: r["document"], answer=lambda r: r["summary"], user_text=_instructed(lambda r: r["document"]),
     system_prompt="You write short, faithful summaries.", instruction=lambda *a: "Summarize the text.",
     headline="rougeL", score="finetune_kit.evaluate.metrics:score_summaries",
-    plot_metrics=("rougeL", "rouge1", "rouge2")))
+    baselines=("finetune_kit.evaluate.baselines:lead_baseline",), plot_metrics=("rougeL", "rouge1", "rouge2")))
 
 # %% ../nbs/01_tasks.ipynb #271f1748
 def _validate_instruction(d):

@@ -6,7 +6,7 @@ Docs: https://finetune-kit.github.io/finetune-kit/train.html.md"""
 
 # %% ../nbs/04_train.ipynb #8e314cf7
 from __future__ import annotations
-import dataclasses, hashlib, json, math, resource, shutil, time
+import dataclasses, hashlib, json, math, resource, shutil, sys, time
 from pathlib import Path
 import torch
 import torch.nn.functional as F
@@ -393,7 +393,9 @@ class TextProgress(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kw):
         if self.bar is None or not logs: return
         shown = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items() if k != "total_flos"]
-        self.bar.write(f"step {state.global_step}: " + ", ".join(shown), file=self.bar.fp)
+        line = f"step {state.global_step}: " + ", ".join(shown)
+        if getattr(self.bar, "disable", False): print(line, file=sys.stderr, flush=True)  # e.g. TQDM_DISABLE=1
+        else: self.bar.write(line, file=self.bar.fp)
     def on_train_end(self, args, state, control, **kw):
         if self.bar is not None: self.bar.close(); self.bar = None
 

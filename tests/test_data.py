@@ -420,3 +420,21 @@ def test_cli_mapping_options(tmp_path):
     assert r.exit_code == 0, r.output
     dj = json.loads((tmp_path/"o"/"data.json").read_text())
     assert dj["counts"]["kept"] == 6 and dj["split"]["seed"] == 3 and dj["template"]["instruction"] == "Classify the text."
+
+
+# --- a test split large enough to decide -------------------------------------------------------
+
+def test_test_records_are_drawn_first_and_never_reach_training(tmp_path):
+    "test_records holds out a fixed test split before max_records samples the training pool."
+    base = {"source": "bbc", "test_records": 120, "max_chars": 200, "val_size": 0.1}
+    ids = {}
+    for n in (60, 200):
+        info = prepare_data(make_config({**base, "max_records": n}, settings=False), tmp_path/str(n))
+        sp = {s: [r["id"] for r in lines(tmp_path/str(n)/f"{s}.jsonl")] for s in ("train", "validation", "test")}
+        assert len(sp["test"]) == 120 and len(sp["train"]) + len(sp["validation"]) == n
+        assert not set(sp["test"]) & (set(sp["train"]) | set(sp["validation"]))
+        check_contract(tmp_path/str(n), info)
+        ids[n] = sp
+    assert ids[60]["test"] == ids[200]["test"]  # the test split does not depend on the training pool's size
+    texts = {json.dumps(r["prompt"]) for r in lines(tmp_path/"200"/"test.jsonl")}
+    assert not texts & {json.dumps(r["prompt"]) for r in lines(tmp_path/"200"/"train.jsonl")}

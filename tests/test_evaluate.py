@@ -150,7 +150,7 @@ def test_slices_flag_the_widest_gap():
 
 def test_tfidf_baseline_on_the_fixture():
     test, info = load_split(CLS, "test")
-    s = score_outputs("classification", test, tfidf_baseline(read_jsonl(CLS/"train.jsonl"), test), info["labels"])
+    s = score_outputs("classification", test, tfidf_baseline(read_jsonl(CLS/"train.jsonl"), test)[0], info["labels"])
     assert s.value > 0.6 and s.metrics["outside_label_rate"] == 0
 
 # ---- human review round trips
@@ -267,15 +267,142 @@ def test_finished_rows_leave_the_batch_and_answers_match_transformers():
 
 @pytest.mark.slow
 def test_cpu_batched_generation_matches_one_at_a_time_on_smollm2():
-    "The CPU measures (few-rows GEMM orientation, growing KV cache, shared prefix) leave SmolLM2's answers unchanged."
-    from finetune_kit.models import load_model
-    model, tok = load_model(make_config(settings=False, base_model="smollm2-135m-instruct"), progress=False)
+    "The CPU measures (few-rows GEMM orientation, growing KV cache, shared prefix) leave SmolLM2's fp32 answers unchanged."
+    from finetune_kit.models import load_model  # fp32: bf16 sums depend on the batch's padding, so only fp32 can be exact
+    model, tok = load_model(make_config(settings=False, base_model="smollm2-135m-instruct", dtype="float32"), progress=False)
     recs = read_jsonl(CLS/"test.jsonl")[:8]
     batched = generate(model, tok, recs, batch_size=8, max_new_tokens=12, progress=False)
     assert all(batched) and batched == [generate(model, tok, [r], batch_size=1, max_new_tokens=12, progress=False)[0] for r in recs]
     assert not [m for m in model.modules() if "forward" in vars(m)]  # the GEMM patch is gone after generating
     want, ids = _transformers_answers(model, tok, recs, 12)
     assert batched == want and min(map(len, ids)) < 12  # plain transformers agrees; some answers ended early, leaving the batch
+
+# ---- rank classification: every label scored as the whole answer
+
+RANK_LABELS = ["business", "sport", "tech", "tech news", "technology"]  # several tokens each; three share "tech"
+
+@pytest.fixture(scope="module")
+def loud_peft():
+    "A random LoRA scaled up until the tiny model's choice of label depends on the prompt (the bare model's does not)."
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from finetune_kit.testing import load_tiny
+    model, tok = load_tiny()
+    torch.manual_seed(0)
+    cfg = LoraConfig(r=8, lora_alpha=128, target_modules="all-linear", init_lora_weights=False)
+    return get_peft_model(model, cfg), tok
+
+def _direct_scores(model, tok, recs, labels) -> np.ndarray:
+    "Summed answer log-probs: one plain forward of prompt + answer per label (no cache, no batching), template tokens."
+    import torch
+    out = np.zeros((len(recs), len(labels)))
+    for i, r in enumerate(recs):
+        n = len(tok.apply_chat_template(r["prompt"], add_generation_prompt=True)["input_ids"])
+        for j, l in enumerate(labels):
+            full = tok.apply_chat_template(r["prompt"] + [{"role": "assistant", "content": l}])["input_ids"]
+            end = full.index(tok.eos_token_id, n) + 1  # through the end-of-turn token, not the newline after it
+            with torch.inference_mode():  # the last `end` positions: after any virtual tokens
+                logits = model(input_ids=torch.tensor([full[:end]])).logits[0, -end:]
+            lp = logits.float().log_softmax(-1)
+            out[i, j] = sum(lp[t-1, full[t]].item() for t in range(n, end))
+    return out
+
+def test_rank_labels_equals_the_direct_argmax_at_any_batch_size(loud_peft):
+    from finetune_kit.evaluate.generate import rank_labels
+    model, tok = loud_peft
+    recs = read_jsonl(CLS/"test.jsonl")
+    want = _direct_scores(model, tok, recs, RANK_LABELS)
+    model.train()
+    for bs in (1, 5, 12):
+        got, scores = rank_labels(model, tok, recs, RANK_LABELS, batch_size=bs, progress=False, return_scores=True)
+        assert got == [RANK_LABELS[j] for j in want.argmax(1)] and scores.shape == (12, 5)
+        assert np.abs(scores - want).max() < 1e-4
+    assert len(set(got)) >= 3 and model.training  # the choice depends on the prompt; the model's mode is restored
+    msgs = [r["prompt"] for r in recs[:3]]  # message lists work as records do
+    assert rank_labels(model, tok, msgs, RANK_LABELS, progress=False) == got[:3]
+    assert rank_labels(model, tok, [], RANK_LABELS, progress=False) == []
+
+def test_rank_labels_adapter_toggle(loud_peft):
+    from finetune_kit.evaluate.generate import rank_labels
+    from finetune_kit.testing import load_tiny
+    model, tok = loud_peft
+    recs = read_jsonl(CLS/"test.jsonl")[:6]
+    rank = lambda m: rank_labels(m, tok, recs, RANK_LABELS, progress=False, return_scores=True)
+    tuned, t_scores = rank(model)
+    with model.disable_adapter(): base, b_scores = rank(model)
+    bare, want = rank(load_tiny()[0])
+    assert base == bare and np.abs(b_scores - want).max() < 1e-4  # adapter off == the bare model
+    assert tuned != base and np.abs(t_scores - b_scores).min() > 1e-3
+
+def test_rank_answer_tokens_are_the_chat_templates():
+    import copy
+    from finetune_kit.evaluate.generate import _answer_ids, rank_labels
+    from finetune_kit.testing import load_tiny
+    model, tok = load_tiny()
+    rec, eot = read_jsonl(CLS/"test.jsonl")[0], tok.eos_token_id
+    ids, ans = _answer_ids(tok, [rec], RANK_LABELS, [eot])
+    for l, a in zip(RANK_LABELS, ans[0]):
+        full = tok.apply_chat_template(rec["prompt"] + [{"role": "assistant", "content": l}])["input_ids"]
+        assert ids[0] + a == full[:len(ids[0]) + len(a)] and a[-1] == eot and a.count(eot) == 1
+        assert len(full) == len(ids[0]) + len(a) + 1 and tok.decode(full[-1:]) == "\n"  # the newline after: not scored
+    assert ans[0][2][:-1] == ans[0][3][:2] == ans[0][4][:2]  # "tech" is the first tokens of the longer labels
+    odd = copy.deepcopy(tok)  # a template whose generation prompt is not how it renders the assistant's turn
+    odd.chat_template = tok.chat_template.replace("'<|im_start|>assistant\\n'", "'<|im_start|>assistant\\n\\n'")
+    with pytest.raises(EvalError, match="renders the prompt differently"):
+        rank_labels(model, odd, [rec], RANK_LABELS, progress=False)
+    with pytest.raises(EvalError, match="distinct labels"): rank_labels(model, tok, [rec], ["tech", "tech"])
+
+def test_rank_labels_computes_each_prompt_once_and_its_labels_as_a_batch(loud_peft):
+    "The shared prefix once; then per batch of records, their prompts once and every label of every record at once."
+    from finetune_kit.evaluate.generate import _answer_ids, rank_labels
+    model, tok = loud_peft
+    recs = read_jsonl(CLS/"test.jsonl")
+    calls = []
+    h = model.get_base_model().model.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    try: rank_labels(model, tok, recs, RANK_LABELS, batch_size=5, progress=False)
+    finally: h.remove()
+    assert calls[0][0] == 1 and [c[0] for c in calls[1:]] == [5, 25, 5, 25, 2, 10]
+    longest = max(map(len, _answer_ids(tok, recs[:1], RANK_LABELS, [tok.eos_token_id])[1][0]))
+    assert all(c[1] == longest - 1 for c in calls[2::2])  # the answers' own tokens, padded on the right
+
+def test_rank_labels_prompt_tuning_scores_whole_sequences():
+    "Virtual tokens come before the prompt: no shared cache, each prompt + answer scored as one sequence."
+    import torch
+    from peft import PromptTuningConfig, get_peft_model
+    from finetune_kit.evaluate.generate import rank_labels
+    from finetune_kit.testing import load_tiny
+    model, tok = load_tiny()
+    torch.manual_seed(0)
+    model = get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    recs = read_jsonl(CLS/"test.jsonl")[:4]
+    got, scores = rank_labels(model, tok, recs, RANK_LABELS, batch_size=3, progress=False, return_scores=True)
+    want = _direct_scores(model, tok, recs, RANK_LABELS)
+    assert got == [RANK_LABELS[j] for j in want.argmax(1)] and np.abs(scores - want).max() < 1e-4
+
+def test_rank_labels_on_cuda_matches_the_cpu(loud_peft):
+    import torch
+    from finetune_kit.evaluate.generate import rank_labels
+    if not torch.cuda.is_available(): pytest.skip("no CUDA device")
+    model, tok = loud_peft
+    recs = read_jsonl(CLS/"test.jsonl")
+    want = rank_labels(model, tok, recs, RANK_LABELS, progress=False, return_scores=True)
+    try:
+        model.to("cuda")
+        got = rank_labels(model, tok, recs, RANK_LABELS, batch_size=5, progress=False, return_scores=True)
+    finally: model.to("cpu")
+    assert got[0] == want[0] and np.abs(got[1] - want[1]).max() < 1e-3
+
+def test_evaluate_decode_both_scores_ranked_answers_beside_generated(loud_peft, tmp_path):
+    model, tok = loud_peft
+    res = evaluate(cfg_for(decode="both"), CLS, out_dir=tmp_path, model=model, tokenizer=tok, progress=False)
+    m, labels = res.metrics, ["business", "sport", "tech"]
+    assert m["decode"] == "both" and {"base", "base_rank", "tuned", "tuned_rank"} <= set(m["systems"])
+    assert m["tuned_rank"]["outside_label_count"] == 0 and m["base_rank"]["outside_label_count"] == 0  # always a label
+    from finetune_kit.evaluate.generate import rank_labels
+    recs = read_jsonl(CLS/"test.jsonl")
+    assert [p["tuned_rank_prediction"] for p in read_jsonl(tmp_path/"predictions.jsonl")] == rank_labels(model, tok, recs, labels,
+                                                                                                        progress=False)
 
 def test_evaluate_writes_the_eval_folder(tiny_peft, tmp_path):
     model, tok = tiny_peft
@@ -284,12 +411,13 @@ def test_evaluate_writes_the_eval_folder(tiny_peft, tmp_path):
     assert {"predictions.jsonl", "metrics.json", "report.md", "comparison.png", "confusion_base.png", "confusion_tuned.png",
             "slices.png", "review_sheet.csv", "review_sheet.html", "review_key.json", "label_studio_tasks.json"} <= names
     m = json.loads((tmp_path/"metrics.json").read_text())
-    assert m["headline"] == "macro_f1" and set(m["intervals"]) == {"base", "tuned", "difference"}
+    assert m["headline"] == "macro_f1" and set(m["intervals"]) == {"base", "tuned", "baseline", "difference", "vs_baseline"}
     assert m["tuned"]["outside_label_count"] > 0 and m["unreadable_examples"]["tuned"] and "baseline" in m
     assert not m["verdict"]["ship"] and m["slices"]["metric"] == "macro_f1"
     preds = read_jsonl(tmp_path/"predictions.jsonl")
     assert len(preds) == 12 and {"base_output", "tuned_output", "base_prediction", "baseline_prediction", "slice"} <= set(preds[0])
-    assert "## Answers that could not be read" in res.report and list(res.table.columns) == ["base", "tuned", "baseline", "tuned - base"]
+    assert "## Answers that could not be read" in res.report and list(res.table.columns) == ["base", "tuned", "baseline", "tuned - base",
+                                                                                    "tuned - baseline"]
 
 def test_evaluate_from_precomputed_outputs_without_references(tmp_path):
     d = tmp_path/"data"; d.mkdir()
@@ -382,3 +510,50 @@ def test_evaluate_workbook_runs_as_a_papermill_job(tmp_path):
     m = json.loads((tmp_path/"runs/wb/eval/metrics.json").read_text())
     assert (m["n"], m["base_model"], m["adapter"], m["data"]) == (5, "tiny-test", None, str(CLS))
     assert m["verdict"]["reason"] == "base model only: nothing to compare"
+
+
+# ---- honest verdicts: baselines, the verdict, macro averages
+
+def test_verdict_weighs_the_baseline():
+    "Tuned beats base but loses to the baseline: keep the baseline. Tuned beats both: ship. Neither: no."
+    recs, sb, st = _sim(0.55, 0.85, n=300)
+    _, strong, weak = _sim(0.98, 0.45, n=300)
+    keep = ship_verdict(bootstrap_intervals(sb, st, 500, baseline=strong), 0.02, "macro_f1", "tfidf")
+    assert (keep["ship"], keep["prefer"]) == (False, "baseline") and "keep the tfidf baseline" in keep["reason"]
+    go = ship_verdict(bootstrap_intervals(sb, st, 500, baseline=weak), 0.02, "macro_f1", "tfidf")
+    assert (go["ship"], go["prefer"]) == (True, "tuned") and go["vs_baseline"] > 0
+    _, same, _ = _sim(0.55, 0.55, n=300)
+    none = ship_verdict(bootstrap_intervals(sb, same, 500, baseline=strong), 0.02, "macro_f1", "tfidf")
+    assert (none["ship"], none["prefer"]) == (False, "baseline")
+
+def test_macro_averages_over_the_labels_that_occur():
+    "40 declared labels, 12 of them in the references or answers: macro-F1 is scikit-learn's default average."
+    from sklearn.metrics import f1_score
+    rng = np.random.default_rng(0)
+    labels = [f"l{i:02d}" for i in range(40)]
+    refs = list(rng.choice(labels[:12], 200)); outs = [r if rng.random() < 0.6 else str(rng.choice(labels[:12])) for r in refs]
+    s = score_outputs("classification", [{"prompt": [], "label": r, "reference": r} for r in refs], outs, labels)
+    assert s.value == pytest.approx(f1_score(refs, outs, average="macro"), abs=1e-12)
+    assert s.headline_on(np.arange(200)) == pytest.approx(s.value, abs=1e-12)
+    assert len([k for k in s.metrics["per_class"] if k.startswith("l")]) == 40  # every declared label is listed
+
+def test_ner_and_summary_baselines():
+    from finetune_kit.evaluate import crf_baseline, lead_baseline, memorisation_baseline
+    train = [{"tokens": "Ada met Bob in Paris".split(), "tags": ["B-per", "O", "B-per", "O", "B-loc"]}] * 4
+    test = [{"tokens": "Bob left Paris".split(), "tags": ["B-per", "O", "B-loc"]}]
+    for fn in (memorisation_baseline, crf_baseline):
+        answers, about = fn(train, test)
+        s = score_outputs("ner", test, answers)
+        assert s.value == 1.0 and about["fit_seconds"] >= 0 and about["ms_per_record"] >= 0, (fn, answers)
+    docs = [{"prompt": [{"role": "user", "content": "Summarize the text.\n\nText: One. Two. Three."}], "reference": "One."}]
+    assert lead_baseline(docs, docs)[0] == ["One."]
+
+def test_an_unfittable_baseline_is_a_note_and_evaluation_completes(tmp_path):
+    d = tmp_path/"one_class"; d.mkdir()
+    (d/"train.jsonl").write_text("".join(json.dumps({**r, "label": "sport"}) + "\n" for r in read_jsonl(CLS/"train.jsonl")))
+    (d/"test.jsonl").write_text((CLS/"test.jsonl").read_text())
+    recs = read_jsonl(CLS/"test.jsonl")
+    res = evaluate(cfg_for(), d, out_dir=tmp_path/"eval", outputs={"base": ["x"] * len(recs), "tuned": [r["label"] for r in recs]},
+                   progress=False)
+    assert "baseline" not in res.systems and any("baseline tfidf unavailable" in n for n in res.metrics["notes"])
+    assert res.metrics["verdict"]["prefer"] == "tuned" and (tmp_path/"eval"/"report.md").is_file()

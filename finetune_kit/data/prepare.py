@@ -18,8 +18,9 @@ from .split import fingerprint, record_digest, split_indices
 from .card import write_card
 
 # %% auto #0
-__all__ = ['TOKEN_SAMPLE', 'read_and_validate', 'clean_and_scrub', 'dedup', 'decontaminate', 'sample_records', 'template_records',
-           'token_budget', 'split_records', 'write_splits', 'prepare_data', 'load_splits', 'dvc_add']
+__all__ = ['TOKEN_SAMPLE', 'read_and_validate', 'clean_and_scrub', 'dedup', 'decontaminate', 'sample_records', 'hold_out_test',
+           'template_records', 'token_budget', 'split_records', 'write_splits', 'prepare_data', 'load_splits',
+           'dvc_add']
 
 # %% ../../nbs/02f_data_prepare.ipynb #53fe38ec
 def _excerpt(data, pii:bool, n:int=300) -> str|None:
@@ -162,6 +163,28 @@ def sample_records(items:list,  # the records left
     picked = sorted(random.Random(seed).sample(range(len(items)), max_records))
     return [items[k] for k in picked], len(items) - max_records
 
+# %% ../../nbs/02f_data_prepare.ipynb #1b7b2d5a
+def _split_keys(items:list[dict], spec:TaskSpec, d) -> tuple[list[str], list|None]:
+    "One group id per record (its `group_field` value, else its duplicate cluster) and its label (None: unlabelled)."
+    gvals = [it["extra"].get(d.group_field) if d.group_field else None for it in items]
+    if d.group_field and all(g is None for g in gvals) and items:
+        raise DataError(f"group_field '{d.group_field}' is in none of the records")
+    groups = [f"g:{json.dumps(g, sort_keys=True, default=str)}" if g is not None else f"r:{it['cluster']}"
+              for g, it in zip(gvals, items)]
+    return groups, [spec.label(it["rec"]) for it in items] if spec.label else None
+
+def hold_out_test(items:list[dict],  # the records left after dedup and decontamination
+                  spec:TaskSpec,  # the task
+                  d,  # the run config's `DataConfig`: `test_records`
+                  seed:int,  # split seed
+                 ) -> tuple[list[dict], list[dict]]:
+    "With `d.test_records`, the records left for training and the test records drawn first (marked `held_out`)."
+    if d.test_records is None: return items, []
+    groups, labels = _split_keys(items, spec, d)
+    parts, _ = split_indices(len(items), labels, groups, val_size=0, test_size=d.test_records, seed=seed)
+    held = [{**items[k], "held_out": True} for k in parts["test"]]
+    return [items[k] for k in parts["train"]], held
+
 # %% ../../nbs/02f_data_prepare.ipynb #b8103e29
 def template_records(items:list[dict],  # the records left
                      spec:TaskSpec,  # the task
@@ -227,15 +250,15 @@ def split_records(items:list[dict],  # the records left
                   d,  # the run config's `DataConfig`
                   seed:int,  # split seed
                  ) -> tuple[dict[str, list[dict]], dict]:
-    "The records of `train`, `validation` and `test`, and notes on how the split was made."
-    gvals = [it["extra"].get(d.group_field) if d.group_field else None for it in items]
-    if d.group_field and all(g is None for g in gvals) and items:
-        raise DataError(f"group_field '{d.group_field}' is in none of the records")
-    groups = [f"g:{json.dumps(g, sort_keys=True, default=str)}" if g is not None else f"r:{it['cluster']}"
-              for g, it in zip(gvals, items)]
-    labels = [spec.label(it["rec"]) for it in items] if spec.label else None
-    parts, info = split_indices(len(items), labels, groups, d.val_size, d.test_size, seed)
-    return {name: [items[k] for k in parts[name]] for name in _SPLITS}, info
+    "The records of `train`, `validation` and `test` (held-out test records stay test), and notes on the split."
+    held = [it for it in items if it.get("held_out")]
+    pool = [it for it in items if not it.get("held_out")] if held or d.test_records is not None else items
+    groups, labels = _split_keys(pool, spec, d)
+    test_size = 0 if pool is not items else d.test_size
+    parts, info = split_indices(len(pool), labels, groups, d.val_size, test_size, seed)
+    out = {name: [pool[k] for k in parts[name]] for name in _SPLITS}
+    if pool is not items: out["test"], info["test_records"] = held, len(held)
+    return out, info
 
 # %% ../../nbs/02f_data_prepare.ipynb #94e893bf
 def write_splits(parts:dict[str, list[dict]],  # from `split_records`, with their `example`
@@ -313,7 +336,9 @@ def prepare_data(cfg,  # a `RunConfig`: `cfg.data` says what to prepare, `cfg.se
     items, rejected, changes = clean_and_scrub(records, spec, d)
     items, dups = dedup(items, spec, d)
     items, contaminated, decon = decontaminate(items, spec, d)
+    items, held = hold_out_test(items, spec, d, seed)
     items, skipped = sample_records(items, d.max_records, seed)
+    items = items + held
     template = template_records(items, spec, d)
     items, tokens, over_budget, lens = token_budget(items, tokenizer, cfg.train.max_length, seed, d.pii_scrub)
     parts, split_info = split_records(items, spec, d, seed)

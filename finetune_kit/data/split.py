@@ -18,22 +18,25 @@ def split_indices(n:int,  # number of records
                   labels:list|None=None,  # one label per record to stratify by (None: no stratification)
                   groups:list|None=None,  # one group id per record; a group stays in one split
                   val_size:float=0.1,  # share for validation
-                  test_size:float=0.1,  # share for test
+                  test_size:float|int=0.1,  # share for test, or a number of test records (an int of 1 or more)
                   seed:int=42,
                  ) -> tuple[dict[str, list[int]], dict]:
     "Indices of `train`, `validation` and `test`, and notes on how the split was made."
     import numpy as np, warnings
     from sklearn.model_selection import train_test_split, GroupKFold, StratifiedGroupKFold
-    if not (0 <= val_size < 1 and 0 <= test_size < 1 and val_size + test_size < 1):
+    count = isinstance(test_size, int) and not isinstance(test_size, bool) and test_size >= 1
+    if count and test_size >= n: raise DataError(f"test_records {test_size} leaves no record to train on ({n} records)")
+    test_frac = test_size / n if count else test_size
+    if not (0 <= val_size < 1 and 0 <= test_frac < 1 and val_size + test_frac < 1):
         raise DataError(f"val_size and test_size must be in [0, 1) and sum below 1; got {val_size} and {test_size}")
     grouped = groups is not None and len(set(groups)) < len(groups)
     info = {"stratified": labels is not None, "grouped": grouped, "notes": []}
-    def cut(ix, frac):
+    def cut(ix, frac):  # frac: a share, or (an int) a number of records
         if frac <= 0 or len(ix) < 2: return ix, ix[:0]
         lab = None if labels is None else np.asarray(labels, dtype=object)[ix]
-        if grouped:
+        if grouped:  # folds of about the asked size: groups come whole, so a count is approximate
             grp = np.asarray(groups, dtype=object)[ix]
-            k = min(max(2, round(1 / frac)), len(set(grp)))
+            k = min(max(2, round(len(ix) / frac if isinstance(frac, int) else 1 / frac)), len(set(grp)))
             if k < 2: info["notes"].append("one group only: no held-out split"); return ix, ix[:0]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -47,7 +50,7 @@ def split_indices(n:int,  # number of records
                 info["stratified"] = False; info["notes"].append(f"not stratified: {e}")
         return tuple(train_test_split(ix, test_size=frac, random_state=seed))
     rest, test = cut(np.arange(n), test_size)
-    train, val = cut(rest, val_size / (1 - test_size)) if val_size else (rest, rest[:0])
+    train, val = cut(rest, val_size / (1 - test_frac)) if val_size else (rest, rest[:0])
     return {"train": sorted(map(int, train)), "validation": sorted(map(int, val)), "test": sorted(map(int, test))}, info
 
 # %% ../../nbs/02d_data_split.ipynb #2f7bbe99

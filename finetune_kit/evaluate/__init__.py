@@ -12,5 +12,6 @@ from ..files import read_jsonl, write_jsonl
 from .generate import *
 from .metrics import *
 from .compare import *
+from .baselines import *
 from .review import *
 from .run import *

@@ -15,23 +15,28 @@ from .metrics import OUTSIDE, TaskScores
 
 # %% auto #0
 __all__ = ['bootstrap_intervals', 'ship_verdict', 'comparison_table', 'comparison_plot', 'confusion_plot', 'slice_values',
-           'slice_report', 'tfidf_baseline']
+           'slice_report']
 
 # %% ../../nbs/05c_evaluate_compare.ipynb #048db2c4
 def bootstrap_intervals(base:TaskScores, tuned:TaskScores|None=None, n_resamples:int=1000, seed:int=42,
-                        confidence:float=0.95) -> dict:
-    "Percentile bootstrap intervals of the headline for base, tuned and the paired difference tuned - base."
+                        confidence:float=0.95,
+                        baseline:TaskScores|None=None,  # a classical system scored on the same records
+                       ) -> dict:
+    """Percentile bootstrap intervals of the headline for base, tuned (and a baseline), and the paired differences
+    `difference` (tuned - base) and `vs_baseline` (tuned - baseline)."""
     from scipy.stats import bootstrap
-    systems = [s for s in (base, tuned) if s is not None]
-    if any(s.headline is None for s in systems): return {}
-    if tuned is not None and base.scored != tuned.scored:
-        raise EvalError("base and tuned were scored on different records")
-    n = len(base.counts)
+    named = {k: s for k, s in (("base", base), ("tuned", tuned), ("baseline", baseline)) if s is not None}
+    if any(s.headline is None for s in named.values()): return {}
+    if any(s.scored != base.scored for s in named.values()):
+        raise EvalError("the systems were scored on different records")
+    pairs = [(d, a, b) for d, a, b in (("difference", "tuned", "base"), ("vs_baseline", "tuned", "baseline"))
+             if a in named and b in named]
+    systems, n = list(named.values()), len(base.counts)
     def stat(idx, axis=-1):  # idx: (batch, n) resampled record positions
-        v = [s.agg(s.counts[idx].sum(-2)) for s in systems]
-        return np.stack(v + ([v[1] - v[0]] if tuned is not None else []))
+        v = dict(zip(named, (s.agg(s.counts[idx].sum(-2)) for s in systems)))
+        return np.stack(list(v.values()) + [v[a] - v[b] for _, a, b in pairs])
     point = stat(np.arange(n)[None])[:, 0]
-    names = ["base", "tuned", "difference"][:len(point)]
+    names = list(named) + [d for d, _, _ in pairs]
     if n < 2 or n_resamples <= 0:
         return {k: {"value": float(p), "low": float("nan"), "high": float("nan")} for k, p in zip(names, point)}
     batch = max(1, min(n_resamples, 2_000_000//max(n*systems[0].counts.shape[1], 1)))  # memory per batch of resamples
@@ -44,23 +49,55 @@ def bootstrap_intervals(base:TaskScores, tuned:TaskScores|None=None, n_resamples
     return {k: {"value": float(p), "low": float(l), "high": float(h)} for k, p, l, h in zip(names, point, lo, hi)}
 
 # %% ../../nbs/05c_evaluate_compare.ipynb #03415d3d
-def ship_verdict(intervals:dict, margin:float=0.02, metric:str="headline") -> dict:
-    "Ship when tuned - base >= `margin` and the difference's interval is above zero; with the reason in words."
-    d = intervals.get("difference")
-    if d is None: return {"ship": False, "reason": "no comparison: needs references and both a base and a tuned model"}
+def _ci(d) -> str: return f"95% CI [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+def _cost(c:dict|None) -> str:
+    "A system's cost in words, from `{fit_seconds, train_seconds, ms_per_record}`."
+    if not c: return ""
+    fit = c.get("train_seconds", c.get("fit_seconds"))
+    parts = ([f"{fit:.0f} s to {'train' if 'train_seconds' in c else 'fit'}"] if fit is not None else []) + \
+            ([f"{c['ms_per_record']:.3g} ms per record"] if c.get("ms_per_record") is not None else [])
+    return ", ".join(parts)
+
+def ship_verdict(intervals:dict, margin:float=0.02, metric:str="headline",
+                 baseline_name:str="baseline",  # what the baseline is, for the reason
+                 costs:dict|None=None,  # {system: {fit_seconds or train_seconds, ms_per_record}}
+                ) -> dict:
+    "SHIP when tuned beats base by `margin` (interval above zero) and is not worse than the baseline by `margin`."
+    d, b = intervals.get("difference"), intervals.get("vs_baseline")
+    if d is None: return {"ship": False, "prefer": None,
+                          "reason": "no comparison: needs references and both a base and a tuned model"}
+    costs = costs or {}
     gain, low = d["value"], d["low"]
     ok_margin, ok_ci = gain >= margin, (low > 0) if not math.isnan(low) else False
-    ci = f"95% CI [{d['low']:+.3f}, {d['high']:+.3f}]"
-    if ok_margin and ok_ci: reason = f"tuned beats base on {metric} by {gain:+.3f} (margin {margin}), {ci} above zero"
-    elif not ok_margin: reason = f"gain {gain:+.3f} on {metric} is below the margin {margin} ({ci})"
+    beats_base = ok_margin and ok_ci
+    holds = b is None or (not math.isnan(b["low"]) and b["low"] >= -margin) or (math.isnan(b["low"]) and b["value"] >= 0)
+    t, bl = (intervals.get("tuned") or {}).get("value", math.nan), (intervals.get("baseline") or {}).get("value")
+    cost = lambda k: f" ({_cost(costs.get(k))})" if costs.get(k) else ""
+    vs = (f"; against the {baseline_name} baseline {bl:.3f}{cost('baseline')}: tuned - baseline {b['value']:+.3f}, "
+          f"{_ci(b)}" if b is not None else "; no baseline to compare with")
+    if beats_base and holds:
+        prefer = "tuned"
+        reason = (f"tuned {t:.3f}{cost('tuned')} beats base on {metric} by {gain:+.3f} (margin {margin}, {_ci(d)} "
+                  f"above zero){vs}, not below -{margin}")
+    elif beats_base:
+        prefer = "baseline"
+        reason = (f"keep the {baseline_name} baseline: it scores {bl:.3f} on {metric}{cost('baseline')} against "
+                  f"tuned {t:.3f}{cost('tuned')}; tuned - baseline {b['value']:+.3f}, {_ci(b)}, below -{margin}, "
+                  f"although tuned beats base by {gain:+.3f}")
     else:
-        reason = (f"gain {gain:+.3f} clears the margin but the {ci} reaches zero: could be noise; "
-                  "evaluate on more records")
-    return {"ship": bool(ok_margin and ok_ci), "gain": gain, "margin": margin, "reason": reason}
+        prefer = "baseline" if bl is not None and bl > (intervals.get("base") or {}).get("value", math.inf) else "base"
+        why = (f"gain {gain:+.3f} on {metric} is below the margin {margin} ({_ci(d)})" if not ok_margin else
+               f"gain {gain:+.3f} clears the margin but the {_ci(d)} reaches zero: could be noise; "
+               "evaluate on more records")
+        reason = f"do not ship the tuned model: {why}{vs}" + (f"; prefer the {baseline_name} baseline"
+                                                               if prefer == "baseline" else "")
+    return {"ship": bool(beats_base and holds), "prefer": prefer, "gain": gain, "margin": margin,
+            "vs_baseline": b["value"] if b is not None else None, "reason": reason}
 
 # %% ../../nbs/05c_evaluate_compare.ipynb #cfd8b024
 def comparison_table(systems:dict[str, TaskScores]) -> pd.DataFrame:
-    "Scalar metrics (rows) for each system (columns), plus `tuned - base` when both are present."
+    "Scalar metrics (rows) for each system (columns), plus `tuned - base` and `tuned - baseline` when present."
     rows = {}
     for name, s in systems.items():
         for k, v in s.metrics.items():
@@ -68,6 +105,7 @@ def comparison_table(systems:dict[str, TaskScores]) -> pd.DataFrame:
                 rows.setdefault(k, {})[name] = float(v)
     t = pd.DataFrame(rows).T.reindex(columns=list(systems))
     if {"base", "tuned"} <= set(systems): t["tuned - base"] = t["tuned"] - t["base"]
+    if {"baseline", "tuned"} <= set(systems): t["tuned - baseline"] = t["tuned"] - t["baseline"]
     t.index.name = "metric"
     return t
 
@@ -149,20 +187,3 @@ def slice_report(systems:dict[str, TaskScores], groups:pd.Series) -> tuple[pd.Da
                     f"{t.loc[hi, worst]:.3f} on {groups.name}={hi} (gap {gaps[worst]:.3f})"}
     t = t.assign(flag=["⚠ worst" if i == lo else "" for i in t.index])
     return t, flag
-
-# %% ../../nbs/05c_evaluate_compare.ipynb #d54b272c
-def _input_text(r) -> str:
-    users = [m["content"] for m in r["prompt"] if m.get("role") == "user"]
-    return users[-1] if users else r["prompt"][-1]["content"]
-
-def tfidf_baseline(train:list[dict], test:list[dict], seed:int=42) -> list[str]:
-    "TF-IDF (word 1-2 grams) + logistic regression fit on the `train` records (scikit-learn): labels for `test`."
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    y = [r.get("label") or r.get("reference") for r in train]
-    if len(set(y)) < 2: raise EvalError("the baseline needs at least two labels in the training split")
-    clf = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
-                        LogisticRegression(max_iter=2000, random_state=seed))
-    clf.fit([_input_text(r) for r in train], y)
-    return list(clf.predict([_input_text(r) for r in test]))

@@ -10,7 +10,7 @@ import contextlib, copy, functools, math
 from ..files import KitError
 
 # %% auto #0
-__all__ = ['EvalError', 'greedy_config', 'generate', 'generate_pair', 'perplexity']
+__all__ = ['EvalError', 'greedy_config', 'generate', 'generate_pair', 'rank_labels', 'perplexity']
 
 # %% ../../nbs/05a_evaluate_generate.ipynb #76800392
 class EvalError(KitError):
@@ -58,13 +58,13 @@ def _prompt_learning(model) -> bool:
     cfg = getattr(model, "active_peft_config", None)
     return cfg is not None and getattr(cfg, "is_prompt_learning", False)
 
-def _prefix_cache(model, prefix:list[int], device):
+def _prefix_cache(model, prefix:list[int], device, grow:bool=True):
     """The KV cache of `prefix` and the keyword the model takes it by (None when the model cannot share one).
-    On a CPU its layers grow in place, and so do those of every batch's copy."""
+    On a CPU its layers grow in place (with `grow`), and so do those of every batch's copy."""
     import torch
     if _prompt_learning(model): return None, None  # virtual tokens come first
     c, kw = _cache_of(model(input_ids=torch.tensor([prefix], device=device), use_cache=True))
-    return _grow_on_cpu(c, device), kw
+    return (_grow_on_cpu(c, device) if grow else c), kw
 
 # %% ../../nbs/05a_evaluate_generate.ipynb #bc3e29f6
 @contextlib.contextmanager
@@ -220,6 +220,116 @@ def generate_pair(model, tokenizer, prompts:list, **kwargs) -> tuple[list[str], 
         raise EvalError("generate_pair needs a PeftModel (a base model with an adapter)")
     with model.disable_adapter(): base = generate(model, tokenizer, prompts, desc="base", **kwargs)
     return base, generate(model, tokenizer, prompts, desc="tuned", **kwargs)
+
+# %% ../../nbs/05a_evaluate_generate.ipynb #2a17bdbe
+def _answer_ids(tokenizer, prompts:list, labels:list[str], eos:list[int]) -> tuple[list, list]:
+    "Each prompt's tokens, with the generation prompt, and each label's answer tokens after them, through end-of-turn."
+    msgs = [_prompt_of(p) for p in prompts]
+    pre = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in msgs]
+    full = [tokenizer.apply_chat_template(m + [{"role": "assistant", "content": l}], tokenize=False)
+            for m in msgs for l in labels]
+    ids, fids = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (pre, full))
+    ans = []
+    for i, p in enumerate(ids):
+        ans.append([])
+        for f in fids[i*len(labels):(i+1)*len(labels)]:
+            if f[:len(p)] != p or len(f) == len(p):
+                raise EvalError("the chat template renders the prompt differently inside the full conversation")
+            a = f[len(p):]
+            ans[-1].append(a[:next((k + 1 for k, t in enumerate(a) if t in eos), len(a))])
+    return ids, ans
+
+# %% ../../nbs/05a_evaluate_generate.ipynb #b4dc0c80
+def _answer_logprobs(logits, tgt):
+    "log p of each target token: `logits` (..., V) in the model's precision, log-softmax in fp32."
+    import torch
+    return torch.log_softmax(logits.float(), -1).gather(-1, tgt.to(logits.device)[..., None]).squeeze(-1)
+
+def _padded(rows:list[list[int]], pad:int, device):
+    "`rows` padded on the right to one length, and their mask."
+    import torch
+    T = max(map(len, rows))
+    return (torch.tensor([r + [pad]*(T-len(r)) for r in rows], device=device),
+            torch.tensor([[1]*len(r) + [0]*(T-len(r)) for r in rows], device=device))
+
+def _rank_cached(model, x, att, P:int, cache, kw, answers:list, pad:int):
+    """Summed log-probs (B, n_labels) of `answers[b][j]` after the left-padded prompts `x` (B, T), whose first `P`
+    tokens are in `cache` (or none, `P=0`): each prompt once, then all its answers from its cache. None when the
+    model returns no cache it can share."""
+    import torch
+    nL, pos = len(answers[0]), (att.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=x[:, P:], attention_mask=att, position_ids=pos[:, P:], use_cache=True, logits_to_keep=1,
+                **({kw: cache} if cache is not None else {}))
+    if cache is None: cache, kw = _cache_of(out)
+    if cache is None: return None
+    tgt, m = _padded([a for row in answers for a in row], pad, x.device)  # (B*nL, A), answers on the right
+    lp = _answer_logprobs(out.logits[:, -1].repeat_interleave(nL, 0), tgt[:, 0]).to(x.device)[:, None]
+    if tgt.shape[1] > 1:  # the answers' own tokens predict the rest
+        cache.batch_repeat_interleave(nL)
+        att2 = torch.cat([att.repeat_interleave(nL, 0), m[:, :-1]], 1)
+        p2 = pos[:, -1:].repeat_interleave(nL, 0) + torch.arange(1, tgt.shape[1], device=x.device)
+        o2 = model(input_ids=tgt[:, :-1], attention_mask=att2, position_ids=p2, use_cache=True, **{kw: cache})
+        lp = torch.cat([lp, _answer_logprobs(o2.logits, tgt[:, 1:]).to(x.device)], 1)
+    return (lp * m).sum(-1).view(len(answers), nL)
+
+def _rank_full(model, ids:list[list[int]], answers:list, pad:int, device):
+    "Summed log-probs (B, n_labels) of `answers[b][j]` after `ids[b]`, each pair a whole right-padded sequence."
+    import torch
+    rows = [(p, a) for p, row in zip(ids, answers) for a in row]
+    x, att = _padded([p + a for p, a in rows], pad, device)
+    logits = model(input_ids=x, attention_mask=att).logits[:, -x.shape[1]:]  # virtual tokens come first
+    tgt = torch.full_like(x, -1)
+    for i, (p, a) in enumerate(rows): tgt[i, len(p):len(p)+len(a)] = torch.tensor(a)
+    lp = _answer_logprobs(logits[:, :-1], tgt[:, 1:].clamp(min=0)).to(device) * (tgt[:, 1:] >= 0)
+    return lp.sum(-1).view(len(ids), len(answers[0]))
+
+# %% ../../nbs/05a_evaluate_generate.ipynb #927875fa
+def rank_labels(model, tokenizer,
+                prompts:list,  # records (their `prompt` is used) or message lists
+                labels:list[str],  # the answers to choose from, as the assistant would write them
+                batch_size:int=16,  # records per batch (each scores all its labels in one pass)
+                progress:bool=True, desc:str="rank",
+                return_scores:bool=False,  # also return the (n_prompts, n_labels) summed log-probs
+               ):
+    "The likeliest label per prompt: each label scored as the whole answer, its tokens' summed log-probabilities."
+    import numpy as np, torch, inspect
+    from finetune_kit.jobs import progress_bar
+    labels = list(labels)
+    if not labels or len(set(labels)) < len(labels): raise EvalError(f"rank_labels needs distinct labels, got {labels}")
+    scores = np.zeros((len(prompts), len(labels)))
+    if not len(prompts): return ([], scores) if return_scores else []
+    ids, answers = _answer_ids(tokenizer, prompts, labels, _eos_ids(model, tokenizer))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _eos_ids(model, tokenizer)[0]
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths together, a too-long batch first
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    shared = (not _prompt_learning(model)
+              and {"position_ids", "logits_to_keep"} <= set(inspect.signature(base.forward).parameters))
+    was_training, device = model.training, next(model.parameters()).device
+    model.eval()
+    try:
+        with torch.inference_mode(), _cpu_generation(model, device), _decoding_attention(model, device), \
+             progress_bar(total=len(ids), desc=desc, disable=not progress, leave=False) as bar:
+            P = _common_prefix(ids) if shared and len(ids) > 1 else 0
+            cache, kw = _prefix_cache(model, ids[0][:P], device, grow=False) if P >= 8 else (None, None)
+            if cache is None: P = 0
+            for s in range(0, len(order), batch_size):
+                idx = order[s:s+batch_size]
+                ans, got = [answers[i] for i in idx], None
+                if shared:
+                    suf = [ids[i][P:] for i in idx]
+                    L = max(map(len, suf))
+                    x = torch.tensor([ids[idx[0]][:P] + [pad]*(L-len(t)) + t for t in suf], device=device)
+                    att = torch.tensor([[1]*P + [0]*(L-len(t)) + [1]*len(t) for t in suf], device=device)
+                    c = None
+                    if cache is not None: c = copy.deepcopy(cache); c.batch_repeat_interleave(len(idx))
+                    got = _rank_cached(model, x, att, P, c, kw, ans, pad)
+                    shared = got is not None
+                if got is None: got = _rank_full(model, [ids[i] for i in idx], ans, pad, device)
+                scores[idx] = got.double().cpu().numpy()
+                bar.update(len(idx))
+    finally: model.train(was_training)
+    best = [labels[j] for j in scores.argmax(1)]
+    return (best, scores) if return_scores else best
 
 # %% ../../nbs/05a_evaluate_generate.ipynb #6327f944
 def perplexity(model, tokenizer,

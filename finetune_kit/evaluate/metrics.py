@@ -44,8 +44,11 @@ def classification_metrics(refs:list[str], outputs:list[str], labels:list[str]) 
     from sklearn.metrics import accuracy_score, classification_report, precision_recall_fscore_support
     preds = [normalize_label(o, labels) or OUTSIDE for o in outputs]
     m = {"n": len(refs), "accuracy": accuracy_score(refs, preds)}
+    seen = set(refs) | set(preds)
+    occurring = [l for l in labels if l in seen] + sorted(seen - set(labels) - {OUTSIDE})
     for avg in ("macro", "micro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(refs, preds, labels=labels, average=avg, zero_division=0)
+        p, r, f, _ = precision_recall_fscore_support(refs, preds, labels=labels if avg == "micro" else occurring,
+                                                     average=avg, zero_division=0)
         m |= {f"{avg}_precision": p, f"{avg}_recall": r, f"{avg}_f1": f}
     m["outside_label_rate"] = preds.count(OUTSIDE)/max(len(preds), 1)
     m["outside_label_count"] = preds.count(OUTSIDE)
@@ -206,10 +209,12 @@ class TaskScores:
 
 # %% ../../nbs/05b_evaluate_metrics.ipynb #ff0b6aac
 def _macro_f1_agg(k):
+    "Macro-F1 from summed (TP, FP, FN) per class, averaged over the classes that occur (in references or answers)."
     def agg(s):
         tp, fp, fn = s[..., :k], s[..., k:2*k], s[..., 2*k:]
-        den = 2*tp + fp + fn
-        return np.where(den > 0, 2*tp/np.where(den > 0, den, 1), 0.0).mean(-1)
+        den = 2*tp + fp + fn  # > 0 exactly when the class is a reference or an answer somewhere
+        f1 = np.where(den > 0, 2*tp/np.where(den > 0, den, 1), 0.0)
+        return f1.sum(-1) / np.maximum((den > 0).sum(-1), 1)
     return agg
 
 def _ratio_agg(s): return np.where(s[..., 1] > 0, s[..., 0]/np.where(s[..., 1] > 0, s[..., 1], 1), 0.0)

@@ -6,7 +6,7 @@ Docs: https://finetune-kit.github.io/finetune-kit/evaluate_run.html.md"""
 
 # %% ../../nbs/05e_evaluate_run.ipynb #3b8815f2
 from __future__ import annotations
-import json, math, os, random, re, warnings
+import json, math, os, random, re, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import pandas as pd
@@ -89,72 +89,119 @@ def load_for_eval(cfg:RunConfig, adapter=None, progress:bool=True):
         raise EvalError(f"{adapter}: adapter does not fit base model {base}{hint}: {_misfit(e)}") from None
 
 # %% ../../nbs/05e_evaluate_run.ipynb #4600f197
+def _answers(model, tokenizer, records:list[dict], cfg:RunConfig, name:str, labels, timing:dict, kw:dict) -> dict:
+    "One model's answers as system `name`: generated, ranked or both (`cfg.eval.decode`), each timed per record."
+    decode, out = cfg.eval.decode if labels else "generate", {}
+    if decode in ("generate", "both"):
+        t = time.perf_counter(); out[name] = generate(model, tokenizer, records, desc=name, **kw)
+        timing[name] = {"ms_per_record": round(1000 * (time.perf_counter() - t) / max(len(records), 1), 2)}
+    if decode in ("rank", "both"):
+        from finetune_kit.evaluate.generate import rank_labels
+        key = name if decode == "rank" else f"{name}_rank"
+        t = time.perf_counter()
+        out[key] = rank_labels(model, tokenizer, records, labels, batch_size=kw["batch_size"], progress=kw["progress"],
+                               desc=f"{name} (rank)")
+        timing[key] = {"ms_per_record": round(1000 * (time.perf_counter() - t) / max(len(records), 1), 2)}
+    return out
+
 def generate_systems(cfg:RunConfig, records:list[dict],
                      adapter=None,  # adapter folder, or a full fine-tuning checkpoint (None: base only)
                      model=None, tokenizer=None,  # an already loaded model (a PeftModel gives base and tuned)
-                     progress:bool=True) -> tuple[dict, dict, list[str]]:
-    "Answers `{'base': [...], 'tuned': [...] or None}`, perplexities per system, and notes."
+                     progress:bool=True,
+                     labels:list[str]|None=None,  # the class label set, for `decode` rank or both
+                    ) -> tuple[dict, dict, list[str], dict]:
+    "Answers `{'base': [...], 'tuned': [...] or None, ...}`, perplexities, notes and each system's ms per record."
     kw = dict(batch_size=cfg.eval.eval_batch_size, max_new_tokens=cfg.eval.max_new_tokens, progress=progress)
     ppl_recs = [r for r in records if r.get("completion")]
-    notes, ppl = [], {}
+    notes, ppl, timing, outs = [], {}, {}, {}
+    if cfg.eval.decode != "generate" and not labels:
+        notes.append(f"decode={cfg.eval.decode} needs a label set (classification): answers were generated")
+    answers = lambda m, t, name: _answers(m, t, records, cfg, name, labels, timing, kw)
     if model is None:
         full = adapter is not None and (Path(adapter)/"config.json").is_file() \
             and not (Path(adapter)/"adapter_config.json").is_file()
         if full:  # a fully fine-tuned checkpoint: two models, one after the other
             notes.append("full fine-tuning checkpoint: base and tuned models loaded one after the other")
             m, t = load_for_eval(cfg, None, progress)
-            base = generate(m, t, records, desc="base", **kw)
+            outs |= answers(m, t, "base")
             if ppl_recs: ppl["base"] = perplexity(m, t, ppl_recs)
             del m
             m, t = load_for_eval(cfg, adapter, progress)
-            tuned = generate(m, t, records, desc="tuned", **kw)
+            outs |= answers(m, t, "tuned")
             if ppl_recs: ppl["tuned"] = perplexity(m, t, ppl_recs)
-            return {"base": base, "tuned": tuned}, ppl, notes
+            return outs, ppl, notes, timing
         model, tokenizer = load_for_eval(cfg, adapter, progress)
     if hasattr(model, "disable_adapter"):
-        base, tuned = generate_pair(model, tokenizer, records, **kw)
-        if ppl_recs:
-            with model.disable_adapter(): ppl["base"] = perplexity(model, tokenizer, ppl_recs)
-            ppl["tuned"] = perplexity(model, tokenizer, ppl_recs)
-        return {"base": base, "tuned": tuned}, ppl, notes
-    base = generate(model, tokenizer, records, desc="base", **kw)
+        with model.disable_adapter():
+            outs |= answers(model, tokenizer, "base")
+            if ppl_recs: ppl["base"] = perplexity(model, tokenizer, ppl_recs)
+        outs |= answers(model, tokenizer, "tuned")
+        if ppl_recs: ppl["tuned"] = perplexity(model, tokenizer, ppl_recs)
+        return outs, ppl, notes, timing
+    outs |= answers(model, tokenizer, "base")
     if ppl_recs: ppl["base"] = perplexity(model, tokenizer, ppl_recs)
-    return {"base": base, "tuned": None}, ppl, notes
+    return outs | {"tuned": None}, ppl, notes, timing
 
 # %% ../../nbs/05e_evaluate_run.ipynb #ba66d7d4
 def score_systems(task:str, records:list[dict],
-                  outputs:dict,  # answers {"base": [...], "tuned": [...] or None}
+                  outputs:dict,  # answers {"base": [...], "tuned": [...] or None, "base_rank": [...], ...}
                   labels:list[str]|None=None,  # the class label set (tasks with `label`)
                   perplexities:dict|None=None,  # per system, added to its metrics
-                  data=None,  # the prepared data folder, whose train split the baseline learns from (None: no baseline)
-                  seed:int=42) -> tuple[dict[str, TaskScores], list[str]]:
-    "`TaskScores` of base, tuned (when given) and the task's baseline (when it has one), and notes."
-    spec, notes = get_task(task), []
-    systems = {k: score_outputs(task, records, outputs[k], labels)
-               for k in ("base", "tuned") if outputs.get(k) is not None}
+                  data=None,  # the prepared data folder, whose train split the baselines learn from (None: none)
+                  seed:int=42) -> tuple[dict[str, TaskScores], list[str], dict]:
+    "`TaskScores` of every system and of the task's baselines (the best as `baseline`), notes, and the baselines."
+    spec, notes, about = get_task(task), [], {}
+    systems = {k: score_outputs(task, records, v, labels) for k, v in outputs.items() if v is not None}
     for k, v in (perplexities or {}).items(): systems[k].metrics["perplexity"] = v
-    if spec.baseline is not None and systems["base"].headline and data is not None:
-        try:
-            train, _ = load_split(find_data_dir(data), "train")
-            systems["baseline"] = score_outputs(task, records, spec.get("baseline")(train, records, seed), labels)
-        except EvalError as e: notes.append(f"no baseline: {e}")
-    return systems, notes + systems["base"].notes
+    fns = spec.get_baselines() if systems["base"].headline and data is not None else []
+    if fns:
+        folder = find_data_dir(data)
+        try: train, _ = load_split(folder, "train")
+        except EvalError as e: train, _ = None, notes.append(f"no baseline: {e}")
+        try: val = load_split(folder, "validation")[0]
+        except EvalError: val = None
+        scored = {}
+        for fn in fns if train is not None else []:
+            try: answers, info = fn(train, records, seed, val)
+            except (EvalError, ValueError) as e:
+                notes.append(f"baseline {fn.__name__.removesuffix('_baseline')} unavailable: {one_line(e)}"); continue
+            scored[info["name"]] = (score_outputs(task, records, answers, labels), info)
+        if scored:
+            best = max(scored, key=lambda k: scored[k][0].value)
+            for name, (sc, info) in scored.items():
+                system = "baseline" if name == best else name
+                systems[system] = sc
+                about[name] = {"system": system, **info, spec.headline or sc.headline: sc.value}
+    return systems, notes + systems["base"].notes, about
 
 # %% ../../nbs/05e_evaluate_run.ipynb #8cf5e74f
+def _width_warning(intervals:dict, head:str, n:int, wide:float=0.05) -> str|None:
+    "A warning when the headline's interval (tuned, else base) is wider than +-`wide`."
+    iv = intervals.get("tuned") or intervals.get("base")
+    if not iv or math.isnan(iv["low"]): return None
+    half = (iv["high"] - iv["low"]) / 2
+    if half <= wide: return None
+    return (f"the 95% interval on {head} is +-{half:.3f} wide (n={n}): too wide to decide; evaluate on more "
+            f"records (test_records)")
+
 def compare_systems(systems:dict[str, TaskScores], records:list[dict],
                     n_resamples:int=1000,  # bootstrap resamples
-                    margin:float=0.02,  # how much tuned must beat base by on the headline
+                    margin:float=0.02,  # how much tuned must beat base by (and may trail the baseline by)
                     slice_field:str|None=None,  # record or meta field for per-slice metrics
-                    seed:int=42) -> dict:
-    "The comparison of `systems`: bootstrap `intervals`, ship `verdict`, metrics `table`, `slices` and `slice_flag`."
+                    seed:int=42,
+                    costs:dict|None=None,  # {system: {fit_seconds or train_seconds, ms_per_record}}
+                    baseline_name:str="baseline",  # what the `baseline` system is, for the verdict's words
+                   ) -> dict:
+    "The comparison of `systems`: bootstrap `intervals`, `verdict`, metrics `table`, `slices`, `slice_flag`, `warning`."
     head = systems["base"].headline
-    intervals = bootstrap_intervals(systems["base"], systems.get("tuned"), n_resamples, seed) if head else {}
-    verdict = ship_verdict(intervals, margin, head or "headline") if "tuned" in systems else \
-        {"ship": False, "reason": "base model only: nothing to compare"}
+    intervals = bootstrap_intervals(systems["base"], systems.get("tuned"), n_resamples, seed,
+                                    baseline=systems.get("baseline")) if head else {}
+    verdict = ship_verdict(intervals, margin, head or "headline", baseline_name, costs) if "tuned" in systems else \
+        {"ship": False, "prefer": None, "reason": "base model only: nothing to compare"}
     slices, flag = None, {}
     if slice_field and head: slices, flag = slice_report(dict(systems), slice_values(records, slice_field))
     return {"intervals": intervals, "verdict": verdict, "table": comparison_table(systems), "slices": slices,
-            "slice_flag": flag}
+            "slice_flag": flag, "warning": _width_warning(intervals, head, len(systems["base"].scored)) if head else None}
 
 # %% ../../nbs/05e_evaluate_run.ipynb #bf76561f
 def prediction_rows(records:list[dict], outputs:dict, systems:dict[str, TaskScores],
@@ -177,8 +224,11 @@ def eval_figures(task:str, systems:dict[str, TaskScores], comparison:dict, recor
     from matplotlib.figure import Figure
     head, slices, figs = systems["base"].headline, comparison["slices"], {}
     if head or "tuned" in systems:
+        v = comparison["verdict"]
+        verdict = ("SHIP" if v.get("ship") else f"do not ship (prefer {v['prefer']})" if v.get("prefer") else "")
         figs["comparison"] = comparison_plot(comparison["table"], comparison["intervals"], head, task,
-                                             f"{task}: " + " vs ".join(systems))
+                                             f"{task}: " + " vs ".join(systems) + (f"\nverdict: {verdict}"
+                                                                                   if verdict else ""))
     if get_task(task).label is not None and head and labels:
         for sname in ("base", "tuned"):
             if sname in systems: figs[f"confusion_{sname}"] = confusion_plot(systems[sname], records, labels,
@@ -199,14 +249,25 @@ def eval_report(m:dict,  # the evaluation's metrics.json
          f"Base model `{m['base_model']}`" + (f", adapter `{m['adapter']}`" if m["adapter"] else "")
          + f"; data `{m['data']}`.", ""]
     v = m["verdict"]
-    L += [f"**Verdict: {'SHIP' if v.get('ship') else 'do not ship'}**: {v['reason']}.", ""]
+    prefer = f" (prefer {v['prefer']})" if not v.get("ship") and v.get("prefer") else ""
+    L += [f"**Verdict: {'SHIP' if v.get('ship') else 'do not ship'}{prefer}**: {v['reason']}.", ""]
+    if m.get("warning"): L += [f"**Warning**: {m['warning']}.", ""]
     if m["headline"]: L += [f"Headline metric: `{m['headline']}`.", ""]
     L += ["## Metrics", "", md_table(table), ""]
     if m["intervals"]:
-        iv = pd.DataFrame(m["intervals"]).T; iv.index.name = "95% bootstrap CI"
-        L += [f"Bootstrap 95% intervals on `{m['headline']}` (percentile, paired for the difference):", "",
-              md_table(iv), ""]
-    if "baseline" in m: L += [f"`baseline`: {_about(get_task(m['task']).get('baseline'))}", ""]
+        iv = pd.DataFrame(m["intervals"]).T
+        iv["+-"] = (iv["high"] - iv["low"]) / 2
+        iv.index.name = "95% bootstrap CI"
+        L += [f"Bootstrap 95% intervals on `{m['headline']}` (percentile; `difference` is tuned - base and "
+              "`vs_baseline` tuned - baseline, both paired):", "", md_table(iv), ""]
+    if m.get("baselines"):
+        rows = [[b["system"], name, b["detail"], b["fit_seconds"], b["ms_per_record"]] for name, b in m["baselines"].items()]
+        L += ["## Baselines", "", md_table(rows, ["system", "baseline", "what it is", "fit seconds", "ms per record"]),
+              ""]
+    if m.get("cost"):
+        rows = [[k, c.get("train_seconds", c.get("fit_seconds", "")), c.get("ms_per_record", "")]
+                for k, c in m["cost"].items()]
+        L += ["## Cost", "", md_table(rows, ["system", "seconds to train or fit", "ms per record"]), ""]
     if slices is not None and len(slices): L += ["## Slices", "", md_table(slices), "", f"{m['slices']['text']}.", ""]
     ex = {k: v for k, v in m["unreadable_examples"].items() if v}
     if ex:
@@ -226,7 +287,7 @@ def log_tracking(cfg:RunConfig, out_dir:Path, metrics:dict, images:dict) -> str|
     "Log the eval metrics and plots to the run's W&B (offline unless set) or MLflow run; the run folder is the record."
     backend = cfg.tracking.report_to
     flat = {}
-    for sname in ("base", "tuned", "baseline"):
+    for sname in metrics.get("systems", ("base", "tuned", "baseline")):
         for k, v in (metrics.get(sname) or {}).items():
             if isinstance(v, (int, float)) and not isinstance(v, bool): flat[f"eval/{sname}/{k}"] = v
     for k, v in (metrics.get("intervals") or {}).items():
@@ -278,6 +339,18 @@ class EvalResult:
         return "\n".join(l for l in self.report.splitlines() if not l.startswith("!["))
 
 # %% ../../nbs/05e_evaluate_run.ipynb #1332ae73
+def _costs(timing:dict, baselines:dict, run_dir, adapter) -> dict:
+    "Each system's cost: ms per record, the tuned model's training seconds (its run's summary), baselines' fit seconds."
+    costs = {k: dict(v) for k, v in timing.items()}
+    for d in [p for p in (run_dir, Path(adapter).parent if adapter else None) if p is not None]:
+        if (Path(d)/"summary.json").is_file() and "tuned" in costs:
+            try: costs["tuned"]["train_seconds"] = json.loads((Path(d)/"summary.json").read_text())["train_seconds"]
+            except (OSError, ValueError, KeyError): pass
+            break
+    for b in baselines.values():
+        costs[b["system"]] = {"fit_seconds": b["fit_seconds"], "ms_per_record": b["ms_per_record"]}
+    return costs
+
 def _unreadable(records, outputs, scores, k=5) -> list[dict]:
     "The first `k` answers the scorer could not read, with their record ids."
     return [{"id": r.get("id"), "output": o} for r, o, it in zip(records, outputs, scores.items)
@@ -303,24 +376,29 @@ def evaluate(cfg:RunConfig,
         if run_dir is None: cfg, run_dir = create_run(cfg)
         out_dir = run_dir/"eval"
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    if outputs is not None: outs, ppl, notes = {"base": outputs["base"], "tuned": outputs.get("tuned")}, {}, []
-    else: outs, ppl, notes = generate_systems(cfg, records, adapter, model, tokenizer, progress)
-    systems, more = score_systems(task, records, outs, labels, ppl, data, cfg.seed)
-    cmp = compare_systems(systems, records, ev.bootstrap_samples, ev.ship_margin, ev.slice_field, cfg.seed)
+    if outputs is not None: outs, ppl, notes, timing = {"base": None, "tuned": None, **outputs}, {}, [], {}
+    else: outs, ppl, notes, timing = generate_systems(cfg, records, adapter, model, tokenizer, progress, labels)
+    systems, more, baselines = score_systems(task, records, outs, labels, ppl, data, cfg.seed)
+    costs = _costs(timing, baselines, run_dir, adapter)
+    best = next((k for k, b in baselines.items() if b["system"] == "baseline"), "baseline")
+    cmp = compare_systems(systems, records, ev.bootstrap_samples, ev.ship_margin, ev.slice_field, cfg.seed, costs,
+                          best)
     rows = prediction_rows(records, outs, systems, ev.slice_field)
     write_jsonl(rows, out_dir/"predictions.jsonl")
     figs = eval_figures(task, systems, cmp, records, labels, ev.slice_field)
     images = {k: out_dir/f"{k}.png" for k in figs}
     for k, f in figs.items(): f.savefig(images[k], dpi=110)
     review = {}
-    if "tuned" in systems and ev.review_samples > 0:
+    if "tuned" in systems and outs.get("tuned") is not None and ev.review_samples > 0:
         sheet, key = make_review_sheet(records, outs["base"], outs["tuned"], ev.review_samples, cfg.seed)
         review = {k: str(p.name) for k, p in write_review(sheet, key, out_dir).items()}
     metrics = {"task": task, "split": split, "n": len(records), "data": str(find_data_dir(data)),
                "adapter": str(adapter) if adapter else None, "base_model": cfg.model.base_model,
-               "headline": systems["base"].headline, **{k: dict(s.metrics) for k, s in systems.items()},
-               "intervals": cmp["intervals"], "verdict": cmp["verdict"], "slices": cmp["slice_flag"] or None,
-               "notes": notes + more,
+               "headline": systems["base"].headline, "systems": list(systems),
+               **{k: dict(s.metrics) for k, s in systems.items()},
+               "intervals": cmp["intervals"], "verdict": cmp["verdict"], "warning": cmp["warning"],
+               "baselines": baselines, "cost": costs, "decode": ev.decode if labels else "generate",
+               "slices": cmp["slice_flag"] or None, "notes": notes + more + ([cmp["warning"]] if cmp["warning"] else []),
                "unreadable_examples": {k: _unreadable(records, outs[k], systems[k]) for k in ("base", "tuned")
                                        if outs.get(k) is not None},
                "files": {"predictions": "predictions.jsonl", "plots": {k: p.name for k, p in images.items()},
