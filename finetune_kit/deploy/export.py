@@ -6,17 +6,17 @@ Docs: https://finetune-kit.github.io/finetune-kit/deploy_export.html.md"""
 
 # %% ../../nbs/09a_deploy_export.ipynb #4eaad6e4
 from __future__ import annotations
-import json, os, re, shutil, tempfile, time
+import contextlib, json, os, re, shutil, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
-from ..config import RunConfig, load_config, make_config, update_config
+from ..config import RunConfig, cache_dir, load_config, make_config, update_config
 from ..files import KitError, one_line, read_jsonl
 from ..models import KNOWN_MODELS, resolve_model
 
 # %% auto #0
-__all__ = ['GENERAL_PROBES', 'TOLERANCES', 'ExportError', 'model_key', 'same_base', 'ExportSource', 'export_source',
-           'probe_prompts', 'probe_reference', 'compare_to_reference', 'end_of_turn_check', 'ExportResult',
-           'export_model']
+__all__ = ['GENERAL_PROBES', 'TOLERANCES', 'ExportError', 'model_key', 'builtin_name', 'same_base', 'ExportSource',
+           'export_source', 'probe_prompts', 'probe_reference', 'compare_to_reference', 'end_of_turn_check',
+           'ExportResult', 'export_model']
 
 # %% ../../nbs/09a_deploy_export.ipynb #b9457f40
 class ExportError(KitError):
@@ -25,15 +25,25 @@ class ExportError(KitError):
 # %% ../../nbs/09a_deploy_export.ipynb #3a5c48ca
 _HUB_CACHE = re.compile(r"models--([^/]+)--([^/]+)/snapshots/[^/]+/?$")
 
+def _builtin_path(name:str) -> Path:
+    "Where the built-in model `name` lives once made (nothing is converted here)."
+    if name == "tiny-test":
+        from finetune_kit.testing import tiny_model_path
+        return tiny_model_path()  # built in seconds if absent
+    return cache_dir("models")/name
+
 def model_key(name_or_path:str) -> str:
     "What identifies a base model: the real path of a local (or built-in) model, else the hub id, lowercased."
     s = str(name_or_path)
     if m := _HUB_CACHE.search(s): return f"{m.group(1)}/{m.group(2)}".lower()
-    if s in KNOWN_MODELS:
-        try: s = resolve_model(s, progress=False)
-        except KitError: return s
+    if s in KNOWN_MODELS: return os.path.realpath(_builtin_path(s))
     p = Path(s).expanduser()
     return os.path.realpath(p) if p.is_dir() else s.lower()
+
+def builtin_name(name_or_path:str) -> str:
+    "The built-in name of a model given by its folder (`.../tiny-test-v1` is `tiny-test`), else the name as given."
+    k = model_key(name_or_path)
+    return next((n for n in KNOWN_MODELS if model_key(n) == k), str(name_or_path))
 
 def _short(key:str) -> str: return re.sub(r"-v\d+$", "", Path(key).name.lower())
 
@@ -74,6 +84,7 @@ def export_source(path,  # a run folder or an adapter folder
     if (path/"adapter_config.json").is_file():
         ac = _adapter_json(path)
         base = params.pop("base_model", None) or ac.get("base_model_name_or_path")
+        if base: base = builtin_name(base)
         if not base: raise ExportError(f"{path}: adapter_config.json names no base model; pass -p base_model NAME")
         method = params.pop("peft_method", None) or _method_of(ac)
         cfg = make_config({**params, "base_model": base, "peft_method": method})
@@ -250,6 +261,20 @@ def export_model(source,  # a run folder or an adapter folder
                  max_new_tokens:int=16,  # answer length the greedy check covers
                  progress:bool=True) -> ExportResult:
     "Merge the adapter of `source` into its base and save it to `out`, kept only if it passes the check."
+    with _hf_bars(progress): return _export(source, out, dtype, params, probes, n_probes, max_new_tokens, progress)
+
+@contextlib.contextmanager
+def _hf_bars(on:bool):
+    "transformers' own progress bars (loading, saving weights) off for the block unless `on`, as they were after."
+    from transformers.utils import logging as hf
+    was = hf.is_progress_bar_enabled()
+    if not on: hf.disable_progress_bar()
+    try: yield
+    finally:
+        if was and not on: hf.enable_progress_bar()
+
+def _export(source, out, dtype, params, probes, n_probes, max_new_tokens, progress) -> ExportResult:
+    "`export_model`'s work."
     import torch
     from transformers import AutoModelForCausalLM
     from finetune_kit.models import load_model
