@@ -8,8 +8,9 @@ model with `finetune-kit export` (checked, `--dtype bfloat16`). Then two fresh s
 libraries, read their resident set size (RSS, /proc/self/status) and load:
 - `engine`: the base once with the 4 adapters, as `finetune-kit serve` does (`deploy.load_adapters`);
 - `merged`: the 4 merged copies side by side, each loaded as `finetune-kit serve -p base_model MERGED` would.
-Both load in the kit's precision (`dtype=auto`: bf16 where the hardware computes it). The models' memory is RSS after
-loading minus RSS after the imports (the interpreter, torch, transformers and peft weigh the same in both and are not
+Both load in the kit's precision (`dtype=auto`: bf16 where the hardware computes it). Every weight is then read
+(one value per memory page), as the first requests would: a checkpoint already in the load precision is memory-mapped,
+and its pages count only once read. The models' memory is RSS after loading minus RSS after the imports (the interpreter, torch, transformers and peft weigh the same in both and are not
 model memory); both totals are printed too. Serving 4 merged copies from 4 processes would also pay the imports 4
 times, so one process is the merged copies' best case.
 
@@ -54,6 +55,10 @@ def measure(mode:str, base:str, folders:list[str], dtype:str) -> dict:
         keep = [load_model(make_config({"base_model": f, "dtype": dtype}), progress=False)[0] for f in folders]
         params = sum(p.numel() for m in keep for p in m.parameters())
     seconds = time.perf_counter() - t
+    models = [keep[0]] if mode == "engine" else keep
+    with torch.no_grad():  # one value in 1024 of every weight (every memory page): as the first requests would
+        for m in models:
+            for p in m.parameters(): float(p.detach().reshape(-1)[::1024].float().sum())
     gc.collect()
     after = rss_mb()
     return {"mode": mode, "before_mb": before, "after_mb": after, "model_mb": round(after["VmRSS"] - before["VmRSS"], 1),

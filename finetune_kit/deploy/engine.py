@@ -101,8 +101,9 @@ def load_adapters(base_model:str, adapters:dict|None=None, params:dict|None=None
         try:
             if i == 0:
                 from peft import PeftModel
-                model = PeftModel.from_pretrained(model, str(a.path), adapter_name=a.name, is_trainable=False)
-            else: model.load_adapter(str(a.path), adapter_name=a.name, is_trainable=False)
+                model = PeftModel.from_pretrained(model, str(a.path), adapter_name=a.name, is_trainable=False,
+                                                  autocast_adapter_dtype=False)
+            else: model.load_adapter(str(a.path), adapter_name=a.name, is_trainable=False, autocast_adapter_dtype=False)
         except (RuntimeError, ValueError, KeyError) as e:
             raise ServeError(f"adapter '{a.name}' ({a.path}, trained on {a.base_model}) does not fit the base model "
                              f"{base_model}: {_misfit(e)}") from None
