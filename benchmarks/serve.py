@@ -1,6 +1,6 @@
 """Benchmark: serving one base model with 4 LoRA adapters against 4 merged copies, on SmolLM2-135M-Instruct.
 
-    python benchmarks/serve.py [--adapters 4] [--clients 8] [--requests 64] [--max-tokens 16] [--dtype auto] [--threads N]
+    python benchmarks/serve.py [--adapters 4] [--clients 8] [--requests 64] [--max-tokens 16] [--threads N]
 
 Memory. 4 random-init LoRA adapters (the kit's default LoRA: rank 16 on every linear layer; B drawn at random so
 that each adapter changes the model) are made in a temporary folder, and each is exported as a merged standalone
@@ -8,17 +8,17 @@ model with `finetune-kit export` (checked, `--dtype bfloat16`). Then two fresh s
 libraries, read their resident set size (RSS, /proc/self/status) and load:
 - `engine`: the base once with the 4 adapters, as `finetune-kit serve` does (`deploy.load_adapters`);
 - `merged`: the 4 merged copies side by side, each loaded as `finetune-kit serve -p base_model MERGED` would.
-Both load in the kit's precision (`dtype=auto`: bf16 where the hardware computes it). Every weight is then read
-(one value per memory page), as the first requests would: a checkpoint already in the load precision is memory-mapped,
-and its pages count only once read. The models' memory is RSS after loading minus RSS after the imports (the interpreter, torch, transformers and peft weigh the same in both and are not
-model memory); both totals are printed too. Serving 4 merged copies from 4 processes would also pay the imports 4
-times, so one process is the merged copies' best case.
+Both load in the kit's precision (`dtype=auto`: bf16 where the hardware computes it). Every weight is then read (one
+value per memory page), as the first requests would: a checkpoint already in the load precision is memory-mapped, and
+its pages count only once read. The models' memory is RSS after loading minus RSS after the imports (the interpreter,
+torch, transformers and peft weigh the same in both and are not model memory); both totals are printed too. Serving 4
+merged copies from 4 processes would also pay the imports 4 times, so one process is the merged copies' best case.
 
 Throughput. `finetune-kit serve` runs as a subprocess with the 4 adapters on a free loopback port (the real uvicorn
-server); 8 client threads send OpenAI-style chat requests over HTTP, round-robin over the adapters (greedy,
+server); 8 client threads send OpenAI-style chat requests over HTTP, round-robin over the adapters (greedy, at most
 `--max-tokens` new tokens), and the benchmark reports requests/s, new tokens/s, latency percentiles and the share of
-batches that mixed adapters (the server's /health counts); then one client alone, for comparison. On a shared
-machine the figures depend on its load (say so when quoting them).
+batches that mixed adapters (the server's /health counts); then one client alone, for comparison. On a shared machine
+the figures depend on its load (say so when quoting them; the load average is recorded with them).
 
 Last line `memory_ratio: <engine model memory / merged model memory>`. Target: at most 0.35.
 """
@@ -61,8 +61,8 @@ def measure(mode:str, base:str, folders:list[str], dtype:str) -> dict:
             for p in m.parameters(): float(p.detach().reshape(-1)[::1024].float().sum())
     gc.collect()
     after = rss_mb()
-    return {"mode": mode, "before_mb": before, "after_mb": after, "model_mb": round(after["VmRSS"] - before["VmRSS"], 1),
-            "params": params, "load_s": round(seconds, 1)}
+    return {"mode": mode, "before_mb": before, "after_mb": after,
+            "model_mb": round(after["VmRSS"] - before["VmRSS"], 1), "params": params, "load_s": round(seconds, 1)}
 
 def run_measure(mode:str, base:str, folders:list, dtype:str) -> dict:
     "`measure` in its own subprocess (so that neither side's freed memory or caches count for the other)."
@@ -169,7 +169,8 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=16, help="new tokens per answer, at most")
     ap.add_argument("--dtype", default="auto", help="model precision (auto: bf16 where the hardware computes it)")
     ap.add_argument("--threads", type=int, default=None, help="the server's torch threads (default: torch's choice; "
-                    "on a machine shared with other jobs, fewer threads than cores avoids threads waiting on each other)")
+                    "on a machine shared with other jobs, fewer threads than cores keeps them from waiting on each "
+                    "other)")
     ap.add_argument("--no-throughput", dest="throughput", action="store_false", help="memory only")
     ap.add_argument("--json", default=str(Path(__file__).with_suffix(".json")), help="where to write the figures")
     ap.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # internal: engine|merged, in a subprocess
@@ -195,9 +196,9 @@ def run(a, tmp:Path):
     rep = r.report
     print(f"made {a.adapters} adapters (rank 16, all linear layers, "
           f"{sum(f.stat().st_size for f in adapters[0].glob('*.safetensors')) / 2**20:.1f} MiB each on disk) and "
-          f"{a.adapters} checked bf16 merged exports ({sum(f.stat().st_size for f in merged[0].glob('*.safetensors')) / 2**20:.0f}"
-          f" MiB each; last check: logits within {rep['rel_diff']:.1e} of the scale, greedy {rep['greedy_agree']}/"
-          f"{rep['probes']}) in {time.perf_counter() - t:.0f} s")
+          f"{a.adapters} checked bf16 merged exports "
+          f"({sum(f.stat().st_size for f in merged[0].glob('*.safetensors')) / 2**20:.0f} MiB each; last check: "
+          f"logits within {rep['rel_diff']:.1e} of the scale, greedy {rep['greedy_agree']}/{rep['probes']}) in {time.perf_counter() - t:.0f} s")
     eng = run_measure("engine", a.model, adapters, a.dtype)
     mer = run_measure("merged", a.model, merged, a.dtype)
     for m in (eng, mer):

@@ -59,12 +59,12 @@ def loaded(adapters):
 
 @pytest.fixture
 def server(loaded, tmp_path):
-    "Start a real server on a free loopback port: `server(max_batch=, max_queue=, splits=, **settings)` -> (url, engine)."
+    "A real server on a free loopback port: `server(max_batch=, max_queue=, splits=, **settings)` -> (url, engine)."
     started = []
     def start(max_batch=8, max_queue=64, splits=(), **kw):
         eng = Engine(*loaded, "tiny-test", max_batch, max_queue).start()
-        settings = ServeSettings(request_log=str(tmp_path/"requests.jsonl"), feedback_file=str(tmp_path/"feedback.jsonl"),
-                                 **{"max_prompt_tokens": 200, **kw})
+        settings = ServeSettings(request_log=str(tmp_path/"requests.jsonl"),
+                                 feedback_file=str(tmp_path/"feedback.jsonl"), **{"max_prompt_tokens": 200, **kw})
         srv = BackgroundServer(make_app(eng, settings, Router([parse_split(s) for s in splits], seed=0)))
         assert srv.url.startswith("http://127.0.0.1:")
         started.append((srv, eng))
@@ -93,11 +93,12 @@ def test_bad_requests_get_4xx_with_a_clear_message_and_the_server_keeps_serving(
     url, eng = server(max_batch=1, max_queue=1)
     ok = {"model": "a1", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 4}
     with httpx.Client(base_url=url, timeout=120) as c:
-        bad = {"unknown adapter": (c.post("/v1/chat/completions", json={**ok, "model": "gpt-5"}), 404, "does not exist"),
+        post = lambda **kw: c.post("/v1/chat/completions", **kw)
+        bad = {"unknown adapter": (post(json={**ok, "model": "gpt-5"}), 404, "does not exist"),
                "malformed JSON": (c.post("/v1/chat/completions", content=b'{"model": "a1", "messages": [',
                                          headers={"content-type": "application/json"}), 400, "not valid JSON"),
                "oversize prompt": (chat(c, "a1", "the market " * 300), 400, "this server takes at most 200"),
-               "oversize body": (c.post("/v1/chat/completions", content=b"x" * 2_000_000), 413, "over this server's limit"),
+               "oversize body": (post(content=b"x" * 2_000_000), 413, "over this server's limit"),
                "no messages": (c.post("/v1/chat/completions", json={"model": "a1"}), 400, "'messages' is required")}
         for what, (r, status, msg) in bad.items():
             assert (r.status_code, msg in r.json()["error"]["message"]) == (status, True), (what, r.text)
@@ -120,7 +121,8 @@ def test_bad_requests_get_4xx_with_a_clear_message_and_the_server_keeps_serving(
                 assert (held.result().status_code, queued.result().status_code) == (200, 200)
         finally: gate.set(); hook.remove()
         assert (busy.status_code, busy.headers.get("retry-after")) == (429, "1")
-        assert "the server is busy" in busy.json()["error"]["message"] and "retry later" in busy.json()["error"]["message"]
+        msg = busy.json()["error"]["message"]
+        assert "the server is busy" in msg and "retry later" in msg, msg
         assert chat(c, "a1", PROMPTS[2], max_tokens=4).status_code == 200  # still serving
         assert c.get("/health").json()["status"] == "ok"
 
