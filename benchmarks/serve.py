@@ -198,7 +198,8 @@ def run(a, tmp:Path):
           f"{sum(f.stat().st_size for f in adapters[0].glob('*.safetensors')) / 2**20:.1f} MiB each on disk) and "
           f"{a.adapters} checked bf16 merged exports "
           f"({sum(f.stat().st_size for f in merged[0].glob('*.safetensors')) / 2**20:.0f} MiB each; last check: "
-          f"logits within {rep['rel_diff']:.1e} of the scale, greedy {rep['greedy_agree']}/{rep['probes']}) in {time.perf_counter() - t:.0f} s")
+          f"logits within {rep['rel_diff']:.1e} of the scale, greedy {rep['greedy_agree']}/{rep['probes']}) "
+          f"in {time.perf_counter() - t:.0f} s")
     eng = run_measure("engine", a.model, adapters, a.dtype)
     mer = run_measure("merged", a.model, merged, a.dtype)
     for m in (eng, mer):
