@@ -114,6 +114,8 @@ class TrainConfig:
     logging_steps: int = _f(5, "log metrics every N steps")
     early_stopping_patience: int|None = _f(None, "stop after N evaluations without improvement (None: off)")
     neftune_noise_alpha: float|None = _f(None, "NEFTune embedding noise (None: off)")
+    use_liger_kernel: bool = _f(False, "Liger's fused Triton kernels on CUDA (pip install 'finetune-kit[liger]'); "
+                                       "ignored on CPU")
 
 # %% ../nbs/00_config.ipynb #ab631eee
 @dataclass

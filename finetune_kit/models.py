@@ -14,9 +14,10 @@ from .files import KitError
 
 # %% auto #0
 __all__ = ['SMOLLM2', 'KNOWN_MODELS', 'SMOLLM2_PIP', 'MERGEABLE', 'ModelError', 'smollm2_gguf', 'convert_gguf', 'resolve_model',
-           'model_status', 'pull_model', 'load_tokenizer', 'detect_bf16', 'DeviceSettings', 'device_settings',
-           'check_4bit', 'load_model', 'is_4bit', 'linear_module_names', 'target_modules', 'peft_config', 'apply_peft',
-           'adalora_callback', 'save_adapter', 'adapter_size_mb', 'model_report', 'merge_adapter', 'model_info']
+           'model_status', 'pull_model', 'load_tokenizer', 'detect_bf16', 'DeviceSettings', 'sharding',
+           'has_flash_attn', 'device_settings', 'check_4bit', 'load_model', 'is_4bit', 'linear_module_names',
+           'target_modules', 'peft_config', 'apply_peft', 'adalora_callback', 'save_adapter', 'adapter_size_mb',
+           'model_report', 'merge_adapter', 'model_info']
 
 # %% ../nbs/03_models.ipynb #c7a2c9af
 class ModelError(KitError):
@@ -165,6 +166,16 @@ class DeviceSettings:
     reason: str = field(default="", compare=False)  # why, in words
 
 # %% ../nbs/03_models.ipynb #e402bcb5
+def sharding() -> str|None:
+    "The sharded data parallelism `accelerate launch` started this process under: 'fsdp', 'deepspeed' or None."
+    on = lambda k: os.environ.get(k, "").strip().lower() in ("1", "true", "yes")
+    return "fsdp" if on("ACCELERATE_USE_FSDP") else "deepspeed" if on("ACCELERATE_USE_DEEPSPEED") else None
+
+def has_flash_attn() -> bool:
+    "Whether the `flash_attn` package (FlashAttention 2) is installed."
+    return importlib.util.find_spec("flash_attn") is not None
+
+# %% ../nbs/03_models.ipynb #4980fb48
 _MIXED = {"bfloat16": "bf16", "float16": "fp16", "float32": "no"}
 
 def device_settings(dtype:str="auto", # "auto", "float32", "bfloat16" or "float16"
@@ -173,14 +184,18 @@ def device_settings(dtype:str="auto", # "auto", "float32", "bfloat16" or "float1
                     bf16:bool|None=None, # the GPU, or the CPU, computes bf16 in hardware (None: `detect_bf16`)
                     local_rank:int|None=None, # this process's GPU (None: $LOCAL_RANK or 0)
                     full:bool=False, # full fine-tuning: every weight trains (fp32 master weights where it matters)
+                    sharded:str|None="detect", # "fsdp", "deepspeed" or None ("detect": `sharding()`): no device_map
+                    packing:bool=False, # packed (padding-free) batches: FlashAttention 2 on CUDA when installed
                    ) -> DeviceSettings:
     "Device, weights and compute precision, `device_map` and attention kernel for the given (or detected) hardware."
     import torch
     cuda = torch.cuda.is_available() if cuda is None else cuda
+    sharded = sharding() if sharded == "detect" else sharded
     why = None
     if bf16 is None: bf16, why = detect_bf16(cuda)
     why = why or ("bf16 in hardware" if bf16 else "no bf16 in hardware")
-    if attn_implementation == "auto": attn_implementation = "sdpa" if cuda else "eager"
+    if attn_implementation == "auto":
+        attn_implementation = ("flash_attention_2" if packing and has_flash_attn() else "sdpa") if cuda else "eager"
     if attn_implementation == "flash_attention_2" and not cuda:
         raise ModelError("attn_implementation=flash_attention_2 needs a CUDA GPU; use sdpa on CPU")
     if dtype != "auto": weights, mixed, reason = dtype, _MIXED[dtype], f"dtype={dtype} was asked for"
@@ -193,8 +208,9 @@ def device_settings(dtype:str="auto", # "auto", "float32", "bfloat16" or "float1
     else: weights, mixed, reason = "float32", "no", f"{why}: fp32"
     compute = "bfloat16" if mixed == "bf16" else "float32"
     rank = (int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank) if cuda else None
-    return DeviceSettings("cuda" if cuda else "cpu", weights, compute, {"": rank} if cuda else None, attn_implementation,
-                          mixed, reason)
+    if sharded: reason += f"; {sharded} places the shards (no device_map)"
+    return DeviceSettings("cuda" if cuda else "cpu", weights, compute, {"": rank} if cuda and not sharded else None,
+                          attn_implementation, mixed, reason)
 
 # %% ../nbs/03_models.ipynb #0ff8a35c
 def check_4bit(device:str="cpu"):
@@ -224,15 +240,18 @@ def load_model(cfg:RunConfig,  # the run config: its `model` section and `peft_m
     full = adapter is not None and _is_full_checkpoint(adapter)
     path = str(adapter) if full else resolve_model(cfg.model.base_model, progress=progress)
     full_ft = cfg.peft.peft_method == "full" and adapter is None  # training every weight: fp32 master weights
-    ds = device_settings(cfg.model.dtype, cfg.model.attn_implementation, full=full_ft)
+    ds = device_settings(cfg.model.dtype, cfg.model.attn_implementation, full=full_ft,
+                         packing=cfg.train.packing and adapter is None)
     kw = dict(dtype=getattr(torch, ds.dtype), attn_implementation=ds.attn_implementation,
               trust_remote_code=cfg.model.trust_remote_code)
     if ds.device_map is not None: kw["device_map"] = ds.device_map
     if cfg.peft.peft_method == "qlora" and not full:
         check_4bit(ds.device)
+        # FSDP-QLoRA: sharding flattens the 4-bit weights with the rest, so they are stored in the compute dtype
+        storage = getattr(torch, ds.compute_dtype) if sharding() else torch.uint8
         kw["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=getattr(torch, ds.compute_dtype), bnb_4bit_quant_storage=torch.uint8)
+            bnb_4bit_compute_dtype=getattr(torch, ds.compute_dtype), bnb_4bit_quant_storage=storage)
     model = AutoModelForCausalLM.from_pretrained(path, **kw)
     tok = load_tokenizer(cfg if not (full and (adapter/"tokenizer_config.json").is_file()) else str(adapter))
     if adapter is not None and not full:

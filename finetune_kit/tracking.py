@@ -12,7 +12,7 @@ from transformers import TrainerCallback
 from .config import RunConfig, flatten
 
 # %% auto #0
-__all__ = ['RunRecorder', 'read_metrics', 'plot_training', 'start_tracking', 'end_tracking']
+__all__ = ['RunRecorder', 'read_metrics', 'plot_training', 'wandb_mode', 'wandb_run_args', 'start_tracking', 'end_tracking']
 
 # %% ../nbs/04b_tracking.ipynb #d33dbccc
 class RunRecorder(TrainerCallback):
@@ -79,6 +79,25 @@ def _wandb_logged_in() -> bool:
     except (OSError, netrc.NetrcParseError): return False
 
 # %% ../nbs/04b_tracking.ipynb #92ba218f
+def wandb_mode() -> str:
+    "The W&B mode every run of this process uses: `WANDB_MODE` if set, else online with credentials, else offline."
+    return os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
+
+# %% ../nbs/04b_tracking.ipynb #516ec801
+def wandb_run_args(cfg:RunConfig,  # the run's config: its run id and `tracking` section
+                   run_dir,  # where W&B writes its files (the run folder)
+                  ) -> dict:
+    "The `wandb.init` arguments that put every part of the run (training, evaluation) into one W&B run, one mode."
+    kw = dict(name=cfg.tracking.run_name or cfg.run_id, resume="allow", dir=str(run_dir), mode=wandb_mode())
+    if os.environ.get("WANDB_SWEEP_ID"): return kw  # the agent's run: its id and project come from the agent
+    rec = Path(run_dir)/"sweep.json"  # a trial evaluated later, outside its agent: the agent's run, resumed
+    agent = json.loads(rec.read_text()) if rec.is_file() else {}
+    if agent.get("run_id"):
+        return dict(project=agent.get("project") or cfg.tracking.project, id=agent["run_id"], **kw,
+                    **({"entity": agent["entity"]} if agent.get("entity") else {}))
+    return dict(project=cfg.tracking.project, id=cfg.run_id, **kw)
+
+# %% ../nbs/04b_tracking.ipynb #199f182f
 def start_tracking(cfg:RunConfig,  # the run's config: its `tracking` section, logged flat
                    run_dir,  # the run folder (W&B writes its offline files there)
                    extra:dict|None=None  # more parameters to log, e.g. the data fingerprint
@@ -88,11 +107,10 @@ def start_tracking(cfg:RunConfig,  # the run's config: its `tracking` section, l
     name = cfg.tracking.run_name or cfg.run_id
     if backend == "wandb":
         import wandb
-        if "WANDB_MODE" not in os.environ and not _wandb_logged_in():
-            os.environ["WANDB_MODE"] = "offline"
+        kw = wandb_run_args(cfg, run_dir)
+        if kw["mode"] == "offline" and "WANDB_MODE" not in os.environ:
             print(f"W&B: no credentials, logging offline; later: wandb sync {Path(run_dir)/'wandb'}/offline-run-*")
-        wandb.init(project=cfg.tracking.project, name=name, id=cfg.run_id, resume="allow", dir=str(run_dir),
-                   config=params)
+        wandb.init(config=params, **kw)
         return "wandb"
     if backend == "mlflow":
         import mlflow

@@ -6,7 +6,7 @@ Docs: https://finetune-kit.github.io/finetune-kit/train.html.md"""
 
 # %% ../nbs/04_train.ipynb #8e314cf7
 from __future__ import annotations
-import dataclasses, hashlib, json, math, resource, shutil, sys, time
+import dataclasses, hashlib, importlib.util, json, math, resource, shutil, sys, time
 from pathlib import Path
 import torch
 import torch.nn.functional as F
@@ -15,14 +15,14 @@ from transformers import TrainerCallback, EarlyStoppingCallback
 from trl import SFTConfig, SFTTrainer
 from .config import RunConfig, ConfigError, create_run, flatten, load_config, seed_everything
 from .files import KitError
-from .models import detect_bf16, device_settings
+from .models import detect_bf16, device_settings, sharding
 from .tracking import RunRecorder, plot_training, start_tracking, end_tracking
 from .tracking import read_metrics, _wandb_logged_in  # importable from here, as before
 
 # %% auto #0
 __all__ = ['DEFAULT_LR', 'PROMPT_LEARNING', 'hardware_args', 'training_args', 'TrainingError', 'FinetuneTrainer',
-           'check_trainable', 'end_of_turn_id', 'set_stop_tokens', 'tokenizer_hashes', 'write_manifest',
-           'latest_checkpoint', 'total_steps', 'TrainResult', 'train', 'keep_model', 'TextProgress']
+           'uses_compact_loss', 'check_trainable', 'end_of_turn_id', 'set_stop_tokens', 'tokenizer_hashes',
+           'write_manifest', 'latest_checkpoint', 'total_steps', 'TrainResult', 'train', 'keep_model', 'TextProgress']
 
 # %% ../nbs/04_train.ipynb #389b54ca
 DEFAULT_LR = {"lora": 1e-3, "qlora": 1e-3, "dora": 1e-3, "adalora": 1e-3, "ia3": 3e-3,
@@ -34,6 +34,13 @@ def _caps():
     cuda = torch.cuda.is_available()
     return cuda, detect_bf16(cuda)[0], torch.cuda.get_device_capability()[0] if cuda else 0
 
+def _liger(cfg:RunConfig, cuda:bool) -> bool:
+    "Liger's kernels when asked for on CUDA (Triton kernels: nothing to gain on a CPU), installed or a clear error."
+    if not (cfg.train.use_liger_kernel and cuda): return False
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError("use_liger_kernel=True needs the liger-kernel package: pip install 'finetune-kit[liger]'")
+    return True
+
 def hardware_args(cfg:RunConfig, caps=None) -> dict:
     "The precision, optimizer and checkpointing arguments for `cfg` on hardware `caps` (cuda, bf16, sm major)."
     cuda, bf16, major = caps or _caps()
@@ -41,10 +48,11 @@ def hardware_args(cfg:RunConfig, caps=None) -> dict:
     gc = gc if gc is not None else method == "qlora"
     ds = device_settings(cfg.model.dtype, cfg.model.attn_implementation, cuda=cuda, bf16=bf16, local_rank=0,
                          full=method == "full")
+    optim = ("paged_adamw_8bit" if method == "qlora" else "adamw_torch_fused") if cuda else "adamw_torch"
     return dict(bf16=ds.mixed_precision == "bf16", fp16=ds.mixed_precision == "fp16",
-                tf32=True if cuda and major >= 8 else None, use_cpu=not cuda,
-                optim="paged_adamw_8bit" if cuda and method == "qlora" else "adamw_torch",
-                gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None)
+                tf32=True if cuda and major >= 8 else None, use_cpu=not cuda, optim=optim,
+                gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+                use_liger_kernel=_liger(cfg, cuda))
 
 # %% ../nbs/04_train.ipynb #d1c39e60
 def training_args(cfg:RunConfig,  # the run config
@@ -77,14 +85,14 @@ class TrainingError(KitError, RuntimeError):
 
 # %% ../nbs/04_train.ipynb #cdb6d2f9
 class FinetuneTrainer(SFTTrainer):
-    "`SFTTrainer` whose loss projects only the positions that carry a label, and stops on bad losses."
+    "`SFTTrainer` that stops on bad losses and, on CPU, projects only the positions that carry a label."
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
         mode = "train" if self.model.training else "eval"
         if labels is not None and mode == "train" and not (labels != -100).any():
             raise TrainingError(f"step {self.state.global_step}: no token in this batch carries loss "
                                 "(completion mask empty, or truncation cut every answer: raise max_length)")
-        if return_outputs or labels is None or not getattr(self, "compact_loss", True):
+        if return_outputs or labels is None or not getattr(self, "compact_loss", not torch.cuda.is_available()):
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         else: loss = self._compact_loss(model, inputs, num_items_in_batch, mode)
         l = loss[0] if isinstance(loss, tuple) else loss
@@ -122,6 +130,14 @@ def _compact_loss(self:FinetuneTrainer, model, inputs, num_items_in_batch, mode)
 
 # %% ../nbs/04_train.ipynb #4465a52e
 PROMPT_LEARNING = ("prompt_tuning", "prefix_tuning")
+
+# %% ../nbs/04_train.ipynb #532f9bb6
+def uses_compact_loss(method:str,  # the PEFT method
+                      cuda:bool|None=None  # training on CUDA (None: ask torch)
+                     ) -> bool:
+    "Whether training scores with the kit's compact loss (CPU, not prompt learning) rather than TRL's own (CUDA)."
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    return not cuda and method not in PROMPT_LEARNING
 
 # %% ../nbs/04_train.ipynb #765fd398
 def check_trainable(ds,  # a tokenized training set with `labels` (-100: no loss)
@@ -281,7 +297,7 @@ def _make_trainer(cfg:RunConfig, model, tok, splits, run_dir:Path, backend:str, 
     trainer = FinetuneTrainer(model=model, args=args, processing_class=tok, callbacks=cbs,
                               train_dataset=train_ds.remove_columns(cols(train_ds)),
                               eval_dataset=eval_ds.remove_columns(cols(eval_ds)) if eval_ds is not None else None)
-    trainer.compact_loss = cfg.peft.peft_method not in PROMPT_LEARNING
+    trainer.compact_loss = uses_compact_loss(cfg.peft.peft_method)
     return trainer
 
 # %% ../nbs/04_train.ipynb #aeaaf24f
@@ -297,7 +313,7 @@ def _save_results(trainer, tok, cfg:RunConfig, run_dir:Path, train_loss:float, s
     "Save the adapter and generation config; write `summary.json`, `manifest.json` and the curve; return the summary."
     from finetune_kit.models import model_report, save_adapter
     adapter_dir, model = run_dir/"adapter", trainer.accelerator.unwrap_model(trainer.model)
-    save_adapter(model, adapter_dir, tok)
+    if not sharding(): save_adapter(model, adapter_dir, tok)  # sharded: `trainer.save_model` on every rank did
     model.generation_config.save_pretrained(adapter_dir)
     report = model_report(trainer.model)
     summary = {"steps": trainer.state.global_step, "train_loss": train_loss, "train_seconds": round(seconds, 2),
@@ -360,6 +376,7 @@ def train(cfg:RunConfig,  # the run's config
     seconds = time.time() - t0
     set_stop_tokens(trainer.model, tok)
     summary = {}
+    if sharding(): trainer.save_model(str(run_dir/"adapter"))  # every rank: the shards are gathered, rank 0 writes
     if state.is_main_process:
         summary = _save_results(trainer, tok, cfg, run_dir, out.training_loss, seconds, data_info, checks,
                                 state.num_processes)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 from ..config import RunConfig, create_run, load_config
 from ..files import KitError, md_table, one_line, read_jsonl, write_jsonl
+from ..tracking import wandb_run_args
 from ..tasks import get_task
 from .generate import EvalError, generate, generate_pair, perplexity
 from .metrics import TaskScores, score_outputs
@@ -284,7 +285,7 @@ def eval_report(m:dict,  # the evaluation's metrics.json
 
 # %% ../../nbs/05e_evaluate_run.ipynb #ad0599b9
 def log_tracking(cfg:RunConfig, out_dir:Path, metrics:dict, images:dict) -> str|None:
-    "Log the eval metrics and plots to the run's W&B (offline unless set) or MLflow run; the run folder is the record."
+    "Log eval metrics and plots to the training run in W&B (same run, same mode) or MLflow; the folder is the record."
     backend = cfg.tracking.report_to
     flat = {}
     for sname in metrics.get("systems", ("base", "tuned", "baseline")):
@@ -295,11 +296,10 @@ def log_tracking(cfg:RunConfig, out_dir:Path, metrics:dict, images:dict) -> str|
     name = cfg.tracking.run_name or cfg.run_id
     try:
         if backend == "wandb":
-            if os.environ.get("WANDB_MODE") == "disabled": return None
-            import wandb  # the training run's id: the eval lands in the same W&B run
-            run = wandb.init(project=cfg.tracking.project, name=name, id=cfg.run_id, resume="allow",
-                             dir=str(out_dir.parent), mode=os.environ.get("WANDB_MODE", "offline"), job_type="eval",
-                             reinit="create_new")
+            kw = wandb_run_args(cfg, out_dir.parent)  # the training run's W&B run (an agent's under a sweep), its mode
+            if kw["mode"] == "disabled": return None
+            import wandb
+            run = wandb.init(**kw, job_type="eval", reinit="create_new")
             run.log(flat | {f"eval/plots/{k}": wandb.Image(str(p)) for k, p in images.items()})
             run.summary["eval/ship"] = metrics.get("verdict", {}).get("ship")
             run.finish()
