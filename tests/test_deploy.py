@@ -178,8 +178,10 @@ def test_a_feedback_record_round_trips_into_data_prepare(server, tmp_path):
                 "-p", "val_size", "0", "-p", "test_size", "0", "-p", "pii_scrub", "no")
     assert p.returncode == 0, p.stderr
     train = read_jsonl(tmp_path/"data"/"train.jsonl")
+    from finetune_kit.data.curate import clean_text  # what the data stage does to every text (control characters...)
     got = {r["meta"]["request_id"]: (r["prompt"][-1]["content"], r["completion"][0]["content"]) for r in train}
-    assert got == {r1["id"]: (PROMPTS[0], "business"), r2["id"]: (PROMPTS[1], r2["choices"][0]["message"]["content"])}
+    served = clean_text(r2["choices"][0]["message"]["content"])[0]  # the tiny random model's answer, as cleaned
+    assert got == {r1["id"]: (PROMPTS[0], "business"), r2["id"]: (PROMPTS[1], served)}
     assert {r["meta"]["request_id"]: r["meta"]["rating"] for r in train} == {r1["id"]: -1, r2["id"]: 1}
     log = read_jsonl(tmp_path/"requests.jsonl")
     assert sum(r.get("event") == "feedback" for r in log) == 3  # every rating is logged, records or not
