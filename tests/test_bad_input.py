@@ -144,6 +144,16 @@ CASES = [
     ("models info nosuch-model", "nosuch-model"),
     ("models info {d}/empty_dir", "empty_dir"),
     ("models pull nosuch-model", "nosuch-model"),
+    # export, serve, monitor
+    ("export {d}/nosuch --out {d}/x", "nosuch: no such run or adapter folder"),
+    ("export {d}/empty_dir --out {d}/x", "empty_dir: neither a run folder"),
+    ("export {d}/empty_dir --out {d}/afile", "afile already exists"),
+    ("serve a={d}/nosuch", "adapter 'a': "),
+    ("serve justname", "adapter 'justname': "),
+    ("serve a={d}/empty_dir --max-batch 0", "empty_dir: neither a run folder"),
+    ("monitor {d}/nosuch.jsonl", "nosuch.jsonl: no such request log"),
+    ("monitor {d}/garbage_split.jsonl", "garbage_split.jsonl:1: not JSON"),
+    ("monitor {d}/utf16.jsonl", "utf16.jsonl: cannot read"),
     # sweep
     ("sweep {d}/nosuch.yaml", "nosuch.yaml: cannot read sweep file"),
     ("sweep {d}", "cannot read sweep file"),
