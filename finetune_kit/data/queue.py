@@ -14,9 +14,9 @@ from ..tasks import Rejected, format_entities, parse_entities
 from .sources import DataError, _spec, validate_record
 
 # %% auto #0
-__all__ = ['REVIEW_STATUSES', 'record_fields', 'fields_record', 'read_queue', 'add_to_queue', 'current', 'review_item',
-           'Reviewer', 'write_queue_csv', 'import_queue_csv', 'label_studio_tasks', 'label_studio_queue_config',
-           'import_label_studio', 'accepted_records', 'write_accepted']
+__all__ = ['REVIEW_STATUSES', 'record_fields', 'fields_record', 'read_queue', 'add_to_queue', 'current_record', 'review_item',
+           'Reviewer', 'write_queue_csv', 'import_queue_csv', 'label_studio_queue_tasks', 'label_studio_queue_config',
+           'import_queue_label_studio', 'accepted_records', 'write_accepted']
 
 # %% ../../nbs/02h_data_queue.ipynb #6f264d57
 def record_fields(rec:dict,  # a canonical record
@@ -81,7 +81,7 @@ def add_to_queue(path,  # the queue file (created)
 # %% ../../nbs/02h_data_queue.ipynb #a27ac0b1
 def _now() -> str: return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
-def current(row:dict) -> dict:
+def current_record(row:dict) -> dict:
     "The record a queue row stands for now: the reviewer's edit if there is one, else the generated record."
     return row["edited"] if row.get("edited") else row["record"]
 
@@ -90,7 +90,7 @@ def _decide(row:dict, status:str|None, fields:dict|None, note:str|None, task) ->
     if status is not None and status not in REVIEW_STATUSES:
         raise KitError(f"review status must be one of {', '.join(REVIEW_STATUSES)}; got {status!r}")
     change = None
-    if fields is not None and fields != record_fields(current(row), task):
+    if fields is not None and fields != record_fields(current_record(row), task):
         try: row["edited"] = fields_record(fields, task)
         except Rejected as e: raise KitError(f"item {row['id']}: the edit is not a valid record ({e})") from None
         row["status"], change = "edited", "edited"
@@ -138,7 +138,7 @@ class Reviewer:
         done = Counter(r["status"] for r in read_queue(self.path))
         self.head.value = f"<b>{len(todo)} to review</b> &nbsp; " + " &nbsp; ".join(f"{k} {v}" for k, v in done.items())
         if self.item is None: self.areas = {}; self.box.children = (W.HTML("Nothing left to review."),); return
-        fields = record_fields(current(self.item), self.item["task"])
+        fields = record_fields(current_record(self.item), self.item["task"])
         self.areas = {k: W.Textarea(value=v, description=k, layout=W.Layout(width="95%")) for k, v in fields.items()}
         self.note.value = self.item.get("note", "")
         self.box.children = tuple(self.areas.values())
@@ -165,7 +165,7 @@ def write_queue_csv(path,  # the queue file
     "The queue as a CSV sheet to fill in (UTF-8 with BOM, so spreadsheets read it)."
     rows = [r for r in read_queue(path) if r["status"] in statuses]
     csv_path = Path(csv_path or Path(path).with_name("review.csv"))
-    flat = [record_fields(current(r), r["task"]) for r in rows]
+    flat = [record_fields(current_record(r), r["task"]) for r in rows]
     cols = ["id", "status", "note"] + list(dict.fromkeys(k for f in flat for k in f))
     tmp = csv_path.with_name(f".{csv_path.name}.tmp")
     with tmp.open("w", newline="", encoding="utf-8-sig") as f:
@@ -183,7 +183,7 @@ def _apply(path, decisions:list[tuple[str, str|None, dict|None, str|None]], wher
     for k, (item, status, fields, note) in enumerate(decisions, 1):
         if item not in by_id: raise KitError(f"{where}: item {k}: id {item!r} is not in {path}")
         row = by_id[item]
-        if status == "pending" and row["status"] != "pending" and fields == record_fields(current(row), row["task"]):
+        if status == "pending" and row["status"] != "pending" and fields == record_fields(current_record(row), row["task"]):
             changes["kept_review"] += 1; continue  # a stale sheet does not undo a review
         try: ch = _decide(row, status, fields, note, row["task"])
         except KitError as e: raise KitError(f"{where}: item {k}: {e}") from None
@@ -206,9 +206,9 @@ def import_queue_csv(path,  # the queue file
     return _apply(path, dec, str(csv_path))
 
 # %% ../../nbs/02h_data_queue.ipynb #61a9f71c
-def label_studio_tasks(path, statuses=("pending",)) -> list[dict]:
+def label_studio_queue_tasks(path, statuses=("pending",)) -> list[dict]:
     "Label Studio import tasks (`[{'data': {...}}]`) for the queue's items in `statuses`."
-    return [{"data": {"id": r["id"], **record_fields(current(r), r["task"])}}
+    return [{"data": {"id": r["id"], **record_fields(current_record(r), r["task"])}}
             for r in read_queue(path) if r["status"] in statuses]
 
 def label_studio_queue_config(task, labels:list[str]|None=None) -> str:
@@ -227,7 +227,7 @@ def label_studio_queue_config(task, labels:list[str]|None=None) -> str:
     return "\n".join(parts) + "\n"
 
 # %% ../../nbs/02h_data_queue.ipynb #0c4b5190
-def import_label_studio(path,  # the queue file
+def import_queue_label_studio(path,  # the queue file
                         export,  # a Label Studio JSON export (a path, or the list it holds)
                        ) -> Counter:
     "Apply a Label Studio JSON export's decisions and corrections to the queue; counts of the changes."
@@ -244,7 +244,7 @@ def import_label_studio(path,  # the queue file
         anns = [a for a in t.get("annotations") or [] if not a.get("was_cancelled")]
         if not anns: continue
         if item not in rows: raise KitError(f"{where}: task {t.get('id')}: id {item!r} is not in {path}")
-        fields, status = record_fields(current(rows[item]), rows[item]["task"]), None
+        fields, status = record_fields(current_record(rows[item]), rows[item]["task"]), None
         for res in anns[-1].get("result") or []:
             name, v = res.get("from_name", ""), res.get("value") or {}
             if name == "decision" and v.get("choices"): status = {"accept": "accepted", "reject": "rejected"}.get(
@@ -261,7 +261,7 @@ def accepted_records(path) -> list[dict]:
     out = []
     for r in read_queue(path):
         if r["status"] not in ("accepted", "edited"): continue
-        rec = current(r)
+        rec = current_record(r)
         if _spec(r["task"]).name == "ner": rec = {"tokens": rec["tokens"], "tags": rec["tags"]}
         out.append({**rec, "meta": {"synthetic": True, "synth_id": r["id"], "review": r["status"]}})
     return out
