@@ -1,9 +1,9 @@
 """A minimal OpenAI-compatible `/v1/chat/completions` server on loopback, for the synth tests.
 
 `/v1/...` answers with the tiny model through the kit's `generate` (sampling); `/echo/v1/...` answers with a
-well-formed example for the label the prompt asks for; `/flaky/v1/...` fails every other request with 503; `/slow/v1/...`
-answers after `slow_s` seconds. Every request's Authorization header is recorded. Switch these tests to the kit's own
-`finetune-kit serve` once it lands.
+well-formed example for the label the prompt asks for; `/flaky/v1/...` fails every other request with 503;
+`/slow/v1/...` answers after `slow_s` seconds. Every request's Authorization header is recorded. Switch these tests
+to the kit's own `finetune-kit serve` once it lands.
 """
 import hashlib, random, re, threading, time
 import uvicorn
@@ -57,7 +57,8 @@ class LoopbackServer:
         self.thread.start()
         t0 = time.time()
         while not self.server.started:
-            if time.time() - t0 > 30 or not self.thread.is_alive(): raise RuntimeError("the loopback server did not start")
+            if time.time() - t0 > 30 or not self.thread.is_alive():
+                raise RuntimeError("the loopback server did not start")
             time.sleep(0.05)
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"

@@ -256,7 +256,7 @@ def split_records(items:list[dict],  # the records left
                   d,  # the run config's `DataConfig`
                   seed:int,  # split seed
                  ) -> tuple[dict[str, list[dict]], dict]:
-    "The records of `train`, `validation` and `test` (held-out test records stay test, synthetic ones train), and notes."
+    "The records of `train`, `validation` and `test` (held-out test stays test, synthetic trains), and notes."
     syn = [it for it in items if _synthetic(it)]
     if syn: items = [it for it in items if not _synthetic(it)]
     held = [it for it in items if it.get("held_out")]

@@ -6,7 +6,7 @@ Docs: https://finetune-kit.github.io/finetune-kit/data_queue.html.md"""
 
 # %% ../../nbs/02h_data_queue.ipynb #4c9dc6d3
 from __future__ import annotations
-import csv, datetime, json
+import contextlib, csv, datetime, json
 from collections import Counter
 from pathlib import Path
 from ..files import KitError, read_jsonl, write_jsonl
@@ -24,7 +24,8 @@ def record_fields(rec:dict,  # a canonical record
                  ) -> dict[str, str]:
     "The record as flat text fields a person can read and edit."
     spec = _spec(task)
-    if spec.name == "ner": return {"text": " ".join(rec["tokens"]), "entities": format_entities(rec["tokens"], rec["tags"])}
+    if spec.name == "ner":
+        return {"text": " ".join(rec["tokens"]), "entities": format_entities(rec["tokens"], rec["tags"])}
     return {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in rec.items()}
 
 # %% ../../nbs/02h_data_queue.ipynb #a3f039f8
@@ -59,6 +60,16 @@ def fields_record(fields:dict,  # flat text fields, as `record_fields` gives the
 # %% ../../nbs/02h_data_queue.ipynb #c052d177
 REVIEW_STATUSES = ("pending", "accepted", "rejected", "edited")
 
+@contextlib.contextmanager
+def _locked(path):
+    "Hold an exclusive lock on `path`'s `.lock` file (where the OS has `fcntl`): one writer of the queue at a time."
+    try: import fcntl
+    except ImportError: yield; return
+    with open(f"{path}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
 def read_queue(path) -> list[dict]:
     "The rows of a review queue (`[]` when the file does not exist yet)."
     path = Path(path)
@@ -68,6 +79,9 @@ def add_to_queue(path,  # the queue file (created)
                  rows:list[dict],  # new candidates: at least `id`, `task` and `record`
                 ) -> int:
     "Append the candidates whose id is not in the queue yet (as `pending`); rows already there stay as they are."
+    with _locked(path): return _add(path, rows)
+
+def _add(path, rows) -> int:
     old = read_queue(path)
     seen, new = {r["id"] for r in old}, []
     for r in rows:
@@ -108,10 +122,11 @@ def review_item(path,  # the queue file
                 note:str|None=None,  # the reviewer's note
                ) -> dict:
     "Record one reviewer decision in the queue file (written atomically); the updated row."
-    rows = read_queue(path)
-    row = next((r for r in rows if r["id"] == item_id), None)
-    if row is None: raise KitError(f"{path}: no item {item_id}")
-    if _decide(row, status, fields, note, row["task"]): write_jsonl(rows, path)
+    with _locked(path):
+        rows = read_queue(path)
+        row = next((r for r in rows if r["id"] == item_id), None)
+        if row is None: raise KitError(f"{path}: no item {item_id}")
+        if _decide(row, status, fields, note, row["task"]): write_jsonl(rows, path)
     return row
 
 # %% ../../nbs/02h_data_queue.ipynb #51b4b4ae
@@ -171,19 +186,24 @@ def write_queue_csv(path,  # the queue file
     with tmp.open("w", newline="", encoding="utf-8-sig") as f:
         w = csv.DictWriter(f, cols)
         w.writeheader()
-        for r, fl in zip(rows, flat): w.writerow({"id": r["id"], "status": r["status"], "note": r.get("note", ""), **fl})
+        for r, fl in zip(rows, flat):
+            w.writerow({"id": r["id"], "status": r["status"], "note": r.get("note", ""), **fl})
     tmp.replace(csv_path)
     return csv_path
 
 # %% ../../nbs/02h_data_queue.ipynb #0fb163cd
 def _apply(path, decisions:list[tuple[str, str|None, dict|None, str|None]], where:str) -> Counter:
     "Apply `(id, status, fields, note)` decisions to the queue in one atomic write; counts of the changes."
+    with _locked(path): return _apply_unlocked(path, decisions, where)
+
+def _apply_unlocked(path, decisions, where) -> Counter:
     rows = read_queue(path)
     by_id, changes = {r["id"]: r for r in rows}, Counter()
     for k, (item, status, fields, note) in enumerate(decisions, 1):
         if item not in by_id: raise KitError(f"{where}: item {k}: id {item!r} is not in {path}")
         row = by_id[item]
-        if status == "pending" and row["status"] != "pending" and fields == record_fields(current_record(row), row["task"]):
+        same = fields is None or fields == record_fields(current_record(row), row["task"])
+        if status == "pending" and row["status"] != "pending" and same:
             changes["kept_review"] += 1; continue  # a stale sheet does not undo a review
         try: ch = _decide(row, status, fields, note, row["task"])
         except KitError as e: raise KitError(f"{where}: item {k}: {e}") from None

@@ -183,7 +183,8 @@ def filter_generated(rows:list[dict],  # generation rows: `output` (None: failed
         index.add(S + c["unique"], text)
         c["unique"] += 1
         if labels and spec.label is not None and spec.label(rec) not in labels: drop(row, "label_not_in_set"); continue
-        if not min_chars <= len(text) <= max_chars: drop(row, "too_short" if len(text) < min_chars else "too_long"); continue
+        if not min_chars <= len(text) <= max_chars:
+            drop(row, "too_short" if len(text) < min_chars else "too_long"); continue
         c["kept"] += 1
         kept.append({"id": record_digest(rec, spec.name)[:16], "task": spec.name, "record": rec, "i": row["i"],
                      "seeds": row["seeds"], "target": row.get("target")})
@@ -196,8 +197,10 @@ def _reconcile(c:Counter) -> dict:
     out["dropped"] = {k[8:]: v for k, v in sorted(c.items()) if k.startswith("dropped_")}
     d = out["dropped"]
     def n(*prefixes): return sum(v for k, v in d.items() if k.startswith(prefixes))
-    out["reconciled"] = (c["prompts"] == c["failed"] + c["generated"] and c["generated"] == c["parsed"] + n("unparsable")
-                         and c["parsed"] == c["valid"] + n("invalid_") and c["valid"] == c["unique"] + n("exact", "near")
+    out["reconciled"] = (c["prompts"] == c["failed"] + c["generated"]
+                         and c["generated"] == c["parsed"] + n("unparsable")
+                         and c["parsed"] == c["valid"] + n("invalid_")
+                         and c["valid"] == c["unique"] + n("exact", "near")
                          and c["unique"] == c["kept"] + n("label_not_in_set", "too_"))
     return out
 
