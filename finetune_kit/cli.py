@@ -316,9 +316,9 @@ def synth_generate_cmd(
     if endpoint: gen = EndpointGenerator(endpoint, endpoint_model, api_key_env, temperature, top_p, max_new_tokens,
                                          timeout, concurrency=batch_size)
     else:
-        from finetune_kit.models import load_model, load_tokenizer
-        gen = LocalGenerator(load_model(cfg), load_tokenizer(cfg), temperature, top_p, max_new_tokens, batch_size,
-                             cfg.seed)
+        from finetune_kit.models import load_model
+        model, tok = load_model(cfg, progress=progress)
+        gen = LocalGenerator(model, tok, temperature, top_p, max_new_tokens, batch_size, cfg.seed)
     info = synthesize(cfg.data.task, description, recs, gen, out, n=n, shots=shots, batch_size=batch_size,
                       labels=labels, min_chars=min_chars, max_chars=max_chars,
                       near_dup_threshold=cfg.data.near_dup_threshold, max_retries=max_retries, seed=cfg.seed,
@@ -327,6 +327,9 @@ def synth_generate_cmd(
     typer.echo(" -> ".join(f"{k} {c[k]}" for k in ("prompts", "generated", "parsed", "valid", "unique", "kept")) +
                f"  (failed {c['failed']}, errors {c['errors']}, timeouts {c['timeouts']}, retries {c['retries']})")
     if c["dropped"]: typer.echo("dropped: " + ", ".join(f"{k} {v}" for k, v in c["dropped"].items()))
+    if c["failed"]:
+        typer.echo(f"warning: {c['failed']} prompts got no answer after retries; most common error: "
+                   f"{next(iter(info['errors']))}", err=True)
     q = info["queue"]
     typer.echo(f"review queue {out/'review.jsonl'}: {q['added']} new; " +
                ", ".join(f"{k} {q.get(k, 0)}" for k in ("pending", "accepted", "edited", "rejected")))

@@ -204,3 +204,57 @@ def test_retries_counted(tmp_path, server):
     check_counts(c)
     rows = read_jsonl(tmp_path/"slow"/"generated.jsonl")
     assert all(r["output"] is None and "Timeout" in r["error"] for r in rows)
+
+
+def test_ner_and_summarization(tmp_path):
+    ner_seeds = [{"tokens": f"{p} flew to {c} on Monday".split(), "tags": ["B-person", "O", "O", "B-loc", "O", "O"]}
+                 for p, c in [("Ada", "Paris"), ("Bob", "Rome"), ("Cy", "Oslo")]]
+    outs = ["Text: Dana Scully met Fox in Washington last night\nEntities:\nperson: Dana Scully\nperson: Fox\n"
+            "loc: Washington", "Text: Nobody went anywhere at all that day\nEntities:\nnone",
+            "Text: Eve visited Lima\nEntities:\nperson: Zed"]  # Zed is not in the text
+    info = synthesize("ner", "Find people and places.", ner_seeds, scripted(outs), tmp_path/"ner", n=3, min_chars=10,
+                      progress=False)
+    assert info["counts"]["kept"] == 2 and info["counts"]["dropped"] == {"invalid_bad_tags": 1}
+    rec = read_queue(tmp_path/"ner"/"review.jsonl")[0]["record"]
+    assert rec["tags"][:5] == ["B-person", "I-person", "O", "B-person", "O"]
+    sum_seeds = [{"document": f"Document {i}: the council met and agreed a long list of changes to the {w} plan.",
+                  "summary": f"The council changed the {w} plan."} for i, w in enumerate(["bus", "park", "school"])]
+    outs = ["Document: The board reviewed costs and chose to delay the stadium project by a year.\n"
+            "Summary: The stadium project is delayed a year.", "Document: something\n"]
+    info = synthesize("summarization", "Summarize council notes.", sum_seeds, scripted(outs), tmp_path/"sum", n=2,
+                      progress=False)
+    c = info["counts"]
+    assert (c["kept"], c["dropped"]) == (1, {"unparsable": 1}) and c["reconciled"]
+
+
+def test_cli_local_model_and_review_cycle(tmp_path):
+    seeds = tmp_path/"seeds.jsonl"
+    seeds.write_text("".join(json.dumps(s) + "\n" for s in SEEDS))
+    r = run_cli("synth", "generate", seeds, "-o", tmp_path/"run", "-d", DESC, "--n", "3", "--max-new-tokens", "8",
+                "--no-progress", "-p", "base_model", "tiny-test", "-p", "dtype", "float32")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("prompts 3 -> generated 3 -> parsed "), r.stdout
+    # the review cycle on the command line, over a queue with candidates in it
+    run = tmp_path/"run2"
+    synthesize("classification", DESC, SEEDS, scripted([story(k) for k in range(3)]), run, n=3, progress=False)
+    assert run_cli("synth", "sheet", run).returncode == 0
+    sheet = run/"review.csv"
+    sheet.write_text(sheet.read_text(encoding="utf-8-sig").replace(",pending,", ",accepted,", 2), encoding="utf-8-sig")
+    r = run_cli("synth", "import", run, sheet)
+    assert r.returncode == 0 and "accepted 2" in r.stdout, r.stdout + r.stderr
+    r = run_cli("synth", "accepted", run, "-o", tmp_path/"synthetic.jsonl")
+    assert r.returncode == 0 and "wrote 2 records" in r.stdout
+    assert all(x["meta"]["synthetic"] for x in read_jsonl(tmp_path/"synthetic.jsonl"))
+    bad = tmp_path/"bad.csv"
+    bad.write_text("id,status,note,text,label\nnope,accepted,,x,y\n")
+    r = run_cli("synth", "import", run, bad)
+    assert r.returncode == 2 and "id 'nope' is not in" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_unreachable_endpoint_is_counted_not_fatal(tmp_path):
+    seeds = tmp_path/"seeds.jsonl"
+    seeds.write_text("".join(json.dumps(s) + "\n" for s in SEEDS))
+    r = run_cli("synth", "generate", seeds, "-o", tmp_path/"run", "-d", DESC, "--n", "2", "--endpoint",
+                "http://127.0.0.1:9", "--max-retries", "1", "--timeout", "2", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "failed 2, errors 4" in r.stdout and r.stderr.startswith("warning: 2 prompts got no answer"), r.stderr

@@ -291,6 +291,7 @@ def synthesize(task, description:str,  # the task in a sentence or two (the prom
     recs = [r["record"] for r in kept]
     info = {"settings": settings, "generator": getattr(generator, "describe", lambda: {"kind": "callable"})(),
             "counts": counts, "queue": {"added": added, **Counter(r["status"] for r in queue)},
+            "errors": dict(Counter(r["error"] for r in rows if r["error"]).most_common(3)),
             "diversity": diversity([spec.input_text(r) for r in recs],
                                    [spec.label(r) for r in recs] if spec.label else None)}
     (out/".synth.tmp").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
