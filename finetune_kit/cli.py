@@ -19,7 +19,8 @@ from .jobs import job_params, job_plan, run_job
 __all__ = ['ALL_PARAMS', 'app', 'data_app', 'evaluate_app', 'review_app', 'synth_app', 'models_app', 'fail', 'KitGroup',
            'stage_params', 'param_help', 'KitCommand', 'version', 'run_cmd', 'train_cmd', 'prepare_cmd', 'evaluate_cmd',
            'review_make_cmd', 'review_import_cmd', 'synth_generate_cmd', 'synth_sheet_cmd', 'synth_import_cmd',
-           'synth_accepted_cmd', 'models_list_cmd', 'models_pull_cmd', 'models_info_cmd', 'sweep_cmd', 'main']
+           'synth_accepted_cmd', 'models_list_cmd', 'models_pull_cmd', 'models_info_cmd', 'sweep_cmd', 'main',
+           'export_cmd', 'serve_cmd', 'monitor_cmd']
 
 # %% ../nbs/08_cli.ipynb #3027b788
 def fail(msg:str, code:int=2):
@@ -457,6 +458,110 @@ def sweep_cmd(
 def main():
     "The `finetune-kit` command (also `python -m finetune_kit.cli`, `torchrun -m finetune_kit.cli`)."
     app()
+
+# %% ../nbs/08_cli.ipynb #cffeeae8
+@app.command("export", cls=_reads("base_model", "peft_method", "trust_remote_code"))
+def export_cmd(ctx:typer.Context,
+               source:Path = typer.Argument(..., help="a run folder or an adapter folder"),
+               out:Path = typer.Option(..., "--out", "-o", help="the folder to create (an export never overwrites)"),
+               dtype:str = typer.Option("auto", "--dtype", help="weights of the export: auto (the base checkpoint's), "
+                                        "float32, bfloat16 or float16"),
+               probes:Path|None = typer.Option(None, "--probes", help="JSONL of probe prompts (default: the run's "
+                                               "prepared data, then general prompts)"),
+               progress:bool = typer.Option(True, "--progress/--no-progress", help="progress bars")):
+    "Merge an adapter into its base; the standalone model is kept only if it matches base + adapter."
+    from finetune_kit.deploy import export_model
+    r = export_model(source, out, dtype, ctx.meta["params"], probes, progress=progress).report
+    ties = f" ({len(r['near_ties'])} near ties)" if r["near_ties"] else ""
+    typer.echo(f"checked on {r['probes']} probes: logits within {r['rel_diff']:.1e} of the logit scale of base + "
+               f"adapter (tolerance {r['tolerance']:g} for {r['dtype']}); greedy answers agree on "
+               f"{r['greedy_agree']}/{r['probes']}{ties}; end of turn {r['end_of_turn']['end_of_turn']} in tokenizer, "
+               f"chat template and generation config")
+    typer.echo(f"wrote {out}")
+
+# %% ../nbs/08_cli.ipynb #5ebc23ae
+def _adapter_args(args:list[str]|None) -> dict:
+    "`{name: path}` from `NAME=PATH` arguments (a bare PATH is named after its folder, or its run folder)."
+    out = {}
+    for a in args or []:
+        name, eq, path = a.partition("=")
+        if not eq: p = Path(a); name, path = (p.parent.name if p.name == "adapter" else p.name), a
+        if name in out: fail(f"two adapters are named '{name}'; name them: NAME=PATH")
+        out[name] = Path(path)
+    return out
+
+def _serve_base(params:dict, adapters:dict) -> str:
+    "The base to serve: -p base_model, else the first adapter's own base, else the config's default."
+    if params.get("base_model"): return params["base_model"]
+    if adapters:
+        from finetune_kit.deploy import adapter_info
+        name, path = next(iter(adapters.items()))
+        return adapter_info(name, path).base_model
+    return make_config(params).model.base_model
+
+# %% ../nbs/08_cli.ipynb #820c8ae0
+@app.command("serve", cls=_reads("base_model", "dtype", "attn_implementation", "trust_remote_code", "runs_dir"))
+def serve_cmd(ctx:typer.Context,
+              adapters:list[str]|None = typer.Argument(None, help="adapters to serve: NAME=PATH (an adapter or run "
+                                                       "folder; clients ask for NAME)"),
+              host:str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
+              port:int = typer.Option(8000, "--port"),
+              engine:str = typer.Option("kit", "--engine", help="kit: this process (any device); vllm: vLLM's server "
+                                        "(GPUs)"),
+              dry_run:bool = typer.Option(False, "--dry-run", help="with --engine vllm: print the command, run nothing"),
+              ab:list[str]|None = typer.Option(None, "--ab", help="NAME=CURRENT,CANDIDATE,SHARE: requests for NAME go "
+                                               "to CANDIDATE with probability SHARE (sticky per `user`); repeatable"),
+              max_batch:int = typer.Option(8, "--max-batch", help="requests decoded together"),
+              max_queue:int = typer.Option(64, "--max-queue", help="requests waiting beyond those (more: 429)"),
+              max_prompt_tokens:int = typer.Option(2048, "--max-prompt-tokens", help="longer prompts get 400"),
+              max_tokens:int = typer.Option(512, "--max-tokens", help="most new tokens a request may ask for"),
+              max_body_kb:int = typer.Option(1000, "--max-body-kb", help="larger request bodies get 413"),
+              log:Path|None = typer.Option(None, "--log", help="request log (default: <runs_dir>/serve/requests.jsonl)"),
+              feedback:Path|None = typer.Option(None, "--feedback", help="training records from feedback "
+                                                "(default: <runs_dir>/serve/feedback.jsonl)")):
+    "Serve the base model and named adapters over an OpenAI-compatible API (or build vLLM's command for them)."
+    from finetune_kit.deploy import (Router, ServeSettings, load_engine, make_app, parse_split, run_vllm, serve,
+                                     vllm_command)
+    params, named = ctx.meta["params"], _adapter_args(adapters)
+    base = _serve_base(params, named)
+    if engine not in ("kit", "vllm"): fail(f"--engine {engine!r}: choose kit or vllm")
+    if engine == "vllm":
+        if ab: fail("--ab needs the kit's server (vLLM has no A/B splits): split at your gateway, or serve with the kit")
+        import shlex
+        cmd = vllm_command(base, named, host, port, params.get("dtype", "auto"),
+                           trust_remote_code=bool(params.get("trust_remote_code")))
+        if dry_run: typer.echo(shlex.join(cmd)); return
+        raise typer.Exit(run_vllm(cmd))
+    if dry_run: fail("--dry-run is for --engine vllm")
+    router = Router([parse_split(s) for s in ab or []])
+    runs = Path(make_config(params).runs_dir)/"serve"
+    settings = ServeSettings(max_body_bytes=max_body_kb * 1000, max_prompt_tokens=max_prompt_tokens,
+                             max_tokens=max_tokens, default_max_tokens=min(256, max_tokens),
+                             request_log=str(log or runs/"requests.jsonl"),
+                             feedback_file=str(feedback or runs/"feedback.jsonl"))
+    eng = load_engine(base, named, {k: v for k, v in params.items() if k not in ("base_model", "runs_dir")},
+                      max_batch, max_queue)
+    try: app_ = make_app(eng, settings, router)
+    except KitError: eng.close(); raise
+    typer.echo(f"serving {base}" + (f" with adapters {', '.join(named)}" if named else "")
+               + f" on http://{host}:{port}/v1 (chat/completions, models; /health; /v1/feedback)")
+    typer.echo(f"request log {settings.request_log}; feedback {settings.feedback_file}")
+    serve(app_, host, port, log_level="warning")
+
+# %% ../nbs/08_cli.ipynb #5e0b369f
+@app.command("monitor", cls=_reads("seed"))
+def monitor_cmd(ctx:typer.Context,
+                log:Path = typer.Argument(..., help="the server's request log (JSON Lines)"),
+                out:Path|None = typer.Option(None, "--out", help="report folder (default: monitor/ beside the log)"),
+                name:str|None = typer.Option(None, "--name", help="the A/B split to compare (default: every "
+                                             "request with an arm)"),
+                resamples:int = typer.Option(2000, "--resamples", help="bootstrap resamples for the A/B intervals")):
+    "Latency, throughput, error and feedback rates per adapter and arm, and the A/B difference, from a request log."
+    if not log.is_file(): fail(f"{log}: no such request log")
+    from finetune_kit.deploy import monitor
+    m = monitor(log, out, name, resamples, make_config(ctx.meta["params"]).seed)
+    typer.echo(m["markdown"])
+    typer.echo(f"wrote {m['files']['md']}, {m['files']['json'].name} and {m['files']['png'].name}")
 
 # %% ../nbs/08_cli.ipynb #704ef57a
 if __name__ == "__main__": main()

@@ -1,0 +1,256 @@
+"Deployment on loopback: a real uvicorn server on 127.0.0.1 over the tiny model with two adapters."
+import json, os, signal, socket, subprocess, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+import pytest
+
+httpx = pytest.importorskip("httpx")
+torch = pytest.importorskip("torch")
+from typer.testing import CliRunner
+from finetune_kit.cli import app
+from finetune_kit.config import make_config
+from finetune_kit.files import read_jsonl
+from finetune_kit.models import apply_peft, load_model, save_adapter
+from finetune_kit.deploy import (BackgroundServer, Engine, Router, ServeError, ServeSettings, load_adapters,
+                                 load_engine, make_app, parse_split)
+from conftest import BIN, run_cli
+
+runner = CliRunner()
+PROMPTS = ["Classify: the market rallied and shares rose", "Classify: the striker scored twice",
+           "Summarize: rain is expected on Monday", "Name a colour."]
+
+def tiny_adapter(folder, seed, base="tiny-test"):
+    "A random-init LoRA (B not zero, so adapters differ from each other and from the base) saved to `folder`."
+    cfg = make_config({"base_model": str(base), "dtype": "float32", "peft_method": "lora", "lora_r": 8})
+    m, tok = load_model(cfg, progress=False)
+    pm = apply_peft(m, cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n: p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return save_adapter(pm, folder, tok)
+
+def direct_answers(adapter, prompts, max_new_tokens):
+    "Each prompt answered alone by `transformers` generate on base + adapter, loaded on its own (greedy, fp32)."
+    from peft import PeftModel
+    from finetune_kit.train import end_of_turn_id
+    m, tok = load_model(make_config({"base_model": "tiny-test", "dtype": "float32"}), progress=False)
+    pm = PeftModel.from_pretrained(m, str(adapter)).eval()
+    stops = sorted({end_of_turn_id(tok), *([tok.eos_token_id] if tok.eos_token_id is not None else [])})
+    out = []
+    for p in prompts:
+        ids = tok(tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False),
+                  add_special_tokens=False, return_tensors="pt")
+        with torch.inference_mode():
+            g = pm.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
+                            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else stops[0])
+        out.append(tok.decode(g[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+    return out
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory):
+    d = tmp_path_factory.mktemp("adapters")
+    return {"a1": tiny_adapter(d/"a1", 1), "a2": tiny_adapter(d/"a2", 2)}
+
+@pytest.fixture(scope="module")
+def loaded(adapters):
+    "`(model, tok, infos, stop_ids)`: the tiny base once, with both adapters."
+    return load_adapters("tiny-test", adapters, {"dtype": "float32"}, progress=False)
+
+@pytest.fixture
+def server(loaded, tmp_path):
+    "A real server on a free loopback port: `server(max_batch=, max_queue=, splits=, **settings)` -> (url, engine)."
+    started = []
+    def start(max_batch=8, max_queue=64, splits=(), **kw):
+        eng = Engine(*loaded, "tiny-test", max_batch, max_queue).start()
+        settings = ServeSettings(request_log=str(tmp_path/"requests.jsonl"),
+                                 feedback_file=str(tmp_path/"feedback.jsonl"), **{"max_prompt_tokens": 200, **kw})
+        srv = BackgroundServer(make_app(eng, settings, Router([parse_split(s) for s in splits], seed=0)))
+        assert srv.url.startswith("http://127.0.0.1:")
+        started.append((srv, eng))
+        return srv.url, eng
+    yield start
+    for srv, eng in started: srv.close(); eng.close()
+
+def chat(client, model, prompt, **kw):
+    return client.post("/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": prompt}],
+                                                     **kw})
+
+def test_concurrent_requests_to_two_adapters_get_their_own_answers(adapters, server):
+    want = {n: direct_answers(p, PROMPTS, 10) for n, p in adapters.items()}
+    assert want["a1"] != want["a2"]  # the check can tell the adapters apart
+    url, eng = server()
+    jobs = [(n, i) for i in range(len(PROMPTS)) for n in ("a1", "a2")] * 2  # 16 requests at once, adapters interleaved
+    with httpx.Client(base_url=url, timeout=120) as c, ThreadPoolExecutor(16) as ex:
+        rs = list(ex.map(lambda j: chat(c, j[0], PROMPTS[j[1]], max_tokens=10), jobs))
+        health = c.get("/health").json()
+    assert [r.status_code for r in rs] == [200] * len(jobs)
+    assert [r.headers["x-adapter"] for r in rs] == [n for n, _ in jobs]
+    assert [r.json()["choices"][0]["message"]["content"] for r in rs] == [want[n][i] for n, i in jobs]
+    assert health["mixed_batches"] >= 1 and health["errors"] == 0  # the adapters shared batches
+
+def test_bad_requests_get_4xx_with_a_clear_message_and_the_server_keeps_serving(server):
+    url, eng = server(max_batch=1, max_queue=1)
+    ok = {"model": "a1", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 4}
+    with httpx.Client(base_url=url, timeout=120) as c:
+        post = lambda **kw: c.post("/v1/chat/completions", **kw)
+        bad = {"unknown adapter": (post(json={**ok, "model": "gpt-5"}), 404, "does not exist"),
+               "malformed JSON": (c.post("/v1/chat/completions", content=b'{"model": "a1", "messages": [',
+                                         headers={"content-type": "application/json"}), 400, "not valid JSON"),
+               "oversize prompt": (chat(c, "a1", "the market " * 300), 400, "this server takes at most 200"),
+               "oversize body": (post(content=b"x" * 2_000_000), 413, "over this server's limit"),
+               "no messages": (c.post("/v1/chat/completions", json={"model": "a1"}), 400, "'messages' is required")}
+        for what, (r, status, msg) in bad.items():
+            assert (r.status_code, msg in r.json()["error"]["message"]) == (status, True), (what, r.text)
+        assert chat(c, "a2", PROMPTS[1], max_tokens=4).status_code == 200
+        # too many concurrent requests: hold the engine's one decoding slot, fill its one queue place, ask once more
+        gate = threading.Event()
+        hook = eng.model.register_forward_pre_hook(lambda m, a: None if gate.wait(60) else None)  # None: args unchanged
+        try:
+            with ThreadPoolExecutor(2) as ex:
+                held = ex.submit(chat, c, "a1", PROMPTS[0], max_tokens=4)
+                for _ in range(500):
+                    if eng.running == 1: break
+                    time.sleep(0.01)
+                queued = ex.submit(chat, c, "a2", PROMPTS[1], max_tokens=4)
+                for _ in range(500):
+                    if len(eng.pending) == 1: break
+                    time.sleep(0.01)
+                busy = chat(c, "a1", PROMPTS[2], max_tokens=4)
+                gate.set()
+                assert (held.result().status_code, queued.result().status_code) == (200, 200)
+        finally: gate.set(); hook.remove()
+        assert (busy.status_code, busy.headers.get("retry-after")) == (429, "1")
+        msg = busy.json()["error"]["message"]
+        assert "the server is busy" in msg and "retry later" in msg, msg
+        assert chat(c, "a1", PROMPTS[2], max_tokens=4).status_code == 200  # still serving
+        assert c.get("/health").json()["status"] == "ok"
+
+def test_every_request_is_logged_with_status(server, tmp_path):
+    url, _ = server()
+    with httpx.Client(base_url=url, timeout=120) as c:
+        chat(c, "a1", PROMPTS[0], max_tokens=3); chat(c, "nope", PROMPTS[0])
+    rows = read_jsonl(tmp_path/"requests.jsonl")
+    assert [(r["model"], r["adapter"], r["status"]) for r in rows] == [("a1", "a1", 200), ("nope", None, 404)]
+    assert rows[0]["latency_s"] > 0 and rows[0]["completion_tokens"] >= 1 and rows[0]["prompt_tokens"] > 1
+
+def test_an_adapter_trained_on_another_base_is_refused_at_load_with_both_names(adapters, tmp_path):
+    from finetune_kit.testing import make_tiny_model
+    wide = make_tiny_model(tmp_path/"tiny-wide", hidden_size=96)
+    other = tiny_adapter(tmp_path/"other", 3, base=wide)
+    with pytest.raises(ServeError) as e: load_engine("tiny-test", {"a1": adapters["a1"], "b": other}, progress=False)
+    msg = str(e.value)
+    assert "was trained on" in msg and str(wide) in msg and "tiny-test" in msg and "\n" not in msg, msg
+    r = runner.invoke(app, ["serve", f"b={other}", "-p", "base_model", "tiny-test"])
+    assert r.exit_code == 2 and r.output.startswith("error: adapter 'b'") and str(wide) in r.output, r.output
+
+def test_the_ab_split_is_within_tolerance_of_the_set_share(server, tmp_path):
+    share, n = 0.3, 300
+    url, _ = server(splits=[f"support=a1,a2,{share}"])
+    with httpx.Client(base_url=url, timeout=120) as c, ThreadPoolExecutor(8) as ex:
+        rs = list(ex.map(lambda i: chat(c, "support", PROMPTS[i % 4], max_tokens=1, user=f"user{i}"), range(n)))
+        again = [chat(c, "support", PROMPTS[0], max_tokens=1, user="user7").headers["x-arm"] for _ in range(5)]
+    assert {r.status_code for r in rs} == {200}
+    arms = [r.headers["x-arm"] for r in rs]
+    assert all((a, r.headers["x-adapter"]) in {("current", "a1"), ("candidate", "a2")} for a, r in zip(arms, rs))
+    got = arms.count("candidate") / n
+    assert abs(got - share) < 4 * (share * (1 - share) / n) ** 0.5, got  # 4 standard errors: +-0.106
+    assert set(again) == {arms[7]}  # sticky by user
+    logged = [r["arm"] for r in read_jsonl(tmp_path/"requests.jsonl") if r.get("model") == "support"]
+    assert logged.count("candidate") == arms.count("candidate") + 5 * (arms[7] == "candidate")
+
+def test_a_feedback_record_round_trips_into_data_prepare(server, tmp_path):
+    url, _ = server(splits=["support=a1,a2,0.5"])
+    with httpx.Client(base_url=url, timeout=120) as c:
+        r1 = chat(c, "support", PROMPTS[0], max_tokens=4, user="u1").json()
+        r2 = chat(c, "a2", PROMPTS[1], max_tokens=4).json()
+        r3 = chat(c, "a1", PROMPTS[2], max_tokens=4).json()
+        fb = [c.post("/v1/feedback", json={"request_id": r1["id"], "rating": -1, "correction": "business"}),
+              c.post("/v1/feedback", json={"request_id": r2["id"], "rating": 1}),
+              c.post("/v1/feedback", json={"request_id": r3["id"], "rating": -1})]  # nothing to learn: no record
+        missing = c.post("/v1/feedback", json={"request_id": "chatcmpl-nope", "rating": 1})
+        bad = c.post("/v1/feedback", json={"request_id": r1["id"], "rating": 5})
+    assert [f.json()["training_record"] for f in fb] == [True, True, False]
+    assert (missing.status_code, bad.status_code) == (404, 400) and "from -1" in bad.json()["error"]["message"]
+    recs = read_jsonl(tmp_path/"feedback.jsonl")
+    assert len(recs) == 2
+    p = run_cli("data", "prepare", tmp_path/"feedback.jsonl", "--out", tmp_path/"data", "-p", "task", "chat",
+                "-p", "val_size", "0", "-p", "test_size", "0", "-p", "pii_scrub", "no")
+    assert p.returncode == 0, p.stderr
+    train = read_jsonl(tmp_path/"data"/"train.jsonl")
+    from finetune_kit.data.curate import clean_text  # what the data stage does to every text (control characters...)
+    got = {r["meta"]["request_id"]: (r["prompt"][-1]["content"], r["completion"][0]["content"]) for r in train}
+    served = clean_text(r2["choices"][0]["message"]["content"])[0]  # the tiny random model's answer, as cleaned
+    assert got == {r1["id"]: (PROMPTS[0], "business"), r2["id"]: (PROMPTS[1], served)}
+    assert {r["meta"]["request_id"]: r["meta"]["rating"] for r in train} == {r1["id"]: -1, r2["id"]: 1}
+    log = read_jsonl(tmp_path/"requests.jsonl")
+    assert sum(r.get("event") == "feedback" for r in log) == 3  # every rating is logged, records or not
+
+def test_a_corrupted_merge_fails_export_and_leaves_nothing_written(adapters, tmp_path, monkeypatch):
+    import finetune_kit.models as M
+    good = M.merge_adapter
+    def scale_twice(model):  # the LoRA scale applied twice: a real class of merge bug
+        for m in model.modules():
+            if isinstance(getattr(m, "scaling", None), dict): m.scaling = {k: 2 * v for k, v in m.scaling.items()}
+        return good(model)
+    monkeypatch.setattr(M, "merge_adapter", scale_twice)
+    out = tmp_path/"exports"/"merged"
+    r = runner.invoke(app, ["export", str(adapters["a1"]), "--out", str(out), "--no-progress"])
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith("error: export check failed:") and r.output.endswith("nothing was written\n"), r.output
+    assert r.output.count("\n") == 1
+    assert not out.exists() and list(out.parent.iterdir()) == []  # no temporary folder either
+    monkeypatch.setattr(M, "merge_adapter", good)
+    r = runner.invoke(app, ["export", str(adapters["a1"]), "--out", str(out), "--no-progress", "--dtype", "float32"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out/"export.json").read_text())
+    assert rep["ok"] and rep["rel_diff"] <= rep["tolerance"] == 1e-4 and rep["greedy_agree"] == rep["probes"]
+    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.json", "generation_config.json",
+                                              "tokenizer_config.json", "export.json"}
+
+def test_serve_with_vllm_dry_run_prints_the_command(adapters):
+    r = runner.invoke(app, ["serve", f"a1={adapters['a1']}", f"a2={adapters['a2']}", "--engine", "vllm", "--dry-run",
+                            "--port", "8001"])
+    assert r.exit_code == 0, r.output
+    import shlex
+    cmd = shlex.split(r.output)
+    assert cmd[:2] == ["vllm", "serve"] and "--enable-lora" in cmd
+    assert cmd[cmd.index("--max-lora-rank") + 1] == "8" and cmd[cmd.index("--max-loras") + 1] == "2"
+    assert cmd[cmd.index("--port") + 1] == "8001"
+    mods = [json.loads(m) for m in cmd[cmd.index("--lora-modules") + 1:]]
+    assert [(m["name"], m["path"]) for m in mods] == [("a1", str(adapters["a1"])), ("a2", str(adapters["a2"]))]
+    r = runner.invoke(app, ["serve", f"a1={adapters['a1']}", "--dry-run"])
+    assert (r.exit_code, r.output) == (2, "error: --dry-run is for --engine vllm\n")
+    r = runner.invoke(app, ["serve", f"a1={adapters['a1']}", "--engine", "vllm", "--ab", "x=a1,a1,0.5", "--dry-run"])
+    assert r.exit_code == 2 and "--ab needs the kit's server" in r.output
+
+def _free_port():
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+def test_the_serve_command_serves_and_monitor_reads_its_log(adapters, tmp_path):
+    port, log = _free_port(), tmp_path/"requests.jsonl"
+    p = subprocess.Popen([str(BIN/"finetune-kit"), "serve", f"a1={adapters['a1']}", f"a2={adapters['a2']}", "--port",
+                          str(port), "--ab", "support=a1,a2,0.5", "--log", str(log), "--feedback",
+                          str(tmp_path/"fb.jsonl"), "-p", "dtype", "float32"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            if p.poll() is not None: pytest.fail(p.stderr.read())
+            try:
+                if httpx.get(url + "/health").status_code == 200: break
+            except httpx.TransportError: time.sleep(0.1)
+        with httpx.Client(base_url=url, timeout=120) as c:
+            ids = [m["id"] for m in c.get("/v1/models").json()["data"]]
+            rs = [chat(c, "support", PROMPTS[i % 4], max_tokens=3, user=f"u{i}") for i in range(40)]
+            assert chat(c, "gpt-5", PROMPTS[0]).status_code == 404
+    finally:
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    assert ids == ["tiny-test", "a1", "a2", "support"] and {r.status_code for r in rs} == {200}
+    assert out.startswith(f"serving tiny-test with adapters a1, a2 on http://127.0.0.1:{port}/v1"), out
+    r = runner.invoke(app, ["monitor", str(log), "--resamples", "200"])
+    assert r.exit_code == 0, r.output
+    assert "## A/B: candidate - current" in r.output and (tmp_path/"monitor"/"monitor.png").is_file()
+    r = runner.invoke(app, ["monitor", str(tmp_path/"nope.jsonl")])
+    assert (r.exit_code, r.output) == (2, f"error: {tmp_path/'nope.jsonl'}: no such request log\n")
