@@ -300,7 +300,8 @@ def synth_generate_cmd(
     max_new_tokens:int = typer.Option(160, "--max-new-tokens", help="answer budget"),
     endpoint:str|None = typer.Option(None, "--endpoint", help="an OpenAI-compatible server's URL (default: the local "
                                      "base_model)"),
-    endpoint_model:str = typer.Option("default", "--endpoint-model", help="the model name sent to the endpoint"),
+    endpoint_model:str|None = typer.Option(None, "--endpoint-model", help="the model name sent to the endpoint "
+                                           "(default: the first it lists at /v1/models)"),
     api_key_env:str|None = typer.Option(None, "--api-key-env", help="environment variable holding the endpoint's key"),
     timeout:float = typer.Option(60.0, "--timeout", help="seconds per endpoint request"),
     max_retries:int = typer.Option(2, "--max-retries", help="further tries of a failed prompt"),

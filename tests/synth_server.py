@@ -1,9 +1,9 @@
-"""A minimal OpenAI-compatible `/v1/chat/completions` server on loopback, for the synth tests.
+"""A small OpenAI-compatible `/v1/chat/completions` server on loopback with test modes, for the synth tests.
 
 `/v1/...` answers with the tiny model through the kit's `generate` (sampling); `/echo/v1/...` answers with a
 well-formed example for the label the prompt asks for; `/flaky/v1/...` fails every other request with 503;
-`/slow/v1/...` answers after `slow_s` seconds. Every request's Authorization header is recorded. Switch these tests
-to the kit's own `finetune-kit serve` once it lands.
+`/slow/v1/...` answers after `slow_s` seconds. Every request's Authorization header is recorded. The model path is
+also tested against the kit's own server (`finetune_kit.deploy`), which has none of these modes.
 """
 import hashlib, random, re, threading, time
 import uvicorn

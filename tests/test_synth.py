@@ -50,7 +50,20 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def server(tiny):
+    "A small OpenAI-compatible app with test modes (echo, flaky, slow) that records the Authorization headers."
     with LoopbackServer(make_app(*tiny, slow_s=1.0)) as s: yield s
+
+
+@pytest.fixture(scope="module")
+def kit_server(tmp_path_factory):
+    "The kit's own OpenAI-compatible server (what `finetune-kit serve` runs) over the tiny model, on loopback."
+    from finetune_kit.deploy import BackgroundServer, Engine, ServeSettings, load_adapters, make_app as serve_app
+    log = tmp_path_factory.mktemp("serve")/"requests.jsonl"
+    eng = Engine(*load_adapters("tiny-test", {}, {"dtype": "float32"}, progress=False), "tiny-test").start()
+    with BackgroundServer(serve_app(eng, ServeSettings(request_log=str(log)))) as srv:
+        srv.log = log
+        yield srv
+    eng.close()
 
 
 def test_counts_reconcile(tmp_path, tiny):
@@ -135,16 +148,21 @@ def _no_secret_under(folder):
         if p.is_file(): assert SECRET.encode() not in p.read_bytes(), p
 
 
-def test_endpoint_loopback_key_never_on_disk(tmp_path, server, monkeypatch):
+def test_endpoint_loopback_key_never_on_disk(tmp_path, server, kit_server, monkeypatch):
     monkeypatch.setenv("FK_TEST_SYNTH_KEY", SECRET)
-    n0 = len(server.app.state.auth)
-    gen = EndpointGenerator(server.url, "tiny", api_key_env="FK_TEST_SYNTH_KEY", max_new_tokens=12, timeout=60)
+    # the kit's own server, its model named by its /v1/models
+    gen = EndpointGenerator(kit_server.url, api_key_env="FK_TEST_SYNTH_KEY", max_new_tokens=12, timeout=60)
     assert SECRET not in repr(vars(gen))
     info = synthesize("classification", DESC, SEEDS, gen, tmp_path/"model", n=4, batch_size=2, progress=False)
-    assert info["counts"]["generated"] == 4 and info["counts"]["failed"] == 0
+    assert info["counts"]["generated"] == 4 and info["counts"]["failed"] == 0, info["errors"]
     check_counts(info["counts"])
+    assert info["generator"]["api_key_env"] == "FK_TEST_SYNTH_KEY" and info["generator"]["model"] == "tiny-test"
+    assert len(read_jsonl(kit_server.log)) >= 4  # the server logged the requests (checked for the key below)
+    assert SECRET.encode() not in kit_server.log.read_bytes()
+    n0 = len(server.app.state.auth)
+    gen = EndpointGenerator(server.url, "tiny", api_key_env="FK_TEST_SYNTH_KEY", max_new_tokens=12, timeout=60)
+    synthesize("classification", DESC, SEEDS, gen, tmp_path/"model2", n=4, batch_size=2, progress=False)
     assert server.app.state.auth[n0:] == [f"Bearer {SECRET}"] * 4  # the key was sent with every request
-    assert info["generator"]["api_key_env"] == "FK_TEST_SYNTH_KEY"
     # the CLI, against the endpoint that answers with well-formed examples
     seeds = tmp_path/"seeds.jsonl"
     seeds.write_text("".join(json.dumps(s) + "\n" for s in SEEDS))

@@ -97,20 +97,34 @@ def _chat_url(url:str) -> str:
 
 class EndpointGenerator:
     "Sampled answers from an OpenAI-compatible `/v1/chat/completions` endpoint (key from an environment variable)."
-    def __init__(self, url:str, model:str="default", api_key_env:str|None=None, temperature:float=0.8,
-                 top_p:float=0.95, max_new_tokens:int=160, timeout:float=60.0, concurrency:int=4):
+    def __init__(self, url:str,  # the server (`http://host:port`, `.../v1` or the full completions URL)
+                 model:str|None=None,  # the model name to ask for (None: the first the server lists at /v1/models)
+                 api_key_env:str|None=None,  # the environment variable holding the API key (None: no key)
+                 temperature:float=0.8, top_p:float=0.95, max_new_tokens:int=160,
+                 timeout:float=60.0,  # seconds per request
+                 concurrency:int=4):  # requests at once
         if api_key_env and not os.environ.get(api_key_env):
             raise DataError(f"the API key variable {api_key_env} is not set in the environment")
         self.url, self.model, self.api_key_env, self.timeout, self.concurrency = (
             _chat_url(url), model, api_key_env, timeout, concurrency)
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
 
-    def _one(self, client, messages) -> str:
+    def _headers(self) -> dict:
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        r = client.post(self.url, headers={"Authorization": f"Bearer {key}"} if key else {},
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _resolve_model(self, client) -> str:
+        "The first model the server lists (`default` when it lists none, or cannot)."
+        try:
+            r = client.get(self.url[:-len("/chat/completions")] + "/models", headers=self._headers())
+            return r.json()["data"][0]["id"]
+        except Exception: return "default"
+
+    def _one(self, client, messages) -> str:
+        r = client.post(self.url, headers=self._headers(),
                         json={"model": self.model, "messages": messages, "temperature": self.temperature,
                               "top_p": self.top_p, "max_tokens": self.max_new_tokens})
-        r.raise_for_status()
+        if r.status_code >= 400: raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
         return r.json()["choices"][0]["message"]["content"]
 
     def __call__(self, prompts:list[list[dict]]) -> list:
@@ -120,6 +134,7 @@ class EndpointGenerator:
             except Exception as e: return e
         with httpx.Client(timeout=self.timeout) as client, \
              concurrent.futures.ThreadPoolExecutor(max(1, min(self.concurrency, len(prompts)))) as pool:
+            if self.model is None: self.model = self._resolve_model(client)
             return list(pool.map(one, prompts))
 
     def describe(self) -> dict:
