@@ -179,7 +179,7 @@ def filter_generated(rows:list[dict],  # generation rows: `output` (None: failed
                     ) -> tuple[list[dict], dict, list[dict]]:
     "The kept candidates (queue rows), the counts and the dropped answers with their reasons."
     spec = _spec(task)
-    c, drops, kept = Counter(prompts=len(rows)), [], []
+    c, drops, kept, canon = Counter(prompts=len(rows)), [], [], {l.casefold(): l for l in labels or []}
     index, S = DuplicateIndex(near_dup_threshold), len(seeds)  # keys: seeds 0..S-1, then candidates
     for j, s in enumerate(seeds): index.add(j, spec.input_text(s))
     def drop(row, reason): c[f"dropped_{reason}"] += 1; drops.append({"i": row["i"], "reason": reason,
@@ -192,6 +192,9 @@ def filter_generated(rows:list[dict],  # generation rows: `output` (None: failed
         try: rec = clean_record(fields_record(fields, spec), spec)
         except Rejected as e: drop(row, f"invalid_{e.reason}"); continue
         c["valid"] += 1
+        lf = spec.fields[1]
+        if canon and spec.label is not None and isinstance(rec.get(lf), str):  # `**Sport.**` -> `sport`
+            rec[lf] = canon.get(rec[lf].strip(" .'\"*`").casefold(), rec[lf])
         text = spec.input_text(rec)
         if (hit := index.find(text)):
             drop(row, f"{hit[1]}_duplicate_of_seed" if hit[0] < S else f"{hit[1]}_duplicate"); continue
