@@ -276,3 +276,21 @@ def test_cli_unreachable_endpoint_is_counted_not_fatal(tmp_path):
                 "http://127.0.0.1:9", "--max-retries", "1", "--timeout", "2", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "failed 2, errors 4" in r.stdout and r.stderr.startswith("warning: 2 prompts got no answer"), r.stderr
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    "A reviewer clicking while a generator run appends: every decision and every new row survives."
+    from concurrent.futures import ThreadPoolExecutor
+    from finetune_kit.data.queue import add_to_queue
+    q = tmp_path/"review.jsonl"
+    first = [{"id": f"a{i}", "task": "classification", "record": {"text": f"text {i}", "label": "sport"}}
+             for i in range(40)]
+    add_to_queue(q, first)
+    more = [{"id": f"b{i}", "task": "classification", "record": {"text": f"more {i}", "label": "tech"}}
+            for i in range(40)]
+    with ThreadPoolExecutor(4) as pool:
+        jobs = [pool.submit(review_item, q, f"a{i}", "accepted") for i in range(40)]
+        jobs += [pool.submit(add_to_queue, q, more[i:i+4]) for i in range(0, 40, 4)]
+        for j in jobs: j.result()
+    rows = read_queue(q)
+    assert len(rows) == 80 and sum(r["status"] == "accepted" for r in rows) == 40
