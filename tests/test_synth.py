@@ -141,6 +141,8 @@ def test_synthetic_never_in_test_split(tmp_path, params):
     for s in ("validation", "test"): assert not any(r["meta"].get("synthetic") for r in splits[s])
     assert sum(bool(r["meta"].get("synthetic")) for r in splits["train"]) == n_syn
     assert info["split"]["synthetic_in_train"] == n_syn
+    card = (tmp_path/"data"/"card.md").read_text()
+    assert f"{n_syn} synthetic records (reviewed generator output) are all in train" in card
 
 
 def _no_secret_under(folder):
