@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from finetune_kit.config import make_config
-from finetune_kit.data import prepare_data
+from finetune_kit.data import DataError, prepare_data
 from finetune_kit.data.queue import (accepted_records, current_record, import_queue_csv, import_queue_label_studio,
                                      label_studio_queue_tasks, read_queue, review_item, write_accepted, write_queue_csv)
 from finetune_kit.data.synth import EndpointGenerator, LocalGenerator, synthesize
@@ -199,6 +199,8 @@ def test_resume_after_interruption(tmp_path):
     first = read_jsonl(run/"generated.jsonl")
     assert [r["i"] for r in first] == list(range(6))  # two batches saved as they finished
     with (run/"generated.jsonl").open("a") as f: f.write('{"i": 6, "outp')  # a line cut short by the kill
+    with pytest.raises(DataError, match="other settings"):  # an interrupted run is still checked on resume
+        synthesize("classification", "Another task.", SEEDS, scripted([]), run, n=10, progress=False)
     info = synthesize("classification", DESC, SEEDS, scripted([story(k) for k in range(1000, 1004)]), run, n=10,
                       batch_size=3, progress=False)
     rows = read_jsonl(run/"generated.jsonl")

@@ -255,6 +255,11 @@ def _append(path:Path, rows:list[dict]):
     with path.open("a", encoding="utf-8") as f:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)); f.flush(); os.fsync(f.fileno())
 
+def _write_json(path:Path, obj):
+    "Write `obj` as indented JSON to `path`, whole or not at all."
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n"); tmp.replace(path)
+
 def _settings(spec, description, seeds, labels, shots, seed) -> dict:
     h = hashlib.sha256(json.dumps(seeds, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
     return {"task": spec.name, "description": description, "seeds": len(seeds), "seeds_digest": h, "labels": labels,
@@ -291,6 +296,7 @@ def synthesize(task, description:str,  # the task in a sentence or two (the prom
         if old != settings:
             diff = ", ".join(k for k in settings if old.get(k) != settings[k])
             raise DataError(f"{out} holds a synthetic run with other settings ({diff}): use a new folder")
+    else: _write_json(out/"synth.json", {"settings": settings})  # before any row, so a resumed run is checked
     gen_path = out/"generated.jsonl"
     rows = _load_rows(gen_path)
     with progress_bar(total=n, desc="synth", disable=not progress, initial=min(len(rows), n)) as bar:
@@ -312,6 +318,5 @@ def synthesize(task, description:str,  # the task in a sentence or two (the prom
             "errors": dict(Counter(r["error"] for r in rows if r["error"]).most_common(3)),
             "diversity": diversity([spec.input_text(r) for r in recs],
                                    [spec.label(r) for r in recs] if spec.label else None)}
-    (out/".synth.tmp").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-    (out/".synth.tmp").replace(out/"synth.json")
+    _write_json(out/"synth.json", info)
     return info
