@@ -211,6 +211,8 @@ def _apply_unlocked(path, decisions, where) -> Counter:
     write_jsonl(rows, path)
     return changes
 
+_STATUS_WORDS = {"": "pending", "accept": "accepted", "reject": "rejected", "edit": "edited"}
+
 def import_queue_csv(path,  # the queue file
                      csv_path,  # a filled sheet from `write_queue_csv`
                     ) -> Counter:
@@ -221,8 +223,10 @@ def import_queue_csv(path,  # the queue file
     if sheet and not {"id", "status"} <= set(sheet[0]): raise KitError(f"{csv_path}: needs the columns id and status")
     dec = []
     for row in sheet:
-        fields = {k: v for k, v in row.items() if k not in ("id", "status", "note") and k is not None}
-        dec.append((row["id"], (row["status"] or "pending").strip().lower(), fields, row.get("note")))
+        fields = {k: (v or "").replace("\r\n", "\n") for k, v in row.items() if k not in ("id", "status", "note")
+                  and k is not None}  # a spreadsheet may write Windows line ends inside a cell
+        status = (row["status"] or "").strip().lower()
+        dec.append((row["id"], _STATUS_WORDS.get(status, status), fields, row.get("note")))
     return _apply(path, dec, str(csv_path))
 
 # %% ../../nbs/02h_data_queue.ipynb #61a9f71c
