@@ -234,9 +234,9 @@ def diversity(texts:list[str],  # input texts
         grams = [tuple(w[k:k+n]) for t in texts for w in [t.lower().split()] for k in range(len(w) - n + 1)]
         out[f"distinct_{n}"] = round(len(set(grams)) / len(grams), 3) if grams else 0.0
     out["near_dup_rate"] = round(len(find_duplicates(texts, near_dup_threshold)) / len(texts), 3) if texts else 0.0
-    if labels:
+    if labels is not None:
         cnt = Counter(labels)
-        p = [v / len(labels) for v in cnt.values()]
+        p = [v / len(labels) for v in cnt.values()] if labels else []
         out["labels"] = dict(sorted(cnt.items()))
         out["label_balance"] = round(-sum(x * math.log(x) for x in p) / math.log(len(p)), 3) if len(p) > 1 else 0.0
     return out
