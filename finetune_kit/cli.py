@@ -11,9 +11,10 @@ from pathlib import Path
 import typer
 from typer.core import TyperCommand, TyperGroup
 from . import __version__
-from .config import ConfigError, load_config, make_config, param_specs, read_settings, update_config
+from .config import (ConfigError, load_config, make_config, param_specs, range_text, read_settings,
+                                 update_config)
 from .files import KitError, one_line
-from .jobs import job_params, job_plan, run_job
+from .jobs import check_notebook, job_params, job_plan, run_job
 
 # %% auto #0
 __all__ = ['ALL_PARAMS', 'app', 'data_app', 'evaluate_app', 'review_app', 'synth_app', 'models_app', 'fail', 'KitGroup',
@@ -69,7 +70,7 @@ _TYPE_NAMES = {int: "INTEGER", float: "FLOAT", bool: "BOOLEAN", str: "TEXT"}
 def _shown(v) -> str: return "none" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 def param_help(names:list[str]) -> list[tuple[str, str]]:
-    "Help rows `(NAME TYPE, help [default: ...])` for flat parameters `names`, with `settings.ini`'s values."
+    "Help rows `(NAME TYPE, help [range: ...] [default: ...])` for flat parameters `names`, with `settings.ini`'s values."
     specs = param_specs()
     try: settings = read_settings()
     except KitError: settings = {}
@@ -81,7 +82,8 @@ def param_help(names:list[str]) -> list[tuple[str, str]]:
                 else "|".join(_TYPE_NAMES.get(t, t.__name__) for t in types))
         if len(types) < len(getattr(sp.type, "__args__", (sp.type,))): kind += "|none"
         default = f"{_shown(settings[n])} (settings.ini)" if n in settings else _shown(sp.default)
-        rows.append((f"{n} {kind}", f"{sp.help} [default: {default}]"))
+        rng = f" [range: {range_text(sp.limits)}]" if sp.limits else ""
+        rows.append((f"{n} {kind}", f"{sp.help}{rng} [default: {default}]"))
     return rows
 
 # %% ../nbs/08_cli.ipynb #6e667b06
@@ -157,7 +159,7 @@ def run_cmd(ctx:typer.Context,
             output:Path|None = typer.Option(None, "--output", "-o",
                                             help="executed notebook path (default: in the run folder)")):
     "Execute a workbook as a papermill job; the stages' progress streams here."
-    if not notebook.exists(): fail(f"{notebook}: no such notebook")
+    check_notebook(notebook, ctx.meta["params"])
     from papermill.exceptions import PapermillExecutionError
     params, out = job_plan(ctx.meta["params"], output)
     try: run_job(notebook, params, output)
@@ -202,6 +204,7 @@ def prepare_cmd(ctx:typer.Context,
         why = ", ".join(f"{k} {v}" for k, v in c["rejected_by_reason"].items())
         typer.echo(f"rejected: {why} (see {out/'rejected.jsonl'})")
     if not c["kept"]: typer.echo("warning: no record was kept; see the rejections above", err=True)
+    for w in info.get("warnings", []): typer.echo(f"warning: {w}", err=True)
     if "dvc" in info: typer.echo(f"dvc: {info['dvc']}")
     typer.echo(f"fingerprint {info['fingerprint']}")
 
@@ -433,7 +436,8 @@ def sweep_cmd(
                                             help="device-hours budget of the sweep (GPU-hours; trial-hours on CPU)"),
     sweep_dir:Path|None = typer.Option(None, "--dir", help="sweep folder (default: <runs_dir>/sweeps/<name>)"),
     within:float = typer.Option(0.01, "--within",
-                                help="report the cheapest trial whose metric is within this of the best")):
+                                help="report the cheapest trial whose metric is within this of the best"),
+    retry_failed:bool = typer.Option(False, "--retry-failed", help="run the failed trials' parameters again")):
     "Run a hyperparameter sweep: trials are experiment-notebook jobs, resumable, in parallel; or hand it to W&B agents."
     from finetune_kit.sweeps import load_sweep, register_wandb, sweep, trials_markdown
     spec = load_sweep(sweep_file)
@@ -446,7 +450,8 @@ def sweep_cmd(
             typer.echo("note: W&B sweeps have no time budget: stop the agents, or use `wandb agent --count N`")
         return
     try: res = sweep(spec, parallel=parallel, storage=storage, max_trials=max_trials, max_hours=max_hours,
-                     max_gpu_hours=max_gpu_hours, sweep_dir=sweep_dir, within=within, verbose=True)
+                     max_gpu_hours=max_gpu_hours, sweep_dir=sweep_dir, within=within, retry=retry_failed,
+                     verbose=True)
     except KeyboardInterrupt: raise typer.Exit(130)
     typer.echo(trials_markdown(res.table.drop(columns=["error"])))
     if res.best is not None: typer.echo(f"best: trial {res.best.name}, {spec.metric} = {res.best[spec.metric]:.4g}")
@@ -454,6 +459,10 @@ def sweep_cmd(
         typer.echo(f"cheapest within {within:g}: trial {res.cheapest.name}, {res.cheapest['seconds'] or 0:.0f} s")
     for k in ("csv", "md", "best_config", "cheapest_config"):
         if k in res.files: typer.echo(f"wrote {res.files[k]}")
+    if res.failed:
+        n, (first, why) = len(res.table), next(iter(res.failed.items()))
+        fail(f"{len(res.failed)} of {n} trials failed (trial {first}: {one_line(why, 200)}); "
+             "fix the cause and rerun with --retry-failed", code=1)
 
 # %% ../nbs/08_cli.ipynb #fcaa2fbe
 def main():

@@ -6,7 +6,7 @@ Docs: https://finetune-kit.github.io/finetune-kit/config.html.md"""
 
 # %% ../nbs/00_config.ipynb #1b545b06
 from __future__ import annotations
-import configparser, dataclasses, difflib, json, os, platform, random, secrets, subprocess, sys, typing
+import configparser, dataclasses, difflib, json, math, os, platform, random, secrets, subprocess, sys, typing
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from importlib import metadata
@@ -16,20 +16,23 @@ from .tasks import TASKS
 
 # %% auto #0
 __all__ = ['PEFT_METHODS', 'ConfigError', 'DataConfig', 'ModelConfig', 'AdapterConfig', 'TrainConfig', 'EvalConfig',
-           'TrackingConfig', 'RunConfig', 'ParamSpec', 'param_specs', 'check_param', 'update_config', 'flatten',
-           'config_to_dict', 'config_from_dict', 'save_config', 'load_config', 'find_settings', 'read_settings',
-           'make_config', 'config_from_namespace', 'seed_everything', 'capture_env', 'cache_dir', 'new_run_id',
-           'create_run']
+           'TrackingConfig', 'RunConfig', 'ParamSpec', 'param_specs', 'range_text', 'check_param', 'update_config',
+           'flatten', 'config_to_dict', 'config_from_dict', 'save_config', 'load_config', 'find_settings',
+           'read_settings', 'make_config', 'config_from_namespace', 'seed_everything', 'capture_env', 'cache_dir',
+           'new_run_id', 'create_run']
 
 # %% ../nbs/00_config.ipynb #da072873
 class ConfigError(KitError):
     "A bad parameter or config file: the message is one line naming the parameter."
 
 # %% ../nbs/00_config.ipynb #7f91ea45
-def _f(default, help:str, choices=None):
-    "A dataclass field with `help` (and `choices`) metadata."
+def _f(default, help:str, choices=None,
+       **limits  # the allowed range: `ge`, `gt`, `le`, `lt` bounds, and `also`: values allowed besides
+      ):
+    "A dataclass field with `help` (and `choices`, and range `limits`) metadata."
     md = {"help": help} | ({"choices": choices} if choices else {})  # a live registry (TASKS) stays live
-    return field(default=default, metadata=md)
+    assert set(limits) <= {"ge", "gt", "le", "lt", "also"}, f"unknown limits {set(limits)}"
+    return field(default=default, metadata=md | ({"limits": limits} if limits else {}))
 
 # %% ../nbs/00_config.ipynb #8810f2db
 @dataclass
@@ -40,11 +43,13 @@ class DataConfig:
     task: str = _f("classification", "record kind and task template", TASKS)
     text_field: str|None = _f(None, "input field name in the source records (None: the task's usual name)")
     label_field: str|None = _f(None, "label/output field name in the source records (None: the task's usual name)")
-    max_records: int|None = _f(400, "use at most this many records after shuffling (None: all)")
-    max_chars: int|None = _f(300, "cut input text to this many characters (None: keep whole)")
+    max_records: int|None = _f(400, "use at most this many records after shuffling (None: all)",
+                               ge=1)
+    max_chars: int|None = _f(300, "cut input text to this many characters (None: keep whole)", ge=1)
     # Parameters that control curation
     dedup: bool = _f(True, "drop exact and near duplicates (MinHash LSH)")
-    near_dup_threshold: float = _f(0.9, "Jaccard similarity above which two records are near duplicates")
+    near_dup_threshold: float = _f(0.9, "Jaccard similarity above which two records are near duplicates",
+                                  gt=0, le=1)
     pii_scrub: bool = _f(True, "replace emails, phones, cards, IBANs, IPs and SSN-like ids with typed placeholders")
     strip_html: bool = _f(False, "strip HTML tags and entities from text fields")
     label_set: str|None = _f(None, "comma-separated declared labels; other labels are rejected "
@@ -54,10 +59,10 @@ class DataConfig:
     label_prompt: str = _f("list", "how a classification prompt presents the label set", ("list", "omit", "describe"))
     system_prompt: str|None = _f(None, "system prompt for every record (None: the task's default)")
     # Parameters that control the split
-    val_size: float = _f(0.1, "share of records for validation")
-    test_size: float = _f(0.1, "share of records for test (when test_records is None)")
+    val_size: float = _f(0.1, "share of records for validation", ge=0, lt=1)
+    test_size: float = _f(0.1, "share of records for test (when test_records is None)", ge=0, lt=1)
     test_records: int|None = _f(None, "held-out test records, drawn before max_records samples the training pool "
-                                "(None: test_size of the sampled records)")
+                                "(None: test_size of the sampled records)", ge=0)
     group_field: str|None = _f(None, "records sharing this field's value stay in one split")
     dvc_add: bool = _f(False, "run `dvc add` on the prepared folder when dvc is installed "
                               "and the folder is in a DVC repo")
@@ -82,38 +87,39 @@ PEFT_METHODS = ("lora", "qlora", "dora", "adalora", "prompt_tuning", "prefix_tun
 class AdapterConfig:
     "Which parameter-efficient method, and its knobs."
     peft_method: str = _f("lora", "PEFT method, or full fine-tuning as the baseline", PEFT_METHODS)
-    lora_r: int = _f(16, "LoRA/DoRA/AdaLoRA rank")
-    lora_alpha: int = _f(32, "LoRA scaling numerator (scale = alpha / r)")
+    lora_r: int = _f(16, "LoRA/DoRA/AdaLoRA rank", ge=1)
+    lora_alpha: int = _f(32, "LoRA scaling numerator (scale = alpha / r)", ge=1)
     lora_dropout: float = _f(0.0, "dropout on the LoRA input (0: PEFT's default; 0.05 cost a CPU step 30% for the same "
-                                     "quick-start predictions)")
+                                     "quick-start predictions)", ge=0, lt=1)
     target_modules: str = _f("all-linear", "'all-linear' or comma-separated module names")
-    num_virtual_tokens: int = _f(20, "virtual tokens for prompt and prefix tuning")
+    num_virtual_tokens: int = _f(20, "virtual tokens for prompt and prefix tuning", ge=1)
 
 # %% ../nbs/00_config.ipynb #a1280e7d
 @dataclass
 class TrainConfig:
     "How to train (names as in transformers' TrainingArguments and TRL's SFTConfig)."
     learning_rate: float|None = _f(None, "peak learning rate (None: the method's measured default, "
-                                         "e.g. 1e-3 for LoRA, 5e-5 for full)")
-    num_train_epochs: float = _f(1.0, "epochs over the training split")
-    max_steps: int = _f(-1, "stop after this many optimizer steps (-1: use epochs)")
-    per_device_train_batch_size: int = _f(8, "sequences per device per micro-batch")
-    gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step")
-    max_length: int = _f(512, "truncate sequences to this many tokens")
-    warmup_ratio: float = _f(0.03, "share of steps for linear warmup")
+                                         "e.g. 1e-3 for LoRA, 5e-5 for full)", gt=0)
+    num_train_epochs: float = _f(1.0, "epochs over the training split", gt=0)
+    max_steps: int = _f(-1, "stop after this many optimizer steps (-1: use epochs)", ge=1, also=(-1,))
+    per_device_train_batch_size: int = _f(8, "sequences per device per micro-batch", ge=1)
+    gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step", ge=1)
+    max_length: int = _f(512, "truncate sequences to this many tokens", ge=1)
+    warmup_ratio: float = _f(0.03, "share of steps for linear warmup", ge=0, lt=1)
     lr_scheduler_type: str = _f("cosine", "learning-rate schedule",
                                 ("linear", "cosine", "constant", "constant_with_warmup"))
-    weight_decay: float = _f(0.0, "AdamW weight decay")
+    weight_decay: float = _f(0.0, "AdamW weight decay", ge=0)
     completion_only_loss: bool = _f(True, "loss on the assistant's tokens only (False: whole sequence)")
     packing: bool = _f(False, "pack several examples into one sequence")
     gradient_checkpointing: bool|None = _f(None, "recompute activations in the backward pass "
                                                  "(None: on for qlora, off otherwise)")
-    eval_steps: int = _f(0, "evaluation loss every N steps (0: only at the end)")
-    save_steps: int = _f(50, "checkpoint every N steps")
-    save_total_limit: int = _f(2, "keep the last K checkpoints")
-    logging_steps: int = _f(5, "log metrics every N steps")
-    early_stopping_patience: int|None = _f(None, "stop after N evaluations without improvement (None: off)")
-    neftune_noise_alpha: float|None = _f(None, "NEFTune embedding noise (None: off)")
+    eval_steps: int = _f(0, "evaluation loss every N steps (0: only at the end)", ge=0)
+    save_steps: int = _f(50, "checkpoint every N steps", ge=1)
+    save_total_limit: int = _f(2, "keep the last K checkpoints", ge=1)
+    logging_steps: int = _f(5, "log metrics every N steps", ge=1)
+    early_stopping_patience: int|None = _f(None, "stop after N evaluations without improvement (None: off)",
+                                           ge=1)
+    neftune_noise_alpha: float|None = _f(None, "NEFTune embedding noise (None: off)", gt=0)
     use_liger_kernel: bool = _f(False, "Liger's fused Triton kernels on CUDA (pip install 'finetune-kit[liger]'); "
                                        "ignored on CPU")
 
@@ -121,16 +127,18 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     "How to evaluate."
-    eval_batch_size: int = _f(16, "prompts per generation batch")
-    max_new_tokens: int = _f(32, "generation budget per answer")
-    max_eval_samples: int|None = _f(None, "evaluate at most this many test records (None: the whole split)")
+    eval_batch_size: int = _f(16, "prompts per generation batch", ge=1)
+    max_new_tokens: int = _f(32, "generation budget per answer", ge=1)
+    max_eval_samples: int|None = _f(None, "evaluate at most this many test records (None: the whole split)",
+                                    ge=1)
     decode: str = _f("generate", "classification answers: generate text, rank the labels by likelihood, or both",
                      ("generate", "rank", "both"))
     slice_field: str|None = _f(None, "record field for per-slice metrics")
-    ship_margin: float = _f(0.02, "tuned must beat base by this much on the headline metric to ship")
+    ship_margin: float = _f(0.02, "tuned must beat base by this much on the headline metric to ship",
+                           ge=-1, le=1)
     eval_split: str = _f("test", "prepared split to evaluate on", ("test", "validation", "train"))
-    bootstrap_samples: int = _f(1000, "bootstrap resamples for the 95% intervals (0: no intervals)")
-    review_samples: int = _f(50, "records on the blind human-review sheet (0: no sheet)")
+    bootstrap_samples: int = _f(1000, "bootstrap resamples for the 95% intervals (0: no intervals)", ge=0)
+    review_samples: int = _f(50, "records on the blind human-review sheet (0: no sheet)", ge=0)
 
 # %% ../nbs/00_config.ipynb #f2e65e55
 @dataclass
@@ -150,7 +158,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    seed: int = _f(42, "seed for python, numpy, torch and the data split")
+    seed: int = _f(42, "seed for python, numpy, torch and the data split", ge=0, le=2**32 - 1)
     runs_dir: str = _f("runs", "folder holding one subfolder per run")
     run_id: str|None = _f(None, "run folder name (None: timestamp, task and method)")
 
@@ -166,6 +174,7 @@ class ParamSpec:
     default: typing.Any
     help: str
     choices: tuple|None
+    limits: tuple = ()  # the range as `(op, bound)` pairs: ge, gt, le, lt, also
 
 # %% ../nbs/00_config.ipynb #987363e8
 def _specs(cls, section=None):
@@ -174,7 +183,7 @@ def _specs(cls, section=None):
         if f.name in _SECTIONS and section is None: yield from _specs(hints[f.name], f.name); continue
         ch = f.metadata.get("choices")
         yield ParamSpec(f.name, section, hints[f.name], f.default, f.metadata.get("help", ""),
-                        tuple(ch) if ch else None)
+                        tuple(ch) if ch else None, tuple(f.metadata.get("limits", {}).items()))
 
 def param_specs() -> dict[str, ParamSpec]:
     "Every flat parameter name of `RunConfig`, mapped to its `ParamSpec`."
@@ -209,6 +218,25 @@ def _parse_str(s:str, types, nullable):
     return s
 
 # %% ../nbs/00_config.ipynb #36d042ab
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+def range_text(limits) -> str:
+    "A field's range in words: `>= 1`, `in (0, 1]`, `-1 or >= 1` (empty when it has none)."
+    d = dict(limits)
+    lo = next(((k, d[k]) for k in ("ge", "gt") if k in d), None)
+    hi = next(((k, d[k]) for k in ("le", "lt") if k in d), None)
+    if lo and hi: s = f"in {'[' if lo[0] == 'ge' else '('}{lo[1]}, {hi[1]}{']' if hi[0] == 'le' else ')'}"
+    elif lo or hi: s = f"{_BOUNDS[(lo or hi)[0]]} {(lo or hi)[1]}"
+    else: s = ""
+    return " or ".join([*map(str, d.get("also", ())), s]) if s and d.get("also") else s
+
+def _in_range(v, limits) -> bool:
+    d = dict(limits)
+    if v in d.get("also", ()): return True
+    return (("ge" not in d or v >= d["ge"]) and ("gt" not in d or v > d["gt"]) and
+            ("le" not in d or v <= d["le"]) and ("lt" not in d or v < d["lt"]))
+
+# %% ../nbs/00_config.ipynb #87cc5e6d
 def check_param(name:str,  # a flat parameter name
                 value,  # its value
                 coerce:bool=False,  # parse `value` from a string first
@@ -236,9 +264,23 @@ def check_param(name:str,  # a flat parameter name
     if float in types and not isinstance(value, bool) and isinstance(value, int): value = float(value)
     if sp.choices and value not in sp.choices:
         raise ConfigError(f"{source} '{name}' must be one of {', '.join(map(str, sp.choices))}; got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source} {name} must be a finite number; got {value!r}")
+    if sp.limits and not isinstance(value, bool) and isinstance(value, (int, float)) and not _in_range(value, sp.limits):
+        raise ConfigError(f"{source} {name} must be {range_text(sp.limits)}{' or None' if nullable else ''}; "
+                          f"got {value!r}")
     return value
 
 # %% ../nbs/00_config.ipynb #c0f079c8
+def _check_together(cfg:RunConfig, source:str="parameter") -> RunConfig:
+    "`cfg`, once the limits that span parameters hold."
+    d = cfg.data
+    if d.test_records is None and d.val_size + d.test_size >= 1:
+        raise ConfigError(f"{source}s val_size + test_size must be below 1 (records are left to train on); "
+                          f"got {d.val_size} + {d.test_size}")
+    return cfg
+
+# %% ../nbs/00_config.ipynb #c241bfa2
 def update_config(cfg:RunConfig, params:dict, coerce:bool=False, source:str="parameter") -> RunConfig:
     "A copy of `cfg` with flat `params` applied (checked; with `coerce`, parsed from strings)."
     specs, sections = param_specs(), {}
@@ -249,7 +291,7 @@ def update_config(cfg:RunConfig, params:dict, coerce:bool=False, source:str="par
         if sp.section is None: top[k] = v
         else: sections.setdefault(sp.section, {})[k] = v
     new = {s: dataclasses.replace(getattr(cfg, s), **kv) for s, kv in sections.items()}
-    return dataclasses.replace(cfg, **new, **top)
+    return _check_together(dataclasses.replace(cfg, **new, **top), source)
 
 # %% ../nbs/00_config.ipynb #257c4a91
 def flatten(cfg:RunConfig) -> dict:

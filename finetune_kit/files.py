@@ -6,12 +6,12 @@ Docs: https://finetune-kit.github.io/finetune-kit/files.html.md"""
 
 # %% ../nbs/00b_files.ipynb #4b716fe5
 from __future__ import annotations
-import json, math, os, tempfile
+import contextlib, json, math, os, shutil, tempfile
 from pathlib import Path
 from typing import Iterable
 
 # %% auto #0
-__all__ = ['KitError', 'one_line', 'read_jsonl', 'write_jsonl', 'md_table']
+__all__ = ['KitError', 'one_line', 'read_jsonl', 'write_jsonl', 'atomic_folder', 'md_table']
 
 # %% ../nbs/00b_files.ipynb #a47a600d
 class KitError(ValueError):
@@ -33,6 +33,7 @@ def read_jsonl(path) -> list[dict]:
         if not line.strip(): continue
         try: row = json.loads(line)
         except json.JSONDecodeError as e: raise KitError(f"{path}:{i}: not JSON ({e.msg})") from None
+        except RecursionError: raise KitError(f"{path}:{i}: not JSON we can read (nested too deeply)") from None
         if not isinstance(row, dict): raise KitError(f"{path}:{i}: a record must be a JSON object")
         rows.append(row)
     return rows
@@ -52,6 +53,53 @@ def write_jsonl(rows:Iterable[dict], path) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
     return path
+
+# %% ../nbs/00b_files.ipynb #b81b3a31
+_OWNED = ".kit_outputs.json"
+
+def _owned(out:Path, legacy) -> set[str]:
+    "The names a stage wrote into `out` last time (`legacy` for a folder written before the kit recorded them)."
+    try: return set(json.loads((out/_OWNED).read_text()))
+    except (OSError, ValueError, TypeError): return {n for n in legacy if (out/n).exists()}
+
+def _clear_stale(out:Path):
+    "Remove temporary siblings of `out` left by killed processes."
+    for p in out.parent.glob(f".{out.name}.staging-*"):
+        try: os.kill(int(p.name.split("-")[1]), 0)
+        except ProcessLookupError: shutil.rmtree(p, ignore_errors=True)
+        except (ValueError, IndexError, OSError): pass
+
+def _remove(p:Path):
+    if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
+    elif p.exists() or p.is_symlink(): p.unlink()
+
+def _move_in(tmp:Path, out:Path, last:str|None, legacy):
+    "Move every file of `tmp` into `out` (`last` at the end), remove the outputs of an earlier run it did not write."
+    out.mkdir(parents=True, exist_ok=True)
+    new, old = sorted(p.name for p in tmp.iterdir()), _owned(out, legacy)
+    if last in new and (out/last).exists(): (out/last).unlink()
+    for n in new:
+        if n == last: continue
+        if (out/n).is_dir() and not (out/n).is_symlink(): shutil.rmtree(out/n)
+        os.replace(tmp/n, out/n)
+    for n in old - set(new) - {_OWNED}: _remove(out/n)
+    (tmp/_OWNED).write_text(json.dumps(new) + "\n"); os.replace(tmp/_OWNED, out/_OWNED)
+    if last in new: os.replace(tmp/last, out/last)
+
+@contextlib.contextmanager
+def atomic_folder(out,  # the folder to fill (created)
+                  last:str|None=None,  # the file that marks the folder complete: removed first, moved in last
+                  legacy:Iterable[str]=(),  # the names the stage owns in a folder written before `.kit_outputs.json`
+                 ):
+    "Yield an empty temporary sibling of `out` to write into; on success its files replace the stage's files in `out`."
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale(out)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-{os.getpid()}-"))
+    try:
+        yield tmp
+        _move_in(tmp, out, last, legacy)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../nbs/00b_files.ipynb #78bc515e
 def md_table(data,  # a pandas DataFrame (index included) or a list of rows

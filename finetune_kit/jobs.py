@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib, json, os, sys
 from pathlib import Path
 from .config import ConfigError, check_param, make_config, new_run_id
+from .files import one_line
 
 # %% auto #0
-__all__ = ['JOB_ENV', 'job_params', 'job_plan', 'in_job', 'progress_bar', 'run_job']
+__all__ = ['JOB_ENV', 'job_params', 'job_plan', 'in_job', 'progress_bar', 'check_notebook', 'run_job']
 
 # %% ../nbs/07_jobs.ipynb #89c22d24
 def job_params(pairs=(),  # `(NAME, VALUE)` string pairs, as `-p NAME VALUE` gives them
@@ -20,9 +21,9 @@ def job_params(pairs=(),  # `(NAME, VALUE)` string pairs, as `-p NAME VALUE` giv
     "Flat parameters from a JSON file (typed) and `-p` pairs (strings, parsed), each checked."
     params = {}
     if params_json:
-        try: loaded = json.loads(Path(params_json).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{params_json}: cannot read parameters: {e}") from None
+        try: loaded = json.loads(Path(params_json).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as e:
+            raise ConfigError(f"{params_json}: cannot read parameters: {one_line(e, 150)}") from None
         if not isinstance(loaded, dict): raise ConfigError(f"{params_json}: parameters must be a JSON object")
         params.update({k: check_param(k, v) for k, v in loaded.items()})
     for k, v in pairs: params[k] = check_param(k, v, coerce=True)
@@ -49,6 +50,25 @@ def progress_bar(*args, **kwargs):
     else: from tqdm.auto import tqdm
     return tqdm(*args, **kwargs)
 
+# %% ../nbs/07_jobs.ipynb #85dcaf61
+def check_notebook(notebook,  # the workbook to execute
+                   params:dict|None=None,  # the job's parameters (a notebook without a `parameters` cell takes none)
+                  ) -> Path:
+    "`notebook`, once it is a readable notebook that can take `params`; else a `ConfigError` naming it."
+    nb = Path(notebook)
+    if not nb.exists(): raise ConfigError(f"{nb}: no such notebook")
+    if nb.is_dir(): raise ConfigError(f"{nb}: is a folder, not a notebook (.ipynb)")
+    try: cells = json.loads(nb.read_text(encoding="utf-8")).get("cells")
+    except (OSError, ValueError, AttributeError, RecursionError) as e:
+        raise ConfigError(f"{nb}: not a notebook (cannot read it as notebook JSON: {type(e).__name__})") from None
+    if not isinstance(cells, list): raise ConfigError(f"{nb}: not a notebook (no cells)")
+    tagged = any(isinstance(c, dict) and c.get("cell_type") == "code" and
+                 "parameters" in ((c.get("metadata") or {}).get("tags") or []) for c in cells)
+    if params and not tagged:
+        raise ConfigError(f"{nb}: no cell is tagged 'parameters', so {', '.join(sorted(params))} would be ignored: "
+                          "tag the cell that sets the parameters (papermill's 'parameters' tag)")
+    return nb
+
 # %% ../nbs/07_jobs.ipynb #56ac11d4
 @contextlib.contextmanager
 def _job_env():
@@ -68,6 +88,7 @@ def run_job(notebook,  # the workbook to execute
            ) -> Path:
     "Execute `notebook` with papermill and `params`; return the path of the executed copy."
     import papermill as pm
+    check_notebook(notebook, params)
     params, out = job_plan(params, output)
     out.parent.mkdir(parents=True, exist_ok=True)
     with _job_env():

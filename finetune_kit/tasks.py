@@ -30,6 +30,9 @@ REJECT_REASONS = {
     "label_not_in_set": "a label outside the declared label set",
     "contaminated": "an exact or near copy of a record of the evaluation set",
     "over_token_budget": "the prompt alone fills the token budget, so the answer would be cut away",
+    "too_large": ("a field over 131,072 characters (CSV's field limit) or nesting deeper than 100 levels: far past any "
+                  "token budget"),
+    "unreadable_record": "reading or checking the record raised an unexpected error (the detail names it)",
 }
 
 class Rejected(ValueError):

@@ -6,7 +6,7 @@ Docs: https://finetune-kit.github.io/finetune-kit/train.html.md"""
 
 # %% ../nbs/04_train.ipynb #8e314cf7
 from __future__ import annotations
-import dataclasses, hashlib, importlib.util, json, math, resource, shutil, sys, time
+import dataclasses, hashlib, importlib.util, json, math, re, resource, shutil, sys, time, zipfile
 from pathlib import Path
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,7 @@ from fastcore.basics import patch
 from transformers import TrainerCallback, EarlyStoppingCallback
 from trl import SFTConfig, SFTTrainer
 from .config import RunConfig, ConfigError, create_run, flatten, load_config, seed_everything
-from .files import KitError
+from .files import KitError, one_line
 from .models import detect_bf16, device_settings, sharding
 from .tracking import RunRecorder, plot_training, start_tracking, end_tracking
 from .tracking import read_metrics, _wandb_logged_in  # importable from here, as before
@@ -22,7 +22,8 @@ from .tracking import read_metrics, _wandb_logged_in  # importable from here, as
 # %% auto #0
 __all__ = ['DEFAULT_LR', 'PROMPT_LEARNING', 'hardware_args', 'training_args', 'TrainingError', 'FinetuneTrainer',
            'uses_compact_loss', 'check_trainable', 'end_of_turn_id', 'set_stop_tokens', 'tokenizer_hashes',
-           'write_manifest', 'latest_checkpoint', 'total_steps', 'TrainResult', 'train', 'keep_model', 'TextProgress']
+           'write_manifest', 'checkpoint_damage', 'latest_checkpoint', 'RunTotals', 'total_steps', 'TrainResult',
+           'train', 'keep_model', 'TextProgress']
 
 # %% ../nbs/04_train.ipynb #389b54ca
 DEFAULT_LR = {"lora": 1e-3, "qlora": 1e-3, "dora": 1e-3, "adalora": 1e-3, "ia3": 3e-3,
@@ -64,7 +65,8 @@ def training_args(cfg:RunConfig,  # the run config
     evaluating = t.eval_steps > 0 or t.early_stopping_patience is not None
     kw = dict(
         output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed, run_name=cfg.run_id,
-        learning_rate=t.learning_rate or DEFAULT_LR[method], num_train_epochs=t.num_train_epochs,
+        learning_rate=DEFAULT_LR[method] if t.learning_rate is None else t.learning_rate,
+        num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps, per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.eval.eval_batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
         max_length=t.max_length, warmup_steps=t.warmup_ratio, lr_scheduler_type=t.lr_scheduler_type,
@@ -208,20 +210,75 @@ def _complete(ck:Path) -> bool:
     try: return json.loads((ck/"trainer_state.json").read_text()).get("global_step") is not None
     except (OSError, ValueError): return False
 
+def _safetensors_damage(p:Path) -> str|None:
+    "Why a safetensors file is damaged (its size is not what its header says), or None."
+    try:
+        with p.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n < 2**27: return "no valid header"
+            head = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in head.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError): return "no valid header"
+    size = p.stat().st_size
+    return None if size == 8 + n + end else f"{size:,} bytes, its header says {8 + n + end:,}"
+
+def _zip_damage(p:Path) -> str|None:
+    "Why a torch file (a zip archive) is damaged, or None (files in another format are not judged)."
+    try:
+        with p.open("rb") as f:
+            if f.read(2) != b"PK": return None
+        with zipfile.ZipFile(p) as z: bad = z.testzip()
+        return f"checksum of {bad} fails" if bad else None
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as e: return f"cut short ({one_line(e, 80)})"
+
+def checkpoint_damage(ck:Path) -> str|None:
+    "Why a complete checkpoint cannot be resumed from (a truncated or corrupt file), in words; None when it is whole."
+    for p in sorted(ck.rglob("*")):
+        why = (_safetensors_damage(p) if p.suffix == ".safetensors" else
+               _zip_damage(p) if p.suffix in (".pt", ".pth", ".bin") else None)
+        if why: return f"{p.relative_to(ck)}: {why}"
+    return None
+
+def _step(ck:Path) -> int: return int(ck.name.split("-")[1])
+
+def _checkpoint_folders(ckpt_dir:Path) -> list[Path]:
+    "The `checkpoint-<N>` folders in `ckpt_dir`; a `TrainingError` for a folder Trainer would take for one."
+    found = [p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir()] if ckpt_dir.is_dir() else []
+    if odd := sorted(p.name for p in found if not re.fullmatch(r"checkpoint-\d+", p.name)):
+        raise TrainingError(f"{ckpt_dir/odd[0]}: Trainer's checkpoint rotation takes a folder named checkpoint-<N>... "
+                            "for a checkpoint and may delete it: move it out of checkpoints/ (nothing was changed)")
+    return found
+
 def latest_checkpoint(ckpt_dir) -> Path|None:
-    "The newest complete checkpoint in `ckpt_dir`; newer, incomplete ones (a kill mid-save) are removed."
+    "The newest whole checkpoint in `ckpt_dir`; newer incomplete ones are removed, damaged ones moved aside."
     ckpt_dir = Path(ckpt_dir)
-    cks = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if ckpt_dir.exists() else []
-    while cks and not _complete(cks[-1]):
-        print(f"removing incomplete checkpoint {cks[-1]}")
-        shutil.rmtree(cks.pop())
+    if not ckpt_dir.exists(): return None
+    found = _checkpoint_folders(ckpt_dir)
+    cks = sorted(found, key=_step)
+    while cks:
+        if not _complete(cks[-1]):
+            print(f"removing incomplete checkpoint {cks[-1]}")
+            shutil.rmtree(cks.pop()); continue
+        if (why := checkpoint_damage(cks[-1])):
+            ck, n = cks.pop(), 1
+            while (dest := ck.parent/(f"damaged-{ck.name}" + (f"-{n}" if n > 1 else ""))).exists(): n += 1
+            ck.rename(dest)
+            print(f"note: {ck.name} is damaged ({why}): moved to {dest.name}; "
+                  + (f"resuming from {cks[-1].name}" if cks else "no older checkpoint"))
+            continue
+        break
     return cks[-1] if cks else None
 
 # %% ../nbs/04_train.ipynb #95218dd3
+def _row_step(line:str) -> float:
+    "A metrics row's step (a row cut by a kill counts as after every step)."
+    try: return json.loads(line).get("step", 0)
+    except (ValueError, AttributeError): return math.inf
+
 def _rewind_metrics(path:Path, step:int):
     "Drop metric rows logged after `step` (the run is resuming from there)."
     if path.exists():
-        rows = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l).get("step", 0) <= step]
+        rows = [l for l in path.read_text().splitlines() if l.strip() and _row_step(l) <= step]
         path.write_text("".join(r + "\n" for r in rows))
 
 # %% ../nbs/04_train.ipynb #9cbf8b1f
@@ -235,6 +292,56 @@ def _resume_point(run_dir:Path, state) -> Path|None:
         if last is None: print(f"no complete checkpoint in {run_dir/'checkpoints'}: starting from step 0")
         _rewind_metrics(run_dir/"metrics.jsonl", int(last.name.split("-")[-1]) if last else 0)
     return last
+
+# %% ../nbs/04_train.ipynb #05df56c8
+class RunTotals(TrainerCallback):
+    "Whole-run totals (loss sum, tokens, seconds), saved with each checkpoint and restored on resume."
+    key = "KitRunTotals"
+    def __init__(self, trainer): self.trainer, self.prev, self.t0, self.step0 = trainer, {}, time.time(), 0
+
+    @classmethod
+    def attach(cls, trainer) -> "RunTotals":
+        "A `RunTotals` added to `trainer`'s callbacks, and saved by its checkpoints."
+        cb = cls(trainer); trainer.add_callback(cb); trainer._run_totals = cb
+        return cb
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.prev = dict((state.stateful_callbacks or {}).get(self.key) or {})
+        self.t0, self.step0 = time.time(), state.global_step
+        if "tokens" in self.prev: self.trainer._total_train_tokens = self.prev["tokens"]
+
+    def now(self) -> dict:
+        "The totals up to this moment."
+        tr = self.trainer
+        return {"loss_sum": self.prev.get("loss_sum", 0.0) + tr._total_loss_scalar + float(tr._tr_loss.item()),
+                "tokens": tr._total_train_tokens, "seconds": self.prev.get("seconds", 0.0) + time.time() - self.t0}
+
+    def whole(self, session_loss:float, session_seconds:float) -> tuple[float, float]:
+        "The whole run's mean training loss and seconds, from those of the last `train()` call."
+        steps = self.trainer.state.global_step
+        if self.step0 and "loss_sum" not in self.prev:
+            print(f"note: the checkpoint has no run totals (an older kit): train_loss covers steps {self.step0 + 1}-"
+                  f"{steps} only")
+            return session_loss, session_seconds
+        done = steps - self.step0
+        return ((self.prev.get("loss_sum", 0.0) + session_loss * done) / max(steps, 1),
+                self.prev.get("seconds", 0.0) + session_seconds)
+
+@patch
+def _save_checkpoint(self:FinetuneTrainer, model, trial):
+    "`Trainer._save_checkpoint`, with the run totals in the checkpoint's `trainer_state.json`."
+    if (t := getattr(self, "_run_totals", None)) is not None: self.state.stateful_callbacks[RunTotals.key] = t.now()
+    return SFTTrainer._save_checkpoint(self, model, trial)
+
+# %% ../nbs/04_train.ipynb #bf1594a2
+def _finished(run_dir:Path) -> "TrainResult|None":
+    "The result of the run in `run_dir` when it has finished (its summary written), else None."
+    try: summary = json.loads((run_dir/"summary.json").read_text())
+    except (OSError, ValueError): return None
+    if not (run_dir/"adapter").is_dir(): return None
+    print(f"run {run_dir.name} finished at step {summary.get('steps')}: nothing to resume "
+          f"(adapter: {run_dir/'adapter'})")
+    return TrainResult(run_dir, run_dir/"adapter", summary)
 
 # %% ../nbs/04_train.ipynb #b96d2916
 def _setup_run(cfg:RunConfig, run_dir, resume:bool):
@@ -317,7 +424,8 @@ def _save_results(trainer, tok, cfg:RunConfig, run_dir:Path, train_loss:float, s
     model.generation_config.save_pretrained(adapter_dir)
     report = model_report(trainer.model)
     summary = {"steps": trainer.state.global_step, "train_loss": train_loss, "train_seconds": round(seconds, 2),
-               "tokens_per_s": trainer._total_train_tokens / seconds, "adapter_mb": round(_dir_mb(adapter_dir), 3),
+               "num_tokens": trainer._total_train_tokens, "tokens_per_s": trainer._total_train_tokens / seconds,
+               "adapter_mb": round(_dir_mb(adapter_dir), 3),
                "world_size": world_size, "trainable": report.get("trainable"),
                "trainable_pct": report.get("trainable_pct"),
                **{k: round(v, 1) for k, v in _peak_memory_mb().items()}, **checks}
@@ -353,6 +461,8 @@ def train(cfg:RunConfig,  # the run's config
     "Fine-tune per `cfg` into a run folder (new, given, or resumed from its newest checkpoint)."
     from finetune_kit.models import load_model, apply_peft
     state, cfg, run_dir = _setup_run(cfg, run_dir, resume)
+    if resume and (done := _finished(run_dir)): return done
+    if resume: _checkpoint_folders(run_dir/"checkpoints")  # a folder in the way stops the resume before any work
     seed_everything(cfg.seed)
     model, tok = load_model(cfg)
     splits, data_info = _prepare(cfg, run_dir, tok, state)
@@ -362,6 +472,7 @@ def train(cfg:RunConfig,  # the run's config
     extra = {"data_fingerprint": data_info.get("fingerprint")}
     backend = start_tracking(cfg, run_dir, extra) if state.is_main_process else "none"
     trainer = _make_trainer(cfg, model, tok, splits, run_dir, backend, callbacks)
+    totals = RunTotals.attach(trainer)
     checks = check_trainable(trainer.train_dataset, end_of_turn_id(tok), cfg.train.completion_only_loss)
     if state.is_main_process:
         cut = checks["records_without_end_of_turn"]
@@ -378,8 +489,8 @@ def train(cfg:RunConfig,  # the run's config
     summary = {}
     if sharding(): trainer.save_model(str(run_dir/"adapter"))  # every rank: the shards are gathered, rank 0 writes
     if state.is_main_process:
-        summary = _save_results(trainer, tok, cfg, run_dir, out.training_loss, seconds, data_info, checks,
-                                state.num_processes)
+        summary = _save_results(trainer, tok, cfg, run_dir, *totals.whole(out.training_loss, seconds), data_info,
+                                checks, state.num_processes)
         if backend != "none": end_tracking(backend)
         _print_summary(run_dir, summary)
     return TrainResult(run_dir, run_dir/"adapter", summary)

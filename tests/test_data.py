@@ -134,14 +134,25 @@ REASON_CASES = {  # reason: (fixture or builder, task, params, line, field)
     "over_token_budget": ("over_token_budget.jsonl", "classification", {"max_length": 128}, 2, None),
     "undecodable_bytes": (None, "classification", {}, 2, None),
     "contaminated": (None, "classification", {}, 1, "text"),
+    "too_large": (None, "classification", {}, 2, None),
+    "unreadable_record": (None, "classification", {}, 2, None),
 }
 
 def test_every_reason_has_a_case(): assert set(REASON_CASES) == set(REJECT_REASONS)
 
 @pytest.mark.parametrize("reason", sorted(REASON_CASES))
-def test_rejection_reason(tmp_path, tiny_tok, reason):
+def test_rejection_reason(tmp_path, tiny_tok, reason, monkeypatch):
     fixture, task, params, line, field = REASON_CASES[reason]
-    if reason == "undecodable_bytes":
+    if reason in ("too_large", "unreadable_record"):  # a field past CSV's limit; a record whose check raises
+        src = tmp_path/f"{reason}.jsonl"
+        src.write_text(json.dumps({"text": "fine", "label": "a"}) + "\n" +
+                       json.dumps({"text": "x" * 200_000 if reason == "too_large" else "boom", "label": "b"}) + "\n")
+        real = D.prepare.validate_record
+        def flaky(data, *a, **kw):
+            if data.get("text") == "boom": raise ZeroDivisionError("division by zero")
+            return real(data, *a, **kw)
+        monkeypatch.setattr(D.prepare, "validate_record", flaky)
+    elif reason == "undecodable_bytes":
         src = tmp_path/"bytes.jsonl"
         src.write_bytes(b'{"text": "fine", "label": "a"}\n{"text": "caf\xe9", "label": "b"}\n')
     elif reason == "contaminated":

@@ -1,5 +1,5 @@
 "Foundation: config round trip and errors, settings precedence, papermill parameters, the tiny model."
-import json, subprocess, sys
+import json, math, subprocess, sys
 from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -17,7 +17,11 @@ def _value(spec):
     "A hypothesis strategy of valid values for one flat parameter."
     if spec.choices: return st.sampled_from(spec.choices)
     t = spec.type
-    s = {int: st.integers(-10**6, 10**6), float: st.floats(allow_nan=False, allow_infinity=False),
+    lim = dict(l for l in spec.limits if l[0] in ("ge", "gt", "le", "lt"))  # the parameter's range, checked by the config
+    lo, hi = lim.get("ge", lim.get("gt")), lim.get("le", lim.get("lt"))
+    s = {int: st.integers(-10**6 if lo is None else math.floor(lo) + ("gt" in lim),
+                          10**6 if hi is None else math.ceil(hi) - ("lt" in lim)),
+         float: st.floats(lo, hi, exclude_min="gt" in lim, exclude_max="lt" in lim, allow_nan=False, allow_infinity=False),
          bool: st.booleans(), str: st.text(max_size=20)}
     base = next((v for k, v in s.items() if k is t or k in getattr(t, "__args__", ())), st.text())
     return st.one_of(st.none(), base) if type(None) in getattr(t, "__args__", ()) else base

@@ -210,11 +210,13 @@ def _states(db:Path) -> dict:
         raise
 
 def test_local_sweep_resumes_after_a_kill_records_a_failing_trial_and_finishes(tmp_path, trial_env):
-    """Four trials on the tiny model (one made to fail with lora_r 0); the runner is killed after the first trial
-    finishes and started again: the finished trial is not re-run, the failure is recorded and the rest finish."""
+    """Four trials on the tiny model (two made to fail with a target module the model lacks: lora_r 0, the earlier
+    way, is now refused before any trial runs); the runner is killed after the first trial finishes and started
+    again: the finished trial is not re-run, the failures are recorded and the rest finish."""
     spec = yaml.safe_load(TINY.read_text())
     spec["name"] = "resume"
-    spec["parameters"]["lora_r"] = {"values": [2, 4, 0, 8]}
+    spec["parameters"]["lora_r"] = {"values": [2, 8]}
+    spec["parameters"]["target_modules"] = {"values": ["all-linear", "nosuch_proj"]}
     spec["parameters"]["learning_rate"] = {"value": 5.0e-3}
     spec.pop("early_terminate")  # keep the trial states deterministic (pruning has its own test)
     f = tmp_path/"resume.yaml"; f.write_text(yaml.safe_dump(spec))
@@ -244,9 +246,11 @@ def test_local_sweep_resumes_after_a_kill_records_a_failing_trial_and_finishes(t
     t = res.table
     assert t.loc[0, "state"] == "complete" and (first/"summary.json").stat().st_mtime_ns == stamp
     done = t[t["state"] == "complete"]
-    assert sorted(done["lora_r"]) == [2, 4, 8] and (t["lora_r"] == 2).sum() == 1  # finished trial not re-run
+    assert sorted(done["lora_r"]) == [2, 8] and set(done["target_modules"]) == {"all-linear"}
+    assert ((t["lora_r"] == 2) & (t["target_modules"] == "all-linear")).sum() == 1  # finished trial not re-run
     failed = t[t["state"] == "failed"]
-    assert list(failed["lora_r"]) == [0] and "positive integer" in failed["error"].iloc[0]
+    assert sorted(failed["lora_r"]) == [2, 8] and set(failed["target_modules"]) == {"nosuch_proj"}
+    assert "target_modules nosuch_proj not in the model" in failed["error"].iloc[0]
     nb = Path(failed["run_id"].map(lambda r: sd/"trials"/r/"notebook.ipynb").iloc[0])
     assert nb.exists() and "train(" in sweeps.failed_cell(nb)
     assert set(t["state"]) <= {"complete", "failed", "stale"}
@@ -257,7 +261,7 @@ def test_local_sweep_resumes_after_a_kill_records_a_failing_trial_and_finishes(t
         assert (cfg["peft"]["lora_r"], cfg["train"]["learning_rate"], cfg["model"]["base_model"], cfg["run_id"]) == (r, 5e-3, "tiny-test", rid)
         assert done.set_index("run_id").loc[rid, "tokens"] > 0 and done.set_index("run_id").loc[rid, "peak_mb"] > 0
     assert len(data_dirs) == 1  # the trials shared one cached data folder
-    assert json.loads((sd/"best_config.json").read_text())["lora_r"] in (2, 4, 8)
+    assert json.loads((sd/"best_config.json").read_text())["lora_r"] in (2, 8)
     assert (sd/"plots"/"parallel_coordinates.png").exists() and "| trial |" in (sd/"trials.md").read_text()
 
 def test_a_wandb_agent_run_reaches_the_notebook_config(tmp_path, trial_env, monkeypatch):

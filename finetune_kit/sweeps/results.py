@@ -14,7 +14,8 @@ from ..files import md_table
 from .spec import SweepError, SweepSpec
 
 # %% auto #0
-__all__ = ['COST_COLUMNS', 'row_key', 'trial_metric', 'intermediate_values', 'trial_cost', 'trials_table', 'pick_cheapest',
+__all__ = ['TRAIN_ROW_KEYS', 'EVAL_ROW_KEYS', 'SUMMARY_KEYS', 'EVAL_METRICS', 'COST_COLUMNS', 'row_key', 'logged_metric_names',
+           'check_metric_name', 'trial_metric', 'intermediate_values', 'trial_cost', 'trials_table', 'pick_cheapest',
            'plot_sweep', 'trial_config', 'SweepResult', 'trials_markdown', 'write_results']
 
 # %% ../../nbs/06c_sweeps_results.ipynb #df6f8e39
@@ -40,6 +41,39 @@ def row_key(metric:str) -> str|None:
     if len(parts) == 2 and parts[0] == "eval": return f"eval_{parts[1]}"
     if len(parts) == 2 and parts[0] == "train": return parts[1]
     return metric if len(parts) == 1 else None
+
+# %% ../../nbs/06c_sweeps_results.ipynb #c296f5c9
+TRAIN_ROW_KEYS = ("loss", "grad_norm", "learning_rate", "epoch", "num_tokens", "mean_token_accuracy", "entropy",
+                  "loss_token_share", "tokens_per_s", "elapsed", "total_flos")
+EVAL_ROW_KEYS = ("loss", "runtime", "samples_per_second", "steps_per_second", "mean_token_accuracy", "entropy",
+                 "num_tokens")
+SUMMARY_KEYS = ("steps", "train_loss", "train_seconds", "train_runtime", "train_samples_per_second",
+                "train_steps_per_second", "num_tokens", "tokens", "tokens_per_s", "adapter_mb", "world_size",
+                "trainable", "trainable_pct", "peak_rss_mb", "peak_gpu_mb", "loss_token_share", "loss_tokens",
+                "records", "records_without_end_of_turn", "records_without_loss")
+EVAL_METRICS = ("n", "accuracy",
+                *(f"{a}_{m}" for a in ("macro", "micro", "weighted") for m in ("precision", "recall", "f1")),
+                "outside_label_rate", "outside_label_count", "precision", "recall", "f1", "unparsable_count",
+                "unparsable_rate", "unmatched_entities", "rouge1", "rouge2", "rougeL", "exact_match", "token_f1",
+                "field_error_rate", "field_accuracy", "mean_output_chars", "perplexity")
+
+def logged_metric_names() -> list[str]:
+    "Every metric name a trial logs (`eval/<system>/<metric>` spelled with the systems base, tuned and baseline)."
+    return ([f"eval/{k}" for k in EVAL_ROW_KEYS] + [f"train/{k}" for k in TRAIN_ROW_KEYS]
+            + [f"train/{k.removeprefix('train_')}" for k in SUMMARY_KEYS if k.startswith("train_")]
+            + [f"eval_{k}" for k in EVAL_ROW_KEYS] + list(TRAIN_ROW_KEYS) + list(SUMMARY_KEYS)
+            + [f"eval/{s}/{m}" for s in ("tuned", "base", "baseline") for m in EVAL_METRICS])
+
+def check_metric_name(metric:str) -> str:
+    "`metric` when a trial logs it; else a `SweepError` naming the closest names."
+    import difflib, re
+    names, parts = logged_metric_names(), str(metric).split("/")
+    if metric in names: return metric
+    other_system = len(parts) == 3 and parts[0] == "eval" and re.fullmatch(r"[A-Za-z][\w-]*", parts[1])
+    if other_system and parts[2] in EVAL_METRICS: return metric  # a named baseline, or ranked answers (`tuned_rank`)
+    close = difflib.get_close_matches(str(metric), names, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}?" if close else "e.g. eval/loss, train/loss or eval/tuned/macro_f1"
+    raise SweepError(f"metric.name: no trial logs '{metric}' ({hint})")
 
 # %% ../../nbs/06c_sweeps_results.ipynb #21e79b6b
 def trial_metric(run_dir, metric:str) -> float:
@@ -228,6 +262,7 @@ class SweepResult:
     cheapest: "pd.Series|None" = None
     files: dict = field(default_factory=dict)
     figures: dict = field(default_factory=dict)
+    failed: dict = field(default_factory=dict)  # trial number -> error, for failed trials no later trial retried
     def _repr_markdown_(self):
         p = self.sweep_dir/"trials.md"
         return p.read_text() if p.exists() else ""

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from ..config import find_settings, read_settings
 from .spec import SweepError, SweepSpec, grid_points, load_sweep, search_space, trial_params
-from .results import SweepResult, intermediate_values, trial_cost, trial_metric, write_results
+from .results import (SweepResult, check_metric_name, intermediate_values, trial_cost, trial_metric,
+                                         write_results)
 
 # %% auto #0
-__all__ = ['HEARTBEAT_S', 'GRACE_S', 'gpu_ids', 'worker_env', 'open_study', 'failed_cell', 'recover_stale', 'resolve_notebook',
-           'default_sweep_dir', 'sweep']
+__all__ = ['HEARTBEAT_S', 'GRACE_S', 'gpu_ids', 'worker_env', 'open_study', 'failed_cell', 'recover_stale', 'failed_trials',
+           'retry_failed', 'resolve_notebook', 'default_sweep_dir', 'sweep']
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #a18405ee
 def gpu_ids() -> list[str]:
@@ -206,17 +207,22 @@ def recover_stale(study, say=print) -> list[int]:
     return out
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #3fb73625
-def _counted(t) -> bool:
-    "Whether trial `t` counts against the trial cap (stale and queued trials do not)."
+def _retried(trials) -> set[int]:
+    "Numbers of the trials whose parameters a later trial runs again (stale, interrupted or retried failures)."
+    return {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+
+def _counted(t, again:set=frozenset()) -> bool:
+    "Whether trial `t` counts against the trial cap (stale, queued and retried trials do not)."
     from optuna.trial import TrialState
-    if t.state == TrialState.FAIL: return "outcome" in t.user_attrs
+    if t.state == TrialState.FAIL: return "outcome" in t.user_attrs and t.number not in again
     return t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 def _budget_stop(study, spec, cap, deadline, max_gpu_hours, jobs) -> str|None:
     "Why no further trial should start, or None."
     from optuna.trial import TrialState
     trials = study.get_trials(deepcopy=False)
-    if cap and sum(map(_counted, trials)) >= cap: return f"trial cap {cap} reached"
+    again = _retried(trials)
+    if cap and sum(_counted(t, again) for t in trials) >= cap: return f"trial cap {cap} reached"
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     if spec.target is not None and done:
         best = max(t.value for t in done) if spec.goal == "maximize" else min(t.value for t in done)
@@ -233,6 +239,22 @@ def _budget_stop(study, spec, cap, deadline, max_gpu_hours, jobs) -> str|None:
         if used + (statistics.median(dev) if dev else 0.0) > max_gpu_hours:
             return f"GPU-hours budget ({max_gpu_hours}) spent"
     return None
+
+# %% ../../nbs/06b_sweeps_runner.ipynb #d8f58686
+def failed_trials(study) -> list:
+    "The failed trials that no later trial runs again."
+    from optuna.trial import TrialState
+    trials = study.get_trials(deepcopy=False)
+    again = _retried(trials)
+    return [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("outcome") == "failed"
+            and t.number not in again]
+
+def retry_failed(study, say=print) -> list[int]:
+    "Queue the parameters of every failed trial again (once each); their trial numbers."
+    out = [t.number for t in failed_trials(study)]
+    for t in failed_trials(study): _retry(study, t)
+    if out: say(f"trials {', '.join(map(str, out))} failed before: queued again")
+    return out
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #c3c1c976
 def _params_key(p:dict) -> str: return json.dumps(p, sort_keys=True, default=str)
@@ -368,10 +390,12 @@ def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
           sweep_dir=None,  # the sweep folder (default: <runs_dir>/sweeps/<name>)
           within:float=0.01,  # "cheapest within this distance of the best metric", for the results
           poll:float=2.0,  # seconds between checks of running trials
+          retry:bool=False,  # queue the failed trials' parameters again (`--retry-failed`)
           verbose:bool=True) -> SweepResult:
     "Run a sweep's trials locally as experiment-notebook jobs; resume it if it was interrupted; write its results."
     spec = path if isinstance(path, SweepSpec) else load_sweep(path)
     if not spec.metric: raise SweepError("metric: the local runner needs a metric (name and goal) to rank trials")
+    check_metric_name(spec.metric)  # before any trial has run
     if parallel < 1: raise SweepError("parallel: must be at least 1")
     cap = min([c for c in (spec.run_cap, max_trials) if c] or [0]) or None
     if spec.method != "grid" and not (cap or max_hours or max_gpu_hours):
@@ -384,6 +408,9 @@ def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
     study = open_study(spec, storage, sweep_dir)
     if spec.raw: (sweep_dir/"sweep.json").write_text(json.dumps(spec.raw, indent=1, default=str) + "\n")
     recover_stale(study, say)
+    if retry: retry_failed(study, say)
+    elif (before := failed_trials(study)):
+        say(f"note: trials {', '.join(str(t.number) for t in before)} failed before; --retry-failed runs them again")
     gpus, grid, ctx = gpu_ids(), grid_points(spec) if spec.method == "grid" else None, _mp_context()
     if ctx.get_start_method() == "fork": import finetune_kit.jobs, papermill  # imported once here, not in every trial
     if gpus and parallel > len(gpus): say(f"note: {parallel} workers share {len(gpus)} GPUs")
@@ -418,4 +445,6 @@ def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
     finally:
         if old is not None: signal.signal(signal.SIGTERM, old)
     say(f"sweep {spec.name} stopped: {stop}")
-    return write_results(study, spec, sweep_dir, within=within)
+    res = write_results(study, spec, sweep_dir, within=within)
+    res.failed = {t.number: t.user_attrs.get("error", "failed") for t in failed_trials(study)}
+    return res

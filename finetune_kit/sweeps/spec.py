@@ -216,9 +216,15 @@ def _check_command(c) -> list|None:
 # %% ../../nbs/06a_sweeps_spec.ipynb #d527f8c6
 def _read_yaml(p:Path) -> object:
     import yaml
-    try: return yaml.safe_load(p.read_text())
+    try: b = p.read_bytes()
     except OSError as e: raise SweepError(f"{p}: cannot read sweep file: {e.strerror or e}") from None
+    try: text = b.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SweepError(f"{p}: not UTF-8 (byte 0x{b[e.start]:02x} on line {b[:e.start].count(10) + 1}): "
+                         "save it as UTF-8") from None
+    try: return yaml.safe_load(text)
     except yaml.YAMLError as e: raise SweepError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+    except RecursionError: raise SweepError(f"{p}: not valid YAML: nested too deeply") from None
 
 def _check_sweep(raw, name) -> SweepSpec:
     "A loaded sweep mapping checked key by key."
