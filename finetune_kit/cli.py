@@ -6,7 +6,7 @@ Docs: https://finetune-kit.github.io/finetune-kit/cli.html.md"""
 
 # %% ../nbs/08_cli.ipynb #428cb273
 from __future__ import annotations
-import re, sys
+import json, re, sys
 from pathlib import Path
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -17,10 +17,11 @@ from .files import KitError, one_line
 from .jobs import check_notebook, job_params, job_plan, run_job
 
 # %% auto #0
-__all__ = ['ALL_PARAMS', 'app', 'data_app', 'evaluate_app', 'review_app', 'models_app', 'fail', 'KitGroup', 'stage_params',
-           'param_help', 'KitCommand', 'version', 'run_cmd', 'train_cmd', 'prepare_cmd', 'evaluate_cmd',
-           'review_make_cmd', 'review_import_cmd', 'models_list_cmd', 'models_pull_cmd', 'models_info_cmd', 'sweep_cmd',
-           'main', 'export_cmd', 'serve_cmd', 'monitor_cmd']
+__all__ = ['ALL_PARAMS', 'app', 'data_app', 'evaluate_app', 'review_app', 'synth_app', 'models_app', 'fail', 'KitGroup',
+           'stage_params', 'param_help', 'KitCommand', 'version', 'run_cmd', 'train_cmd', 'prepare_cmd', 'evaluate_cmd',
+           'review_make_cmd', 'review_import_cmd', 'synth_generate_cmd', 'synth_sheet_cmd', 'synth_import_cmd',
+           'synth_accepted_cmd', 'models_list_cmd', 'models_pull_cmd', 'models_info_cmd', 'sweep_cmd', 'main',
+           'export_cmd', 'serve_cmd', 'monitor_cmd']
 
 # %% ../nbs/08_cli.ipynb #3027b788
 def fail(msg:str, code:int=2):
@@ -269,6 +270,113 @@ def review_import_cmd(sheet:Path = typer.Argument(..., help="filled review_sheet
     r = import_review(sheet, key, out)
     typer.echo(f"tuned vs base over {r['judged']} judgments: win {r['win_rate']:.0%}  tie {r['tie_rate']:.0%}  "
                f"loss {r['loss_rate']:.0%}" + (f"  ({r['blank']} left blank)" if r["blank"] else ""))
+
+# %% ../nbs/08_cli.ipynb #5e7d1a41
+synth_app = _typer(help="Synthetic data from seed examples, reviewed by people before it trains anything.")
+app.add_typer(synth_app, name="synth")
+
+def _seed_records(src:str, cfg) -> list[dict]:
+    "The seed records of a file, folder or packaged set, renamed to the task's fields."
+    from finetune_kit.data.sources import PACKAGED, read_packaged, read_source, validate_record
+    from finetune_kit.tasks import Rejected
+    d, out = cfg.data, []
+    if src not in PACKAGED and not Path(src).exists(): fail(f"{src}: no such file, folder or packaged set")
+    for raw in (read_packaged(src) if src in PACKAGED else read_source(src)):
+        if raw["reason"]: continue
+        try: out.append(validate_record(raw["data"], d.task, d.text_field, d.label_field))
+        except Rejected: continue
+    return out
+
+@synth_app.command("generate", cls=_reads("model", "seed", "task", "label_set", "near_dup_threshold", "text_field",
+                                          "label_field"))
+def synth_generate_cmd(
+    ctx:typer.Context,
+    seeds:str = typer.Argument(..., help="seed examples: a file (.jsonl .csv ...), a label folder or a packaged set"),
+    out:Path = typer.Option(..., "--out", "-o", help="the run folder (an existing one resumes)"),
+    description:str = typer.Option(..., "--description", "-d", help="the task in a sentence or two"),
+    n:int = typer.Option(100, "--n", help="prompts in all (a resumed run adds what is missing)"),
+    max_seeds:int|None = typer.Option(None, "--max-seeds", help="draw this many seeds (with the seed; default: all)"),
+    shots:int = typer.Option(3, "--shots", help="seed examples per prompt"),
+    batch_size:int = typer.Option(8, "--batch-size", help="prompts per generator call (and per save)"),
+    temperature:float = typer.Option(0.8, "--temperature", help="sampling temperature"),
+    top_p:float = typer.Option(0.95, "--top-p", help="nucleus sampling mass"),
+    max_new_tokens:int = typer.Option(160, "--max-new-tokens", help="answer budget"),
+    endpoint:str|None = typer.Option(None, "--endpoint", help="an OpenAI-compatible server's URL (default: the local "
+                                     "base_model)"),
+    endpoint_model:str|None = typer.Option(None, "--endpoint-model", help="the model name sent to the endpoint "
+                                           "(default: the first it lists at /v1/models)"),
+    api_key_env:str|None = typer.Option(None, "--api-key-env", help="environment variable holding the endpoint's key"),
+    timeout:float = typer.Option(60.0, "--timeout", help="seconds per endpoint request"),
+    max_retries:int = typer.Option(2, "--max-retries", help="further tries of a failed prompt"),
+    min_chars:int = typer.Option(20, "--min-chars", help="shortest kept input"),
+    max_chars:int = typer.Option(2000, "--max-chars", help="longest kept input"),
+    progress:bool = typer.Option(True, "--progress/--no-progress", help="progress bar")):
+    "Generate candidates from SEEDS into OUT and queue the kept ones for review (review.jsonl)."
+    import random
+    from finetune_kit.data.synth import EndpointGenerator, LocalGenerator, synthesize
+    cfg = make_config(ctx.meta["params"])
+    recs = _seed_records(seeds, cfg)
+    if max_seeds is not None and len(recs) > max_seeds: recs = random.Random(cfg.seed).sample(recs, max_seeds)
+    labels = [x.strip() for x in cfg.data.label_set.split(",") if x.strip()] if cfg.data.label_set else None
+    if endpoint: gen = EndpointGenerator(endpoint, endpoint_model, api_key_env, temperature, top_p, max_new_tokens,
+                                         timeout, concurrency=batch_size)
+    else:
+        from finetune_kit.models import load_model
+        model, tok = load_model(cfg, progress=progress)
+        gen = LocalGenerator(model, tok, temperature, top_p, max_new_tokens, batch_size, cfg.seed)
+    info = synthesize(cfg.data.task, description, recs, gen, out, n=n, shots=shots, batch_size=batch_size,
+                      labels=labels, min_chars=min_chars, max_chars=max_chars,
+                      near_dup_threshold=cfg.data.near_dup_threshold, max_retries=max_retries, seed=cfg.seed,
+                      progress=progress)
+    c = info["counts"]
+    typer.echo(" -> ".join(f"{k} {c[k]}" for k in ("prompts", "generated", "parsed", "valid", "unique", "kept")) +
+               f"  (failed {c['failed']}, errors {c['errors']}, timeouts {c['timeouts']}, retries {c['retries']})")
+    if c["dropped"]: typer.echo("dropped: " + ", ".join(f"{k} {v}" for k, v in c["dropped"].items()))
+    if c["failed"]:
+        typer.echo(f"warning: {c['failed']} prompts got no answer after retries; most common error: "
+                   f"{next(iter(info['errors']))}", err=True)
+    q = info["queue"]
+    typer.echo(f"review queue {out/'review.jsonl'}: {q['added']} new; " +
+               ", ".join(f"{k} {q.get(k, 0)}" for k in ("pending", "accepted", "edited", "rejected")))
+
+def _synth_settings(run:Path) -> dict:
+    if not (run/"review.jsonl").is_file(): fail(f"{run}: no review.jsonl (run `finetune-kit synth generate` first)")
+    p = run/"synth.json"
+    return json.loads(p.read_text())["settings"] if p.is_file() else {"task": "classification", "labels": None}
+
+@synth_app.command("sheet", cls=KitCommand)
+def synth_sheet_cmd(run:Path = typer.Argument(..., help="a synth run folder"),
+                    every:bool = typer.Option(False, "--all", help="every item, not only the pending ones")):
+    "Write the review sheets of a synth run: review.csv and Label Studio tasks and config."
+    from finetune_kit.data.queue import REVIEW_STATUSES, label_studio_queue_config, label_studio_queue_tasks, \
+        write_queue_csv
+    st, statuses = _synth_settings(run), REVIEW_STATUSES if every else ("pending",)
+    csv_path = write_queue_csv(run/"review.jsonl", statuses=statuses)
+    tasks = label_studio_queue_tasks(run/"review.jsonl", statuses)
+    (run/"label_studio_tasks.json").write_text(json.dumps(tasks, indent=1, ensure_ascii=False) + "\n")
+    (run/"label_studio_config.xml").write_text(label_studio_queue_config(st["task"], st.get("labels")))
+    typer.echo(f"wrote {csv_path} and {run/'label_studio_tasks.json'} ({len(tasks)} items); "
+               f"Label Studio config: {run/'label_studio_config.xml'}")
+
+@synth_app.command("import", cls=KitCommand)
+def synth_import_cmd(run:Path = typer.Argument(..., help="a synth run folder"),
+                     sheet:Path = typer.Argument(..., help="a filled review.csv, or a Label Studio JSON export")):
+    "Apply a filled review sheet's decisions and edits to the run's review queue."
+    from finetune_kit.data.queue import import_queue_csv, import_queue_label_studio
+    _synth_settings(run)
+    if not sheet.is_file(): fail(f"{sheet}: no such file")
+    fn = import_queue_label_studio if sheet.suffix.lower() == ".json" else import_queue_csv
+    ch = fn(run/"review.jsonl", sheet)
+    typer.echo("imported: " + (", ".join(f"{k} {v}" for k, v in sorted(ch.items())) or "nothing"))
+
+@synth_app.command("accepted", cls=KitCommand)
+def synth_accepted_cmd(run:Path = typer.Argument(..., help="a synth run folder"),
+                       out:Path = typer.Option(..., "--out", "-o", help="the JSONL file to write")):
+    "Write the accepted and edited records (tagged meta.synthetic) as a source for `data prepare`."
+    from finetune_kit.data.queue import write_accepted
+    _synth_settings(run)
+    typer.echo(f"wrote {write_accepted(run/'review.jsonl', out)} records to {out}")
+
 
 # %% ../nbs/08_cli.ipynb #436e20d5
 models_app = _typer(help="Base models: list, pull (convert/download) and inspect.")

@@ -115,7 +115,9 @@ def write_card(info:dict,  # the content of data.json
         L += ["## Labels", "", _table(rows, ["label", *_SPLITS]), ""]
         split = info["split"]
         L += [f"Split: {'stratified' if split['stratified'] else 'not stratified'}, "
-              f"{'grouped' if split['grouped'] else 'no groups'}. " + " ".join(split["notes"]), ""]
+              f"{'grouped' if split['grouped'] else 'no groups'}. " + " ".join(split["notes"]) +
+              (f" {split['synthetic_in_train']} synthetic records (reviewed generator output) are all in train."
+               if split.get("synthetic_in_train") else ""), ""]
     if info.get("entity_types"): L += ["## Entity types", "", ", ".join(info["entity_types"]), ""]
     if "label_distribution.png" in plots: L += ["![label distribution](label_distribution.png)", ""]
     tk = info["tokens"]

@@ -186,6 +186,11 @@ def _split_keys(items:list[dict], spec:TaskSpec, d) -> tuple[list[str], list|Non
               for g, it in zip(gvals, items)]
     return groups, [spec.label(it["rec"]) for it in items] if spec.label else None
 
+def _synthetic(it:dict) -> bool:
+    "Whether a record is tagged synthetic (`meta.synthetic`): it trains, it is never held out for evaluation."
+    v = (it.get("extra") or {}).get("synthetic")
+    return v is True or str(v).strip().lower() in ("true", "1", "yes")
+
 def hold_out_test(items:list[dict],  # the records left after dedup and decontamination
                   spec:TaskSpec,  # the task
                   d,  # the run config's `DataConfig`: `test_records`
@@ -193,10 +198,11 @@ def hold_out_test(items:list[dict],  # the records left after dedup and decontam
                  ) -> tuple[list[dict], list[dict]]:
     "With `d.test_records`, the records left for training and the test records drawn first (marked `held_out`)."
     if d.test_records is None: return items, []
-    groups, labels = _split_keys(items, spec, d)
-    parts, _ = split_indices(len(items), labels, groups, val_size=0, test_size=d.test_records, seed=seed)
-    held = [{**items[k], "held_out": True} for k in parts["test"]]
-    return [items[k] for k in parts["train"]], held
+    real, syn = [it for it in items if not _synthetic(it)], [it for it in items if _synthetic(it)]
+    groups, labels = _split_keys(real, spec, d)
+    parts, _ = split_indices(len(real), labels, groups, val_size=0, test_size=d.test_records, seed=seed)
+    held = [{**real[k], "held_out": True} for k in parts["test"]]
+    return [real[k] for k in parts["train"]] + syn, held
 
 # %% ../../nbs/02f_data_prepare.ipynb #b8103e29
 def template_records(items:list[dict],  # the records left
@@ -263,7 +269,9 @@ def split_records(items:list[dict],  # the records left
                   d,  # the run config's `DataConfig`
                   seed:int,  # split seed
                  ) -> tuple[dict[str, list[dict]], dict]:
-    "The records of `train`, `validation` and `test` (held-out test records stay test), and notes on the split."
+    "The records of `train`, `validation` and `test` (held-out test stays test, synthetic trains), and notes."
+    syn = [it for it in items if _synthetic(it)]
+    if syn: items = [it for it in items if not _synthetic(it)]
     held = [it for it in items if it.get("held_out")]
     pool = [it for it in items if not it.get("held_out")] if held or d.test_records is not None else items
     groups, labels = _split_keys(pool, spec, d)
@@ -271,6 +279,7 @@ def split_records(items:list[dict],  # the records left
     parts, info = split_indices(len(pool), labels, groups, d.val_size, test_size, seed)
     out = {name: [pool[k] for k in parts[name]] for name in _SPLITS}
     if pool is not items: out["test"], info["test_records"] = held, len(held)
+    if syn: out["train"] += syn; info["synthetic_in_train"] = len(syn)
     return out, info
 
 # %% ../../nbs/02f_data_prepare.ipynb #94e893bf

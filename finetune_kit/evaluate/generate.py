@@ -176,8 +176,10 @@ def generate(model, tokenizer,
              batch_size:int=16, max_new_tokens:int=32, progress:bool=True, desc:str="generate",
              prefix_cache:bool=True,  # compute the prompts' shared leading tokens once and reuse their KV cache
              min_prefix:int=8,  # shortest shared prefix worth caching
+             temperature:float=0.0,  # 0: greedy; above 0: sample at this temperature (seed torch for repeatable draws)
+             top_p:float=1.0,  # nucleus sampling: keep the smallest token set of this probability (with `temperature`)
             ) -> list[str]:
-    "Greedy answers to `prompts`, batched with left padding, in input order."
+    "Greedy answers to `prompts` (sampled ones with a `temperature`), batched with left padding, in input order."
     import torch
     from finetune_kit.jobs import progress_bar
     texts = [tokenizer.apply_chat_template(_prompt_of(p), add_generation_prompt=True, tokenize=False) for p in prompts]
@@ -186,7 +188,8 @@ def generate(model, tokenizer,
     order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # longest first: a too-long batch fails early
     if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token  # batches need a pad token
     gc, out, was_training = greedy_config(model, tokenizer, max_new_tokens), [None]*len(texts), model.training
-    own_loop = _own_loop_fits(model, gc)
+    if temperature > 0: gc.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    own_loop = _own_loop_fits(model, gc)  # sampling goes to transformers' `generate`
     model.eval()
     device = next(model.parameters()).device
     try:
