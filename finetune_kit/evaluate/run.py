@@ -14,7 +14,7 @@ from ..config import RunConfig, create_run, load_config
 from ..files import KitError, atomic_folder, md_table, one_line, read_jsonl, write_jsonl
 from ..tracking import wandb_run_args
 from ..tasks import get_task
-from .generate import EvalError, generate, generate_pair, perplexity
+from .generate import EvalError, generate, generate_pair, perplexity, rank_labels
 from .metrics import TaskScores, score_outputs
 from .compare import (bootstrap_intervals, comparison_plot, comparison_table, confusion_plot,
                                            ship_verdict, slice_report, slice_values)
@@ -97,7 +97,6 @@ def _answers(model, tokenizer, records:list[dict], cfg:RunConfig, name:str, labe
         t = time.perf_counter(); out[name] = generate(model, tokenizer, records, desc=name, **kw)
         timing[name] = {"ms_per_record": round(1000 * (time.perf_counter() - t) / max(len(records), 1), 2)}
     if decode in ("rank", "both"):
-        from finetune_kit.evaluate.generate import rank_labels
         key = name if decode == "rank" else f"{name}_rank"
         t = time.perf_counter()
         out[key] = rank_labels(model, tokenizer, records, labels, batch_size=kw["batch_size"], progress=kw["progress"],
