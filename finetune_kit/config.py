@@ -1,4 +1,4 @@
-"""One run config of nested dataclasses flows through every stage: `settings.ini` defaults, flat parameters, run folders, seeding and environment capture.
+"""One run config of nested dataclasses flows through every stage: defaults, `settings.ini`, flat parameters, checks and seeding.
 
 Docs: https://finetune-kit.github.io/finetune-kit/config.html.md"""
 
@@ -6,20 +6,18 @@ Docs: https://finetune-kit.github.io/finetune-kit/config.html.md"""
 
 # %% ../nbs/00_config.ipynb #1b545b06
 from __future__ import annotations
-import configparser, dataclasses, difflib, json, math, os, platform, random, secrets, subprocess, sys, typing
+import dataclasses, difflib, json, math, os, random, typing
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from .files import KitError
 from .tasks import TASKS
+from .runs import find_settings, read_settings, capture_env, cache_dir, new_run_id, create_run
 
 # %% auto #0
 __all__ = ['PEFT_METHODS', 'ConfigError', 'DataConfig', 'ModelConfig', 'AdapterConfig', 'TrainConfig', 'EvalConfig',
            'TrackingConfig', 'RunConfig', 'ParamSpec', 'param_specs', 'range_text', 'check_param', 'update_config',
-           'flatten', 'config_to_dict', 'config_from_dict', 'save_config', 'load_config', 'find_settings',
-           'read_settings', 'make_config', 'config_from_namespace', 'seed_everything', 'capture_env', 'cache_dir',
-           'new_run_id', 'create_run']
+           'flatten', 'config_to_dict', 'config_from_dict', 'save_config', 'load_config', 'make_config',
+           'config_from_namespace', 'seed_everything']
 
 # %% ../nbs/00_config.ipynb #da072873
 class ConfigError(KitError):
@@ -334,33 +332,6 @@ def load_config(path) -> RunConfig:
     except (OSError, json.JSONDecodeError) as e: raise ConfigError(f"{path}: cannot read config: {e}") from None
     return config_from_dict(d, source=str(path))
 
-# %% ../nbs/00_config.ipynb #65d281e0
-def find_settings(start=None) -> Path|None:
-    "The `settings.ini` in force: `$FINETUNE_KIT_SETTINGS`, else the nearest one up from `start` (cwd)."
-    if env := os.environ.get("FINETUNE_KIT_SETTINGS"): return Path(env)
-    p = Path(start or Path.cwd()).resolve()
-    for d in [p, *p.parents]:
-        if (d/"settings.ini").is_file(): return d/"settings.ini"
-    return None
-
-# %% ../nbs/00_config.ipynb #a5738638
-_PATH_KEYS = ("runs_dir",)
-
-def read_settings(path=None) -> dict:
-    "Flat parameters from `settings.ini`'s `[finetune_kit]` section (checked, paths made absolute)."
-    path = Path(path) if path else find_settings()
-    if path is None: return {}
-    cp = configparser.ConfigParser()
-    try: cp.read_string(Path(path).read_text())
-    except (OSError, configparser.Error) as e: raise ConfigError(f"{path}: cannot read settings: {e}") from None
-    if not cp.has_section("finetune_kit"): return {}
-    out = {}
-    for k, v in cp.items("finetune_kit"):
-        v = check_param(k, v, coerce=True, source=f"{path.name} setting")
-        if k in _PATH_KEYS and v is not None and not Path(v).is_absolute(): v = str((Path(path).parent/v).resolve())
-        out[k] = v
-    return out
-
 # %% ../nbs/00_config.ipynb #f91dce4c
 def make_config(params:dict|None=None,  # flat parameters
                 settings=True,  # read `settings.ini`: True (find it), a path, or False
@@ -390,69 +361,3 @@ def seed_everything(seed:int) -> int:
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
     return seed
-
-# %% ../nbs/00_config.ipynb #fb98b124
-def _git(*args, cwd=None):
-    try:
-        r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
-        return r.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError): return None
-
-def _cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"): return line.split(":", 1)[1].strip()
-    except OSError: pass
-    return platform.processor() or platform.machine()
-
-# %% ../nbs/00_config.ipynb #988c30b1
-_ENV_ALLOW = ("WANDB_MODE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "CUDA_VISIBLE_DEVICES",
-              "OMP_NUM_THREADS", "MLFLOW_TRACKING_URI", "HF_HOME", "PYTHONHASHSEED")
-
-def capture_env(cwd=None) -> dict:
-    "Python, packages, git commit, devices and a few safe environment variables, as a dict."
-    import torch
-    pkgs = {}
-    for d in metadata.distributions():
-        name = d.metadata["Name"]
-        if name: pkgs[name.lower()] = d.version
-    cuda = torch.cuda.is_available()
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
-    commit = _git("rev-parse", "HEAD", cwd=cwd)
-    return {
-        "python": sys.version.split()[0], "platform": platform.platform(),
-        "packages": dict(sorted(pkgs.items())),
-        "git_commit": commit, "git_dirty": bool(_git("status", "--porcelain", cwd=cwd)) if commit else None,
-        "device": "cuda" if gpus else "cpu", "gpus": gpus, "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda,
-        "env": {k: os.environ[k] for k in _ENV_ALLOW if k in os.environ},
-        "captured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-# %% ../nbs/00_config.ipynb #99bf91ce
-def cache_dir(*parts:str) -> Path:
-    "The kit's cache folder (`$FINETUNE_KIT_CACHE` or `~/.cache/finetune_kit`), joined with `parts` and created."
-    root = Path(os.environ.get("FINETUNE_KIT_CACHE") or Path.home()/".cache"/"finetune_kit").expanduser()
-    p = root.joinpath(*parts)
-    p.mkdir(parents=True, exist_ok=True)
-    return p
-
-# %% ../nbs/00_config.ipynb #82586e06
-def new_run_id(cfg:RunConfig) -> str:
-    "A sortable, readable run id: `<UTC time>-<task>-<method>-<4 hex>`."
-    ts = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{ts}-{cfg.data.task}-{cfg.peft.peft_method}-{secrets.token_hex(2)}"
-
-# %% ../nbs/00_config.ipynb #947c6774
-def create_run(cfg:RunConfig,  # the run's config (its `run_id` is made if None)
-               exist_ok:bool=False  # reuse a folder that already holds a run (to resume it)
-              ) -> tuple[RunConfig, Path]:
-    "Make `runs_dir/<run_id>/` with `config.json` and `env.json`; return the config (with run id) and the folder."
-    cfg = cfg if cfg.run_id else dataclasses.replace(cfg, run_id=new_run_id(cfg))
-    run_dir = Path(cfg.runs_dir).expanduser()/cfg.run_id
-    if run_dir.exists() and not exist_ok and (run_dir/"config.json").exists():
-        raise ConfigError(f"{run_dir}: run folder exists (pass another run_id, or resume it)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir/"config.json")
-    (run_dir/"env.json").write_text(json.dumps(capture_env(), indent=2) + "\n")
-    return cfg, run_dir
