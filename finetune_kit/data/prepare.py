@@ -1,4 +1,4 @@
-"""`prepare_data` as named steps (read and validate; clean and scrub; dedup and decontaminate; sample; template and token budget; split and write), reading a prepared folder back, and `dvc add`.
+"""`prepare_data` as named steps: read and validate; clean and scrub; dedup and decontaminate; sample; template and token budget; split and write.
 
 Docs: https://finetune-kit.github.io/finetune-kit/data_prepare.html.md"""
 
@@ -17,11 +17,11 @@ from .curate import PII_TYPES, DuplicateIndex, clean_record, scrub_pii, scrub_re
 from .templates import _measure, make_prompt, make_template, render_chats
 from .split import fingerprint, record_digest, split_indices
 from .card import write_card
+from .load import _SPLITS, dvc_add, load_splits  # load_splits: importable from here, as before
 
 # %% auto #0
 __all__ = ['TOKEN_SAMPLE', 'read_and_validate', 'clean_and_scrub', 'dedup', 'decontaminate', 'sample_records', 'hold_out_test',
-           'template_records', 'token_budget', 'split_records', 'write_splits', 'label_warnings', 'prepare_data',
-           'load_splits', 'dvc_add']
+           'template_records', 'token_budget', 'split_records', 'write_splits', 'label_warnings', 'prepare_data']
 
 # %% ../../nbs/02f_data_prepare.ipynb #53fe38ec
 def _excerpt(data, pii:bool, n:int=300) -> str|None:
@@ -262,8 +262,6 @@ def token_budget(items:list[dict],  # records with their `example`
     return [items[k] for k in keep], info, rejected, (p_lens, t_lens)
 
 # %% ../../nbs/02f_data_prepare.ipynb #85c36a3f
-_SPLITS = ("train", "validation", "test")
-
 def split_records(items:list[dict],  # the records left
                   spec:TaskSpec,  # the task
                   d,  # the run config's `DataConfig`
@@ -430,43 +428,3 @@ def prepare_data(cfg,  # a `RunConfig`: `cfg.data` says what to prepare, `cfg.se
     (out/"data.json").write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
     write_card(info, out, written["train"][0] if written["train"] else None, *lens)
     return info
-
-# %% ../../nbs/02f_data_prepare.ipynb #1bc2db88
-def _arrow_safe_meta(rows:list[dict]):
-    "Make `meta` fit one Arrow type per key: a key whose values mix types (or nest) becomes JSON text, in place."
-    types = {}
-    for r in rows:
-        for k, v in (r.get("meta") or {}).items():
-            if v is not None: types.setdefault(k, set()).add(float if type(v) is int else type(v))
-    bad = {k for k, ts in types.items() if len(ts) > 1 or ts & {dict, list}}
-    for r in rows:
-        m = r.get("meta") or {}
-        for k in bad & m.keys():
-            if m[k] is not None and not isinstance(m[k], str): m[k] = json.dumps(m[k], ensure_ascii=False, default=str)
-
-def load_splits(data_dir,  # a folder written by `prepare_data`
-               ) -> "datasets.DatasetDict":
-    "The prepared `train`, `validation` and `test` splits as a `datasets.DatasetDict`."
-    from datasets import Dataset, DatasetDict
-    data_dir = Path(data_dir)
-    if not (data_dir/"data.json").is_file(): raise DataError(f"{data_dir}: not a prepared data folder (no data.json)")
-    rows = {n: read_jsonl(data_dir/f"{n}.jsonl") if (data_dir/f"{n}.jsonl").exists() else [] for n in _SPLITS}
-    _arrow_safe_meta([r for v in rows.values() for r in v])
-    return DatasetDict({n: Dataset.from_list(v) for n, v in rows.items()})
-
-# %% ../../nbs/02f_data_prepare.ipynb #02deaeb1
-def _find_dvc_repo(p:Path) -> Path|None:
-    for d in [p, *p.parents]:
-        if (d/".dvc").is_dir(): return d
-    return None
-
-def dvc_add(path) -> str:
-    "Run `dvc add path` when dvc is installed and `path` is inside a DVC repo; a one-line outcome."
-    import shutil, subprocess
-    path = Path(path).resolve()
-    if not (dvc := shutil.which("dvc")): return "skipped: dvc is not installed"
-    if not (repo := _find_dvc_repo(path)): return "skipped: not inside a DVC repository"
-    r = subprocess.run([dvc, "add", str(path)], cwd=repo, capture_output=True, text=True)
-    if r.returncode == 0: return "added"
-    msg = (r.stderr or r.stdout).strip()
-    return f"failed: {msg.splitlines()[-1] if msg else r.returncode}"
