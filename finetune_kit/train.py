@@ -6,7 +6,7 @@ Docs: https://finetune-kit.github.io/finetune-kit/train.html.md"""
 
 # %% ../nbs/04_train.ipynb #8e314cf7
 from __future__ import annotations
-import dataclasses, hashlib, importlib.util, json, math, re, resource, shutil, sys, time, zipfile
+import dataclasses, hashlib, importlib.util, json, math, resource, shutil, sys, time
 from pathlib import Path
 import torch
 import torch.nn.functional as F
@@ -18,12 +18,13 @@ from .files import KitError, one_line
 from .models import detect_bf16, device_settings, sharding
 from .tracking import RunRecorder, plot_training, start_tracking, end_tracking
 from .tracking import read_metrics, _wandb_logged_in  # importable from here, as before
+from .checkpoints import (RunTotals, checkpoint_damage, latest_checkpoint,  # importable from here too
+                                      _checkpoint_folders, _finished, _resume_point)
 
 # %% auto #0
 __all__ = ['DEFAULT_LR', 'PROMPT_LEARNING', 'hardware_args', 'training_args', 'TrainingError', 'FinetuneTrainer',
            'uses_compact_loss', 'check_trainable', 'end_of_turn_id', 'set_stop_tokens', 'tokenizer_hashes',
-           'write_manifest', 'checkpoint_damage', 'latest_checkpoint', 'RunTotals', 'total_steps', 'TrainResult',
-           'train', 'keep_model', 'TextProgress']
+           'write_manifest', 'total_steps', 'TrainResult', 'train', 'keep_model', 'TextProgress']
 
 # %% ../nbs/04_train.ipynb #389b54ca
 DEFAULT_LR = {"lora": 1e-3, "qlora": 1e-3, "dora": 1e-3, "adalora": 1e-3, "ia3": 3e-3,
@@ -205,143 +206,11 @@ def write_manifest(run_dir, cfg:RunConfig, tok, data_info:dict, model_id:str, wo
     return m
 
 # %% ../nbs/04_train.ipynb #288f0282
-def _complete(ck:Path) -> bool:
-    "A checkpoint is complete once `trainer_state.json`, which `Trainer` writes last, parses."
-    try: return json.loads((ck/"trainer_state.json").read_text()).get("global_step") is not None
-    except (OSError, ValueError): return False
-
-def _safetensors_damage(p:Path) -> str|None:
-    "Why a safetensors file is damaged (its size is not what its header says), or None."
-    try:
-        with p.open("rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n < 2**27: return "no valid header"
-            head = json.loads(f.read(n))
-        end = max((v["data_offsets"][1] for k, v in head.items() if k != "__metadata__"), default=0)
-    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError): return "no valid header"
-    size = p.stat().st_size
-    return None if size == 8 + n + end else f"{size:,} bytes, its header says {8 + n + end:,}"
-
-def _zip_damage(p:Path) -> str|None:
-    "Why a torch file (a zip archive) is damaged, or None (files in another format are not judged)."
-    try:
-        with p.open("rb") as f:
-            if f.read(2) != b"PK": return None
-        with zipfile.ZipFile(p) as z: bad = z.testzip()
-        return f"checksum of {bad} fails" if bad else None
-    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as e: return f"cut short ({one_line(e, 80)})"
-
-def checkpoint_damage(ck:Path) -> str|None:
-    "Why a complete checkpoint cannot be resumed from (a truncated or corrupt file), in words; None when it is whole."
-    for p in sorted(ck.rglob("*")):
-        why = (_safetensors_damage(p) if p.suffix == ".safetensors" else
-               _zip_damage(p) if p.suffix in (".pt", ".pth", ".bin") else None)
-        if why: return f"{p.relative_to(ck)}: {why}"
-    return None
-
-def _step(ck:Path) -> int: return int(ck.name.split("-")[1])
-
-def _checkpoint_folders(ckpt_dir:Path) -> list[Path]:
-    "The `checkpoint-<N>` folders in `ckpt_dir`; a `TrainingError` for a folder Trainer would take for one."
-    found = [p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir()] if ckpt_dir.is_dir() else []
-    if odd := sorted(p.name for p in found if not re.fullmatch(r"checkpoint-\d+", p.name)):
-        raise TrainingError(f"{ckpt_dir/odd[0]}: Trainer's checkpoint rotation takes a folder named checkpoint-<N>... "
-                            "for a checkpoint and may delete it: move it out of checkpoints/ (nothing was changed)")
-    return found
-
-def latest_checkpoint(ckpt_dir) -> Path|None:
-    "The newest whole checkpoint in `ckpt_dir`; newer incomplete ones are removed, damaged ones moved aside."
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.exists(): return None
-    found = _checkpoint_folders(ckpt_dir)
-    cks = sorted(found, key=_step)
-    while cks:
-        if not _complete(cks[-1]):
-            print(f"removing incomplete checkpoint {cks[-1]}")
-            shutil.rmtree(cks.pop()); continue
-        if (why := checkpoint_damage(cks[-1])):
-            ck, n = cks.pop(), 1
-            while (dest := ck.parent/(f"damaged-{ck.name}" + (f"-{n}" if n > 1 else ""))).exists(): n += 1
-            ck.rename(dest)
-            print(f"note: {ck.name} is damaged ({why}): moved to {dest.name}; "
-                  + (f"resuming from {cks[-1].name}" if cks else "no older checkpoint"))
-            continue
-        break
-    return cks[-1] if cks else None
-
-# %% ../nbs/04_train.ipynb #95218dd3
-def _row_step(line:str) -> float:
-    "A metrics row's step (a row cut by a kill counts as after every step)."
-    try: return json.loads(line).get("step", 0)
-    except (ValueError, AttributeError): return math.inf
-
-def _rewind_metrics(path:Path, step:int):
-    "Drop metric rows logged after `step` (the run is resuming from there)."
-    if path.exists():
-        rows = [l for l in path.read_text().splitlines() if l.strip() and _row_step(l) <= step]
-        path.write_text("".join(r + "\n" for r in rows))
-
-# %% ../nbs/04_train.ipynb #9cbf8b1f
-def _resume_point(run_dir:Path, state) -> Path|None:
-    "The checkpoint to resume from (None: step 0), agreed by every process; later metric rows are dropped."
-    last = latest_checkpoint(run_dir/"checkpoints") if state.is_main_process else None
-    if state.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-        box = [str(last) if last else None]; broadcast_object_list(box); last = Path(box[0]) if box[0] else None
-    if state.is_main_process:
-        if last is None: print(f"no complete checkpoint in {run_dir/'checkpoints'}: starting from step 0")
-        _rewind_metrics(run_dir/"metrics.jsonl", int(last.name.split("-")[-1]) if last else 0)
-    return last
-
-# %% ../nbs/04_train.ipynb #05df56c8
-class RunTotals(TrainerCallback):
-    "Whole-run totals (loss sum, tokens, seconds), saved with each checkpoint and restored on resume."
-    key = "KitRunTotals"
-    def __init__(self, trainer): self.trainer, self.prev, self.t0, self.step0 = trainer, {}, time.time(), 0
-
-    @classmethod
-    def attach(cls, trainer) -> "RunTotals":
-        "A `RunTotals` added to `trainer`'s callbacks, and saved by its checkpoints."
-        cb = cls(trainer); trainer.add_callback(cb); trainer._run_totals = cb
-        return cb
-
-    def on_train_begin(self, args, state, control, **kw):
-        self.prev = dict((state.stateful_callbacks or {}).get(self.key) or {})
-        self.t0, self.step0 = time.time(), state.global_step
-        if "tokens" in self.prev: self.trainer._total_train_tokens = self.prev["tokens"]
-
-    def now(self) -> dict:
-        "The totals up to this moment."
-        tr = self.trainer
-        return {"loss_sum": self.prev.get("loss_sum", 0.0) + tr._total_loss_scalar + float(tr._tr_loss.item()),
-                "tokens": tr._total_train_tokens, "seconds": self.prev.get("seconds", 0.0) + time.time() - self.t0}
-
-    def whole(self, session_loss:float, session_seconds:float) -> tuple[float, float]:
-        "The whole run's mean training loss and seconds, from those of the last `train()` call."
-        steps = self.trainer.state.global_step
-        if self.step0 and "loss_sum" not in self.prev:
-            print(f"note: the checkpoint has no run totals (an older kit): train_loss covers steps {self.step0 + 1}-"
-                  f"{steps} only")
-            return session_loss, session_seconds
-        done = steps - self.step0
-        return ((self.prev.get("loss_sum", 0.0) + session_loss * done) / max(steps, 1),
-                self.prev.get("seconds", 0.0) + session_seconds)
-
 @patch
 def _save_checkpoint(self:FinetuneTrainer, model, trial):
     "`Trainer._save_checkpoint`, with the run totals in the checkpoint's `trainer_state.json`."
     if (t := getattr(self, "_run_totals", None)) is not None: self.state.stateful_callbacks[RunTotals.key] = t.now()
     return SFTTrainer._save_checkpoint(self, model, trial)
-
-# %% ../nbs/04_train.ipynb #bf1594a2
-def _finished(run_dir:Path) -> "TrainResult|None":
-    "The result of the run in `run_dir` when it has finished (its summary written), else None."
-    try: summary = json.loads((run_dir/"summary.json").read_text())
-    except (OSError, ValueError): return None
-    if not (run_dir/"adapter").is_dir(): return None
-    print(f"run {run_dir.name} finished at step {summary.get('steps')}: nothing to resume "
-          f"(adapter: {run_dir/'adapter'})")
-    return TrainResult(run_dir, run_dir/"adapter", summary)
 
 # %% ../nbs/04_train.ipynb #b96d2916
 def _setup_run(cfg:RunConfig, run_dir, resume:bool):
