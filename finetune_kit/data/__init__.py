@@ -16,13 +16,13 @@ from .templates import *
 from .split import *
 from .card import *
 from .prepare import *
-from .load import *
+from .folder import *
 from .cache import *
 from .queue import *
 from .synth import *
-from . import sources, curate, templates, split, card, prepare, load, cache, queue, synth
+from . import sources, curate, templates, split, card, prepare, folder, cache, queue, synth
 
 # `import *` from the package gives every public name of its modules, and the shared ones above
 __all__ = ["read_jsonl", "write_jsonl", "REJECT_REASONS", "Rejected", "format_entities", "parse_entities",
-           *(n for m in (sources, curate, templates, split, card, prepare, load, cache, queue, synth)
+           *(n for m in (sources, curate, templates, split, card, prepare, folder, cache, queue, synth)
              for n in m.__all__)]

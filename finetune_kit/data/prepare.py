@@ -6,10 +6,10 @@ Docs: https://finetune-kit.github.io/finetune-kit/data_prepare.html.md"""
 
 # %% ../../nbs/02f_data_prepare.ipynb #71b4decb
 from __future__ import annotations
-import functools, inspect, json, random
+import json, random
 from collections import Counter
 from pathlib import Path
-from ..files import atomic_folder, one_line, read_jsonl, write_jsonl
+from ..files import one_line, read_jsonl, write_jsonl
 from ..tasks import Rejected, TaskSpec
 from .sources import (DataError, PACKAGED, _spec, read_packaged, read_source, screen_record,
                                        validate_record)
@@ -17,11 +17,12 @@ from .curate import PII_TYPES, DuplicateIndex, clean_record, scrub_pii, scrub_re
 from .templates import _measure, make_prompt, make_template, render_chats
 from .split import fingerprint, record_digest, split_indices
 from .card import write_card
-from .load import _SPLITS, dvc_add, load_splits  # load_splits: importable from here, as before
+from .folder import (_SPLITS, _as_sources, _into_atomic_folder, dvc_add, label_warnings,
+                                      load_splits)  # dvc_add, label_warnings, load_splits: importable from here too
 
 # %% auto #0
 __all__ = ['TOKEN_SAMPLE', 'read_and_validate', 'clean_and_scrub', 'dedup', 'decontaminate', 'sample_records', 'hold_out_test',
-           'template_records', 'token_budget', 'split_records', 'write_splits', 'label_warnings', 'prepare_data']
+           'template_records', 'token_budget', 'split_records', 'write_splits', 'prepare_data']
 
 # %% ../../nbs/02f_data_prepare.ipynb #53fe38ec
 def _excerpt(data, pii:bool, n:int=300) -> str|None:
@@ -310,16 +311,6 @@ def write_splits(parts:dict[str, list[dict]],  # from `split_records`, with thei
     return written, fp
 
 # %% ../../nbs/02f_data_prepare.ipynb #85f422f0
-_OUTPUTS = ("train.jsonl", "validation.jsonl", "test.jsonl", "rejected.jsonl", "duplicates.jsonl", "data.json",
-            "card.md", "label_distribution.png", "token_lengths.png", "rejections.png")
-
-def _as_sources(sources) -> list:
-    if isinstance(sources, str): return [s.strip() for s in sources.split(",") if s.strip()]
-    if isinstance(sources, Path): return [sources]
-    if isinstance(sources, (list, tuple)):
-        return [list(sources)] if sources and all(isinstance(x, dict) for x in sources) else list(sources)
-    return [sources]
-
 def _source_name(src) -> str:
     if isinstance(src, (str, Path)): return str(src)
     if isinstance(src, (list, tuple)): return f"records[{len(src)}]"
@@ -336,46 +327,6 @@ def _counts(n_read, written, rejected, dups, skipped, dedup_on) -> dict:
          "duplicates_found": len(found), "splits": {k: len(v) for k, v in written.items()}}
     c["reconciled"] = n_read == kept + len(rejected) + n_dup + skipped
     return c
-
-# %% ../../nbs/02f_data_prepare.ipynb #263b65b9
-def _check_outside(cfg, out:Path, srcs:list):
-    "A `DataError` when a source or decontamination file is one of the files `prepare_data` writes into `out`."
-    owned = {(out/f).resolve() for f in _OUTPUTS}
-    decon = [x.strip() for x in (cfg.data.decontaminate or "").split(",") if x.strip()]
-    for s in [*srcs, *decon]:
-        if not isinstance(s, (str, Path)) or (isinstance(s, str) and s in PACKAGED): continue
-        if (p := Path(s).expanduser()).resolve() in owned:
-            raise DataError(f"{p}: preparing into {out} would replace this source with the prepared {p.name}: "
-                            "write to another folder (--out)")
-
-def label_warnings(info:dict) -> list[str]:
-    "Warnings for labels or entity types in `info` (data.json) that differ only in case or spacing."
-    out = []
-    for kind in ("labels", "entity_types"):
-        groups = {}
-        for n in info.get(kind) or []: groups.setdefault(" ".join(str(n).split()).casefold(), []).append(n)
-        out += [f"{kind[:-1].replace('_', ' ')}s {' and '.join(repr(x) for x in g)} differ only in case or spacing: "
-                "map them to one spelling (or set label_set)" for g in groups.values() if len(g) > 1]
-    return out
-
-def _into_atomic_folder(prepare):
-    "`prepare` (as `prepare_data`) writing into a temporary sibling of its folder, moved into place when it ends."
-    sig = inspect.signature(prepare)
-    @functools.wraps(prepare)
-    def wrapper(*args, **kwargs):
-        ba = sig.bind(*args, **kwargs); ba.apply_defaults()
-        cfg, out, sources = ba.arguments["cfg"], Path(ba.arguments["out_dir"]), ba.arguments["sources"]
-        _check_outside(cfg, out, _as_sources(sources if sources is not None else cfg.data.source))
-        with atomic_folder(out, last="data.json", legacy=_OUTPUTS) as tmp:
-            ba.arguments["out_dir"] = tmp
-            info = prepare(*ba.args, **ba.kwargs)
-            if (w := label_warnings(info)):
-                info["warnings"] = w
-                (tmp/"data.json").write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
-                with (tmp/"card.md").open("a") as f: f.write("\n## Warnings\n\n" + "".join(f"- {x}\n" for x in w))
-        if cfg.data.dvc_add: info["dvc"] = dvc_add(out)
-        return info
-    return wrapper
 
 # %% ../../nbs/02f_data_prepare.ipynb #81460bd1
 @_into_atomic_folder
