@@ -325,4 +325,5 @@ from .synth import *
 from .models import *
 from .deploy import *
 _all_ = ["synth_app", "synth_generate_cmd", "synth_sheet_cmd", "synth_import_cmd", "synth_accepted_cmd",  # as before
-         "models_app", "models_list_cmd", "models_pull_cmd", "models_info_cmd", "export_cmd", "serve_cmd", "monitor_cmd"]
+         "models_app", "models_list_cmd", "models_pull_cmd", "models_info_cmd",
+         "export_cmd", "serve_cmd", "monitor_cmd"]
