@@ -335,6 +335,35 @@ def rank_labels(model, tokenizer,
     return (best, scores) if return_scores else best
 
 # %% ../../nbs/05a_evaluate_generate.ipynb #6327f944
+def _scored_positions(spans:list[tuple[int, int]],  # per row: (first scored token, sequence length)
+                      T:int):  # the padded length
+    "A boolean (B, T) mask of the positions whose next token is scored: `start - 1` to `length - 2` of each row."
+    import torch
+    t = torch.arange(T)
+    return torch.stack([(t >= st - 1) & (t <= n - 2) for st, n in spans])
+
+# %% ../../nbs/05a_evaluate_generate.ipynb #d9a05879
+def _mask_to_keep(model) -> bool:
+    "Whether `model`'s forward takes a boolean (batch, length) `logits_to_keep` mask (transformers 5)."
+    import inspect
+    try: from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401 (transformers 5: masks too)
+    except ImportError: return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return not _prompt_learning(model) and "logits_to_keep" in inspect.signature(base.forward).parameters
+
+def _scored_logits(model, x, att, mask, use_mask:bool):
+    "Logits (n_marked, V) at `mask`'s positions of the right-padded batch `x` (B, T), only those computed."
+    import inspect
+    if use_mask:
+        logits = model(input_ids=x, attention_mask=att, logits_to_keep=mask).logits
+        if logits.shape[:-1] == (int(mask.sum()),): return logits
+    first = int(mask.any(0).nonzero()[0]) if mask.any() else x.shape[1] - 1
+    keep = x.shape[1] - first  # the last positions, from the earliest marked one
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kw = {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
+    return model(input_ids=x, attention_mask=att, **kw).logits[:, -keep:][mask[:, first:]]
+
+# %% ../../nbs/05a_evaluate_generate.ipynb #3bd48f0d
 def perplexity(model, tokenizer,
                items:list,  # records (completion given prompt) or plain strings (whole text)
                batch_size:int=8) -> float:
@@ -355,20 +384,19 @@ def perplexity(model, tokenizer,
     was_training = model.training; model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    use_mask = _mask_to_keep(model)
     try:
         with torch.inference_mode():
             for s in range(0, len(seqs), batch_size):
                 chunk = seqs[s:s+batch_size]
                 T = max(len(ids) for ids, _ in chunk)
-                x = torch.full((len(chunk), T), pad); att = torch.zeros_like(x); lab = torch.full_like(x, -100)
-                for i, (ids, st) in enumerate(chunk):
-                    x[i, :len(ids)] = torch.tensor(ids); att[i, :len(ids)] = 1
-                    lab[i, st:len(ids)] = torch.tensor(ids[st:])
-                logits = model(input_ids=x.to(device), attention_mask=att.to(device)).logits.float()
-                logits = logits[:, -T:]  # (B, T, V); prompt tuning puts its virtual tokens in front
-                tgt = lab[:, 1:].to(device)
-                lp = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), tgt, ignore_index=-100,
-                                                       reduction="sum")
-                nll += lp.item(); n += int((tgt != -100).sum())
+                x = torch.full((len(chunk), T), pad); att = torch.zeros_like(x)
+                for i, (ids, _) in enumerate(chunk): x[i, :len(ids)] = torch.tensor(ids); att[i, :len(ids)] = 1
+                mask = _scored_positions([(st, len(ids)) for ids, st in chunk], T)
+                if not mask.any(): continue
+                tgt = x.roll(-1, 1)[mask].to(device)  # the token after each marked position
+                logits = _scored_logits(model, x.to(device), att.to(device), mask.to(device), use_mask)
+                nll += torch.nn.functional.cross_entropy(logits.float(), tgt, reduction="sum").item()
+                n += len(tgt)
     finally: model.train(was_training)
     return math.exp(nll/n) if n else float("nan")
