@@ -10,7 +10,8 @@ import contextlib, copy, functools, math
 from ..files import KitError
 
 # %% auto #0
-__all__ = ['EvalError', 'greedy_config', 'generate', 'generate_pair', 'rank_labels', 'perplexity']
+__all__ = ['EvalError', 'greedy_config', 'prompt_ids', 'generate', 'generate_pair', 'rank_labels', 'scored_sequences',
+           'perplexity']
 
 # %% ../../nbs/05a_evaluate_generate.ipynb #76800392
 class EvalError(KitError):
@@ -38,6 +39,12 @@ def greedy_config(model, tokenizer,
     gc.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None, max_new_tokens=max_new_tokens,
               max_length=None, eos_token_id=eos, pad_token_id=pad)
     return gc
+
+# %% ../../nbs/05a_evaluate_generate.ipynb #cadf7c93
+def prompt_ids(tokenizer, prompts:list) -> list[list[int]]:
+    "Each prompt's token ids: the chat template with the generation prompt, tokenized without adding special tokens."
+    texts = [tokenizer.apply_chat_template(_prompt_of(p), add_generation_prompt=True, tokenize=False) for p in prompts]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
 # %% ../../nbs/05a_evaluate_generate.ipynb #43ad0d15
 def _common_prefix(ids:list[list[int]]) -> int:
@@ -182,19 +189,18 @@ def generate(model, tokenizer,
     "Greedy answers to `prompts` (sampled ones with a `temperature`), batched with left padding, in input order."
     import torch
     from finetune_kit.jobs import progress_bar
-    texts = [tokenizer.apply_chat_template(_prompt_of(p), add_generation_prompt=True, tokenize=False) for p in prompts]
-    if not texts: return []
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # longest first: a too-long batch fails early
+    ids = prompt_ids(tokenizer, prompts)
+    if not ids: return []
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: a too-long batch fails early
     if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token  # batches need a pad token
-    gc, out, was_training = greedy_config(model, tokenizer, max_new_tokens), [None]*len(texts), model.training
+    gc, out, was_training = greedy_config(model, tokenizer, max_new_tokens), [None]*len(ids), model.training
     if temperature > 0: gc.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     own_loop = _own_loop_fits(model, gc)  # sampling goes to transformers' `generate`
     model.eval()
     device = next(model.parameters()).device
     try:
         with torch.inference_mode(), _cpu_generation(model, device), _decoding_attention(model, device), \
-             progress_bar(total=len(texts), desc=desc, disable=not progress, leave=False) as bar:
+             progress_bar(total=len(ids), desc=desc, disable=not progress, leave=False) as bar:
             P = _common_prefix(ids) if prefix_cache and len(ids) > 1 else 0
             cache, kw = _prefix_cache(model, ids[0][:P], device) if P >= min_prefix else (None, None)
             if cache is None: P = 0
@@ -364,11 +370,8 @@ def _scored_logits(model, x, att, mask, use_mask:bool):
     return model(input_ids=x, attention_mask=att, **kw).logits[:, -keep:][mask[:, first:]]
 
 # %% ../../nbs/05a_evaluate_generate.ipynb #3bd48f0d
-def perplexity(model, tokenizer,
-               items:list,  # records (completion given prompt) or plain strings (whole text)
-               batch_size:int=8) -> float:
-    "Perplexity of `model` on held-out `items`: exp of the mean token negative log-likelihood."
-    import torch
+def scored_sequences(tokenizer, items:list) -> list[tuple[list[int], int]]:
+    "Each item's token ids and its first scored token: the completion's after the prompt, or a text's second token."
     seqs = []
     for it in items:
         if isinstance(it, str): ids, start = tokenizer(it, add_special_tokens=False)["input_ids"], 1
@@ -380,6 +383,15 @@ def perplexity(model, tokenizer,
             ids = tokenizer(full, add_special_tokens=False)["input_ids"]
             start = len(tokenizer(pre, add_special_tokens=False)["input_ids"])
         seqs.append((ids, max(start, 1)))
+    return seqs
+
+# %% ../../nbs/05a_evaluate_generate.ipynb #28cc881a
+def perplexity(model, tokenizer,
+               items:list,  # records (completion given prompt) or plain strings (whole text)
+               batch_size:int=8) -> float:
+    "Perplexity of `model` on held-out `items`: exp of the mean token negative log-likelihood."
+    import torch
+    seqs = scored_sequences(tokenizer, items)
     nll, n = 0.0, 0
     was_training = model.training; model.eval()
     device = next(model.parameters()).device
