@@ -159,8 +159,7 @@ class FakeLLM:
             out.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(text=text)], prompt_logprobs=None))
         return out
 
-@pytest.fixture
-def fake_vllm(monkeypatch):
+def install_fake_vllm(monkeypatch):
     "A `vllm` module whose `LLM` is `FakeLLM`, and vLLM counted as runnable here."
     mod, lora = types.ModuleType("vllm"), types.ModuleType("vllm.lora.request")
     mod.LLM, mod.SamplingParams = FakeLLM, lambda **kw: types.SimpleNamespace(**{"prompt_logprobs": None, **kw})
@@ -170,6 +169,9 @@ def fake_vllm(monkeypatch):
     monkeypatch.setattr(V, "vllm_missing", lambda **kw: None)
     FakeLLM.made = []
     return FakeLLM
+
+@pytest.fixture
+def fake_vllm(monkeypatch): return install_fake_vllm(monkeypatch)
 
 def test_vllm_backend_answers_as_the_transformers_backend_with_one_engine_for_base_and_lora(tmp_path, fake_vllm):
     recs, ad = read_jsonl(CLS/"test.jsonl"), tiny_adapter(tmp_path/"ad")
@@ -200,3 +202,14 @@ def test_vllm_backend_refuses_a_loaded_model(fake_vllm):
     model, tok = load_model(cfg_for(), progress=False)
     with pytest.raises(EvalError, match="backend vllm loads its own engine"):
         generate_systems(cfg_for(backend="vllm"), read_jsonl(CLS/"test.jsonl")[:2], model=model, tokenizer=tok)
+
+def test_gpu_smoke_vllm_check_runs_against_the_stand_in_engine(tmp_path, monkeypatch):
+    "scripts/gpu_smoke.py's vllm check, end to end on the tiny model (a real GPU runs it with vLLM itself)."
+    import argparse, importlib.util as iu
+    import finetune_kit.train, trl.trainer.sft_trainer  # TRL looks for vllm when imported: before the stand-in
+    install_fake_vllm(monkeypatch)
+    spec = iu.spec_from_file_location("gpu_smoke", ROOT/"scripts/gpu_smoke.py")
+    smoke = iu.module_from_spec(spec); spec.loader.exec_module(smoke)
+    a = argparse.Namespace(model="tiny-test", steps=2, batch=4, records=120, eval_records=6)
+    status, line = smoke.check_vllm(a, tmp_path)
+    assert status == "PASS" and "6 records, base + LoRA on one engine" in line and "answers agree base 100%, tuned 100%" in line, line

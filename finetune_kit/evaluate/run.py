@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 from ..config import RunConfig, create_run, load_config
 from ..files import KitError, atomic_folder, md_table, one_line, read_jsonl, write_jsonl
-from ..tracking import wandb_run_args
+from ..tracking import import_mlflow, wandb_run_args
 from ..tasks import get_task
 from .generate import EvalError, generate, generate_pair, perplexity, rank_labels
 from .vllm import check_backend, vllm_systems
@@ -310,7 +310,7 @@ def log_tracking(cfg:RunConfig, out_dir:Path, metrics:dict, images:dict) -> str|
             run.finish()
             return "wandb"
         if backend == "mlflow":
-            import mlflow  # the training run (same run name) if there is one, else a new run
+            mlflow = import_mlflow()  # the training run (same run name) if there is one, else a new run
             db = Path(cfg.runs_dir).resolve()/"mlflow.db"
             mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{db}")
             exp = mlflow.set_experiment(cfg.tracking.project)
