@@ -6,7 +6,7 @@ Docs: https://finetune-kit.github.io/finetune-kit/sweeps_study.html.md"""
 
 # %% ../../nbs/06e_sweeps_study.ipynb #d8f26cad
 from __future__ import annotations
-import hashlib, json, os, socket, weakref, zlib
+import hashlib, json, os, socket, time, weakref, zlib
 from pathlib import Path
 from .spec import SweepError, SweepSpec
 
@@ -60,16 +60,19 @@ def _make_storage(url:str):
     if "://" not in url:
         from optuna.storages.journal import JournalFileBackend
         return optuna.storages.JournalStorage(JournalFileBackend(str(url)))
+    import sqlalchemy.exc as sa
     # SQLite waits for a busy file; a server's connections are checked before use (trials run for hours)
     kw = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try: return optuna.storages.RDBStorage(url, engine_kwargs=kw, heartbeat_interval=HEARTBEAT_S,
-                                           grace_period=GRACE_S, heartbeat_stale_trial_callback=_retry)
-    except ImportError as e: raise SweepError(f"storage: {shown_url(url)} needs a driver: {e}") from None
-    except Exception as e:
-        if type(e).__module__.startswith("sqlalchemy"):
+    for attempt in range(6):
+        try: return optuna.storages.RDBStorage(url, engine_kwargs=kw, heartbeat_interval=HEARTBEAT_S,
+                                               grace_period=GRACE_S, heartbeat_stale_trial_callback=_retry)
+        except ImportError as e: raise SweepError(f"storage: {shown_url(url)} needs a driver: {e}") from None
+        except (sa.IntegrityError, sa.ProgrammingError):  # another runner is creating the tables right now
+            if attempt == 5: raise
+            time.sleep(0.5 + attempt)
+        except sa.SQLAlchemyError as e:
             why = str(getattr(e, "orig", None) or e).strip().splitlines()
             raise SweepError(f"storage: cannot open {shown_url(url)}: {why[0] if why else type(e).__name__}") from None
-        raise
 
 # %% ../../nbs/06e_sweeps_study.ipynb #adc69f24
 def _sweep_seed(name:str) -> int: return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
