@@ -424,7 +424,7 @@ def models_info_cmd(ctx:typer.Context,
 @app.command("sweep", cls=KitCommand)
 def sweep_cmd(
     sweep_file:Path = typer.Argument(..., help="sweep file in W&B's format (method, metric, parameters, ...)"),
-    parallel:int = typer.Option(1, "--parallel", "-j", help="trials at once on this host (each on its own GPUs when GPUs exist)"),
+    parallel:int = typer.Option(1, "--parallel", "-j", help="trials at once on this host (each on its own GPUs)"),
     gpus_per_trial:int = typer.Option(1, "--gpus-per-trial", help="GPUs each trial takes (disjoint sets; at most "
                                       "GPUs // K trials at once)"),
     storage:str|None = typer.Option(None, "--storage", help="Optuna storage shared by hosts: an RDB URL "

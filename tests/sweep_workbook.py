@@ -1,4 +1,4 @@
-"A stand-in trial workbook for sweep tests that are about the runner, not training: a kernel start and half a second of work."
+"A stand-in trial workbook for sweep tests about the runner, not training: a kernel start and half a second of work."
 import json
 from pathlib import Path
 
@@ -18,7 +18,8 @@ def fake_workbook(folder, seconds:float=0.5) -> Path:
     params = f'lora_r = 8\nlearning_rate = 1e-3\nruns_dir = "runs"\nrun_id = "x"\nseconds = {seconds}\n'
     cells = [{"cell_type": "code", "execution_count": None, "id": "params", "metadata": {"tags": ["parameters"]},
               "outputs": [], "source": params},
-             {"cell_type": "code", "execution_count": None, "id": "work", "metadata": {}, "outputs": [], "source": _BODY}]
+             {"cell_type": "code", "execution_count": None, "id": "work", "metadata": {}, "outputs": [],
+              "source": _BODY}]
     nb = {"cells": cells, "nbformat": 4, "nbformat_minor": 5,
           "metadata": {"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"}}}
     p = Path(folder)/"fake_trial.ipynb"

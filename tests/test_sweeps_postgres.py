@@ -99,8 +99,8 @@ def test_two_runners_share_a_random_sweep_on_postgres_up_to_the_cap(tmp_path, pg
 # --- the rule that settles races: the lower trial number wins (any storage; SQLite here) ----------------------
 
 def test_a_raced_grid_point_and_cap_go_to_the_lower_trial_number(tmp_path):
-    spec = load_sweep({"method": "grid", "metric": {"name": "train/loss"}, "parameters": {"lora_r": {"values": [4, 8]}}},
-                      name="race")
+    spec = load_sweep({"method": "grid", "metric": {"name": "train/loss"},
+                       "parameters": {"lora_r": {"values": [4, 8]}}}, name="race")
     a, b = open_study(spec, sweep_dir=tmp_path), open_study(spec, sweep_dir=tmp_path)  # two runners, one storage
     grid, space = grid_points(spec), search_space(spec)
     for s in (a, b): s.enqueue_trial(grid[0])  # both saw the point free and queued it
@@ -111,3 +111,20 @@ def test_a_raced_grid_point_and_cap_go_to_the_lower_trial_number(tmp_path):
     assert sweep_runner._give_way(b, tb, 1, grid).startswith("trial cap 1 reached")
     tc = b.ask(space)
     assert sweep_runner._give_way(b, tc, 3, None) is None  # random points never clash; two trials below the cap
+
+def test_a_dead_runner_on_another_host_is_found_by_its_heartbeat(tmp_path, pg_url, monkeypatch):
+    "A trial whose runner on another machine stopped beating is failed after the grace period and queued again."
+    from finetune_kit.sweeps import study as sweep_study, recover_stale, heartbeat
+    monkeypatch.setattr(sweep_study, "GRACE_S", 2)
+    spec = load_sweep({"method": "grid", "metric": {"name": "train/loss"},
+                       "parameters": {"lora_r": {"values": [4, 8]}}}, name="pg-heartbeat")
+    study = open_study(spec, storage=pg_url)
+    t = study.ask(search_space(spec))
+    t.set_user_attr("host", "another-machine")  # not this host's: only the heartbeat can tell it is gone
+    assert heartbeat(study, t.number)
+    assert recover_stale(study, say=lambda *a: None) == [] and study.trials[t.number].state.name == "RUNNING"
+    time.sleep(3)
+    recover_stale(study, say=lambda *a: None)
+    trials = study.get_trials(deepcopy=False)
+    assert trials[t.number].state.name == "FAIL"
+    assert trials[-1].state.name == "WAITING" and trials[-1].user_attrs == {"retry_of": t.number}

@@ -228,6 +228,7 @@ def _next_grid_point(study, grid) -> bool:
     if todo: study.enqueue_trial(todo[0])
     return bool(todo)
 
+# %% ../../nbs/06b_sweeps_runner.ipynb #522b8611
 def _planned(t) -> dict:
     "A trial's parameters, or those queued for it while its sampling is still under way."
     return t.params or dict(t.system_attrs.get("fixed_params") or {})
@@ -249,6 +250,7 @@ def _give_way(study, trial, cap:int|None, grid, wait:float=5.0) -> str|None:
             return None
         time.sleep(0.1)  # a lower-numbered trial is being sampled right now
 
+# %% ../../nbs/06b_sweeps_runner.ipynb #e64ce6d4
 @_quietly
 def _launch(study, spec, space, notebook, sweep_dir, slot, parallel, gpus, grid, ctx, cap=None, gpus_per_trial=1):
     "Start the next trial in worker `slot`; a reason to stop instead when none is left (grid done, cap reached)."
@@ -277,7 +279,8 @@ def _launch(study, spec, space, notebook, sweep_dir, slot, parallel, gpus, grid,
     trial.set_user_attr("pid", proc.pid)
     try: trial.set_user_attr("pid_started", psutil.Process(proc.pid).create_time())
     except psutil.Error: pass
-    return _Job(trial, proc, run_dir, log, time.time(), devices=len(env["CUDA_VISIBLE_DEVICES"].split(",")) if gpus else 1)
+    devices = len(env["CUDA_VISIBLE_DEVICES"].split(",")) if gpus else 1
+    return _Job(trial, proc, run_dir, log, time.time(), devices=devices)
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #55f17292
 @_quietly

@@ -44,7 +44,7 @@ def shown_url(url:str) -> str:
     except Exception: return url.split("://", 1)[0] + "://..."
 
 def storage_url(storage:str|None, sweep_dir=None) -> str:
-    "The study's storage: `storage` as given (`postgres://` and a bare `postgresql://` get a driver), else SQLite in `sweep_dir`."
+    "The study's storage: `storage` (a bare `postgresql://` gets the installed driver), else SQLite in `sweep_dir`."
     if not storage: return f"sqlite:///{(Path(sweep_dir)/'study.db').resolve()}"
     if storage.startswith("postgres://"): storage = "postgresql://" + storage[len("postgres://"):]
     return _pg_url(storage) if storage.startswith("postgresql") else storage
@@ -55,7 +55,7 @@ def _retry(study, trial):
     study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
 
 def _make_storage(url:str):
-    "The Optuna storage for `url`: RDB (with heartbeats, which fail and requeue a dead runner's trials) or a journal file."
+    "The Optuna storage for `url`: RDB (with heartbeats, so a dead runner's trials are requeued) or a journal file."
     import optuna
     if "://" not in url:
         from optuna.storages.journal import JournalFileBackend
