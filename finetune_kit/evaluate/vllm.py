@@ -88,9 +88,12 @@ def generation_requests(tokenizer, records:list,
 
 def sampling_args(max_new_tokens:int,  # the answer budget, `max_new_tokens` of the run config
                   eos_ids:list[int],  # end-of-sequence ids, `generate.greedy_config`'s
+                  repetition_penalty:float|None=None,  # the model's generation config's, which `generate` applies too
                  ) -> dict:
     "`vllm.SamplingParams` keywords for `generate`'s greedy answers: temperature 0, its budget and stop ids."
-    return dict(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=list(eos_ids), skip_special_tokens=True)
+    rp = {"repetition_penalty": repetition_penalty} if repetition_penalty not in (None, 1.0) else {}
+    return dict(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=list(eos_ids), skip_special_tokens=True,
+                **rp)
 
 # %% ../../nbs/05g_evaluate_vllm.ipynb #70024d77
 def ranking_requests(tokenizer, records:list, labels:list[str], systems:dict, eos_ids:list[int]) -> list[VllmRequest]:
@@ -139,6 +142,15 @@ def _run(llm, reqs:list[VllmRequest], sampling:dict, progress:bool) -> list:
                         lora_request=LoRARequest(*lora) if lora else None, use_tqdm=progress)
 
 # %% ../../nbs/05g_evaluate_vllm.ipynb #286a8d87
+def _generation_config(path:str, trust_remote_code:bool=False):
+    "The model's generation config, as transformers makes it (from `config.json` where the folder has none)."
+    from transformers import AutoConfig, GenerationConfig
+    try: return GenerationConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        try: mc = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError): return None
+        return GenerationConfig.from_model_config(mc)
+
 def _ms(t0:float, n:int) -> dict: return {"ms_per_record": round(1000 * (time.perf_counter() - t0) / max(n, 1), 2)}
 
 def vllm_systems(cfg:RunConfig, records:list[dict],
@@ -147,7 +159,6 @@ def vllm_systems(cfg:RunConfig, records:list[dict],
                  labels:list[str]|None=None,  # the class label set, for `decode` rank or both
                 ) -> tuple[dict, dict, list[str], dict]:
     "Answers `{'base': [...], 'tuned': [...] or None, ...}`, perplexities, notes and ms per record, from vLLM."
-    from transformers import GenerationConfig
     from finetune_kit.models import load_tokenizer
     check_backend("vllm")
     plans, decode = vllm_plan(cfg, adapter), cfg.eval.decode if labels else "generate"
@@ -161,16 +172,16 @@ def vllm_systems(cfg:RunConfig, records:list[dict],
     if cfg.peft.peft_method == "qlora": notes.append("backend vllm serves the QLoRA adapter on the unquantized base")
     for plan in plans:
         tok = load_tokenizer(cfg if plan.tokenizer == plans[0].model else plan.tokenizer)
-        try: gen = GenerationConfig.from_pretrained(plan.model)
-        except (OSError, ValueError): gen = None
+        gen = _generation_config(plan.model, cfg.model.trust_remote_code)
         eos = _eos_ids(SimpleNamespace(generation_config=gen), tok)  # the stop ids `generate` uses
+        sampling = sampling_args(cfg.eval.max_new_tokens, eos, getattr(gen, "repetition_penalty", None))
         llm = _engine(cfg, plan)
         try:
             for s, path in plan.systems.items():
                 one = {s: path}
                 if decode in ("generate", "both"):
                     t, reqs = time.perf_counter(), generation_requests(tok, records, one)
-                    got = _run(llm, reqs, sampling_args(cfg.eval.max_new_tokens, eos), progress)
+                    got = _run(llm, reqs, sampling, progress)
                     outs[s], timing[s] = [o.outputs[0].text.strip() for o in got], _ms(t, len(records))
                 if decode in ("rank", "both"):
                     key, t = (s if decode == "rank" else f"{s}_rank"), time.perf_counter()
