@@ -360,14 +360,17 @@ def _mask_to_keep(model) -> bool:
 def _scored_logits(model, x, att, mask, use_mask:bool):
     "Logits (n_marked, V) at `mask`'s positions of the right-padded batch `x` (B, T), only those computed."
     import inspect
-    if use_mask:
-        logits = model(input_ids=x, attention_mask=att, logits_to_keep=mask).logits
+    if use_mask:  # the mask indexes the last hidden states, which sit with the output layer (device_map)
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        logits = model(input_ids=x, attention_mask=att,
+                       logits_to_keep=mask.to(getattr(head, "weight", x).device)).logits
         if logits.shape[:-1] == (int(mask.sum()),): return logits
     first = int(mask.any(0).nonzero()[0]) if mask.any() else x.shape[1] - 1
     keep = x.shape[1] - first  # the last positions, from the earliest marked one
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     kw = {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
-    return model(input_ids=x, attention_mask=att, **kw).logits[:, -keep:][mask[:, first:]]
+    logits = model(input_ids=x, attention_mask=att, **kw).logits[:, -keep:]
+    return logits[mask[:, first:].to(logits.device)]
 
 # %% ../../nbs/05a_evaluate_generate.ipynb #3bd48f0d
 def scored_sequences(tokenizer, items:list) -> list[tuple[list[int], int]]:
@@ -406,9 +409,9 @@ def perplexity(model, tokenizer,
                 for i, (ids, _) in enumerate(chunk): x[i, :len(ids)] = torch.tensor(ids); att[i, :len(ids)] = 1
                 mask = _scored_positions([(st, len(ids)) for ids, st in chunk], T)
                 if not mask.any(): continue
-                tgt = x.roll(-1, 1)[mask].to(device)  # the token after each marked position
+                tgt = x.roll(-1, 1)[mask]  # the token after each marked position
                 logits = _scored_logits(model, x.to(device), att.to(device), mask.to(device), use_mask)
-                nll += torch.nn.functional.cross_entropy(logits.float(), tgt, reduction="sum").item()
+                nll += torch.nn.functional.cross_entropy(logits.float(), tgt.to(logits.device), reduction="sum").item()
                 n += len(tgt)
     finally: model.train(was_training)
     return math.exp(nll/n) if n else float("nan")
