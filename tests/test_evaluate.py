@@ -102,6 +102,41 @@ def test_perplexity_matches_model_loss():
     with torch.no_grad(): want = math.exp(model(input_ids=fid, labels=lab).loss.item())
     assert perplexity(model, tok, [rec]) == pytest.approx(want, rel=1e-4)
 
+def test_perplexity_from_a_logits_to_keep_mask_equals_full_logits_batched_with_padding():
+    "Only the scored positions' logits are computed (a boolean logits_to_keep mask, or the int fallback); float32 sums match."
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from finetune_kit.testing import tiny_model_path
+    from finetune_kit.evaluate.generate import _mask_to_keep, _scored_logits, _scored_positions
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path(), dtype="float32")
+    tok = AutoTokenizer.from_pretrained(tiny_model_path())
+    recs = read_jsonl(CLS/"test.jsonl")[:7]
+    recs[1] = recs[1] | {"completion": [{"role": "assistant", "content": "a much longer answer than a label " * 3}]}
+    texts = ["The team won the match.", "Shares fell sharply on Monday after the results were published."]
+    def full(items):  # one item at a time, all (1, T, V) logits, fp32 log-softmax
+        nll = n = 0
+        for it in items:
+            if isinstance(it, str): ids, st = tok(it, add_special_tokens=False)["input_ids"], 1
+            else:
+                ids = tok(tok.apply_chat_template(it["prompt"] + it["completion"], tokenize=False), add_special_tokens=False)["input_ids"]
+                st = len(tok(tok.apply_chat_template(it["prompt"], add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"])
+            with torch.no_grad(): lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), -1)
+            nll -= lp[torch.arange(st - 1, len(ids) - 1), torch.tensor(ids[st:])].sum().item(); n += len(ids) - st
+        return math.exp(nll/n)
+    assert _mask_to_keep(model)
+    for items in (recs, texts):
+        want = full(items)
+        for bs in (1, 3, 8):  # batches of different lengths: right padding
+            assert perplexity(model, tok, items, batch_size=bs) == pytest.approx(want, rel=1e-5)
+    # the mask's rows are the int fallback's rows, and the mask computes only those
+    x = torch.tensor([[5, 6, 7, 8, 9, 10], [5, 6, 7, 0, 0, 0], [11, 12, 13, 14, 0, 0]]); att = (x > 0).long()
+    m = _scored_positions([(3, 6), (1, 3), (2, 4)], 6)
+    assert m.sum() == 3 + 2 + 2 and model(input_ids=x, attention_mask=att, logits_to_keep=m).logits.shape[:-1] == (7,)
+    with torch.no_grad():
+        a, b = _scored_logits(model, x, att, m, True), _scored_logits(model, x, att, m, False)
+        ref = model(input_ids=x, attention_mask=att).logits[m]
+    assert a.shape == (7, model.config.vocab_size) and torch.allclose(a, ref, atol=1e-5) and torch.allclose(b, ref, atol=1e-5)
+
 # ---- resampling, verdict, slices
 
 def _sim(p_base, p_tuned, n=150, seed=0):

@@ -275,7 +275,9 @@ def review_import_cmd(sheet:Path = typer.Argument(..., help="filled review_sheet
 @app.command("sweep", cls=KitCommand)
 def sweep_cmd(
     sweep_file:Path = typer.Argument(..., help="sweep file in W&B's format (method, metric, parameters, ...)"),
-    parallel:int = typer.Option(1, "--parallel", "-j", help="trials at once on this host (one GPU each when GPUs exist)"),
+    parallel:int = typer.Option(1, "--parallel", "-j", help="trials at once on this host (each on its own GPUs)"),
+    gpus_per_trial:int = typer.Option(1, "--gpus-per-trial", help="GPUs each trial takes (disjoint sets; at most "
+                                      "GPUs // K trials at once)"),
     storage:str|None = typer.Option(None, "--storage", help="Optuna storage shared by hosts: an RDB URL "
                                     "(postgresql://...) or a journal file (default: SQLite in the sweep folder)"),
     use_wandb:bool = typer.Option(False, "--wandb", help="register the sweep with W&B and print the `wandb agent` "
@@ -302,7 +304,7 @@ def sweep_cmd(
         return
     try: res = sweep(spec, parallel=parallel, storage=storage, max_trials=max_trials, max_hours=max_hours,
                      max_gpu_hours=max_gpu_hours, sweep_dir=sweep_dir, within=within, retry=retry_failed,
-                     verbose=True)
+                     gpus_per_trial=gpus_per_trial, verbose=True)
     except KeyboardInterrupt: raise typer.Exit(130)
     typer.echo(trials_markdown(res.table.drop(columns=["error"])))
     if res.best is not None: typer.echo(f"best: trial {res.best.name}, {spec.metric} = {res.best[spec.metric]:.4g}")

@@ -6,7 +6,7 @@ Docs: https://finetune-kit.github.io/finetune-kit/data_synth.html.md"""
 
 # %% ../../nbs/02i_data_synth.ipynb #89797ffa
 from __future__ import annotations
-import concurrent.futures, hashlib, json, math, os, random, time
+import concurrent.futures, hashlib, json, math, os, random, re, time
 from collections import Counter
 from pathlib import Path
 from ..files import KitError, read_jsonl, write_jsonl
@@ -25,7 +25,9 @@ def render_example(rec:dict, task) -> str:
     "A canonical record as `Field: value` lines (the format the generator reads and writes)."
     return "\n".join(f"{k.capitalize()}: {v}" for k, v in record_fields(rec, task).items())
 
-def parse_example(text:str, task) -> dict|None:
+def parse_example(text:str, task,
+                  given:dict|None=None,  # fields the prompt fixed (e.g. the label asked for), used when unwritten
+                 ) -> dict|None:
     "The flat fields of the first example in a generator's answer, or None when a field is missing."
     if not isinstance(text, str): return None
     names = list(record_fields(_example_of(task), task))
@@ -33,11 +35,14 @@ def parse_example(text:str, task) -> dict|None:
     for line in lines:
         head, sep, rest = line.partition(":")
         key = head.strip().strip("*#_ ").lower()
+        if sep and found and re.fullmatch(r"example\s*\d+", key): break  # `Example 2:` begins another
         if sep and key in names:
             if key in found: break  # a second example begins
             found[key], cur = rest.strip(), key
         elif cur is not None and names.index(cur) == len(names) - 1 and line.strip(): found[cur] += "\n" + line.strip()
         elif cur is not None and line.strip(): found[cur] += " " + line.strip()
+    for k, v in (given or {}).items():
+        if k in names and v and not found.get(k, "").strip(): found[k] = str(v)
     if set(found) != set(names) or not all(v.strip() for v in found.values()): return None
     return {k: found[k].strip() for k in names}
 
@@ -187,7 +192,9 @@ def filter_generated(rows:list[dict],  # generation rows: `output` (None: failed
     for row in rows:
         if row["output"] is None: c["failed"] += 1; continue
         c["generated"] += 1
-        if (fields := parse_example(row["output"], spec)) is None: drop(row, "unparsable"); continue
+        given = {spec.fields[1]: row["target"]} if row.get("target") and spec.label is not None else None
+        if (fields := parse_example(row["output"], spec, given)) is None: drop(row, "unparsable"); continue
+        from_prompt = given is not None and parse_example(row["output"], spec) is None
         c["parsed"] += 1
         try: rec = clean_record(fields_record(fields, spec), spec)
         except Rejected as e: drop(row, f"invalid_{e.reason}"); continue
@@ -203,7 +210,7 @@ def filter_generated(rows:list[dict],  # generation rows: `output` (None: failed
         if labels and spec.label is not None and spec.label(rec) not in labels: drop(row, "label_not_in_set"); continue
         if not min_chars <= len(text) <= max_chars:
             drop(row, "too_short" if len(text) < min_chars else "too_long"); continue
-        c["kept"] += 1
+        c["kept"] += 1; c["label_from_prompt"] += from_prompt
         kept.append({"id": record_digest(rec, spec.name)[:16], "task": spec.name, "record": rec, "i": row["i"],
                      "seeds": row["seeds"], "target": row.get("target")})
     return kept, _reconcile(c), drops
@@ -212,6 +219,7 @@ def _reconcile(c:Counter) -> dict:
     "The counts in order, the drops by reason, and whether they add up."
     steps = ("prompts", "failed", "generated", "parsed", "valid", "unique", "kept")
     out = {k: c[k] for k in steps}
+    out["label_from_prompt"] = c["label_from_prompt"]
     out["dropped"] = {k[8:]: v for k, v in sorted(c.items()) if k.startswith("dropped_")}
     d = out["dropped"]
     def n(*prefixes): return sum(v for k, v in d.items() if k.startswith(prefixes))

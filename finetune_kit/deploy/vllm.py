@@ -12,7 +12,7 @@ from .engine import AdapterInfo, ServeError, check_adapters
 from ..models import resolve_model
 
 # %% auto #0
-__all__ = ['VLLM_MAX_LORA_RANKS', 'VLLM_LORA_MODULES', 'vllm_problems', 'max_lora_rank', 'vllm_command', 'run_vllm']
+__all__ = ['VLLM_MAX_LORA_RANKS', 'VLLM_LORA_MODULES', 'vllm_problems', 'max_lora_rank', 'vllm_loras', 'vllm_command', 'run_vllm']
 
 # %% ../../nbs/09e_deploy_vllm.ipynb #c9a8860d
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
@@ -39,7 +39,7 @@ def vllm_problems(a:AdapterInfo,  # from `engine.check_adapters`
     if a.rank and a.rank > VLLM_MAX_LORA_RANKS[-1]:
         out.append(f"'{a.name}' has rank {a.rank}, over vLLM's largest --max-lora-rank {VLLM_MAX_LORA_RANKS[-1]}")
     ok = VLLM_LORA_MODULES.get(model_type or "")
-    if ok is not None and (bad := sorted(set(a.target_modules) - ok)):
+    if ok is not None and (bad := sorted({m.split('.')[-1] for m in a.target_modules} - ok)):  # vLLM: the last name
         out.append(f"'{a.name}' targets {', '.join(bad)}, which vLLM's {model_type} models take no LoRA on "
                    f"(they do on {', '.join(sorted(ok))})")
     return out
@@ -55,6 +55,16 @@ def _model_type(path:str, trust_remote_code:bool=False) -> str|None:
     try: return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).model_type
     except (OSError, ValueError): return None
 
+def vllm_loras(base_model:str,  # a built-in name, a folder or a hub id
+               adapters:dict,  # name -> adapter or run folder
+               trust_remote_code:bool=False) -> dict[str, AdapterInfo]:
+    "The adapters' infos, checked against the base model and vLLM's LoRA rules (a `ServeError` names each problem)."
+    infos = check_adapters(base_model, adapters)
+    mt = _model_type(resolve_model(base_model, progress=False), trust_remote_code)
+    if problems := [p for a in infos.values() for p in vllm_problems(a, mt)]:
+        raise ServeError("vLLM would refuse: " + "; ".join(problems))
+    return infos
+
 def vllm_command(base_model:str,  # a built-in name, a folder or a hub id
                  adapters:dict|None=None,  # name -> adapter or run folder
                  host:str="127.0.0.1", port:int=8000,
@@ -62,11 +72,8 @@ def vllm_command(base_model:str,  # a built-in name, a folder or a hub id
                  extra:list|None=None,  # more arguments for `vllm serve`, as given
                  trust_remote_code:bool=False) -> list[str]:
     "The `vllm serve` command for `base_model` and the named `adapters`, after checking them."
-    infos = check_adapters(base_model, adapters or {})
+    infos = vllm_loras(base_model, adapters or {}, trust_remote_code)
     path = resolve_model(base_model, progress=False)
-    mt = _model_type(path, trust_remote_code)
-    if problems := [p for a in infos.values() for p in vllm_problems(a, mt)]:
-        raise ServeError("vLLM would refuse: " + "; ".join(problems))
     cmd = ["vllm", "serve", path, "--served-model-name", str(base_model), "--host", host, "--port", str(port)]
     if dtype != "auto": cmd += ["--dtype", dtype]
     if trust_remote_code: cmd += ["--trust-remote-code"]

@@ -14,4 +14,5 @@ from .metrics import *
 from .compare import *
 from .baselines import *
 from .review import *
+from .vllm import *
 from .run import *

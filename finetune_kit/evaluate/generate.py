@@ -10,7 +10,8 @@ import contextlib, copy, functools, math
 from ..files import KitError
 
 # %% auto #0
-__all__ = ['EvalError', 'greedy_config', 'generate', 'generate_pair', 'rank_labels', 'perplexity']
+__all__ = ['EvalError', 'greedy_config', 'prompt_ids', 'generate', 'generate_pair', 'rank_labels', 'scored_sequences',
+           'perplexity']
 
 # %% ../../nbs/05a_evaluate_generate.ipynb #76800392
 class EvalError(KitError):
@@ -38,6 +39,12 @@ def greedy_config(model, tokenizer,
     gc.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None, max_new_tokens=max_new_tokens,
               max_length=None, eos_token_id=eos, pad_token_id=pad)
     return gc
+
+# %% ../../nbs/05a_evaluate_generate.ipynb #cadf7c93
+def prompt_ids(tokenizer, prompts:list) -> list[list[int]]:
+    "Each prompt's token ids: the chat template with the generation prompt, tokenized without adding special tokens."
+    texts = [tokenizer.apply_chat_template(_prompt_of(p), add_generation_prompt=True, tokenize=False) for p in prompts]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
 # %% ../../nbs/05a_evaluate_generate.ipynb #43ad0d15
 def _common_prefix(ids:list[list[int]]) -> int:
@@ -182,19 +189,18 @@ def generate(model, tokenizer,
     "Greedy answers to `prompts` (sampled ones with a `temperature`), batched with left padding, in input order."
     import torch
     from finetune_kit.jobs import progress_bar
-    texts = [tokenizer.apply_chat_template(_prompt_of(p), add_generation_prompt=True, tokenize=False) for p in prompts]
-    if not texts: return []
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # longest first: a too-long batch fails early
+    ids = prompt_ids(tokenizer, prompts)
+    if not ids: return []
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: a too-long batch fails early
     if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token  # batches need a pad token
-    gc, out, was_training = greedy_config(model, tokenizer, max_new_tokens), [None]*len(texts), model.training
+    gc, out, was_training = greedy_config(model, tokenizer, max_new_tokens), [None]*len(ids), model.training
     if temperature > 0: gc.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     own_loop = _own_loop_fits(model, gc)  # sampling goes to transformers' `generate`
     model.eval()
     device = next(model.parameters()).device
     try:
         with torch.inference_mode(), _cpu_generation(model, device), _decoding_attention(model, device), \
-             progress_bar(total=len(texts), desc=desc, disable=not progress, leave=False) as bar:
+             progress_bar(total=len(ids), desc=desc, disable=not progress, leave=False) as bar:
             P = _common_prefix(ids) if prefix_cache and len(ids) > 1 else 0
             cache, kw = _prefix_cache(model, ids[0][:P], device) if P >= min_prefix else (None, None)
             if cache is None: P = 0
@@ -335,11 +341,40 @@ def rank_labels(model, tokenizer,
     return (best, scores) if return_scores else best
 
 # %% ../../nbs/05a_evaluate_generate.ipynb #6327f944
-def perplexity(model, tokenizer,
-               items:list,  # records (completion given prompt) or plain strings (whole text)
-               batch_size:int=8) -> float:
-    "Perplexity of `model` on held-out `items`: exp of the mean token negative log-likelihood."
+def _scored_positions(spans:list[tuple[int, int]],  # per row: (first scored token, sequence length)
+                      T:int):  # the padded length
+    "A boolean (B, T) mask of the positions whose next token is scored: `start - 1` to `length - 2` of each row."
     import torch
+    t = torch.arange(T)
+    return torch.stack([(t >= st - 1) & (t <= n - 2) for st, n in spans])
+
+# %% ../../nbs/05a_evaluate_generate.ipynb #d9a05879
+def _mask_to_keep(model) -> bool:
+    "Whether `model`'s forward takes a boolean (batch, length) `logits_to_keep` mask (transformers 5)."
+    import inspect
+    try: from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401 (transformers 5: masks too)
+    except ImportError: return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return not _prompt_learning(model) and "logits_to_keep" in inspect.signature(base.forward).parameters
+
+def _scored_logits(model, x, att, mask, use_mask:bool):
+    "Logits (n_marked, V) at `mask`'s positions of the right-padded batch `x` (B, T), only those computed."
+    import inspect
+    if use_mask:  # the mask indexes the last hidden states, which sit with the output layer (device_map)
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        logits = model(input_ids=x, attention_mask=att,
+                       logits_to_keep=mask.to(getattr(head, "weight", x).device)).logits
+        if logits.shape[:-1] == (int(mask.sum()),): return logits
+    first = int(mask.any(0).nonzero()[0]) if mask.any() else x.shape[1] - 1
+    keep = x.shape[1] - first  # the last positions, from the earliest marked one
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kw = {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
+    logits = model(input_ids=x, attention_mask=att, **kw).logits[:, -keep:]
+    return logits[mask[:, first:].to(logits.device)]
+
+# %% ../../nbs/05a_evaluate_generate.ipynb #3bd48f0d
+def scored_sequences(tokenizer, items:list) -> list[tuple[list[int], int]]:
+    "Each item's token ids and its first scored token: the completion's after the prompt, or a text's second token."
     seqs = []
     for it in items:
         if isinstance(it, str): ids, start = tokenizer(it, add_special_tokens=False)["input_ids"], 1
@@ -351,24 +386,32 @@ def perplexity(model, tokenizer,
             ids = tokenizer(full, add_special_tokens=False)["input_ids"]
             start = len(tokenizer(pre, add_special_tokens=False)["input_ids"])
         seqs.append((ids, max(start, 1)))
+    return seqs
+
+# %% ../../nbs/05a_evaluate_generate.ipynb #28cc881a
+def perplexity(model, tokenizer,
+               items:list,  # records (completion given prompt) or plain strings (whole text)
+               batch_size:int=8) -> float:
+    "Perplexity of `model` on held-out `items`: exp of the mean token negative log-likelihood."
+    import torch
+    seqs = scored_sequences(tokenizer, items)
     nll, n = 0.0, 0
     was_training = model.training; model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    use_mask = _mask_to_keep(model)
     try:
         with torch.inference_mode():
             for s in range(0, len(seqs), batch_size):
                 chunk = seqs[s:s+batch_size]
                 T = max(len(ids) for ids, _ in chunk)
-                x = torch.full((len(chunk), T), pad); att = torch.zeros_like(x); lab = torch.full_like(x, -100)
-                for i, (ids, st) in enumerate(chunk):
-                    x[i, :len(ids)] = torch.tensor(ids); att[i, :len(ids)] = 1
-                    lab[i, st:len(ids)] = torch.tensor(ids[st:])
-                logits = model(input_ids=x.to(device), attention_mask=att.to(device)).logits.float()
-                logits = logits[:, -T:]  # (B, T, V); prompt tuning puts its virtual tokens in front
-                tgt = lab[:, 1:].to(device)
-                lp = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), tgt, ignore_index=-100,
-                                                       reduction="sum")
-                nll += lp.item(); n += int((tgt != -100).sum())
+                x = torch.full((len(chunk), T), pad); att = torch.zeros_like(x)
+                for i, (ids, _) in enumerate(chunk): x[i, :len(ids)] = torch.tensor(ids); att[i, :len(ids)] = 1
+                mask = _scored_positions([(st, len(ids)) for ids, st in chunk], T)
+                if not mask.any(): continue
+                tgt = x.roll(-1, 1)[mask]  # the token after each marked position
+                logits = _scored_logits(model, x.to(device), att.to(device), mask.to(device), use_mask)
+                nll += torch.nn.functional.cross_entropy(logits.float(), tgt.to(logits.device), reduction="sum").item()
+                n += len(tgt)
     finally: model.train(was_training)
     return math.exp(nll/n) if n else float("nan")

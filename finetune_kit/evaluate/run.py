@@ -12,9 +12,10 @@ from pathlib import Path
 import pandas as pd
 from ..config import RunConfig, create_run, load_config
 from ..files import KitError, atomic_folder, md_table, one_line, read_jsonl, write_jsonl
-from ..tracking import wandb_run_args
+from ..tracking import import_mlflow, wandb_run_args
 from ..tasks import get_task
 from .generate import EvalError, generate, generate_pair, perplexity, rank_labels
+from .vllm import check_backend, vllm_systems
 from .metrics import TaskScores, score_outputs
 from .compare import (bootstrap_intervals, comparison_plot, comparison_table, confusion_plot,
                                            ship_verdict, slice_report, slice_values)
@@ -111,6 +112,11 @@ def generate_systems(cfg:RunConfig, records:list[dict],
                      labels:list[str]|None=None,  # the class label set, for `decode` rank or both
                     ) -> tuple[dict, dict, list[str], dict]:
     "Answers `{'base': [...], 'tuned': [...] or None, ...}`, perplexities, notes and each system's ms per record."
+    check_backend(cfg.eval.backend)
+    if cfg.eval.backend == "vllm":
+        if model is not None: raise EvalError("backend vllm loads its own engine from folders: pass the adapter "
+                                              "folder, not a loaded model, or evaluate with backend transformers")
+        return vllm_systems(cfg, records, adapter, progress, labels)
     kw = dict(batch_size=cfg.eval.eval_batch_size, max_new_tokens=cfg.eval.max_new_tokens, progress=progress)
     ppl_recs = [r for r in records if r.get("completion")]
     notes, ppl, timing, outs = [], {}, {}, {}
@@ -304,7 +310,7 @@ def log_tracking(cfg:RunConfig, out_dir:Path, metrics:dict, images:dict) -> str|
             run.finish()
             return "wandb"
         if backend == "mlflow":
-            import mlflow  # the training run (same run name) if there is one, else a new run
+            mlflow = import_mlflow()  # the training run (same run name) if there is one, else a new run
             db = Path(cfg.runs_dir).resolve()/"mlflow.db"
             mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{db}")
             exp = mlflow.set_experiment(cfg.tracking.project)
@@ -356,6 +362,7 @@ def _into_atomic_eval_folder(evaluate):
     def wrapper(*args, **kwargs):
         ba = sig.bind(*args, **kwargs); ba.apply_defaults()
         cfg, out = ba.arguments["cfg"], ba.arguments["out_dir"]
+        if ba.arguments["outputs"] is None: check_backend(cfg.eval.backend)  # before a run folder is made
         if out is None:
             if not cfg.run_id:
                 if not (data := ba.arguments["data"] or cfg.data.data_dir): return evaluate(*ba.args, **ba.kwargs)

@@ -6,17 +6,18 @@ Docs: https://finetune-kit.github.io/finetune-kit/sweeps_runner.html.md"""
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #0021a905
 from __future__ import annotations
-import hashlib, json, os, shutil, signal, socket, statistics, sys, time
+import json, os, shutil, signal, socket, statistics, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from ..config import find_settings, read_settings
 from .spec import SweepError, SweepSpec, grid_points, load_sweep, search_space, trial_params
+from .study import _quietly, _retry, HEARTBEAT_S, fail_trial, heartbeat, open_study
 from .results import (SweepResult, check_metric_name, intermediate_values, trial_cost, trial_metric,
                                          write_results)
 
 # %% auto #0
-__all__ = ['HEARTBEAT_S', 'GRACE_S', 'gpu_ids', 'worker_env', 'open_study', 'failed_cell', 'recover_stale', 'failed_trials',
-           'retry_failed', 'resolve_notebook', 'default_sweep_dir', 'sweep']
+__all__ = ['gpu_ids', 'gpu_groups', 'worker_env', 'failed_cell', 'recover_stale', 'failed_trials', 'retry_failed',
+           'resolve_notebook', 'default_sweep_dir', 'sweep']
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #a18405ee
 def gpu_ids() -> list[str]:
@@ -31,71 +32,32 @@ def gpu_ids() -> list[str]:
     return [str(i) for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #1af98ddb
-def worker_env(slot:int, parallel:int, gpus:list[str]) -> dict:
-    "Environment for worker `slot`: its own GPU, or its share of the CPU threads."
-    if gpus: return {"CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]}
+def gpu_groups(gpus:list[str],  # the visible GPUs (`gpu_ids()`)
+               gpus_per_trial:int=1,  # GPUs each trial takes
+              ) -> list[list[str]]:
+    "Disjoint sets of `gpus_per_trial` GPUs, one per trial running at once (GPUs left over stay idle)."
+    k = gpus_per_trial
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1: raise SweepError("gpus_per_trial: must be at least 1")
+    if k > 1 and k > len(gpus):
+        seen = f"{len(gpus)} ({','.join(gpus)})" if gpus else "none"
+        raise SweepError(f"gpus_per_trial: {k} GPUs per trial, but the GPUs visible here are {seen}: "
+                         "lower gpus_per_trial or set CUDA_VISIBLE_DEVICES")
+    return [gpus[i:i + k] for i in range(0, len(gpus) - k + 1, k)]
+
+# %% ../../nbs/06b_sweeps_runner.ipynb #0ffe6487
+def worker_env(slot:int,  # the worker: 0 .. parallel-1
+               parallel:int,  # trials at once on this host
+               gpus:list[str],  # the visible GPUs
+               gpus_per_trial:int=1,  # GPUs each trial takes
+              ) -> dict:
+    "Environment for worker `slot`: its own GPUs (`gpus_per_trial` of them), or its share of the CPU threads."
+    if gpus:
+        groups = gpu_groups(gpus, gpus_per_trial)
+        return {"CUDA_VISIBLE_DEVICES": ",".join(groups[slot % len(groups)])}
     env = {"TOKENIZERS_PARALLELISM": "false"}
     if "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(parallel, 1)))
     return env
-
-# %% ../../nbs/06b_sweeps_runner.ipynb #dc8ee6ab
-HEARTBEAT_S, GRACE_S = 30, 180
-
-def _quietly(f):
-    "Run `f` without Optuna's notes on experimental features and on heartbeats outside `optimize`."
-    import functools, warnings
-    @functools.wraps(f)
-    def g(*args, **kw):
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*(experimental|Heartbeat of storage).*")
-            return f(*args, **kw)
-    return g
-
-def _search_key(spec:SweepSpec) -> dict:
-    key = {"method": spec.method, "metric": spec.metric, "goal": spec.goal, "parameters": spec.parameters}
-    return json.loads(json.dumps(key, default=str))
-
-def _retry(study, trial):
-    "Queue a stale trial's parameters again (Optuna calls this for trials whose heartbeat stopped)."
-    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-
-def _storage(url:str):
-    import optuna
-    if "://" not in url:
-        from optuna.storages.journal import JournalFileBackend
-        return optuna.storages.JournalStorage(JournalFileBackend(str(url)))
-    kw = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    return optuna.storages.RDBStorage(url, engine_kwargs=kw, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                      heartbeat_stale_trial_callback=_retry)
-
-def _pruner(et:dict|None):
-    "Optuna's Hyperband pruner for W&B's `early_terminate` settings (none: no pruning)."
-    import optuna
-    if not et: return optuna.pruners.NopPruner()
-    eta = et.get("eta", 3)
-    lo = et.get("min_iter") or max(1, int(et["max_iter"] / eta ** et["s"]))
-    return optuna.pruners.HyperbandPruner(min_resource=lo, max_resource=et.get("max_iter", "auto"), reduction_factor=eta)
-
-@_quietly
-def open_study(spec:SweepSpec, storage:str|None=None, sweep_dir=None):
-    "The sweep's Optuna study (created or loaded): SQLite in `sweep_dir` by default, an RDB URL, or a journal file."
-    import optuna
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = storage or f"sqlite:///{(Path(sweep_dir)/'study.db').resolve()}"
-    seed = int(hashlib.sha256(spec.name.encode()).hexdigest()[:8], 16)
-    sampler = (optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True) if spec.method == "bayes"
-               else optuna.samplers.RandomSampler(seed=seed))
-    study = optuna.create_study(study_name=spec.name, storage=_storage(url), sampler=sampler,
-                                pruner=_pruner(spec.early_terminate), load_if_exists=True,
-                                direction="maximize" if spec.goal == "maximize" else "minimize")
-    key, stored = _search_key(spec), study.user_attrs.get("sweep")
-    if stored is None: study.set_user_attr("sweep", key)
-    elif stored != key:
-        diff = [k for k in key if key[k] != stored.get(k)]
-        raise SweepError(f"sweep '{spec.name}' in {url} was started with another {', '.join(diff)}: "
-                         "give the sweep another name (name:) or use another sweep folder / --storage")
-    return study
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #d68def77
 def _die_with_parent(parent:int):
@@ -180,7 +142,7 @@ class _Job:
     run_dir: Path
     log: Path
     started: float
-    devices: int
+    devices: int  # GPUs it holds (1 on a CPU machine): its device-hours are its hours times this
     reported: int = 0
     beat: float = 0.0
     pruned: bool = False
@@ -197,10 +159,7 @@ def recover_stale(study, say=print) -> list[int]:
         a = t.user_attrs
         if a.get("host") != me or _alive(a.get("runner_pid"), a.get("runner_started")): continue
         if _alive(a.get("pid"), a.get("pid_started")): _kill_tree(a.get("pid"))  # where the OS did not take it down
-        try:
-            study._storage.set_trial_user_attr(t._trial_id, "stale", "its runner died")
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError: continue
+        if not fail_trial(study, t.number, "its runner died"): continue  # another runner closed it first
         _retry(study, t); out.append(t.number)
     optuna.storages.fail_stale_trials(study)
     if out: say(f"trials {', '.join(map(str, out))} were left running by a runner that died: queued again")
@@ -269,18 +228,46 @@ def _next_grid_point(study, grid) -> bool:
     if todo: study.enqueue_trial(todo[0])
     return bool(todo)
 
+# %% ../../nbs/06b_sweeps_runner.ipynb #522b8611
+def _planned(t) -> dict:
+    "A trial's parameters, or those queued for it while its sampling is still under way."
+    return t.params or dict(t.system_attrs.get("fixed_params") or {})
+
+def _give_way(study, trial, cap:int|None, grid, wait:float=5.0) -> str|None:
+    "Why `trial`, just asked, must yield to lower-numbered trials of runners sharing the study (cap or grid point)."
+    from optuna.trial import TrialState
+    if not cap and grid is None: return None
+    mine, t0 = _params_key(trial.params), time.time()
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        again = _retried(trials)
+        before = [t for t in trials if t.number < trial.number and _counted(t, again)]
+        if cap and len(before) >= cap: return f"trial cap {cap} reached (another runner started the last trial)"
+        if grid is None: return None
+        unsampled = [t for t in before if t.state == TrialState.RUNNING and not _planned(t)]
+        if not unsampled or time.time() - t0 > wait:
+            if any(_params_key(_planned(t)) == mine for t in before): return "another runner holds this grid point"
+            return None
+        time.sleep(0.1)  # a lower-numbered trial is being sampled right now
+
+# %% ../../nbs/06b_sweeps_runner.ipynb #e64ce6d4
 @_quietly
-def _launch(study, spec, space, notebook, sweep_dir, slot, parallel, gpus, grid, ctx):
-    "Start the next trial in worker `slot`; None when the grid has no point left."
+def _launch(study, spec, space, notebook, sweep_dir, slot, parallel, gpus, grid, ctx, cap=None, gpus_per_trial=1):
+    "Start the next trial in worker `slot`; a reason to stop instead when none is left (grid done, cap reached)."
     import importlib, psutil
-    if grid is not None and not _next_grid_point(study, grid): return None
-    trial = study.ask(space)
+    while True:
+        if grid is not None and not _next_grid_point(study, grid): return "every grid point has a trial"
+        trial = study.ask(space)
+        why = _give_way(study, trial, cap, grid)
+        if why is None: break
+        fail_trial(study, trial.number, why)
+        if grid is None or why.startswith("trial cap"): return why
     params = trial_params(spec, trial.params)
     run_id = f"{spec.name}-t{trial.number:03d}-{os.urandom(2).hex()}"
     runs = Path(sweep_dir)/"trials"
     run_dir, log = runs/run_id, Path(sweep_dir)/"logs"/f"{run_id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = worker_env(slot, parallel, gpus)
+    env = worker_env(slot, parallel, gpus, gpus_per_trial)
     attrs = {"params": params, "run_id": run_id, "run_dir": str(run_dir), "notebook": str(run_dir/"notebook.ipynb"),
              "log": str(log), "host": _host(), "runner_pid": os.getpid(),
              "runner_started": psutil.Process().create_time(), "devices": env.get("CUDA_VISIBLE_DEVICES", "cpu")}
@@ -292,7 +279,8 @@ def _launch(study, spec, space, notebook, sweep_dir, slot, parallel, gpus, grid,
     trial.set_user_attr("pid", proc.pid)
     try: trial.set_user_attr("pid_started", psutil.Process(proc.pid).create_time())
     except psutil.Error: pass
-    return _Job(trial, proc, run_dir, log, time.time(), devices=1)
+    devices = len(env["CUDA_VISIBLE_DEVICES"].split(",")) if gpus else 1
+    return _Job(trial, proc, run_dir, log, time.time(), devices=devices)
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #55f17292
 @_quietly
@@ -300,8 +288,7 @@ def _watch(study, spec, job) -> bool:
     "Heartbeat, feed the pruner and maybe prune a running trial; False once it has ended."
     now = time.time()
     if now - job.beat > HEARTBEAT_S / 3:
-        try: study._storage.record_heartbeat(job.trial._trial_id)
-        except (AttributeError, NotImplementedError): pass
+        heartbeat(study, job.trial.number)
         job.beat = now
     if spec.early_terminate and not job.pruned:
         for v in intermediate_values(job.run_dir, spec.metric, spec.goal)[job.reported:]:
@@ -382,7 +369,7 @@ def _main_thread() -> bool:
 def _interrupt(*args): raise KeyboardInterrupt
 
 def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
-          parallel:int=1,  # trials at once on this host (one GPU each when GPUs exist)
+          parallel:int=1,  # trials at once on this host (at most one per set of `gpus_per_trial` GPUs)
           storage:str|None=None,  # Optuna storage: RDB URL shared by hosts, or a journal file (default: SQLite)
           max_trials:int|None=None,  # cap on the sweep's trials (with the file's run_cap, the lower wins)
           max_hours:float|None=None,  # wall-clock budget of this runner
@@ -391,12 +378,15 @@ def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
           within:float=0.01,  # "cheapest within this distance of the best metric", for the results
           poll:float=2.0,  # seconds between checks of running trials
           retry:bool=False,  # queue the failed trials' parameters again (`--retry-failed`)
+          gpus_per_trial:int=1,  # GPUs each trial takes, disjoint from the other trials' (`--gpus-per-trial`)
           verbose:bool=True) -> SweepResult:
     "Run a sweep's trials locally as experiment-notebook jobs; resume it if it was interrupted; write its results."
     spec = path if isinstance(path, SweepSpec) else load_sweep(path)
     if not spec.metric: raise SweepError("metric: the local runner needs a metric (name and goal) to rank trials")
     check_metric_name(spec.metric)  # before any trial has run
     if parallel < 1: raise SweepError("parallel: must be at least 1")
+    gpus, k = gpu_ids(), gpus_per_trial
+    groups = gpu_groups(gpus, k)  # too few GPUs for one trial: stop before anything is written
     cap = min([c for c in (spec.run_cap, max_trials) if c] or [0]) or None
     if spec.method != "grid" and not (cap or max_hours or max_gpu_hours):
         raise SweepError(f"a {spec.method} sweep never ends by itself: set run_cap in the file, "
@@ -411,9 +401,12 @@ def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
     if retry: retry_failed(study, say)
     elif (before := failed_trials(study)):
         say(f"note: trials {', '.join(str(t.number) for t in before)} failed before; --retry-failed runs them again")
-    gpus, grid, ctx = gpu_ids(), grid_points(spec) if spec.method == "grid" else None, _mp_context()
+    grid, ctx = grid_points(spec) if spec.method == "grid" else None, _mp_context()
+    if k > 1 and parallel > len(groups):
+        say(f"note: {len(gpus)} GPUs make {len(groups)} sets of {k}: {len(groups)} trials at once, not {parallel}")
+        parallel = len(groups)
+    elif gpus and parallel > len(gpus): say(f"note: {parallel} workers share {len(gpus)} GPUs")
     if ctx.get_start_method() == "fork": import finetune_kit.jobs, papermill  # imported once here, not in every trial
-    if gpus and parallel > len(gpus): say(f"note: {parallel} workers share {len(gpus)} GPUs")
     deadline = time.time() + max_hours * 3600 if max_hours else None
     jobs, stop = {}, None
     old = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None
@@ -429,8 +422,8 @@ def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
                 stop = _budget_stop(study, spec, cap, deadline, max_gpu_hours, jobs)
                 if stop: break
                 slot = min(set(range(parallel)) - set(jobs))
-                job = _launch(study, spec, space, notebook, sweep_dir, slot, parallel, gpus, grid, ctx)
-                if job is None: stop = "every grid point has a trial"; break
+                job = _launch(study, spec, space, notebook, sweep_dir, slot, parallel, gpus, grid, ctx, cap, k)
+                if isinstance(job, str): stop = job; break
                 jobs[slot] = job
                 say(f"trial {job.trial.number} started on {job.trial.user_attrs['devices']}: "
                     + " ".join(f"{k}={v}" for k, v in job.trial.params.items()))
