@@ -11,7 +11,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from .files import KitError
 from .tasks import TASKS
-from .runs import find_settings, read_settings, capture_env, cache_dir, new_run_id, create_run
 
 # %% auto #0
 __all__ = ['PEFT_METHODS', 'ConfigError', 'DataConfig', 'ModelConfig', 'AdapterConfig', 'TrainConfig', 'EvalConfig',
@@ -347,7 +346,9 @@ def make_config(params:dict|None=None,  # flat parameters
     for k, v in list(params.items()):
         if v is None and k in specs and not _base_types(specs[k].type)[1]: params.pop(k)
     cfg = RunConfig()
-    if settings: cfg = update_config(cfg, read_settings(None if settings is True else settings), source="setting")
+    if settings:
+        from finetune_kit.runs import read_settings  # runs builds on this module: imported when needed
+        cfg = update_config(cfg, read_settings(None if settings is True else settings), source="setting")
     return update_config(cfg, params, coerce=coerce)
 
 # %% ../nbs/00_config.ipynb #4e2ea7f9
@@ -364,3 +365,13 @@ def seed_everything(seed:int) -> int:
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
     return seed
+
+# %% ../nbs/00_config.ipynb #282fe92f
+_IN_RUNS = ("find_settings", "read_settings", "capture_env", "cache_dir", "new_run_id", "create_run")
+
+def __getattr__(name:str):
+    "`finetune_kit.runs`'s names that were the config's, importable from here as before."
+    if name in _IN_RUNS:
+        from finetune_kit import runs
+        return getattr(runs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

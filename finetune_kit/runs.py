@@ -10,6 +10,7 @@ import configparser, dataclasses, json, os, platform, secrets, subprocess, sys
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from .config import ConfigError, RunConfig, check_param, save_config
 
 # %% auto #0
 __all__ = ['find_settings', 'read_settings', 'capture_env', 'cache_dir', 'new_run_id', 'create_run']
@@ -28,7 +29,6 @@ _PATH_KEYS = ("runs_dir",)
 
 def read_settings(path=None) -> dict:
     "Flat parameters from `settings.ini`'s `[finetune_kit]` section (checked, paths made absolute)."
-    from finetune_kit.config import ConfigError, check_param
     path = Path(path) if path else find_settings()
     if path is None: return {}
     cp = configparser.ConfigParser()
@@ -99,7 +99,6 @@ def create_run(cfg:RunConfig,  # the run's config (its `run_id` is made if None)
                exist_ok:bool=False  # reuse a folder that already holds a run (to resume it)
               ) -> tuple[RunConfig, Path]:
     "Make `runs_dir/<run_id>/` with `config.json` and `env.json`; return the config (with run id) and the folder."
-    from finetune_kit.config import ConfigError, save_config
     cfg = cfg if cfg.run_id else dataclasses.replace(cfg, run_id=new_run_id(cfg))
     run_dir = Path(cfg.runs_dir).expanduser()/cfg.run_id
     if run_dir.exists() and not exist_ok and (run_dir/"config.json").exists():
