@@ -89,6 +89,12 @@ def test_concurrent_requests_to_two_adapters_get_their_own_answers(adapters, ser
     assert [r.json()["choices"][0]["message"]["content"] for r in rs] == [want[n][i] for n, i in jobs]
     assert health["mixed_batches"] >= 1 and health["errors"] == 0  # the adapters shared batches
 
+def _wait_for(cond, seconds:float=60) -> bool:
+    "Poll `cond` until it holds or `seconds` pass (a loaded CI machine can take seconds to schedule a request)."
+    end = time.monotonic() + seconds
+    while not cond() and time.monotonic() < end: time.sleep(0.01)
+    return bool(cond())
+
 def test_bad_requests_get_4xx_with_a_clear_message_and_the_server_keeps_serving(server):
     url, eng = server(max_batch=1, max_queue=1)
     ok = {"model": "a1", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 4}
@@ -109,13 +115,9 @@ def test_bad_requests_get_4xx_with_a_clear_message_and_the_server_keeps_serving(
         try:
             with ThreadPoolExecutor(2) as ex:
                 held = ex.submit(chat, c, "a1", PROMPTS[0], max_tokens=4)
-                for _ in range(500):
-                    if eng.running == 1: break
-                    time.sleep(0.01)
+                assert _wait_for(lambda: eng.running == 1), "the first request never took the decoding slot"
                 queued = ex.submit(chat, c, "a2", PROMPTS[1], max_tokens=4)
-                for _ in range(500):
-                    if len(eng.pending) == 1: break
-                    time.sleep(0.01)
+                assert _wait_for(lambda: len(eng.pending) == 1), "the second request never reached the queue"
                 busy = chat(c, "a1", PROMPTS[2], max_tokens=4)
                 gate.set()
                 assert (held.result().status_code, queued.result().status_code) == (200, 200)
