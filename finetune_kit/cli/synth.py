@@ -20,7 +20,8 @@ synth_app = typer_app(help="Synthetic data from seed examples, reviewed by peopl
 
 def _seed_records(src:str, cfg) -> list[dict]:
     "The seed records of a file, folder or packaged set, renamed to the task's fields."
-    from finetune_kit.data.sources import PACKAGED, read_packaged, read_source, validate_record
+    from finetune_kit.data.sources import read_source, validate_record
+    from finetune_kit.data.packaged import PACKAGED, read_packaged
     from finetune_kit.tasks import Rejected
     d, out = cfg.data, []
     if src not in PACKAGED and not Path(src).exists(): fail(f"{src}: no such file, folder or packaged set")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools, inspect, json
 from pathlib import Path
 from ..files import atomic_folder, read_jsonl
-from .sources import DataError, PACKAGED
+from .sources import DataError
+from .packaged import PACKAGED
 from ..config import load_config
 
 # %% auto #0

@@ -11,8 +11,8 @@ from collections import Counter
 from pathlib import Path
 from ..files import one_line, read_jsonl, write_jsonl
 from ..tasks import Rejected, TaskSpec
-from .sources import (DataError, PACKAGED, task_spec, read_packaged, read_source, screen_record,
-                                       validate_record)
+from .sources import DataError, task_spec, read_source, screen_record, validate_record
+from .packaged import PACKAGED, read_packaged
 from .curate import PII_TYPES, DuplicateIndex, clean_record, scrub_pii, scrub_record
 from .templates import token_counts, make_prompt, make_template, render_chats
 from .split import fingerprint, record_digest, split_indices

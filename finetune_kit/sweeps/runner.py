@@ -14,124 +14,10 @@ from .spec import SweepError, SweepSpec, grid_points, load_sweep, search_space, 
 from .study import quiet_optuna, retry_trial, HEARTBEAT_S, fail_trial, heartbeat, open_study
 from .results import (SweepResult, check_metric_name, intermediate_values, trial_cost, trial_metric,
                                          write_results)
-from ..jobs import run_job
+from .process import error_line, failed_cell, gpu_groups, gpu_ids, kill_tree, process_alive, worker_env
 
 # %% auto #0
-__all__ = ['gpu_ids', 'gpu_groups', 'worker_env', 'failed_cell', 'recover_stale', 'failed_trials', 'retry_failed',
-           'resolve_notebook', 'default_sweep_dir', 'sweep']
-
-# %% ../../nbs/06b_sweeps_runner.ipynb #a18405ee
-def gpu_ids() -> list[str]:
-    "The GPUs trials can use: `CUDA_VISIBLE_DEVICES` if set, else the ones `nvidia-smi -L` lists."
-    v = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if v is not None: return [x.strip() for x in v.split(",") if x.strip() and x.strip() != "-1"]
-    exe = shutil.which("nvidia-smi")
-    if not exe: return []
-    import subprocess
-    try: out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError): return []
-    return [str(i) for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
-
-# %% ../../nbs/06b_sweeps_runner.ipynb #1af98ddb
-def gpu_groups(gpus:list[str],  # the visible GPUs (`gpu_ids()`)
-               gpus_per_trial:int=1,  # GPUs each trial takes
-              ) -> list[list[str]]:
-    "Disjoint sets of `gpus_per_trial` GPUs, one per trial running at once (GPUs left over stay idle)."
-    k = gpus_per_trial
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1: raise SweepError("gpus_per_trial: must be at least 1")
-    if k > 1 and k > len(gpus):
-        seen = f"{len(gpus)} ({','.join(gpus)})" if gpus else "none"
-        raise SweepError(f"gpus_per_trial: {k} GPUs per trial, but the GPUs visible here are {seen}: "
-                         "lower gpus_per_trial or set CUDA_VISIBLE_DEVICES")
-    return [gpus[i:i + k] for i in range(0, len(gpus) - k + 1, k)]
-
-# %% ../../nbs/06b_sweeps_runner.ipynb #0ffe6487
-def worker_env(slot:int,  # the worker: 0 .. parallel-1
-               parallel:int,  # trials at once on this host
-               gpus:list[str],  # the visible GPUs
-               gpus_per_trial:int=1,  # GPUs each trial takes
-              ) -> dict:
-    "Environment for worker `slot`: its own GPUs (`gpus_per_trial` of them), or its share of the CPU threads."
-    if gpus:
-        groups = gpu_groups(gpus, gpus_per_trial)
-        return {"CUDA_VISIBLE_DEVICES": ",".join(groups[slot % len(groups)])}
-    env = {"TOKENIZERS_PARALLELISM": "false"}
-    if "OMP_NUM_THREADS" not in os.environ:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(parallel, 1)))
-    return env
-
-# %% ../../nbs/06b_sweeps_runner.ipynb #d68def77
-def _die_with_parent(parent:int):
-    "On Linux, have this process killed when its parent dies."
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError): pass
-    if os.getppid() != parent: os._exit(1)
-
-def _trial_main(notebook:str, params:dict, log:str, env:dict, parent:int):
-    "A trial process: run the notebook job with `params`, logging to `log`; exit status 0 on success."
-    os.setsid()
-    _die_with_parent(parent)
-    os.environ.update(env)
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1); os.dup2(fd, 2)
-    sys.stdout = open(1, "w", buffering=1, closefd=False); sys.stderr = open(2, "w", buffering=1, closefd=False)
-    rc = 1
-    try:
-        from papermill.exceptions import PapermillExecutionError
-        try:
-            print(f"done: {run_job(notebook, params, progress=False)}"); rc = 0
-        except PapermillExecutionError as e: print(f"error: cell {e.exec_count} failed: {e.ename}: {e.evalue}")
-    except BaseException as e:
-        import traceback; traceback.print_exc(); print(f"error: {type(e).__name__}: {e}")
-    finally:
-        sys.stdout.flush(); sys.stderr.flush(); os._exit(rc)
-
-# %% ../../nbs/06b_sweeps_runner.ipynb #770c2232
-def _kill_tree(pid:int|None, proc=None):
-    "Stop a trial process (`proc`, our child, is reaped by its own `join`), its kernel and anything else under it."
-    if not pid: return
-    import psutil
-    try: p = psutil.Process(pid); kids = p.children(recursive=True)
-    except psutil.Error: return
-    procs = kids if proc is not None else [p, *kids]
-    for q in ([] if proc is None else [p]) + procs:
-        try: q.terminate()
-        except psutil.Error: pass
-    if proc is not None:
-        proc.join(5)
-        if proc.is_alive(): proc.kill(); proc.join(5)
-    _, alive = psutil.wait_procs(procs, timeout=5)
-    for q in alive:
-        try: q.kill()
-        except psutil.Error: pass
-
-def _alive(pid, started) -> bool:
-    "Whether process `pid`, started at `started` (seconds since the epoch), still runs."
-    import psutil
-    try: return pid is not None and abs(psutil.Process(pid).create_time() - float(started or 0)) < 1.0
-    except psutil.Error: return False
-
-# %% ../../nbs/06b_sweeps_runner.ipynb #ba1c2688
-def _error_line(log:Path) -> str:
-    "The last `error:` line of a trial's log (else its last line)."
-    try: lines = [l.strip() for l in Path(log).read_text(errors="replace").splitlines() if l.strip()]
-    except OSError: return "the trial process left no log"
-    errs = [l for l in lines if l.startswith("error:")]
-    if errs: return errs[-1][len("error:"):].strip()[:300]
-    return (lines[-1] if lines else "the trial process ended without output")[:300]
-
-def failed_cell(notebook) -> str|None:
-    "The source of the cell whose output is an error in an executed notebook, or None."
-    try: nb = json.loads(Path(notebook).read_text())
-    except (OSError, json.JSONDecodeError): return None
-    for c in nb.get("cells", []):
-        if any(o.get("output_type") == "error" for o in c.get("outputs", [])):
-            src = c.get("source", "")
-            return ("".join(src) if isinstance(src, list) else src)[:1000]
-    return None
+__all__ = ['recover_stale', 'failed_trials', 'retry_failed', 'resolve_notebook', 'default_sweep_dir', 'sweep']
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #692699dd
 @dataclass
@@ -157,8 +43,8 @@ def recover_stale(study, say=print) -> list[int]:
     me, out = _host(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         a = t.user_attrs
-        if a.get("host") != me or _alive(a.get("runner_pid"), a.get("runner_started")): continue
-        if _alive(a.get("pid"), a.get("pid_started")): _kill_tree(a.get("pid"))  # where the OS did not take it down
+        if a.get("host") != me or process_alive(a.get("runner_pid"), a.get("runner_started")): continue
+        if process_alive(a.get("pid"), a.get("pid_started")): kill_tree(a.get("pid"))  # where the OS did not take it down
         if not fail_trial(study, t.number, "its runner died"): continue  # another runner closed it first
         retry_trial(study, t); out.append(t.number)
     optuna.storages.fail_stale_trials(study)
@@ -273,7 +159,7 @@ def _launch(study, spec, space, notebook, sweep_dir, slot, parallel, gpus, grid,
              "runner_started": psutil.Process().create_time(), "devices": env.get("CUDA_VISIBLE_DEVICES", "cpu")}
     for k, v in attrs.items(): trial.set_user_attr(k, v)
     job = {**params, "runs_dir": str(runs), "run_id": run_id}
-    main = importlib.import_module("finetune_kit.sweeps.runner")._trial_main  # by module: a spawned child finds it
+    main = importlib.import_module("finetune_kit.sweeps.process").trial_main  # by module: a spawned child finds it
     proc = ctx.Process(target=main, args=(str(notebook), job, str(log), env, os.getpid()), daemon=False)
     proc.start()
     trial.set_user_attr("pid", proc.pid)
@@ -295,7 +181,7 @@ def _watch(study, spec, job) -> bool:
             job.reported += 1
             job.trial.report(v, job.reported)
             if job.trial.should_prune():
-                job.pruned = True; _kill_tree(job.proc.pid, job.proc); break
+                job.pruned = True; kill_tree(job.proc.pid, job.proc); break
     return job.proc.is_alive()
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #0922c8b2
@@ -316,7 +202,7 @@ def _finish(study, spec, job, say) -> None:
         try: value, state, attrs["outcome"] = trial_metric(job.run_dir, spec.metric), TrialState.COMPLETE, "complete"
         except SweepError as e: attrs.update(outcome="failed", error=str(e))
     else:
-        attrs.update(outcome="failed", error=_error_line(job.log))
+        attrs.update(outcome="failed", error=error_line(job.log))
         cell = failed_cell(job.run_dir/"notebook.ipynb")
         if cell: attrs["failed_cell"] = cell
     t = job.trial
@@ -335,7 +221,7 @@ def _abort(study, job, reason:str):
     "Stop a running trial for `reason`, mark it stale and queue its parameters again."
     import optuna
     from optuna.trial import TrialState
-    _kill_tree(job.proc.pid, job.proc)
+    kill_tree(job.proc.pid, job.proc)
     try:
         job.trial.set_user_attr("stale", reason)
         study.tell(job.trial, state=TrialState.FAIL)
