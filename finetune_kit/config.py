@@ -39,9 +39,9 @@ class DataConfig:
     task: str = _f("classification", "record kind and task template", TASKS)
     text_field: str|None = _f(None, "input field name in the source records (None: the task's usual name)")
     label_field: str|None = _f(None, "label/output field name in the source records (None: the task's usual name)")
-    max_records: int|None = _f(400, "use at most this many records after shuffling (None: all)",
+    max_records: int|None = _f(None, "use at most this many records after shuffling (None: all)",
                                ge=1)
-    max_chars: int|None = _f(300, "cut input text to this many characters (None: keep whole)", ge=1)
+    max_chars: int|None = _f(None, "cut input text to this many characters (None: keep whole)", ge=1)
     # Parameters that control curation
     dedup: bool = _f(True, "drop exact and near duplicates (MinHash LSH)")
     near_dup_threshold: float = _f(0.9, "Jaccard similarity above which two records are near duplicates",
@@ -160,6 +160,8 @@ class RunConfig:
     seed: int = _f(42, "seed for python, numpy, torch and the data split", ge=0, le=2**32 - 1)
     runs_dir: str = _f("runs", "folder holding one subfolder per run")
     run_id: str|None = _f(None, "run folder name (None: timestamp, task and method)")
+    recipe: str = _f("auto", "a named recipe or a recipe file (.yaml) applied over settings.ini: auto (the task's own), "
+                     "none, or one of `finetune-kit recipes`")
 
 # %% ../nbs/00_config.ipynb #350bfbd6
 _SECTIONS = ("data", "model", "peft", "train", "eval", "tracking")

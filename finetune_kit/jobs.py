@@ -15,7 +15,7 @@ from .files import one_line
 from .progress import JOB_ENV
 
 # %% auto #0
-__all__ = ['job_params', 'job_plan', 'check_notebook', 'run_job']
+__all__ = ['job_params', 'job_plan', 'check_notebook', 'injected', 'run_job']
 
 # %% ../nbs/07_jobs.ipynb #89c22d24
 def job_params(pairs=(),  # `(NAME, VALUE)` string pairs, as `-p NAME VALUE` gives them
@@ -59,6 +59,10 @@ def check_notebook(notebook,  # the workbook to execute
     return nb
 
 # %% ../nbs/07_jobs.ipynb #56ac11d4
+def injected(params:dict) -> dict:
+    "`params` as papermill injects them: a `None` the job asks for becomes `\"none\"` (a workbook's `None` means not set)."
+    return {k: "none" if v is None else v for k, v in params.items()}
+
 @contextlib.contextmanager
 def _job_env():
     "Mark kernels started in this block as jobs' (they inherit the environment)."
@@ -81,7 +85,7 @@ def run_job(notebook,  # the workbook to execute
     params, out = job_plan(params, output)
     out.parent.mkdir(parents=True, exist_ok=True)
     with _job_env():
-        pm.execute_notebook(str(notebook), str(out), parameters=params, progress_bar=progress and not stream,
+        pm.execute_notebook(str(notebook), str(out), parameters=injected(params), progress_bar=progress and not stream,
                             stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None,
                             cwd=str(Path.cwd()))
     return out

@@ -1,4 +1,4 @@
-"""How a run's config is made: the dataclass defaults, then the project's `settings.ini`, then explicit parameters.
+"""How a run's config is made: the dataclass defaults, then the project's `settings.ini`, then a recipe, then explicit parameters.
 
 Docs: https://finetune-kit.github.io/finetune-kit/settings.html.md"""
 
@@ -6,9 +6,10 @@ Docs: https://finetune-kit.github.io/finetune-kit/settings.html.md"""
 
 # %% ../nbs/00e_settings.ipynb #0383e7ef
 from __future__ import annotations
-import configparser, os
+import configparser, dataclasses, os
 from pathlib import Path
 from .config import ConfigError, RunConfig, check_param, param_specs, update_config
+from .recipes import find_recipe
 
 # %% auto #0
 __all__ = ['find_settings', 'read_settings', 'make_config', 'config_from_namespace']
@@ -42,22 +43,27 @@ def read_settings(path=None) -> dict:
 
 # %% ../nbs/00e_settings.ipynb #f91dce4c
 def make_config(params:dict|None=None,  # flat parameters
-                settings=True,  # read `settings.ini`: True (find it), a path, or False
+                settings=True,  # the house layers: True (`settings.ini` found, the recipe), a path, or False (neither)
                 coerce:bool=False,  # parse parameter values from strings
                 **kwargs  # more flat parameters (win over `params`)
                ) -> RunConfig:
-    "A `RunConfig`: defaults, then `settings.ini` (`settings`: True, a path, or False), then `params` and `kwargs`."
+    "A `RunConfig`: defaults, then `settings.ini`, the recipe, then `params` and `kwargs` (`settings=False`: no house layers)."
     params = {**(params or {}), **kwargs}
     specs = param_specs()
     for k, v in list(params.items()):
         if v is None and k in specs and not specs[k].nullable: params.pop(k)
-    cfg = RunConfig()
+    base = RunConfig()
     if settings:
-        cfg = update_config(cfg, read_settings(None if settings is True else settings), source="setting")
-    return update_config(cfg, params, coerce=coerce)
+        base = update_config(base, read_settings(None if settings is True else settings), source="setting")
+    cfg = update_config(base, params, coerce=coerce)  # checks the parameters, and says which task and recipe
+    if not settings and "recipe" not in params: return dataclasses.replace(cfg, recipe="none")
+    recipe = find_recipe(cfg.recipe, cfg.data.task)
+    if recipe is None: return dataclasses.replace(cfg, recipe="none")
+    cfg = update_config(update_config(base, recipe.params, source=f"recipe {recipe.name} parameter"), params, coerce=coerce)
+    return dataclasses.replace(cfg, recipe=recipe.name if recipe.path.parent.name == "recipe_files" else str(recipe.path))
 
 # %% ../nbs/00e_settings.ipynb #4e2ea7f9
 def config_from_namespace(ns:dict, settings=True) -> RunConfig:
-    "A `RunConfig` from every flat parameter name found in `ns` (a workbook's `globals()`)."
+    "A `RunConfig` from the flat parameters a workbook sets in `ns` (its `globals()`): `None` is not set, `\"none\"` is None."
     specs = param_specs()
-    return make_config({k: v for k, v in ns.items() if k in specs}, settings=settings)
+    return make_config({k: v for k, v in ns.items() if k in specs and v is not None}, settings=settings, coerce=True)

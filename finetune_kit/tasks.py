@@ -165,6 +165,7 @@ class TaskSpec:
     describe: str|Callable|None = None  # (outputs, labels, parse=None) -> (metrics, items), no reference
     baselines: tuple = ()  # classical systems: (train, test, seed, validation) -> (answers, about)
     plot_metrics: tuple = ()  # metrics on the comparison plot (headline first)
+    recipe: str|None = None  # the recipe a run of this task takes by default (`recipes`; None: none)
 
     def get(self, name:str) -> Callable|None:
         "The callable behind attribute `name`, importing a `'module:function'` name."
@@ -218,7 +219,7 @@ def _classification_instruction(labels, entity_types, label_prompt):
 def _classification_has_reference(r): return bool(r.get("label")) or TaskSpec.has_reference(r)
 
 register_task(TaskSpec(
-    "classification", ("text", "label"),
+    "classification", ("text", "label"), recipe="cpu-classification",
     validate=lambda d: {"text": text_of(d, "text"), "label": text_of(d, "label", allow_int=True).strip()},
     texts=flat_texts(text="input", label="label"),
     input_text=lambda r: r["text"], answer=lambda r: r["label"], user_text=_instructed(lambda r: r["text"]),
@@ -261,7 +262,7 @@ def _ner_instruction(labels, entity_types, label_prompt):
 def _ner_has_reference(r): return bool(r.get("tokens")) and r.get("tags") is not None
 
 register_task(TaskSpec(
-    "ner", ("tokens", "tags"), validate=_validate_ner, texts=_ner_texts, cut=_cut_ner,
+    "ner", ("tokens", "tags"), recipe="cpu-ner", validate=_validate_ner, texts=_ner_texts, cut=_cut_ner,
     input_text=lambda r: " ".join(r["tokens"]), answer=lambda r: format_entities(r["tokens"], r["tags"]),
     user_text=_instructed(lambda r: " ".join(r["tokens"])),
     system_prompt="You extract named entities from text.", instruction=_ner_instruction,
@@ -274,7 +275,7 @@ register_task(TaskSpec(
 
 # %% ../nbs/01_tasks.ipynb #4949829f
 register_task(TaskSpec(
-    "summarization", ("document", "summary"),
+    "summarization", ("document", "summary"), recipe="cpu-summarization",
     validate=lambda d: {"document": text_of(d, "document"), "summary": text_of(d, "summary")},
     texts=flat_texts(document="input", summary="text"),
     input_text=lambda r: r["document"], answer=lambda r: r["summary"], user_text=_instructed(lambda r: r["document"]),

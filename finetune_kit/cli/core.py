@@ -11,7 +11,8 @@ from pathlib import Path
 import typer
 from typer.core import TyperCommand, TyperGroup
 from ..config import ConfigError, param_specs, range_text
-from ..settings import read_settings
+from ..settings import make_config, read_settings
+from ..recipes import find_recipe
 from ..files import KitError, one_line
 from ..jobs import job_params
 
@@ -52,7 +53,7 @@ class KitGroup(TyperGroup):
         return rv
 
 # %% ../../nbs/08a_cli_core.ipynb #a25cf100
-ALL_PARAMS = ("data", "model", "peft", "train", "eval", "tracking", "seed", "runs_dir", "run_id")
+ALL_PARAMS = ("data", "model", "peft", "train", "eval", "tracking", "seed", "runs_dir", "run_id", "recipe")
 
 def stage_params(reads=ALL_PARAMS,  # config sections and parameter names
                  skips=()) -> list[str]:  # names to leave out
@@ -65,10 +66,11 @@ _TYPE_NAMES = {int: "INTEGER", float: "FLOAT", bool: "BOOLEAN", str: "TEXT"}
 def _shown(v) -> str: return "none" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 def param_help(names:list[str]) -> list[tuple[str, str]]:
-    "Help rows `(NAME TYPE, help [range: ...] [default: ...])` for flat parameters `names`, with `settings.ini`'s values."
+    "Help rows `(NAME TYPE, help [range: ...] [default: ...])` for flat parameters `names`, with `settings.ini`'s and the recipe's values."
     specs = param_specs()
-    try: settings = read_settings()
-    except KitError: settings = {}
+    try: settings, recipe = read_settings(), find_recipe(make_config().recipe)
+    except KitError: settings, recipe = {}, None
+    from_recipe = recipe.params if recipe else {}
     rows = []
     for n in names:
         sp = specs[n]
@@ -76,7 +78,8 @@ def param_help(names:list[str]) -> list[tuple[str, str]]:
         kind = ("[" + "|".join(map(str, sp.choices)) + "]" if sp.choices
                 else "|".join(_TYPE_NAMES.get(t, t.__name__) for t in types))
         if len(types) < len(getattr(sp.type, "__args__", (sp.type,))): kind += "|none"
-        default = f"{_shown(settings[n])} (settings.ini)" if n in settings else _shown(sp.default)
+        default = (f"{_shown(from_recipe[n])} (recipe {recipe.name})" if n in from_recipe else
+                   f"{_shown(settings[n])} (settings.ini)" if n in settings else _shown(sp.default))
         rng = f" [range: {range_text(sp.limits)}]" if sp.limits else ""
         rows.append((f"{n} {kind}", f"{sp.help}{rng} [default: {default}]"))
     return rows

@@ -10,16 +10,25 @@ from pathlib import Path
 import typer
 from ..config import load_config, update_config
 from ..settings import make_config
-from ..files import one_line, read_jsonl
+from ..files import md_table, one_line, read_jsonl
+from ..recipes import recipe_rows
 from ..jobs import check_notebook, job_plan, run_job
 from .core import ALL_PARAMS, KitCommand, KitGroup, fail, reads, typer_app
 
 # %% auto #0
-__all__ = ['stages_app', 'data_app', 'evaluate_app', 'review_app', 'run_cmd', 'train_cmd', 'prepare_cmd', 'evaluate_cmd',
-           'review_make_cmd', 'review_import_cmd', 'sweep_cmd']
+__all__ = ['stages_app', 'data_app', 'evaluate_app', 'review_app', 'recipes_cmd', 'run_cmd', 'train_cmd', 'prepare_cmd',
+           'evaluate_cmd', 'review_make_cmd', 'review_import_cmd', 'sweep_cmd']
 
 # %% ../../nbs/08b_cli_stages.ipynb #2aaca6e1
 stages_app = typer_app()
+
+# %% ../../nbs/08b_cli_stages.ipynb #7ed46e98
+@stages_app.command("recipes", cls=KitCommand)
+def recipes_cmd(verbose:bool = typer.Option(False, "--verbose", "-v", help="each recipe's parameters too")):
+    "List the recipes: measured settings per task, with where they came from."
+    rows = recipe_rows()
+    cols = ["recipe", "task", "measured", "validation", "test", "chosen by"] + (["params"] if verbose else [])
+    typer.echo(md_table([[r[c] for c in cols] for r in rows], cols))
 
 # %% ../../nbs/08b_cli_stages.ipynb #4fac4bda
 @stages_app.command("run", cls=reads(*ALL_PARAMS))
@@ -54,7 +63,7 @@ def train_cmd(ctx:typer.Context,
 data_app = typer_app(help="Prepare fine-tuning data: validate, clean, deduplicate, scrub PII, template, split.")
 stages_app.add_typer(data_app, name="data")
 
-@data_app.command("prepare", cls=reads("data", "seed", "max_length", skips=("source", "data_dir")))
+@data_app.command("prepare", cls=reads("data", "seed", "max_length", "recipe", skips=("source", "data_dir")))
 def prepare_cmd(ctx:typer.Context,
                 src:list[str] = typer.Argument(..., help="files (.jsonl .json .csv .tsv .parquet .conll), label folders, "
                                                           "or packaged sets (bbc, wnut16, aclsum)"),
@@ -84,12 +93,13 @@ stages_app.add_typer(evaluate_app, name="evaluate")
 def _eval_target(target:Path, params:dict, adapter):
     "Config, data, adapter and output folder for `evaluate run TARGET`."
     if (target/"config.json").is_file():  # a run folder
+        if "recipe" in params: fail(f"{target}: a run folder keeps the recipe it trained with; pass -p values instead")
         cfg = update_config(load_config(target/"config.json"), params)
         if adapter is None and (target/"adapter").is_dir(): adapter = target/"adapter"
         return cfg, target, adapter, target/"eval"
     return make_config(params), target, adapter, None
 
-@evaluate_app.command("run", cls=reads("eval", "model", "tracking", "seed", "runs_dir", "run_id"))
+@evaluate_app.command("run", cls=reads("eval", "model", "tracking", "seed", "runs_dir", "run_id", "recipe"))
 def evaluate_cmd(ctx:typer.Context,
                  target:Path = typer.Argument(..., help="a run folder, a prepared data folder or a JSONL split"),
                  adapter:Path|None = typer.Option(None, "--adapter", help="adapter folder (default: the run's adapter/)"),
@@ -117,7 +127,6 @@ stages_app.add_typer(review_app, name="review")
 def review_make_cmd(ctx:typer.Context, eval_dir:Path = typer.Argument(..., help="an eval folder with predictions.jsonl")):
     "Write a new blind review sheet (CSV, HTML, Label Studio) from an evaluation's predictions."
     from finetune_kit.evaluate import make_review_sheet, write_review
-    from finetune_kit.files import one_line, read_jsonl
     cfg = make_config(ctx.meta["params"])
     rows = read_jsonl(eval_dir/"predictions.jsonl")
     if not rows or "tuned_output" not in rows[0]: fail(f"{eval_dir}: no tuned answers to review (base-only evaluation?)")

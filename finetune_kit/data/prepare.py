@@ -346,7 +346,10 @@ def prepare_data(cfg,  # a `RunConfig`: `cfg.data` says what to prepare, `cfg.se
     items, rejected, changes = clean_and_scrub(records, spec, d)
     items, dups = dedup(items, spec, d)
     items, contaminated, decon = decontaminate(items, spec, d)
-    items, held = hold_out_test(items, spec, d, seed)
+    try: items, held = hold_out_test(items, spec, d, seed)
+    except DataError as e:
+        if getattr(cfg, "recipe", "none") == "none": raise
+        raise DataError(f"{e}; recipe {cfg.recipe} sets test_records: pass -p test_records N, or -p recipe none") from None
     items, skipped = sample_records(items, d.max_records, seed)
     items = items + held
     template = template_records(items, spec, d)
