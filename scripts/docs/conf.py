@@ -24,6 +24,10 @@ nb_render_markdown_format = 'myst'
 myst_enable_extensions = ['attrs_inline', 'colon_fence', 'dollarmath']
 myst_heading_anchors = 4
 nb_merge_streams = True
+# widget outputs (progress bars) need JavaScript from a CDN: show their text instead, and load none
+nb_ipywidgets_js = {}
+nb_mime_priority_overrides = [('html', 'application/vnd.jupyter.widget-view+json', None),
+                              ('html', 'application/vnd.jupyter.widget-state+json', None)]
 suppress_warnings = ['myst.header']  # `show_doc` headings are H3, wherever they stand
 
 html_theme = 'sphinx_book_theme'
@@ -39,6 +43,7 @@ html_theme_options = {
     'show_toc_level': 2,
     'navigation_with_keys': False,
     'navbar_persistent': [],  # one search box, in the sidebar
+    'use_download_button': False,  # it offers the prepared notebook, not the one in nbs/
 }
 html_last_updated_fmt = None
 html_show_sourcelink = False
