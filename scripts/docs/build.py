@@ -4,9 +4,9 @@
    removed, names in backticks linked to their docs. Its processors are set under `[tool.nbdev]` in pyproject.toml
    (`nbdev_procs.py` beside this file says why two differ from nbdev's defaults). Only notebooks changed since the
    last build are prepared again.
-2. README.md: the prepared `index.ipynb` as GitHub Markdown (nbconvert, then pandoc from `pypandoc-binary` with
-   nbdev's own README link filter), which is what `nbdev-readme` does through Quarto; Quarto cannot be installed
-   offline (the `quarto-cli` sdist downloads its binary while it installs).
+2. README.md: the prepared `index.ipynb` as GitHub Markdown (nbconvert, then pandoc from `pypandoc-binary`), which
+   is what `nbdev-readme` does through Quarto; Quarto cannot be installed offline (the `quarto-cli` sdist downloads
+   its binary while it installs). Links stay usable where README.md is read: beside the notebooks.
 3. The Sphinx sources in `_proc/.site/`: each notebook under the page name nbdev's doc links use (`00_config.ipynb`
    -> `config`), its `#|` cell options as the cell tags myst-nb reads, links to the hosted site made relative, and
    the navigation (`nbs/sidebar.yml`) as a hidden table of contents on the home page.
@@ -79,15 +79,25 @@ def prepare(cfg, force=False):
                     force=force)
 
 
+def _readme_links(md, doc_url, nbs):
+    """README.md is read beside the notebooks, not on the site: names linked to their API docs stay plain code, and
+    links to notebooks point into `nbs` (the repository's host shows notebooks)"""
+    md = re.sub(r'\[(`[^`\n]+`(?:\(\))?)\]\(' + re.escape(doc_url.rstrip('/') + '/') + r'[^)\s]*\)', r'\1', md)
+    def sub(m):
+        url = m.group(2)
+        if re.match(r'^[a-z][a-z0-9+.-]*:|^[#/]', url) or not url.partition('#')[0].endswith('.ipynb'): return m.group(0)
+        return m.group(1) + posixpath.join(nbs, url) + m.group(3)
+    return _re_md_link.sub(sub, md)
+
+
 def readme(cache, cfg):
     "README.md from the prepared home page, as GitHub Markdown"
     import nbformat, pypandoc
     from nbconvert import MarkdownExporter
-    from nbdev import readme_filter
-    nb = nbformat.read(cache/cfg.readme_nb, as_version=4)
+    nb = nbformat.from_dict(json.loads((cache/cfg.readme_nb).read_text(encoding='utf-8')))  # nbdev's cells have no ids
     md, _ = MarkdownExporter().from_notebook_node(nb)
-    gfm = pypandoc.convert_text(md, 'gfm', format='markdown', extra_args=['--wrap=preserve'],
-                                filters=[readme_filter.__file__])
+    md = _readme_links(md, cfg.doc_host.rstrip('/') + cfg.doc_baseurl, cfg.nbs_path.relative_to(cfg.config_path).as_posix())
+    gfm = pypandoc.convert_text(md, 'gfm', format='markdown', extra_args=['--wrap=preserve'])
     (cfg.config_path/'README.md').write_text(gfm, encoding='utf-8')
 
 
