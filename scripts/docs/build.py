@@ -13,7 +13,7 @@
 4. Sphinx renders them with myst-nb (the outputs the notebooks were saved with; nothing is executed) and
    sphinx-book-theme into `_docs/`, with Sphinx's search index, which works offline. Warnings fail the build.
 """
-import argparse, fnmatch, json, os, posixpath, re, shutil, subprocess, sys, time
+import argparse, fnmatch, json, os, posixpath, re, shutil, subprocess, sys, time, warnings
 from pathlib import Path
 
 import yaml
@@ -53,8 +53,9 @@ class Pages:
 
     def page(self, rel): return nbpath2html(rel).with_suffix('').as_posix()
 
-    def _target(self, url, page):
-        "A link on `page` to the site, as a relative link to the notebook myst-nb resolves; other links unchanged"
+    def _target(self, url, page, ext):
+        """A link on `page` to the site as a relative link to the page (`ext` `.html`) or to the notebook myst-nb
+        resolves (`.ipynb`); other links unchanged"""
         if url.startswith(self.base): path = url[len(self.base):]
         elif re.match(r'^[a-z][a-z0-9+.-]*:|^[#/]', url): return url
         else: path = posixpath.normpath(posixpath.join(posixpath.dirname(page), url))
@@ -62,14 +63,15 @@ class Pages:
         if not path.endswith(('.html', '.ipynb')): return url
         name = self.page(path) if path.endswith('.ipynb') else (path[:-5] or 'index')
         if name not in self.src: return url
-        rel = posixpath.relpath(name, posixpath.dirname(page) or '.') + '.ipynb'
+        rel = posixpath.relpath(name, posixpath.dirname(page) or '.') + ext
         # nbdev links private names too (`_f`), which get no `show_doc` heading: link their page
         return rel + (f'#{_slug(frag)}' if frag and not frag.startswith('_') else '')
 
     def relink(self, text, page):
         "Links in Markdown or HTML `text` on `page` to the site's pages, relative (the site works offline)"
-        sub = lambda m: m.group(1) + self._target(m.group(2), page) + m.group(3)
-        return _re_href.sub(sub, _re_md_link.sub(sub, text))
+        md = lambda m: m.group(1) + self._target(m.group(2), page, '.ipynb') + m.group(3)
+        html = lambda m: m.group(1) + self._target(m.group(2), page, '.html') + m.group(3)  # raw HTML: Sphinx leaves it
+        return _re_href.sub(html, _re_md_link.sub(md, text))
 
 
 def prepare(cfg, force=False):
@@ -94,7 +96,9 @@ def readme(cache, cfg):
     "README.md from the prepared home page, as GitHub Markdown"
     import nbformat, pypandoc
     from nbconvert import MarkdownExporter
-    nb = nbformat.from_dict(json.loads((cache/cfg.readme_nb).read_text(encoding='utf-8')))  # nbdev's cells have no ids
+    with warnings.catch_warnings():  # the cells nbdev adds have no ids
+        warnings.simplefilter('ignore', nbformat.validator.MissingIDFieldWarning)
+        nb = nbformat.read(cache/cfg.readme_nb, as_version=4)
     md, _ = MarkdownExporter().from_notebook_node(nb)
     md = _readme_links(md, cfg.doc_host.rstrip('/') + cfg.doc_baseurl, cfg.nbs_path.relative_to(cfg.config_path).as_posix())
     gfm = pypandoc.convert_text(md, 'gfm', format='markdown', extra_args=['--wrap=preserve'])
@@ -164,7 +168,7 @@ def sources(cache, cfg):
         keep.add(site/f'{name}.ipynb')
     for f in site.rglob('*.ipynb'):  # pages whose notebook is gone
         if f not in keep: f.unlink()
-    return site
+    return site, pages
 
 
 def sphinx(site, out):
@@ -189,11 +193,12 @@ def main(argv=None):
     t1 = time.time()
     readme(cache, cfg)
     if a.readme_only: return
-    site = sources(cache, cfg)
+    site, pages = sources(cache, cfg)
     out = cfg.config_path/cfg.doc_path.name
     sphinx(site, out)
-    pages = len([p for p in out.rglob('*.html') if not p.name.startswith(('genindex', 'search'))])
-    print(f'docs: {out.name}/index.html ({pages} pages) in {time.time() - t0:.0f} s '
+    missing = [str(rel) for name, rel in pages.src.items() if not (out/f'{name}.html').exists()]
+    if missing: sys.exit(f"docs: no page for {', '.join(missing)}")  # a page that failed must not pass unnoticed
+    print(f'docs: {out.name}/index.html ({len(pages.src)} pages) in {time.time() - t0:.0f} s '
           f'(nbdev {t1 - t0:.0f} s, Sphinx {time.time() - t1:.0f} s)')
 
 
