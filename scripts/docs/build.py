@@ -98,8 +98,7 @@ def readme(cache, cfg):
     from nbconvert import MarkdownExporter
     with warnings.catch_warnings():  # the cells nbdev adds have no ids
         warnings.simplefilter('ignore', nbformat.validator.MissingIDFieldWarning)
-        nb = nbformat.read(cache/cfg.readme_nb, as_version=4)
-    md, _ = MarkdownExporter().from_notebook_node(nb)
+        md, _ = MarkdownExporter().from_notebook_node(nbformat.read(cache/cfg.readme_nb, as_version=4))
     md = _readme_links(md, cfg.doc_host.rstrip('/') + cfg.doc_baseurl, cfg.nbs_path.relative_to(cfg.config_path).as_posix())
     gfm = pypandoc.convert_text(md, 'gfm', format='markdown', extra_args=['--wrap=preserve'])
     (cfg.config_path/'README.md').write_text(gfm, encoding='utf-8')
