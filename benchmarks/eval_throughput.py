@@ -29,7 +29,7 @@ from _bench import device_peak, linear_params
 
 def bbc_prompts(n:int, max_chars:int, seed:int=42) -> list[dict]:
     "`n` prepared BBC classification records (short texts), from the data stage."
-    from finetune_kit.config import make_config
+    from finetune_kit.settings import make_config
     from finetune_kit.data import prepare_data
     from finetune_kit.files import read_jsonl
     out = Path(tempfile.mkdtemp(prefix="eval-bench-"))
@@ -59,7 +59,7 @@ def main():
     a.max_new_tokens = a.max_new_tokens or EvalConfig().max_new_tokens
     import torch
     if a.threads: torch.set_num_threads(a.threads)
-    from finetune_kit.config import make_config
+    from finetune_kit.settings import make_config
     from finetune_kit.models import load_model
     from finetune_kit.evaluate import generate
     recs = bbc_prompts(a.n, a.max_chars)

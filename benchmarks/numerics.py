@@ -19,7 +19,7 @@ import argparse, json, subprocess, sys, tempfile
 def losses(method:str, dtype:str, steps:int, data:str, init_seed:int=0) -> dict:
     "Training loss at each step for `method` in `dtype` on the prepared folder `data`."
     import torch
-    from finetune_kit.config import make_config
+    from finetune_kit.settings import make_config
     from finetune_kit.data import load_splits
     from finetune_kit.models import load_model, apply_peft
     from finetune_kit.train import FinetuneTrainer, PROMPT_LEARNING, training_args
@@ -54,7 +54,7 @@ def main():
     if a.one:
         m, dt, seed = a.one
         print(json.dumps(losses(m, dt, a.steps, a.data, int(seed)))); return
-    from finetune_kit.config import make_config
+    from finetune_kit.settings import make_config
     from finetune_kit.data import prepare_data
     from finetune_kit.models import detect_bf16, load_tokenizer
     print(f"precision here: {detect_bf16()[1]}")

@@ -19,7 +19,7 @@ COLUMNS = ("method", "trainable", "total", "trainable_pct", "footprint_mb", "ada
 def one(method:str, batch:int, length:int, steps:int) -> dict:
     "Measure one method in this process."
     import torch
-    from finetune_kit.config import make_config
+    from finetune_kit.settings import make_config
     from finetune_kit.models import adalora_callback, apply_peft, load_model, model_report, save_adapter
     torch.manual_seed(0)
     cfg = make_config(base_model="smollm2-135m-instruct", peft_method=method, settings=False)

@@ -27,7 +27,7 @@ KIT_VARIANTS = {"kit": {}, "kit-fp32": {"dtype": "float32"}, "kit-sdpa": {"attn_
 def measure(side, steps, warmup, records, data_dir):
     import torch
     from transformers import TrainerCallback
-    from finetune_kit.config import make_config
+    from finetune_kit.settings import make_config
     from finetune_kit.data import load_splits
     from finetune_kit.models import load_model, apply_peft
     cfg = make_config({"base_model": "smollm2-135m-instruct", "peft_method": "lora", "lora_r": 16, "report_to": "none",
@@ -84,7 +84,7 @@ def main():
     if a.one:
         print(json.dumps(measure(a.one, a.steps, a.warmup, a.records, a.data)))
         return
-    from finetune_kit.config import make_config
+    from finetune_kit.settings import make_config
     from finetune_kit.data import prepare_data
     from finetune_kit.data import load_splits, token_lengths
     from finetune_kit.models import load_tokenizer

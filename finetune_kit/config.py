@@ -1,4 +1,4 @@
-"""One run config of nested dataclasses flows through every stage: defaults, `settings.ini`, flat parameters, checks and seeding.
+"""One run config of nested dataclasses flows through every stage: defaults, flat parameters, checks and seeding.
 
 Docs: https://finetune-kit.github.io/finetune-kit/config.html.md"""
 
@@ -15,8 +15,7 @@ from .tasks import TASKS
 # %% auto #0
 __all__ = ['PEFT_METHODS', 'ConfigError', 'DataConfig', 'ModelConfig', 'AdapterConfig', 'TrainConfig', 'EvalConfig',
            'TrackingConfig', 'RunConfig', 'ParamSpec', 'param_specs', 'range_text', 'check_param', 'update_config',
-           'flatten', 'config_to_dict', 'config_from_dict', 'save_config', 'load_config', 'make_config',
-           'config_from_namespace', 'seed_everything']
+           'flatten', 'config_to_dict', 'config_from_dict', 'save_config', 'load_config', 'seed_everything']
 
 # %% ../nbs/00_config.ipynb #da072873
 class ConfigError(KitError):
@@ -176,6 +175,11 @@ class ParamSpec:
     choices: tuple|None
     limits: tuple = ()  # the range as `(op, bound)` pairs: ge, gt, le, lt, also
 
+    @property
+    def nullable(self) -> bool:
+        "Whether `None` is a value this parameter takes."
+        return type(None) in typing.get_args(self.type)
+
 # %% ../nbs/00_config.ipynb #987363e8
 def _specs(cls, section=None):
     hints = typing.get_type_hints(cls)
@@ -334,29 +338,6 @@ def load_config(path) -> RunConfig:
     except (OSError, json.JSONDecodeError) as e: raise ConfigError(f"{path}: cannot read config: {e}") from None
     return config_from_dict(d, source=str(path))
 
-# %% ../nbs/00_config.ipynb #f91dce4c
-def make_config(params:dict|None=None,  # flat parameters
-                settings=True,  # read `settings.ini`: True (find it), a path, or False
-                coerce:bool=False,  # parse parameter values from strings
-                **kwargs  # more flat parameters (win over `params`)
-               ) -> RunConfig:
-    "A `RunConfig`: defaults, then `settings.ini` (`settings`: True, a path, or False), then `params` and `kwargs`."
-    params = {**(params or {}), **kwargs}
-    specs = param_specs()
-    for k, v in list(params.items()):
-        if v is None and k in specs and not _base_types(specs[k].type)[1]: params.pop(k)
-    cfg = RunConfig()
-    if settings:
-        from finetune_kit.runs import read_settings  # runs builds on this module: imported when needed
-        cfg = update_config(cfg, read_settings(None if settings is True else settings), source="setting")
-    return update_config(cfg, params, coerce=coerce)
-
-# %% ../nbs/00_config.ipynb #4e2ea7f9
-def config_from_namespace(ns:dict, settings=True) -> RunConfig:
-    "A `RunConfig` from every flat parameter name found in `ns` (a workbook's `globals()`)."
-    specs = param_specs()
-    return make_config({k: v for k, v in ns.items() if k in specs}, settings=settings)
-
 # %% ../nbs/00_config.ipynb #e174929a
 def seed_everything(seed:int) -> int:
     "Seed python, numpy and torch (all devices) with `seed`."
@@ -365,13 +346,3 @@ def seed_everything(seed:int) -> int:
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
     return seed
-
-# %% ../nbs/00_config.ipynb #282fe92f
-_IN_RUNS = ("find_settings", "read_settings", "capture_env", "cache_dir", "new_run_id", "create_run")
-
-def __getattr__(name:str):
-    "`finetune_kit.runs`'s names that were the config's, importable from here as before."
-    if name in _IN_RUNS:
-        from finetune_kit import runs
-        return getattr(runs, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,11 +8,14 @@ Docs: https://finetune-kit.github.io/finetune-kit/jobs.html.md"""
 from __future__ import annotations
 import contextlib, json, os, sys
 from pathlib import Path
-from .config import ConfigError, check_param, make_config, new_run_id
+from .config import ConfigError, check_param
+from .runs import new_run_id
+from .settings import make_config
 from .files import one_line
+from .progress import JOB_ENV
 
 # %% auto #0
-__all__ = ['JOB_ENV', 'job_params', 'job_plan', 'in_job', 'progress_bar', 'check_notebook', 'run_job']
+__all__ = ['job_params', 'job_plan', 'check_notebook', 'run_job']
 
 # %% ../nbs/07_jobs.ipynb #89c22d24
 def job_params(pairs=(),  # `(NAME, VALUE)` string pairs, as `-p NAME VALUE` gives them
@@ -35,20 +38,6 @@ def job_plan(params:dict, output=None) -> tuple[dict, Path]:
     cfg = make_config(params)
     params = {**params, "run_id": params.get("run_id") or new_run_id(cfg)}
     return params, Path(output) if output else Path(cfg.runs_dir)/params["run_id"]/"notebook.ipynb"
-
-# %% ../nbs/07_jobs.ipynb #701bd24f
-JOB_ENV = "FINETUNE_KIT_JOB"  # set to "1" in the environment of a job's kernel
-
-def in_job() -> bool:
-    "Whether this process is the kernel of a job started by `run_job` (its progress goes to a terminal or log)."
-    return os.environ.get(JOB_ENV) == "1"
-
-# %% ../nbs/07_jobs.ipynb #e92341ad
-def progress_bar(*args, **kwargs):
-    "A tqdm progress bar: plain text inside a job's kernel, `tqdm.auto`'s (a widget in JupyterLab) elsewhere."
-    if in_job(): from tqdm.std import tqdm
-    else: from tqdm.auto import tqdm
-    return tqdm(*args, **kwargs)
 
 # %% ../nbs/07_jobs.ipynb #85dcaf61
 def check_notebook(notebook,  # the workbook to execute

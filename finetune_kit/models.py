@@ -6,18 +6,21 @@ Docs: https://finetune-kit.github.io/finetune-kit/models.html.md"""
 
 # %% ../nbs/03_models.ipynb #243e6425
 from __future__ import annotations
-import importlib.util, os, shutil, tempfile
+import hashlib, importlib.util, json, os, shutil, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from .config import PEFT_METHODS, RunConfig, cache_dir
+from .config import PEFT_METHODS, RunConfig
+from .files import cache_dir
 from .files import KitError
+from .testing import tiny_model_path
 
 # %% auto #0
 __all__ = ['SMOLLM2', 'KNOWN_MODELS', 'SMOLLM2_PIP', 'MERGEABLE', 'ModelError', 'smollm2_gguf', 'convert_gguf', 'resolve_model',
-           'model_status', 'pull_model', 'load_tokenizer', 'detect_bf16', 'DeviceSettings', 'sharding',
-           'has_flash_attn', 'device_settings', 'check_4bit', 'load_model', 'is_4bit', 'linear_module_names',
-           'target_modules', 'peft_config', 'apply_peft', 'adalora_callback', 'save_adapter', 'adapter_size_mb',
-           'model_report', 'merge_adapter', 'model_info']
+           'model_status', 'pull_model', 'load_tokenizer', 'end_of_turn_id', 'set_stop_tokens', 'tokenizer_hashes',
+           'detect_bf16', 'DeviceSettings', 'sharding', 'has_flash_attn', 'device_settings', 'check_4bit',
+           'is_full_checkpoint', 'load_model', 'is_4bit', 'linear_module_names', 'target_modules', 'peft_config',
+           'apply_peft', 'adalora_callback', 'save_adapter', 'adapter_size_mb', 'model_report', 'merge_adapter',
+           'model_info']
 
 # %% ../nbs/03_models.ipynb #c7a2c9af
 class ModelError(KitError):
@@ -93,7 +96,6 @@ def resolve_model(name_or_path:str,  # a name from `KNOWN_MODELS`, a checkpoint 
     s = str(name_or_path)
     if s == SMOLLM2: return str(convert_gguf(smollm2_gguf(), cache_dir("models")/SMOLLM2, progress=progress))
     if s == "tiny-test":
-        from finetune_kit.testing import tiny_model_path
         return str(tiny_model_path())
     p = Path(s).expanduser()
     if p.is_dir():
@@ -138,6 +140,37 @@ def load_tokenizer(cfg_or_name:RunConfig|str,  # the run config (its base model)
     if tok.pad_token is None: tok.pad_token = tok.unk_token or tok.eos_token
     tok.padding_side = padding_side
     return tok
+
+# %% ../nbs/03_models.ipynb #ee8e5432
+def end_of_turn_id(tok) -> int:
+    "The token id the chat template puts right after an assistant message."
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "XQZ"}]
+    text = tok.apply_chat_template(msgs, tokenize=False)
+    tail = text[text.rindex("XQZ") + 3:]
+    ids = tok(tail, add_special_tokens=False)["input_ids"]
+    if not ids: raise ModelError("the chat template adds nothing after an assistant message: no end-of-turn token")
+    return ids[0]
+
+# %% ../nbs/03_models.ipynb #83ea441d
+def set_stop_tokens(model, tok) -> list[int]:
+    "Make `model.generation_config` stop on the end-of-turn token (and eos); return the stop ids."
+    gc = model.generation_config
+    ids = {end_of_turn_id(tok)}
+    eos = gc.eos_token_id
+    ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tok.eos_token_id is not None: ids.add(tok.eos_token_id)
+    gc.eos_token_id = sorted(ids)
+    if gc.pad_token_id is None: gc.pad_token_id = tok.pad_token_id
+    return gc.eos_token_id
+
+# %% ../nbs/03_models.ipynb #a2fa88c6
+def _sha(s) -> str: return hashlib.sha256(s.encode() if isinstance(s, str) else s).hexdigest()
+
+def tokenizer_hashes(tok) -> dict:
+    "sha256 of the chat template and of the tokenizer's full serialization."
+    backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
+    ser = backend.to_str() if backend is not None else json.dumps(tok.get_vocab(), sort_keys=True)
+    return {"chat_template_sha256": _sha(tok.chat_template or ""), "tokenizer_sha256": _sha(ser)}
 
 # %% ../nbs/03_models.ipynb #aba6fb88
 def detect_bf16(cuda:bool|None=None,  # a CUDA GPU is present (None: ask torch)
@@ -226,7 +259,9 @@ def check_4bit(device:str="cpu"):
                          f'try pip install -U bitsandbytes, or use peft_method=lora') from None
 
 # %% ../nbs/03_models.ipynb #4ce25a3c
-def _is_full_checkpoint(d:Path) -> bool: return (d/"config.json").is_file() and not (d/"adapter_config.json").is_file()
+def is_full_checkpoint(d:Path) -> bool:
+    "Whether folder `d` holds a whole fine-tuned model (a `config.json`) rather than an adapter."
+    return (d/"config.json").is_file() and not (d/"adapter_config.json").is_file()
 
 def load_model(cfg:RunConfig,  # the run config: its `model` section and `peft_method`
                adapter=None,  # a saved adapter (or full checkpoint) folder to load for inference
@@ -237,7 +272,7 @@ def load_model(cfg:RunConfig,  # the run config: its `model` section and `peft_m
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     adapter = Path(adapter) if adapter is not None else None
     if adapter is not None and not adapter.is_dir(): raise ModelError(f"{adapter}: no such adapter folder")
-    full = adapter is not None and _is_full_checkpoint(adapter)
+    full = adapter is not None and is_full_checkpoint(adapter)
     path = str(adapter) if full else resolve_model(cfg.model.base_model, progress=progress)
     full_ft = cfg.peft.peft_method == "full" and adapter is None  # training every weight: fp32 master weights
     ds = device_settings(cfg.model.dtype, cfg.model.attn_implementation, full=full_ft,

@@ -190,7 +190,8 @@ def damaged(d:Path):
     row = {"id": "a", "prompt": "p", "base_output": "x"}
     (d/"base_only_eval"/"predictions.jsonl").write_text(json.dumps(row) + "\n")
     run = d/"run"; (run/"checkpoints"/"checkpoint-4-backup").mkdir(parents=True)
-    from finetune_kit.config import make_config, save_config
+    from finetune_kit.config import save_config
+    from finetune_kit.settings import make_config
     save_config(make_config({"base_model": "tiny-test", "runs_dir": str(d), "run_id": "run", "report_to": "none"},
                             settings=False), run/"config.json")
     from finetune_kit.evaluate import make_review_sheet, write_review
@@ -315,7 +316,7 @@ def test_the_label_folder_reader_never_raises(tmp_path_factory, files):
 @given(lines=st.lists(LINE, min_size=1, max_size=8), suffix=st.sampled_from([".jsonl", ".csv", ".conll"]))
 def test_prepare_on_arbitrary_input_writes_its_folder_or_fails_in_one_line(tmp_path_factory, lines, suffix):
     "The whole stage: a folder whose counts reconcile, or a one-line `KitError` and no folder."
-    from finetune_kit.config import make_config
+    from finetune_kit.settings import make_config
     from finetune_kit.data import prepare_data
     d = tmp_path_factory.mktemp("prep")
     (d/f"s{suffix}").write_bytes(b"\n".join(lines) + b"\n")

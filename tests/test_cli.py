@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 from conftest import ROOT, run_cli
-from finetune_kit.cli import app, stage_params
+from finetune_kit.cli import app
+from finetune_kit.cli.core import stage_params
 from finetune_kit.config import param_specs
 
 FIX = ROOT/"tests/fixtures/data"

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 from typer.testing import CliRunner
 
-from finetune_kit.config import make_config
+from finetune_kit.settings import make_config
 from finetune_kit import data as D
 from finetune_kit.cli import app
 from finetune_kit.data import (DataError, REJECT_REASONS, find_duplicates, format_entities, load_splits,

@@ -8,7 +8,7 @@ httpx = pytest.importorskip("httpx")
 torch = pytest.importorskip("torch")
 from typer.testing import CliRunner
 from finetune_kit.cli import app
-from finetune_kit.config import make_config
+from finetune_kit.settings import make_config
 from finetune_kit.files import read_jsonl
 from finetune_kit.models import apply_peft, load_model, save_adapter
 from finetune_kit.deploy import (BackgroundServer, Engine, Router, ServeError, ServeSettings, load_adapters,
@@ -33,7 +33,7 @@ def tiny_adapter(folder, seed, base="tiny-test"):
 def direct_answers(adapter, prompts, max_new_tokens):
     "Each prompt answered alone by `transformers` generate on base + adapter, loaded on its own (greedy, fp32)."
     from peft import PeftModel
-    from finetune_kit.train import end_of_turn_id
+    from finetune_kit.models import end_of_turn_id
     m, tok = load_model(make_config({"base_model": "tiny-test", "dtype": "float32"}), progress=False)
     pm = PeftModel.from_pretrained(m, str(adapter)).eval()
     stops = sorted({end_of_turn_id(tok), *([tok.eos_token_id] if tok.eos_token_id is not None else [])})

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 from conftest import ROOT
-from finetune_kit.config import make_config
+from finetune_kit.settings import make_config
 from finetune_kit.cli import app
 from finetune_kit.evaluate import (OUTSIDE, LABEL_STUDIO_CHOICES, EvalError, bootstrap_intervals, classification_metrics,
                                    comparison_table, evaluate, exact_match, generate, generate_pair, import_review,
@@ -371,11 +371,11 @@ def test_rank_labels_adapter_toggle(loud_peft):
 
 def test_rank_answer_tokens_are_the_chat_templates():
     import copy
-    from finetune_kit.evaluate.generate import _answer_ids, rank_labels
+    from finetune_kit.evaluate.generate import answer_ids, rank_labels
     from finetune_kit.testing import load_tiny
     model, tok = load_tiny()
     rec, eot = read_jsonl(CLS/"test.jsonl")[0], tok.eos_token_id
-    ids, ans = _answer_ids(tok, [rec], RANK_LABELS, [eot])
+    ids, ans = answer_ids(tok, [rec], RANK_LABELS, [eot])
     for l, a in zip(RANK_LABELS, ans[0]):
         full = tok.apply_chat_template(rec["prompt"] + [{"role": "assistant", "content": l}])["input_ids"]
         assert ids[0] + a == full[:len(ids[0]) + len(a)] and a[-1] == eot and a.count(eot) == 1
@@ -389,7 +389,7 @@ def test_rank_answer_tokens_are_the_chat_templates():
 
 def test_rank_labels_computes_each_prompt_once_and_its_labels_as_a_batch(loud_peft):
     "The shared prefix once; then per batch of records, their prompts once and every label of every record at once."
-    from finetune_kit.evaluate.generate import _answer_ids, rank_labels
+    from finetune_kit.evaluate.generate import answer_ids, rank_labels
     model, tok = loud_peft
     recs = read_jsonl(CLS/"test.jsonl")
     calls = []
@@ -398,7 +398,7 @@ def test_rank_labels_computes_each_prompt_once_and_its_labels_as_a_batch(loud_pe
     try: rank_labels(model, tok, recs, RANK_LABELS, batch_size=5, progress=False)
     finally: h.remove()
     assert calls[0][0] == 1 and [c[0] for c in calls[1:]] == [5, 25, 5, 25, 2, 10]
-    longest = max(map(len, _answer_ids(tok, recs[:1], RANK_LABELS, [tok.eos_token_id])[1][0]))
+    longest = max(map(len, answer_ids(tok, recs[:1], RANK_LABELS, [tok.eos_token_id])[1][0]))
     assert all(c[1] == longest - 1 for c in calls[2::2])  # the answers' own tokens, padded on the right
 
 def test_rank_labels_prompt_tuning_scores_whole_sequences():
@@ -468,7 +468,7 @@ def test_evaluate_from_precomputed_outputs_without_references(tmp_path):
 # ---- command line
 
 def test_cli_run_on_a_run_folder_finds_its_data_and_adapter(tmp_path, tiny_peft):
-    from finetune_kit.config import create_run
+    from finetune_kit.runs import create_run
     model, _ = tiny_peft
     cfg, run_dir = create_run(make_config(settings=False, base_model="tiny-test", report_to="none", runs_dir=str(tmp_path),
                                           data_dir=str(CLS), max_new_tokens=4, bootstrap_samples=50, review_samples=3))

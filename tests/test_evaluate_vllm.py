@@ -5,7 +5,8 @@ import pytest
 from typer.testing import CliRunner
 from conftest import ROOT
 from finetune_kit.cli import app
-from finetune_kit.config import ConfigError, make_config, param_specs
+from finetune_kit.config import ConfigError, param_specs
+from finetune_kit.settings import make_config
 from finetune_kit.evaluate import EvalError, evaluate, generate, read_jsonl
 from finetune_kit.evaluate.generate import greedy_config, rank_labels
 from finetune_kit.evaluate.run import generate_systems

@@ -4,7 +4,7 @@ from pathlib import Path
 from unittest import mock
 import pytest
 from conftest import ROOT
-from finetune_kit.config import make_config
+from finetune_kit.settings import make_config
 from finetune_kit.files import KitError
 
 INSTALL = "pip install 'finetune-kit[mlflow]'"

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 from conftest import ROOT, BIN, run_cli
-from finetune_kit.config import (ConfigError, RunConfig, load_config, make_config, param_specs, save_config,
-                                 update_config, flatten, read_settings)
+from finetune_kit.config import ConfigError, RunConfig, load_config, param_specs, save_config, update_config, flatten
+from finetune_kit.settings import make_config, read_settings
 
 WORKBOOK = ROOT/"nbs/workbooks/finetune.ipynb"
 # the workbook end to end on the tiny model, in seconds

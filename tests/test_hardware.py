@@ -2,9 +2,10 @@
 fine-tuning, and the CUDA loss path (TRL's own loss inside the kit's fail-fast checks), decided and run on a CPU."""
 import pytest
 import torch
-from finetune_kit.config import make_config
+from finetune_kit.settings import make_config
 from finetune_kit.models import device_settings
-from finetune_kit.train import FinetuneTrainer, TrainingError, hardware_args, training_args, uses_compact_loss
+from finetune_kit.train import FinetuneTrainer, hardware_args, training_args, uses_compact_loss
+from finetune_kit.checkpoints import TrainingError
 
 CPU, CPU_BF16, GPU_BF16, GPU_FP16 = (False, False, 0), (False, True, 0), (True, True, 9), (True, False, 7)
 

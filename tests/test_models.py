@@ -4,7 +4,8 @@ from types import SimpleNamespace
 import pytest, torch
 from typer.testing import CliRunner
 from finetune_kit.cli import app
-from finetune_kit.config import PEFT_METHODS, make_config
+from finetune_kit.config import PEFT_METHODS
+from finetune_kit.settings import make_config
 from finetune_kit import models as M
 from finetune_kit.models import (MERGEABLE, SMOLLM2, SMOLLM2_PIP, DeviceSettings, ModelError, apply_peft, device_settings,
                                  load_model, load_tokenizer, merge_adapter, model_report, resolve_model, save_adapter)

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from conftest import ROOT, BIN, run_cli
 from finetune_kit.cli import app
-from finetune_kit.config import ConfigError, check_param, make_config
+from finetune_kit.config import ConfigError, check_param
+from finetune_kit.settings import make_config
 from finetune_kit.files import KitError
 
 FIX = ROOT/"tests/fixtures/data"

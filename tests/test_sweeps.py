@@ -143,7 +143,8 @@ def test_results_rank_by_metric_and_cost_and_pick_the_cheapest(tmp_path):
             ({"lora_r": 16, "peft_method": "lora"}, 0.70, "complete", {"seconds": 50.0, "run_id": "c"}),
             ({"lora_r": 16, "peft_method": "dora"}, None, "fail", {"seconds": 20.0, "error": "cell 7 failed: ValueError: boom"})]
     study = _fake_study(spec, rows)
-    from finetune_kit.config import make_config, save_config
+    from finetune_kit.config import save_config
+    from finetune_kit.settings import make_config
     for rid, r in (("a", 8), ("b", 32)):
         (tmp_path/"trials"/rid).mkdir(parents=True)
         save_config(make_config({"lora_r": r, "run_id": rid}, settings=False), tmp_path/"trials"/rid/"config.json")
@@ -187,7 +188,7 @@ def test_cli_wandb_registers_the_sweep_and_prints_the_agent_line(cli, monkeypatc
     assert sent["sweep"]["parameters"]["learning_rate"] == {"values": [3e-4, 1e-3]}
 
 def test_prepare_cached_reuses_the_prepared_data():
-    from finetune_kit.config import make_config
+    from finetune_kit.settings import make_config
     from finetune_kit.models import load_tokenizer
     from finetune_kit.data import prepare_cached
     cfg = make_config(dict(base_model="tiny-test", max_records=20, seed=5), settings=False)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_kit.config import make_config
+from finetune_kit.settings import make_config
 from finetune_kit.data import DataError, prepare_data
 from finetune_kit.data.queue import (accepted_records, current_record, import_queue_csv, import_queue_label_studio,
                                      label_studio_queue_tasks, read_queue, review_item, write_accepted, write_queue_csv)

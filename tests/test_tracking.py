@@ -12,7 +12,7 @@ CLS = ROOT/"tests/fixtures/evaluate/cls"
 # runs them: one process, the training run's config.
 SCRIPT = """
 import json, sys
-from finetune_kit.config import make_config
+from finetune_kit.settings import make_config
 from finetune_kit.train import train
 from finetune_kit.evaluate import evaluate
 from finetune_kit.files import read_jsonl

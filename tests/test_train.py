@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, BIN, run_cli
-from finetune_kit.config import make_config
+from finetune_kit.settings import make_config
 
 BASE = {"base_model": "tiny-test", "source": "bbc", "max_records": 120, "max_chars": 200, "report_to": "none",
         "logging_steps": 1, "seed": 3}
@@ -44,7 +44,7 @@ def test_run_folder_holds_every_record(finished):
 
 def test_generation_config_stops_at_the_templates_end_of_turn(finished):
     from transformers import AutoTokenizer, GenerationConfig
-    from finetune_kit.train import end_of_turn_id
+    from finetune_kit.models import end_of_turn_id
     tok = AutoTokenizer.from_pretrained(finished/"adapter")
     gc = GenerationConfig.from_pretrained(finished/"adapter")
     eot = end_of_turn_id(tok)
@@ -111,7 +111,8 @@ def test_mlflow_backend_logs_params_and_metrics(tmp_path, monkeypatch):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     from transformers import TrainerCallback
-    from finetune_kit.train import train, TrainingError
+    from finetune_kit.train import train
+    from finetune_kit.checkpoints import TrainingError
     class Poison(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kw):
             if state.global_step == 5:
@@ -126,7 +127,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_a_batch_without_loss_tokens_stops(tmp_path, tiny_model_dir):
     from datasets import Dataset
     from finetune_kit.models import load_model, apply_peft
-    from finetune_kit.train import FinetuneTrainer, training_args, TrainingError, check_trainable
+    from finetune_kit.train import FinetuneTrainer, training_args, check_trainable
+    from finetune_kit.checkpoints import TrainingError
     cfg = cfg_for(tmp_path, max_steps=1)
     model, tok = load_model(cfg)
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": "a b c"}], "completion": [{"role": "assistant", "content": "x"}]}])

@@ -10,15 +10,17 @@ import functools, inspect, json
 from pathlib import Path
 from ..files import atomic_folder, read_jsonl
 from .sources import DataError, PACKAGED
+from ..config import load_config
 
 # %% auto #0
-__all__ = ['label_warnings', 'load_splits', 'dvc_add']
+__all__ = ['SPLITS', 'source_list', 'label_warnings', 'writes_whole_folder', 'load_splits', 'find_data_dir', 'dvc_add']
 
 # %% ../../nbs/02j_data_folder.ipynb #f611039d
 _OUTPUTS = ("train.jsonl", "validation.jsonl", "test.jsonl", "rejected.jsonl", "duplicates.jsonl", "data.json",
             "card.md", "label_distribution.png", "token_lengths.png", "rejections.png")
 
-def _as_sources(sources) -> list:
+def source_list(sources) -> list:
+    "`sources` as a list: a comma-separated string split, one path, or one list of in-memory records kept whole."
     if isinstance(sources, str): return [s.strip() for s in sources.split(",") if s.strip()]
     if isinstance(sources, Path): return [sources]
     if isinstance(sources, (list, tuple)):
@@ -45,14 +47,14 @@ def label_warnings(info:dict) -> list[str]:
                 "map them to one spelling (or set label_set)" for g in groups.values() if len(g) > 1]
     return out
 
-def _into_atomic_folder(prepare):
+def writes_whole_folder(prepare):
     "`prepare` (as `prepare_data`) writing into a temporary sibling of its folder, moved into place when it ends."
     sig = inspect.signature(prepare)
     @functools.wraps(prepare)
     def wrapper(*args, **kwargs):
         ba = sig.bind(*args, **kwargs); ba.apply_defaults()
         cfg, out, sources = ba.arguments["cfg"], Path(ba.arguments["out_dir"]), ba.arguments["sources"]
-        _check_outside(cfg, out, _as_sources(sources if sources is not None else cfg.data.source))
+        _check_outside(cfg, out, source_list(sources if sources is not None else cfg.data.source))
         with atomic_folder(out, last="data.json", legacy=_OUTPUTS) as tmp:
             ba.arguments["out_dir"] = tmp
             info = prepare(*ba.args, **ba.kwargs)
@@ -65,7 +67,7 @@ def _into_atomic_folder(prepare):
     return wrapper
 
 # %% ../../nbs/02j_data_folder.ipynb #f18a5227
-_SPLITS = ("train", "validation", "test")  # the splits of a prepared folder (`data.prepare` writes them)
+SPLITS = ("train", "validation", "test")  # the splits of a prepared folder (`data.prepare` writes them)
 
 def _arrow_safe_meta(rows:list[dict]):
     "Make `meta` fit one Arrow type per key: a key whose values mix types (or nest) becomes JSON text, in place."
@@ -85,9 +87,25 @@ def load_splits(data_dir,  # a folder written by `prepare_data`
     from datasets import Dataset, DatasetDict
     data_dir = Path(data_dir)
     if not (data_dir/"data.json").is_file(): raise DataError(f"{data_dir}: not a prepared data folder (no data.json)")
-    rows = {n: read_jsonl(data_dir/f"{n}.jsonl") if (data_dir/f"{n}.jsonl").exists() else [] for n in _SPLITS}
+    rows = {n: read_jsonl(data_dir/f"{n}.jsonl") if (data_dir/f"{n}.jsonl").exists() else [] for n in SPLITS}
     _arrow_safe_meta([r for v in rows.values() for r in v])
     return DatasetDict({n: Dataset.from_list(v) for n, v in rows.items()})
+
+# %% ../../nbs/02j_data_folder.ipynb #bb14689c
+def find_data_dir(path) -> Path:
+    "The prepared data folder behind `path`: the folder itself, or a run folder's `data_dir` or `data/`."
+    path = Path(path)
+    if path.is_file(): return path.parent
+    if not path.is_dir(): raise DataError(f"{path}: no such data folder, run folder or JSONL file")
+    cands = [path]
+    if (path/"config.json").is_file():
+        dd = load_config(path/"config.json").data.data_dir
+        if dd: cands.insert(0, Path(dd))
+        cands.append(path/"data")
+    for c in cands:
+        if any((c/f"{s}.jsonl").is_file() for s in ("test", "validation", "train")): return c
+    raise DataError(f"{path}: no prepared splits (test.jsonl, ...) here; prepare data first "
+                    "(finetune-kit data prepare)")
 
 # %% ../../nbs/02j_data_folder.ipynb #ea5e40b3
 def _find_dvc_repo(p:Path) -> Path|None:

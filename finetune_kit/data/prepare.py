@@ -11,14 +11,14 @@ from collections import Counter
 from pathlib import Path
 from ..files import one_line, read_jsonl, write_jsonl
 from ..tasks import Rejected, TaskSpec
-from .sources import (DataError, PACKAGED, _spec, read_packaged, read_source, screen_record,
+from .sources import (DataError, PACKAGED, task_spec, read_packaged, read_source, screen_record,
                                        validate_record)
 from .curate import PII_TYPES, DuplicateIndex, clean_record, scrub_pii, scrub_record
-from .templates import _measure, make_prompt, make_template, render_chats
+from .templates import token_counts, make_prompt, make_template, render_chats
 from .split import fingerprint, record_digest, split_indices
 from .card import write_card
-from .folder import (_SPLITS, _as_sources, _into_atomic_folder, dvc_add, label_warnings,
-                                      load_splits)  # dvc_add, label_warnings, load_splits: importable from here too
+from .folder import SPLITS, dvc_add, label_warnings, source_list, writes_whole_folder
+from ..models import load_tokenizer
 
 # %% auto #0
 __all__ = ['TOKEN_SAMPLE', 'read_and_validate', 'clean_and_scrub', 'dedup', 'decontaminate', 'sample_records', 'hold_out_test',
@@ -248,7 +248,7 @@ def token_budget(items:list[dict],  # records with their `example`
     at_risk = {k for k in range(n) if len(fulls[k].encode("utf-8")) + 8 > max_length}  # a token covers >= 1 byte
     sample = set(range(n)) if n <= TOKEN_SAMPLE else set(random.Random(seed).sample(range(n), TOKEN_SAMPLE))
     measured = sorted(sample | at_risk)
-    pl, tl = _measure(tokenizer, [prompts[k] for k in measured], [fulls[k] for k in measured])
+    pl, tl = token_counts(tokenizer, [prompts[k] for k in measured], [fulls[k] for k in measured])
     p_of, t_of = dict(zip(measured, pl)), dict(zip(measured, tl))
     keep, rejected = [], []
     for k, it in enumerate(items):
@@ -276,7 +276,7 @@ def split_records(items:list[dict],  # the records left
     groups, labels = _split_keys(pool, spec, d)
     test_size = 0 if pool is not items else d.test_size
     parts, info = split_indices(len(pool), labels, groups, d.val_size, test_size, seed)
-    out = {name: [pool[k] for k in parts[name]] for name in _SPLITS}
+    out = {name: [pool[k] for k in parts[name]] for name in SPLITS}
     if pool is not items: out["test"], info["test_records"] = held, len(held)
     if syn: out["train"] += syn; info["synthetic_in_train"] = len(syn)
     return out, info
@@ -291,7 +291,7 @@ def write_splits(parts:dict[str, list[dict]],  # from `split_records`, with thei
                 ) -> tuple[dict[str, list[dict]], str]:
     "Write `train.jsonl`, `validation.jsonl` and `test.jsonl`; the rows written per split and the fingerprint."
     seen, written, digests = Counter(), {}, {}
-    for name in _SPLITS:
+    for name in SPLITS:
         written[name], digests[name] = [], []
         for it in parts[name]:
             rec, ex = it["rec"], it["example"]
@@ -329,18 +329,17 @@ def _counts(n_read, written, rejected, dups, skipped, dedup_on) -> dict:
     return c
 
 # %% ../../nbs/02f_data_prepare.ipynb #81460bd1
-@_into_atomic_folder
+@writes_whole_folder
 def prepare_data(cfg,  # a `RunConfig`: `cfg.data` says what to prepare, `cfg.seed` seeds sampling and splits
                  out_dir,  # the folder to write (created)
                  tokenizer=None,  # a tokenizer (or a model name for `models.load_tokenizer`) for token stats
                  sources=None,  # override `cfg.data.source`: paths, packaged names, `datasets` objects or list of dicts
                 ) -> dict:
     "Prepare what `cfg.data` names into `out_dir` (splits, rejected.jsonl, data.json, card.md); data.json's content."
-    d, seed, spec = cfg.data, cfg.seed, _spec(cfg.data.task)
-    srcs = _as_sources(sources if sources is not None else d.source)
+    d, seed, spec = cfg.data, cfg.seed, task_spec(cfg.data.task)
+    srcs = source_list(sources if sources is not None else d.source)
     if not srcs: raise DataError("no data source given")
     if isinstance(tokenizer, str):
-        from finetune_kit.models import load_tokenizer
         tokenizer = load_tokenizer(tokenizer)
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     records = read_and_validate(srcs, spec, d)
@@ -372,7 +371,7 @@ def prepare_data(cfg,  # a `RunConfig`: `cfg.data` says what to prepare, `cfg.se
         "decontamination": decon, "tokens": tokens,
         "split": {"seed": seed, "val_size": d.val_size, "test_size": d.test_size, "group_field": d.group_field,
                   **split_info},
-        "files": [f"{s}.jsonl" for s in _SPLITS] + ["rejected.jsonl", "duplicates.jsonl", "card.md"],
+        "files": [f"{s}.jsonl" for s in SPLITS] + ["rejected.jsonl", "duplicates.jsonl", "card.md"],
         "config": {**{k: getattr(d, k) for k in d.__dataclass_fields__}, "seed": seed,
                    "max_length": cfg.train.max_length},
     }

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from ..files import KitError, read_jsonl, write_jsonl
 from ..tasks import Rejected, format_entities, parse_entities
-from .sources import DataError, _spec, validate_record
+from .sources import DataError, task_spec, validate_record
 
 # %% auto #0
 __all__ = ['REVIEW_STATUSES', 'record_fields', 'fields_record', 'read_queue', 'add_to_queue', 'current_record', 'review_item',
@@ -23,7 +23,7 @@ def record_fields(rec:dict,  # a canonical record
                   task,  # its task (name or `TaskSpec`)
                  ) -> dict[str, str]:
     "The record as flat text fields a person can read and edit."
-    spec = _spec(task)
+    spec = task_spec(task)
     if spec.name == "ner":
         return {"text": " ".join(rec["tokens"]), "entities": format_entities(rec["tokens"], rec["tags"])}
     return {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in rec.items()}
@@ -45,7 +45,7 @@ def fields_record(fields:dict,  # flat text fields, as `record_fields` gives the
                   task,  # the task
                  ) -> dict:
     "The canonical record from flat fields, checked by the data stage's validator (raises `Rejected`)."
-    spec = _spec(task)
+    spec = task_spec(task)
     if spec.name == "ner":
         data = _ner_tags(fields.get("text") or "", fields.get("entities") or "")
     else:
@@ -238,7 +238,7 @@ def label_studio_queue_tasks(path, statuses=("pending",)) -> list[dict]:
 def label_studio_queue_config(task, labels:list[str]|None=None) -> str:
     "The Label Studio labeling config (XML) for review tasks of `task`."
     from xml.sax.saxutils import quoteattr
-    spec = _spec(task)
+    spec = task_spec(task)
     names = ["text", "entities"] if spec.name == "ner" else [f for f in spec.fields if f]
     parts = ["<View>"] + [f'  <Header value="{n}"/>\n  <Text name="{n}" value="${n}"/>' for n in names]
     parts.append(f'  <Choices name="decision" toName="{names[0]}" choice="single" required="true">\n'
@@ -286,7 +286,7 @@ def accepted_records(path) -> list[dict]:
     for r in read_queue(path):
         if r["status"] not in ("accepted", "edited"): continue
         rec = current_record(r)
-        if _spec(r["task"]).name == "ner": rec = {"tokens": rec["tokens"], "tags": rec["tags"]}
+        if task_spec(r["task"]).name == "ner": rec = {"tokens": rec["tokens"], "tags": rec["tags"]}
         out.append({**rec, "meta": {"synthetic": True, "synth_id": r["id"], "review": r["status"]}})
     return out
 

@@ -15,17 +15,17 @@ from ..files import KitError, one_line
 from ..tasks import TASKS, Rejected, TaskSpec, get_task
 
 # %% auto #0
-__all__ = ['PACKAGED', 'ACLSUM_ASPECTS', 'TASK_FIELDS', 'MAX_FIELD_CHARS', 'MAX_DEPTH', 'DataError', 'read_jsonl_raw',
-           'read_json', 'read_csv', 'read_parquet', 'read_hf', 'read_folder', 'read_conll', 'read_source',
-           'packaged_path', 'load_bbc', 'load_wnut16', 'load_aclsum', 'read_packaged', 'validate_record',
-           'screen_record']
+__all__ = ['PACKAGED', 'ACLSUM_ASPECTS', 'TASK_FIELDS', 'MAX_FIELD_CHARS', 'MAX_DEPTH', 'DataError', 'task_spec',
+           'read_jsonl_raw', 'read_json', 'read_csv', 'read_parquet', 'read_hf', 'read_folder', 'read_conll',
+           'read_source', 'packaged_path', 'load_bbc', 'load_wnut16', 'load_aclsum', 'read_packaged', 'TaskTable',
+           'validate_record', 'screen_record']
 
 # %% ../../nbs/02a_data_sources.ipynb #ace57b10
 class DataError(KitError):
     "A data source that cannot be read at all: the message is one line naming the file and the cause."
 
 # %% ../../nbs/02a_data_sources.ipynb #71a85779
-def _spec(task) -> TaskSpec:
+def task_spec(task) -> TaskSpec:
     "The registered task `task` (a name or a `TaskSpec`); an unknown name is a `DataError`."
     try: return get_task(task)
     except KitError as e: raise DataError(str(e)) from None
@@ -378,7 +378,7 @@ def read_packaged(name:str) -> Iterator[dict]:
         yield r
 
 # %% ../../nbs/02a_data_sources.ipynb #f52e6053
-class _TaskTable(Mapping):
+class TaskTable(Mapping):
     "A read-only view of one attribute of every registered task, by task name."
     def __init__(self, attr:str): self.attr = attr
     def __getitem__(self, name): return getattr(TASKS[name], self.attr)
@@ -386,7 +386,7 @@ class _TaskTable(Mapping):
     def __len__(self): return len(TASKS)
     def __repr__(self): return repr(dict(self))
 
-TASK_FIELDS = _TaskTable("fields")
+TASK_FIELDS = TaskTable("fields")
 
 # %% ../../nbs/02a_data_sources.ipynb #0414b91c
 def validate_record(data:dict,  # the source record's fields
@@ -395,7 +395,7 @@ def validate_record(data:dict,  # the source record's fields
                     label_field:str|None=None,  # source name of the output field (None: the canonical name)
                    ) -> dict:
     "The canonical record for `task` from `data`, or raise `Rejected`."
-    spec = _spec(task)
+    spec = task_spec(task)
     if not isinstance(data, dict): raise Rejected("not_an_object", None, type(data).__name__)
     fin, fout = spec.fields
     src_in, src_out = text_field or fin, label_field or fout

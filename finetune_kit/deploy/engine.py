@@ -10,13 +10,15 @@ import collections, contextlib, json, random, threading, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-from ..config import make_config
-from .export import export_source, model_key, same_base
+from fastcore.basics import patch
 from ..files import KitError, one_line
+from ..settings import make_config
+from ..models import end_of_turn_id, load_model
+from ..adapters import RESERVED, AdapterError, AdapterInfo, check_adapters, misfit_reason
+from ..evaluate.generate import kv_cache_of
 
 # %% auto #0
-__all__ = ['RESERVED', 'ServeError', 'Busy', 'AdapterInfo', 'adapter_info', 'check_adapters', 'load_adapters', 'Job',
-           'decode_batch', 'Engine', 'load_engine']
+__all__ = ['ServeError', 'Busy', 'load_adapters', 'Job', 'decode_batch', 'Engine', 'load_engine']
 
 # %% ../../nbs/09b_deploy_engine.ipynb #1632026d
 class ServeError(KitError):
@@ -25,61 +27,8 @@ class ServeError(KitError):
 class Busy(Exception):
     "The engine's queue is full: the request should be retried later (HTTP 429)."
 
-# %% ../../nbs/09b_deploy_engine.ipynb #d8411f05
-@dataclass
-class AdapterInfo:
-    "A named adapter as the engine serves it."
-    name: str  # what clients ask for in `model`
-    path: Path  # the adapter folder
-    base_model: str  # the base it was trained on
-    peft_type: str  # PEFT's type, e.g. LORA
-    rank: int|None = None  # LoRA rank (largest, with a rank pattern)
-    use_dora: bool = False
-    target_modules: list = field(default_factory=list)
-    config: dict = field(default_factory=dict)  # its adapter_config.json
-
-RESERVED = ("base",)  # `model: base` asks for the base model without an adapter
-
-def adapter_info(name:str, path) -> AdapterInfo:
-    "What the adapter folder (or run folder) `path` is, served as `name`."
-    from finetune_kit.deploy.export import ExportError
-    try: src = export_source(path)
-    except ExportError as e: raise ServeError(f"adapter '{name}': {e}") from None
-    try: ac = json.loads((src.adapter_dir/"adapter_config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        raise ServeError(f"adapter '{name}': {src.adapter_dir} holds no adapter (a full fine-tuned model is served "
-                         f"as the base: -p base_model {src.adapter_dir})") from None
-    ranks = [ac.get("r") or ac.get("init_r"), *(ac.get("rank_pattern") or {}).values()]
-    tm = ac.get("target_modules") or []
-    return AdapterInfo(name, src.adapter_dir, src.base_model, str(ac.get("peft_type", "")).upper(),
-                       max((r for r in ranks if isinstance(r, int)), default=None), bool(ac.get("use_dora")),
-                       sorted(tm) if isinstance(tm, list) else [tm], ac)
-
-# %% ../../nbs/09b_deploy_engine.ipynb #ce319f83
-def check_adapters(base_model:str,  # the served base: a built-in name, a folder or a hub id
-                   adapters:dict,  # name -> adapter or run folder
-                  ) -> dict[str, AdapterInfo]:
-    "The adapters' infos, after checking names, base model, type and chat template; a problem is a `ServeError`."
-    infos = {}
-    for name, path in adapters.items():
-        if not name or name in RESERVED or "=" in name or name == str(base_model):
-            raise ServeError(f"adapter name {name!r} is not allowed (reserved: {', '.join(RESERVED)}, the base's name)")
-        a = adapter_info(name, path)
-        if not same_base(a.base_model, base_model):
-            raise ServeError(f"adapter '{name}' ({a.path}) was trained on {a.base_model}, not on the served base model "
-                             f"{base_model}: serve it with -p base_model {a.base_model}")
-        if a.config.get("peft_type") in ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING"):
-            raise ServeError(f"adapter '{name}' is {a.peft_type.lower()}: its virtual tokens need a server of their own "
-                             "(one adapter, no batching across adapters); merge-free methods: lora, qlora, dora, ia3")
-        infos[name] = a
-    if len(types := {a.peft_type for a in infos.values()}) > 1:
-        raise ServeError(f"PEFT holds one adapter type per model; these are {', '.join(sorted(types))}: serve each "
-                         "type from its own server, or export merged models (finetune-kit export)")
-    return infos
-
 # %% ../../nbs/09b_deploy_engine.ipynb #b5e93665
 def _stop_ids(model, tok) -> list[int]:
-    from finetune_kit.train import end_of_turn_id
     e = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = set(e if isinstance(e, (list, tuple)) else [e] if e is not None else [])
     if tok.eos_token_id is not None: ids.add(tok.eos_token_id)
@@ -89,11 +38,10 @@ def _stop_ids(model, tok) -> list[int]:
 
 def load_adapters(base_model:str, adapters:dict|None=None, params:dict|None=None, progress:bool=True):
     "`(model, tokenizer, infos, stop_ids)`: the base loaded once, each checked adapter on it under its name."
-    from finetune_kit.evaluate.run import _misfit
-    from finetune_kit.models import load_model
     params = {"attn_implementation": "sdpa", **(params or {}), "base_model": base_model}
     if params["attn_implementation"] == "auto": params["attn_implementation"] = "sdpa"
-    infos = check_adapters(base_model, adapters or {})
+    try: infos = check_adapters(base_model, adapters or {})
+    except AdapterError as e: raise ServeError(str(e)) from None
     model, tok = load_model(make_config({k: v for k, v in params.items() if v is not None}), progress=progress)
     tok.padding_side = "left"
     for i, a in enumerate(infos.values()):
@@ -106,7 +54,7 @@ def load_adapters(base_model:str, adapters:dict|None=None, params:dict|None=None
             else: model.load_adapter(str(a.path), adapter_name=a.name, is_trainable=False, autocast_adapter_dtype=False)
         except (RuntimeError, ValueError, KeyError) as e:
             raise ServeError(f"adapter '{a.name}' ({a.path}, trained on {a.base_model}) does not fit the base model "
-                             f"{base_model}: {_misfit(e)}") from None
+                             f"{base_model}: {misfit_reason(e)}") from None
     model.eval()
     return model, tok, infos, _stop_ids(model, tok)
 
@@ -174,7 +122,6 @@ def decode_batch(model, tok, jobs:list[Job], stop_ids:list[int],
                 ):
     "Answer `jobs` together, emitting each one's events as its tokens come."
     import torch
-    from finetune_kit.evaluate.generate import _cache_of
     peft = hasattr(model, "peft_config")
     device = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else stop_ids[0]
@@ -193,7 +140,7 @@ def decode_batch(model, tok, jobs:list[Job], stop_ids:list[int],
             extra = {"adapter_names": names} if peft and mixed else {}
             if cache is not None: extra[kw] = cache
             out = model(input_ids=inp, attention_mask=att, position_ids=pos, use_cache=True, logits_to_keep=1, **extra)
-            if cache is None: cache, kw = _cache_of(out)
+            if cache is None: cache, kw = kv_cache_of(out)
             nxt = _pick(out.logits[:, -1], [r.job for r in rows], gens).tolist()
             keep = [i for i, (r, t) in enumerate(zip(rows, nxt)) if r.add(t, stop) is None and not r.job.cancelled]
             if len(keep) < len(rows):
@@ -233,8 +180,6 @@ class Engine:
         raise KeyError(model_name)
 
 # %% ../../nbs/09b_deploy_engine.ipynb #1aa00184
-from fastcore.basics import patch
-
 @patch
 def submit(self:Engine, job:Job):
     "Queue `job`; `Busy` if the queue is full."

@@ -8,10 +8,11 @@ Docs: https://finetune-kit.github.io/finetune-kit/evaluate_generate.html.md"""
 from __future__ import annotations
 import contextlib, copy, functools, math
 from ..files import KitError
+from ..progress import progress_bar
 
 # %% auto #0
-__all__ = ['EvalError', 'greedy_config', 'prompt_ids', 'generate', 'generate_pair', 'rank_labels', 'scored_sequences',
-           'perplexity']
+__all__ = ['EvalError', 'eos_ids', 'greedy_config', 'prompt_ids', 'kv_cache_of', 'generate', 'generate_pair', 'answer_ids',
+           'rank_labels', 'scored_sequences', 'perplexity']
 
 # %% ../../nbs/05a_evaluate_generate.ipynb #76800392
 class EvalError(KitError):
@@ -20,7 +21,7 @@ class EvalError(KitError):
 # %% ../../nbs/05a_evaluate_generate.ipynb #89959292
 def _prompt_of(p) -> list[dict]: return p["prompt"] if isinstance(p, dict) else p
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def eos_ids(model, tokenizer) -> list[int]:
     "Every end-of-sequence id the generation config or the tokenizer names."
     ids = set()
     for e in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
@@ -34,7 +35,7 @@ def greedy_config(model, tokenizer,
     "The model's generation config made greedy, with `max_new_tokens`, its eos ids and a pad id."
     from transformers import GenerationConfig
     gc = copy.deepcopy(getattr(model, "generation_config", None) or GenerationConfig())
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     gc.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None, max_new_tokens=max_new_tokens,
               max_length=None, eos_token_id=eos, pad_token_id=pad)
@@ -54,7 +55,7 @@ def _common_prefix(ids:list[list[int]]) -> int:
     return p
 
 # %% ../../nbs/05a_evaluate_generate.ipynb #5a8a4134
-def _cache_of(out) -> tuple:
+def kv_cache_of(out) -> tuple:
     "The KV cache a forward returned and the keyword the model takes it back by (5.x: `cache`, 4.x: `past_key_values`)."
     for kw in ("cache", "past_key_values"):
         c = getattr(out, kw, None)
@@ -70,7 +71,7 @@ def _prefix_cache(model, prefix:list[int], device, grow:bool=True):
     On a CPU its layers grow in place (with `grow`), and so do those of every batch's copy."""
     import torch
     if _prompt_learning(model): return None, None  # virtual tokens come first
-    c, kw = _cache_of(model(input_ids=torch.tensor([prefix], device=device), use_cache=True))
+    c, kw = kv_cache_of(model(input_ids=torch.tensor([prefix], device=device), use_cache=True))
     return (_grow_on_cpu(c, device) if grow else c), kw
 
 # %% ../../nbs/05a_evaluate_generate.ipynb #bc3e29f6
@@ -163,7 +164,7 @@ def _greedy_rows(model, x, att, P:int, cache, kw, gc) -> list[list[int]]:
     for step in range(gc.max_new_tokens):
         out = model(input_ids=inp, attention_mask=att, position_ids=p, use_cache=True, logits_to_keep=1,
                     **({kw: cache} if cache is not None else {}))
-        if cache is None: cache, kw = _cache_of(out); _grow_on_cpu(cache, x.device)
+        if cache is None: cache, kw = kv_cache_of(out); _grow_on_cpu(cache, x.device)
         nxt = out.logits[:, -1].argmax(-1).to(x.device)  # the output layer may sit on another device (device_map)
         ended = torch.isin(nxt, eos)
         # an eos id too, as transformers keeps it (decoding drops special ones)
@@ -188,7 +189,6 @@ def generate(model, tokenizer,
             ) -> list[str]:
     "Greedy answers to `prompts` (sampled ones with a `temperature`), batched with left padding, in input order."
     import torch
-    from finetune_kit.jobs import progress_bar
     ids = prompt_ids(tokenizer, prompts)
     if not ids: return []
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: a too-long batch fails early
@@ -231,7 +231,7 @@ def generate_pair(model, tokenizer, prompts:list, **kwargs) -> tuple[list[str], 
     return base, generate(model, tokenizer, prompts, desc="tuned", **kwargs)
 
 # %% ../../nbs/05a_evaluate_generate.ipynb #2a17bdbe
-def _answer_ids(tokenizer, prompts:list, labels:list[str], eos:list[int]) -> tuple[list, list]:
+def answer_ids(tokenizer, prompts:list, labels:list[str], eos:list[int]) -> tuple[list, list]:
     "Each prompt's tokens, with the generation prompt, and each label's answer tokens after them, through end-of-turn."
     msgs = [_prompt_of(p) for p in prompts]
     pre = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in msgs]
@@ -269,7 +269,7 @@ def _rank_cached(model, x, att, P:int, cache, kw, answers:list, pad:int):
     nL, pos = len(answers[0]), (att.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=x[:, P:], attention_mask=att, position_ids=pos[:, P:], use_cache=True, logits_to_keep=1,
                 **({kw: cache} if cache is not None else {}))
-    if cache is None: cache, kw = _cache_of(out)
+    if cache is None: cache, kw = kv_cache_of(out)
     if cache is None: return None
     tgt, m = _padded([a for row in answers for a in row], pad, x.device)  # (B*nL, A), answers on the right
     lp = _answer_logprobs(out.logits[:, -1].repeat_interleave(nL, 0), tgt[:, 0]).to(x.device)[:, None]
@@ -302,13 +302,12 @@ def rank_labels(model, tokenizer,
                ):
     "The likeliest label per prompt: each label scored as the whole answer, its tokens' summed log-probabilities."
     import numpy as np, torch, inspect
-    from finetune_kit.jobs import progress_bar
     labels = list(labels)
     if not labels or len(set(labels)) < len(labels): raise EvalError(f"rank_labels needs distinct labels, got {labels}")
     scores = np.zeros((len(prompts), len(labels)))
     if not len(prompts): return ([], scores) if return_scores else []
-    ids, answers = _answer_ids(tokenizer, prompts, labels, _eos_ids(model, tokenizer))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _eos_ids(model, tokenizer)[0]
+    ids, answers = answer_ids(tokenizer, prompts, labels, eos_ids(model, tokenizer))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids(model, tokenizer)[0]
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths together, a too-long batch first
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     shared = (not _prompt_learning(model)

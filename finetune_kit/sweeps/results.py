@@ -9,7 +9,8 @@ from __future__ import annotations
 import json, math
 from dataclasses import dataclass, field
 from pathlib import Path
-from ..config import cache_dir, flatten, load_config
+from ..config import flatten, load_config
+from ..files import cache_dir
 from ..files import md_table
 from .spec import SweepError, SweepSpec
 

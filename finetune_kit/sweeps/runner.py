@@ -9,11 +9,12 @@ from __future__ import annotations
 import json, os, shutil, signal, socket, statistics, sys, time
 from dataclasses import dataclass
 from pathlib import Path
-from ..config import find_settings, read_settings
+from ..settings import find_settings, read_settings
 from .spec import SweepError, SweepSpec, grid_points, load_sweep, search_space, trial_params
-from .study import _quietly, _retry, HEARTBEAT_S, fail_trial, heartbeat, open_study
+from .study import quiet_optuna, retry_trial, HEARTBEAT_S, fail_trial, heartbeat, open_study
 from .results import (SweepResult, check_metric_name, intermediate_values, trial_cost, trial_metric,
                                          write_results)
+from ..jobs import run_job
 
 # %% auto #0
 __all__ = ['gpu_ids', 'gpu_groups', 'worker_env', 'failed_cell', 'recover_stale', 'failed_trials', 'retry_failed',
@@ -79,7 +80,6 @@ def _trial_main(notebook:str, params:dict, log:str, env:dict, parent:int):
     sys.stdout = open(1, "w", buffering=1, closefd=False); sys.stderr = open(2, "w", buffering=1, closefd=False)
     rc = 1
     try:
-        from finetune_kit.jobs import run_job
         from papermill.exceptions import PapermillExecutionError
         try:
             print(f"done: {run_job(notebook, params, progress=False)}"); rc = 0
@@ -149,7 +149,7 @@ class _Job:
 
 def _host() -> str: return socket.gethostname()
 
-@_quietly
+@quiet_optuna
 def recover_stale(study, say=print) -> list[int]:
     "Mark unfinished trials of dead runners on this host (and, by heartbeat, elsewhere) stale and queue them again."
     import optuna
@@ -160,7 +160,7 @@ def recover_stale(study, say=print) -> list[int]:
         if a.get("host") != me or _alive(a.get("runner_pid"), a.get("runner_started")): continue
         if _alive(a.get("pid"), a.get("pid_started")): _kill_tree(a.get("pid"))  # where the OS did not take it down
         if not fail_trial(study, t.number, "its runner died"): continue  # another runner closed it first
-        _retry(study, t); out.append(t.number)
+        retry_trial(study, t); out.append(t.number)
     optuna.storages.fail_stale_trials(study)
     if out: say(f"trials {', '.join(map(str, out))} were left running by a runner that died: queued again")
     return out
@@ -211,7 +211,7 @@ def failed_trials(study) -> list:
 def retry_failed(study, say=print) -> list[int]:
     "Queue the parameters of every failed trial again (once each); their trial numbers."
     out = [t.number for t in failed_trials(study)]
-    for t in failed_trials(study): _retry(study, t)
+    for t in failed_trials(study): retry_trial(study, t)
     if out: say(f"trials {', '.join(map(str, out))} failed before: queued again")
     return out
 
@@ -251,7 +251,7 @@ def _give_way(study, trial, cap:int|None, grid, wait:float=5.0) -> str|None:
         time.sleep(0.1)  # a lower-numbered trial is being sampled right now
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #e64ce6d4
-@_quietly
+@quiet_optuna
 def _launch(study, spec, space, notebook, sweep_dir, slot, parallel, gpus, grid, ctx, cap=None, gpus_per_trial=1):
     "Start the next trial in worker `slot`; a reason to stop instead when none is left (grid done, cap reached)."
     import importlib, psutil
@@ -283,7 +283,7 @@ def _launch(study, spec, space, notebook, sweep_dir, slot, parallel, gpus, grid,
     return _Job(trial, proc, run_dir, log, time.time(), devices=devices)
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #55f17292
-@_quietly
+@quiet_optuna
 def _watch(study, spec, job) -> bool:
     "Heartbeat, feed the pruner and maybe prune a running trial; False once it has ended."
     now = time.time()
@@ -339,7 +339,7 @@ def _abort(study, job, reason:str):
     try:
         job.trial.set_user_attr("stale", reason)
         study.tell(job.trial, state=TrialState.FAIL)
-        _retry(study, job.trial)
+        retry_trial(study, job.trial)
     except optuna.exceptions.UpdateFinishedTrialError: pass
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #637d4eeb
@@ -406,7 +406,7 @@ def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
         say(f"note: {len(gpus)} GPUs make {len(groups)} sets of {k}: {len(groups)} trials at once, not {parallel}")
         parallel = len(groups)
     elif gpus and parallel > len(gpus): say(f"note: {parallel} workers share {len(gpus)} GPUs")
-    if ctx.get_start_method() == "fork": import finetune_kit.jobs, papermill  # imported once here, not in every trial
+    if ctx.get_start_method() == "fork": import papermill  # imported once here, not in every trial
     deadline = time.time() + max_hours * 3600 if max_hours else None
     jobs, stop = {}, None
     old = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None
