@@ -163,6 +163,7 @@ def sources(cache, cfg):
         nb['metadata'].setdefault('language_info', {'name': 'python', 'pygments_lexer': 'ipython3'})
         if name == 'index':
             nb['cells'] += [{'cell_type': 'markdown', 'metadata': {}, 'source': t} for t in _toctree(sections, pages)]
+        for i, c in enumerate(nb['cells']): c.setdefault('id', f'docs-{i}')  # cells nbdev adds have none
         _write(site/f'{name}.ipynb', json.dumps(nb, indent=1, ensure_ascii=False))
         keep.add(site/f'{name}.ipynb')
     for f in site.rglob('*.ipynb'):  # pages whose notebook is gone
