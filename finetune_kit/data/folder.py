@@ -56,6 +56,7 @@ def writes_whole_folder(prepare):
         ba = sig.bind(*args, **kwargs); ba.apply_defaults()
         cfg, out, sources = ba.arguments["cfg"], Path(ba.arguments["out_dir"]), ba.arguments["sources"]
         _check_outside(cfg, out, source_list(sources if sources is not None else cfg.data.source))
+        if out.exists() and not out.is_dir(): raise DataError(f"{out}: is a file, not a folder to prepare into")
         with atomic_folder(out, last="data.json", legacy=_OUTPUTS) as tmp:
             ba.arguments["out_dir"] = tmp
             info = prepare(*ba.args, **ba.kwargs)
