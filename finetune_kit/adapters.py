@@ -65,7 +65,8 @@ def merge_adapter(model):
     spec = METHODS.get(method_of(model.peft_config[model.active_adapter].to_dict()))
     if spec is not None and not spec.mergeable:
         why = "its virtual tokens are extra inputs, not weight changes" if spec.prompt_learning else "its spec says so"
-        raise ModelError(f"{spec.name} cannot be merged: {why}; serve base + adapter with load_model(cfg, adapter=FOLDER)")
+        raise ModelError(f"{spec.name} cannot be merged: {why}; "
+                         "serve base + adapter with load_model(cfg, adapter=FOLDER)")
     if is_4bit(model.get_base_model()):
         with tempfile.TemporaryDirectory() as d:
             model.save_pretrained(d)

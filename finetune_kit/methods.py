@@ -60,6 +60,7 @@ def register_method(spec:MethodSpec, replace:bool=False) -> MethodSpec:
     METHODS[spec.name] = spec
     return spec
 
+# %% ../nbs/01b_methods.ipynb #7475deb5
 def get_method(name:str) -> MethodSpec:
     "The registered method `name`; an unknown name is a `ModelError` listing the choices."
     if isinstance(name, MethodSpec): return name
@@ -72,7 +73,8 @@ def method_of(adapter_config:dict) -> str:
     "The registered method an `adapter_config.json` (as a dict) describes; PEFT's type in lower case if none does."
     t = adapter_config.get("peft_type")
     t = str(getattr(t, "value", t) or "LORA").upper()
-    fits = [s for s in METHODS.values() if s.peft_type == t and all(adapter_config.get(k) == v for k, v in s.adapter_flags)]
+    fits = [s for s in METHODS.values()
+            if s.peft_type == t and all(adapter_config.get(k) == v for k, v in s.adapter_flags)]
     return max(fits, key=lambda s: len(s.adapter_flags)).name if fits else t.lower()
 
 # %% ../nbs/01b_methods.ipynb #d21746cc

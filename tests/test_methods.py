@@ -31,7 +31,8 @@ def test_the_built_in_methods_agree_with_peft():
         if pc is not None: assert method_of(pc.to_dict()) == ("lora" if name == "qlora" else name)
     assert [m for m in METHODS if m not in MERGEABLE] == ["prompt_tuning", "prefix_tuning"]
     with pytest.raises(ModelError, match="unknown peft_method 'loha'; choose one of lora, qlora"): get_method("loha")
-    with pytest.raises(ConfigError, match="'peft_method' must be one of lora, qlora, dora"): make_config(peft_method="loha")
+    with pytest.raises(ConfigError, match="'peft_method' must be one of lora, qlora, dora"):
+        make_config(peft_method="loha")
     with pytest.raises(KitError, match="already registered"): register_method(get_method("lora"))
 
 def test_a_registered_method_is_a_parameter_value_and_trains(loha, tmp_path):
@@ -62,7 +63,8 @@ def _saved_loha(folder):
         for p in pm.parameters():
             if p.requires_grad: p.add_(0.05*torch.randn(p.shape, generator=g))
     pm.eval()
-    return save_adapter(pm, folder, tok), pm, dict(tok(["Classify: the team won.", "hi"], return_tensors="pt", padding=True))
+    batch = dict(tok(["Classify: the team won.", "hi"], return_tensors="pt", padding=True))
+    return save_adapter(pm, folder, tok), pm, batch
 
 def test_a_registered_method_is_served_merged_and_refused_as_its_spec_says(loha, tmp_path):
     from finetune_kit.adapters import adapter_source, check_adapters, merge_adapter, vllm_problems
