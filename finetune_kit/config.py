@@ -11,11 +11,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from .files import KitError
 from .tasks import TASKS
+from .methods import METHODS
 
 # %% auto #0
-__all__ = ['PEFT_METHODS', 'ConfigError', 'DataConfig', 'ModelConfig', 'AdapterConfig', 'TrainConfig', 'EvalConfig',
-           'TrackingConfig', 'RunConfig', 'ParamSpec', 'param_specs', 'range_text', 'check_param', 'update_config',
-           'flatten', 'config_to_dict', 'config_from_dict', 'save_config', 'load_config', 'seed_everything']
+__all__ = ['ConfigError', 'DataConfig', 'ModelConfig', 'AdapterConfig', 'TrainConfig', 'EvalConfig', 'TrackingConfig',
+           'RunConfig', 'ParamSpec', 'param_specs', 'range_text', 'check_param', 'update_config', 'flatten',
+           'config_to_dict', 'config_from_dict', 'save_config', 'load_config', 'seed_everything']
 
 # %% ../nbs/00_config.ipynb #da072873
 class ConfigError(KitError):
@@ -77,12 +78,10 @@ class ModelConfig:
     trust_remote_code: bool = _f(False, "run code shipped with a hub model (off unless asked for)")
 
 # %% ../nbs/00_config.ipynb #bb492250
-PEFT_METHODS = ("lora", "qlora", "dora", "adalora", "prompt_tuning", "prefix_tuning", "ia3", "full")
-
 @dataclass
 class AdapterConfig:
     "Which parameter-efficient method, and its knobs."
-    peft_method: str = _f("lora", "PEFT method, or full fine-tuning as the baseline", PEFT_METHODS)
+    peft_method: str = _f("lora", "PEFT method, or full fine-tuning as the baseline", METHODS)
     lora_r: int = _f(16, "LoRA/DoRA/AdaLoRA rank", ge=1)
     lora_alpha: int = _f(32, "LoRA scaling numerator (scale = alpha / r)", ge=1)
     lora_dropout: float = _f(0.0, "dropout on the LoRA input (0: PEFT's default; 0.05 cost a CPU step 30% for the same "
