@@ -122,3 +122,66 @@ def test_issue_24_review_import_counts_a_duplicated_row_once(tmp_path):
     line = one_error_line(cli("review", "import", tmp_path/"conflict.csv", "--out", tmp_path/"c.json"))
     assert repr(str(sheet["item"][0])) in line and "disagree" in line, line
     assert not (tmp_path/"c.json").exists()
+
+
+# --- one stack, two uses ---------------------------------------------------------------------------------------
+
+def test_one_review_module_serves_both_uses():
+    "Sheets, pages and Label Studio are read and written in finetune_kit/review.py only; the two uses hold none of it."
+    import ast
+    pkg = ROOT/"finetune_kit"
+    for use in (pkg/"data"/"queue.py", pkg/"evaluate"/"review.py"):
+        tree = ast.parse(use.read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        stack = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "review" and n.level == 2]
+        assert not imported & {"csv", "html"} and stack, use  # no CSV or HTML code of its own; the stack imported
+        assert '"annotations"' not in use.read_text() and "DictWriter" not in use.read_text(), use
+
+
+def test_the_queue_page_downloads_a_sheet_synth_import_reads(tmp_path):
+    "The queue's page (written by `synth sheet`), its script run under node with a stand-in DOM: the download imports."
+    import shutil, subprocess
+    if not shutil.which("node"): pytest.skip("node is not installed")
+    run = queue_run(tmp_path/"run", n=2)
+    r = cli("synth", "sheet", run)
+    assert r.exit_code == 0 and "review.html" in r.output, r.output
+    page = (run/"review.html").read_text()
+    js = page[page.index("<script>") + 8:page.index("</script></body>")]
+    stub = """const picked={0:{value:'accepted'}, 1:{value:'rejected'}}; let csv=null;
+const vals={c0:'good, "clear"', f0_0:'candidate text number 0, corrected', f0_1:'tech',
+            f1_0:'candidate text number 1', f1_1:'sport'};
+global.document={querySelector:s=>picked[+s.match(/v(\\d+)/)[1]]||null, getElementById:id=>({value: vals[id] || ''}),
+  addEventListener:()=>{}, createElement:()=>({click(){}})};
+global.Blob=function(parts){csv=parts.join('')}; global.URL={createObjectURL:()=>'blob:x'};
+""" + js + "\ndl(); process.stdout.write(csv);"
+    out = subprocess.run(["node", "-e", stub], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    (tmp_path/"download.csv").write_text(out.stdout)
+    r = cli("synth", "import", run, tmp_path/"download.csv")
+    assert r.exit_code == 0 and "edited 1" in r.output and "rejected 1" in r.output, r.output
+    rows = read_queue(run/"review.jsonl")
+    assert [(x["status"], x["note"]) for x in rows] == [("edited", 'good, "clear"'), ("rejected", "")]
+    assert rows[0]["edited"] == {"text": "candidate text number 0, corrected", "label": "tech"}
+
+
+def test_label_studio_round_trip_for_both_uses(tmp_path):
+    "The same export shape and reader: queue decisions with a correction, and blind verdicts to rates."
+    from finetune_kit.data.queue import import_queue_label_studio, label_studio_queue_tasks
+    from finetune_kit.evaluate import LABEL_STUDIO_CHOICES, import_review, label_studio_tasks
+    run = queue_run(tmp_path/"run", n=2)
+    tasks = label_studio_queue_tasks(run/"review.jsonl")
+    ann = lambda *res: [{"completed_by": 1, "result": list(res)}]
+    choice = lambda name, v: {"from_name": name, "type": "choices", "value": {"choices": [v]}}
+    export = [{"id": 1, "data": tasks[0]["data"], "annotations": ann(choice("decision", "accept"),
+                                                                       choice("edit_label", "tech"))},
+              {"id": 2, "data": tasks[1]["data"], "annotations": ann(choice("decision", "reject"), {
+                  "from_name": "note", "type": "textarea", "value": {"text": ["off topic"]}})}]
+    assert dict(import_queue_label_studio(run/"review.jsonl", export)) == {"edited": 1, "rejected": 1}
+    rows = read_queue(run/"review.jsonl")
+    assert (rows[0]["edited"]["label"], rows[1]["note"]) == ("tech", "off topic")
+    sheet, key = _eval_review(tmp_path/"eval")
+    bl = [{"id": i, "data": t["data"], "annotations": ann(choice("verdict", LABEL_STUDIO_CHOICES["1"]))}
+          for i, t in enumerate(label_studio_tasks(sheet))]
+    (tmp_path/"export.json").write_text(json.dumps(bl + bl[:1]))  # a task exported twice: one judgment
+    r = import_review(tmp_path/"export.json", key=tmp_path/"eval"/"review_key.json", out=tmp_path/"r.json")
+    assert r["judged"] == 4 and r["win"] == sum(k["1"] == "tuned" for k in key.values())
