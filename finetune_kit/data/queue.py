@@ -104,7 +104,8 @@ def current_record(row:dict) -> dict:
     return row["edited"] if row.get("edited") else row["record"]
 
 # %% ../../nbs/02h_data_queue.ipynb #ea19d82c
-def _now() -> str: return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+def _now() -> str:  # to the microsecond: compared with a sheet's modification time
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
 
 def _decide(row:dict, status:str|None, fields:dict|None, note:str|None, task) -> str|None:
     "Apply one decision to `row` in place; the change made (`edited`, a status, or None for none)."
@@ -249,8 +250,9 @@ def label_studio_queue_config(task, labels:list[str]|None=None) -> str:
     "The Label Studio labeling config (XML) for review tasks of `task`."
     spec = task_spec(task)
     names = ["text", "entities"] if spec.name == "ner" else [f for f in spec.fields if f]
-    return studio_config(QUEUE_FORM, [(n, n) for n in names], edits=names,
-                         labels=labels if spec.label is not None else None)
+    labels = labels if spec.label is not None else None  # a label is corrected by choosing, not typing
+    return studio_config(QUEUE_FORM, [(n, n) for n in names], edits=[n for n in names if not (labels and n == "label")],
+                         labels=labels)
 
 # %% ../../nbs/02h_data_queue.ipynb #6e847bfa
 def import_queue_label_studio(path,  # the queue file
