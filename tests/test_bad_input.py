@@ -139,6 +139,7 @@ CASES = [
     ("review import {d}/review/review_sheet.csv --key {d}/review/other_key.json", "another evaluation"),
     ("review import {d}/review/garbage.csv", "garbage.csv"),
     ("review import {d}/ls_garbage.json --key {d}/review/review_key.json", "Label Studio task 1 has no data.item"),
+    ("review import {d}/review/dup_conflict.csv", "is judged twice and the verdicts disagree"),
     # models
     ("models list extra", "unexpected extra argument"),
     ("models info nosuch-model", "nosuch-model"),
@@ -156,6 +157,13 @@ CASES = [
     ("synth sheet {d}/nosuch", "nosuch: no review.jsonl"),
     ("synth import {d}/nosuch {d}/x.csv", "nosuch: no review.jsonl"),
     ("synth accepted {d}/nosuch -o {d}/a.jsonl", "nosuch: no review.jsonl"),
+    ("synth sheet {d}/synth_filled", "review.csv holds 2 cells of review work not yet imported"),
+    ("synth sheet {d}/synth_plain", "review.jsonl:1: not a review queue row"),
+    ("synth import {d}/synth_run {d}/synth_dup.csv", "item 'c0' is judged twice and the verdicts disagree"),
+    ("synth import {d}/synth_run {d}/synth_word.csv", "synth_word.csv row 2: status 'maybe' is not one of"),
+    ("synth accepted {d}/synth_run -o {d}/synth_run/review.jsonl --force", "is the review queue"),
+    ("synth accepted {d}/synth_run -o {d}/afile --force", "afile already exists and holds other data"),
+    ("synth accepted {d}/synth_run -o {d}/synth_run/accepted.jsonl", "--force replaces it"),
     ("monitor {d}/nosuch.jsonl", "nosuch.jsonl: no such request log"),
     ("monitor {d}/garbage_split.jsonl", "garbage_split.jsonl:1: not JSON"),
     ("monitor {d}/utf16.jsonl", "utf16.jsonl: cannot read"),
@@ -205,6 +213,25 @@ def damaged(d:Path):
     (filled/"predictions.jsonl").write_text("".join(json.dumps({"id": r["id"], "prompt": "p", "base_output": "sport",
                                                                 "tuned_output": r["reference"]}) + "\n" for r in recs))
     sheet.assign(verdict="1").to_csv(filled/"review_sheet.csv", index=False)
+    import pandas as pd
+    pd.concat([sheet.assign(verdict="1"), sheet.head(1).assign(verdict="2")]).to_csv(d/"review"/"dup_conflict.csv",
+                                                                                     index=False)
+    from finetune_kit.data.queue import add_to_queue, review_item, write_accepted, write_queue_csv
+    for name in ("synth_run", "synth_filled"):  # synth runs: one with accepted records written, one with a filled sheet
+        (d/name).mkdir()
+        add_to_queue(d/name/"review.jsonl", [{"id": f"c{i}", "task": "classification",
+                                              "record": {"text": f"candidate number {i}", "label": "sport"}}
+                                             for i in range(3)])
+    review_item(d/"synth_run"/"review.jsonl", "c0", "accepted")
+    write_accepted(d/"synth_run"/"review.jsonl", d/"synth_run"/"accepted.jsonl")
+    sheet = write_queue_csv(d/"synth_filled"/"review.jsonl")
+    sheet.write_text(sheet.read_text(encoding="utf-8-sig").replace("c0,pending,", "c0,accept,").replace(
+        "c1,pending,", "c1,pending,check this"), encoding="utf-8-sig")
+    (d/"synth_plain").mkdir()
+    (d/"synth_plain"/"review.jsonl").write_text('{"text": "a record", "label": "sport"}\n')
+    (d/"synth_dup.csv").write_text("id,status,note,text,label\nc0,accept,,candidate number 0,sport\n"
+                                   "c0,reject,,candidate number 0,sport\n")
+    (d/"synth_word.csv").write_text("id,status,note,text,label\nc1,maybe,,candidate number 1,sport\n")
 
 
 @pytest.fixture(scope="module")
