@@ -28,6 +28,7 @@ def sample_records(items:list,  # the records left
 
 # %% ../../nbs/02l_data_mixture.ipynb #661edacd
 def _exists(s:str) -> bool: return s in PACKAGED or Path(s).expanduser().exists()
+def _name(src) -> str: return str(src) if isinstance(src, (str, Path)) else type(src).__name__
 
 def split_ratio(part,  # one part of `source`: a path or packaged name, optionally `:RATIO`
                ) -> tuple[object, Fraction|None]:
@@ -52,7 +53,7 @@ def parse_ratios(sources:list,  # the parts of `source` (`data.folder.source_lis
     pairs = [split_ratio(s) for s in sources]
     if all(r is None for _, r in pairs): return [s for s, _ in pairs], None
     if (bare := [s for s, r in pairs if r is None]):
-        raise DataError(f"source: give every part a ratio, or none ({str(bare[0])[:80]} has none)")
+        raise DataError(f"source: give every part a ratio, or none ({_name(bare[0])} has none)")
     total = sum(r for _, r in pairs)
     return [s for s, _ in pairs], [r / total for _, r in pairs]
 
@@ -70,8 +71,6 @@ def mixture_counts(available:list[int],  # records left in each part
     return counts
 
 # %% ../../nbs/02l_data_mixture.ipynb #b6166165
-def _name(src) -> str: return str(src) if isinstance(src, (str, Path)) else type(src).__name__
-
 def mix_sources(items:list[dict],  # the records left, each with `part` (its index in `sources`)
                 sources:list,  # the sources, without ratios
                 ratios:list[Fraction],  # from `parse_ratios`

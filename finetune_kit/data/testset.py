@@ -100,5 +100,5 @@ def own_test_line(info:dict,  # the prepared folder's data.json
     ts = info.get("test_set")
     if split != "test" or not ts: return None
     some = f", {n} of them evaluated (max_eval_samples)" if n != ts["kept"] else ""
-    return (f"Test set: your own, {', '.join(f'`{s}`' for s in ts['sources'])} ({ts['kept']} record"
-            f"{'s' if ts['kept'] != 1 else ''}{some}).")
+    return (f"Test set: your own, {', '.join(f'`{s}`' for s in ts['sources'])}: {ts['kept']} record"
+            f"{'s' if ts['kept'] != 1 else ''}{some}.")
