@@ -250,3 +250,21 @@ def test_mixture_counts_round_by_largest_remainder():
     r = parse_ratios(["a:1", "b:1", "c:1"])[1]  # names need not exist: a ratio is a number after the last colon
     assert mixture_counts([10, 10, 10], r, 10) == [4, 3, 3]
     assert sum(mixture_counts([1000, 1000], [Fraction(2, 3), Fraction(1, 3)], 100)) == 100
+
+
+def test_train_warns_and_evaluate_run_judges_on_the_users_test_set(tmp_path):
+    "End to end on the tiny model: `train` prints the test-only label, `evaluate run` scores the test file whole."
+    train = write(tmp_path/"train.jsonl", corpus(24))
+    test = write(tmp_path/"test.jsonl", corpus(6, start=700, labels=("sport", "weather")))
+    p = {"base_model": "tiny-test", "source": str(train), "test_source": str(test), "report_to": "none",
+         "runs_dir": str(tmp_path/"runs"), "run_id": "own", "max_steps": 1, "max_chars": 120, "max_new_tokens": 4}
+    r = CliRunner().invoke(app, ["train", *[x for k, v in p.items() for x in ("-p", k, str(v))]])
+    assert r.exit_code == 0, r.output[-2000:]
+    assert "warning: labels only in the test split, never in training: weather" in r.output
+    run = tmp_path/"runs"/"own"
+    assert json.loads((run/"config.json").read_text())["data"]["test_records"] is None  # the recipe's 300 yielded
+    r = CliRunner().invoke(app, ["evaluate", "run", str(run), "--no-progress"])
+    assert r.exit_code == 0, r.output[-2000:]
+    m = json.loads((run/"eval"/"metrics.json").read_text())
+    assert m["n"] == 6 and m["test_set"] == f"Test set: your own, `{test}`: 6 records."
+    assert m["test_set"] in (run/"eval"/"report.md").read_text()
