@@ -36,7 +36,8 @@ def _f(default, help:str, choices=None,
 class DataConfig:
     "What data to prepare and how."
     # Parameters that choose the data
-    source: str = _f("bbc", "packaged set (bbc, wnut16, aclsum) or comma-separated files/folders")
+    source: str = _f("bbc", "packaged set (bbc, wnut16, aclsum) or comma-separated files/folders; mix them by ratio "
+                            "with a.jsonl:0.7,b.jsonl:0.3")
     task: str = _f("classification", "record kind and task template", TASKS)
     text_field: str|None = _f(None, "input field name in the source records (None: the task's usual name)")
     label_field: str|None = _f(None, "label/output field name in the source records (None: the task's usual name)")
@@ -60,6 +61,8 @@ class DataConfig:
     test_size: float = _f(0.1, "share of records for test (when test_records is None)", ge=0, lt=1)
     test_records: int|None = _f(None, "held-out test records, drawn before max_records samples the training pool "
                                 "(None: test_size of the sampled records)", ge=0)
+    test_source: str|None = _f(None, "your own held-out file(s), as source: the whole test split, never sampled or "
+                                     "trained on (training copies removed); test_records and test_size then carve nothing")
     group_field: str|None = _f(None, "records sharing this field's value stay in one split")
     dvc_add: bool = _f(False, "run `dvc add` on the prepared folder when dvc is installed "
                               "and the folder is in a DVC repo")
@@ -280,7 +283,7 @@ def check_param(name:str,  # a flat parameter name
 def _check_together(cfg:RunConfig, source:str="parameter") -> RunConfig:
     "`cfg`, once the limits that span parameters hold."
     d = cfg.data
-    if d.test_records is None and d.val_size + d.test_size >= 1:
+    if d.test_records is None and d.test_source is None and d.val_size + d.test_size >= 1:
         raise ConfigError(f"{source}s val_size + test_size must be below 1 (records are left to train on); "
                           f"got {d.val_size} + {d.test_size}")
     return cfg

@@ -206,7 +206,9 @@ def _prepare(cfg, run_dir, tok, state):
             if cfg.data.data_dir: raise ConfigError(f"{data_dir}: no data.json (run `finetune-kit data prepare` first)")
             if state.is_main_process: prepare_data(cfg, data_dir, tokenizer=tok)
     info = json.loads((data_dir/"data.json").read_text())
-    if state.is_main_process: shutil.copyfile(data_dir/"data.json", run_dir/"data.json")
+    if state.is_main_process:
+        shutil.copyfile(data_dir/"data.json", run_dir/"data.json")
+        for w in info.get("warnings", []): print(f"warning: {w}", file=sys.stderr)  # labels only in test, spellings
     return load_splits(data_dir), info
 
 # %% ../nbs/04_train.ipynb #6299936f

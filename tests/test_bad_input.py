@@ -61,6 +61,9 @@ FILES = {  # name -> bytes of a damaged (or otherwise unusable) file
     "sheet_garbage.csv": b"\x00\x01\x02 not a sheet",
     "review_key.json": b"{not json",
     "ls_garbage.json": b"[{\"id\": 1}]",
+    "small.jsonl": "".join(json.dumps({"text": f"record {i} about {w}", "label": "ab"[i % 2]}) + "\n"
+                           for i, w in enumerate("cats dogs birds fish frogs snakes mice owls".split())).encode(),
+    "unusable.jsonl": b'{"text": " ", "label": "a"}\n{"txt": "no text field"}\n',
 }
 
 # `{d}`: the folder holding FILES and the folders made by `damaged`
@@ -115,6 +118,24 @@ CASES = [
     (f"data prepare {FIX}/classification.jsonl --out {{d}}/o -p val_size 0.5 -p test_size 0.5", "val_size"),
     (f"data prepare {FIX}/classification.jsonl --out {{d}}/afile", "afile"),
     ("data prepare {d}/prepared/train.jsonl --out {d}/prepared", "would replace this source"),
+    ("data prepare {d}/small.jsonl --out {d}/prepared -p test_source {d}/prepared/train.jsonl", "would replace this source"),
+    # data prepare: sources mixed by ratio, the user's own test set (issue 23)
+    ("data prepare {d}/small.jsonl:abc --out {d}/o", "small.jsonl:abc: the ratio after the last ':' must be a positive"),
+    ("data prepare :0.5 {d}/small.jsonl:0.5 --out {d}/o", "source :0.5: no file or set before the ratio"),
+    ("data prepare {d}/small.jsonl:-0.3 --out {d}/o", "small.jsonl:-0.3: the ratio must be a positive number"),
+    ("data prepare {d}/small.jsonl:0 --out {d}/o", "the ratio must be a positive number; got '0'"),
+    ("data prepare {d}/small.jsonl:0.7 {d}/unusable.jsonl --out {d}/o", "give every part a ratio, or none"),
+    ("data prepare {d}/small.jsonl:0.7 {d}/unusable.jsonl:0.3 --out {d}/o -p recipe none",
+     "unusable.jsonl (ratio 0.3) yields no record to mix: none of 2 read is left"),
+    ("data prepare {d}/small.jsonl --out {d}/o -p test_source {d}/unusable.jsonl",
+     "unusable.jsonl yields no test record (2 read; "),
+    ("data prepare {d}/small.jsonl --out {d}/o -p test_source {d}/nosuch.jsonl", "nosuch.jsonl: no such file or folder"),
+    ("data prepare {d}/small.jsonl --out {d}/o -p test_source {d}/small.jsonl",
+     "every training record (8) is a copy of a record of test_source"),
+    ("data prepare {d}/small.jsonl --out {d}/o -p test_source {d}/small.jsonl -p test_records 5",
+     "parameters test_records and test_source exclude each other"),
+    ("train -p test_source {d}/small.jsonl -p test_records 5", "parameters test_records and test_source exclude each other"),
+    ("train -p source {d}/small.jsonl:abc -p runs_dir {d}/runs", "small.jsonl:abc: the ratio after the last ':'"),
     # evaluate run
     ("evaluate run {d}/nosuch", "nosuch: no such run folder, data folder or file"),
     (f"evaluate run {CLS} --adapter {{d}}/nosuch", "nosuch: no such adapter folder"),
