@@ -86,7 +86,7 @@ class AdapterConfig:
     "Which parameter-efficient method, and its knobs."
     peft_method: str = _f("lora", "PEFT method, or full fine-tuning as the baseline", METHODS)
     lora_r: int = _f(16, "LoRA/DoRA/AdaLoRA rank", ge=1)
-    lora_alpha: int = _f(32, "LoRA scaling numerator (scale = alpha / r)", ge=1)
+    lora_alpha: int = _f(32, "LoRA scaling numerator (the update is scaled by alpha / r)", ge=1)
     lora_dropout: float = _f(0.0, "dropout on the LoRA input (0: PEFT's default; 0.05 cost a CPU step 30% for the same "
                                      "quick-start predictions)", ge=0, lt=1)
     target_modules: str = _f("all-linear", "'all-linear' or comma-separated module names")

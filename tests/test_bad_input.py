@@ -86,6 +86,11 @@ CASES = [
     (f"run {WORKBOOK} -p seed", "-p needs NAME VALUE"),
     # train
     ("train -p learning_rate nan", "parameter learning_rate must be a finite number"),
+    ("train -p recipe cpu-clasification", "unknown recipe 'cpu-clasification': choose one of"),
+    ("train -p recipe cpu-ner", "recipe cpu-ner is for task ner, not classification"),
+    ("recipes --bogus", "No such option: --bogus"),
+    (f"data prepare {FIX}/classification.jsonl --out {{d}}/o6 -p text_field body -p label_field topic "
+     "-p recipe cpu-classification", "recipe cpu-classification sets test_records"),
     ("train -p learning_rate -1e-4", "parameter learning_rate must be > 0"),
     ("train -p learning_rate fast", "parameter 'learning_rate' must be"),
     ("train -p num_train_epochs -1", "parameter num_train_epochs must be > 0"),
