@@ -123,7 +123,7 @@ def test_entity_types_only_in_the_test_set_are_reported(tmp_path):
 
 
 def test_a_recipes_test_records_yields_to_test_source_and_an_explicit_one_is_an_error(tmp_path):
-    cfg = make_config({"test_source": "mine.jsonl"})  # the task's recipe sets test_records 300
+    cfg = make_config({"test_source": "mine.jsonl", "recipe": "auto"})  # the task's recipe sets test_records 300
     assert (cfg.recipe, cfg.data.test_records, cfg.data.max_records) == ("cpu-classification", None, 400)
     assert make_config({"test_source": "mine.jsonl", "recipe": "none"}).data.test_records is None
     with pytest.raises(ConfigError, match="parameters test_records and test_source exclude each other"):
