@@ -101,12 +101,15 @@ def test_bad_requests_get_4xx_with_a_clear_message_and_the_server_keeps_serving(
             assert (r.status_code, msg in r.json()["error"]["message"]) == (status, True), (what, r.text)
         assert chat(c, "a2", PROMPTS[1], max_tokens=4).status_code == 200
         # too many concurrent requests: hold the engine's one decoding slot, fill its one queue place, ask once more
-        gate = threading.Event()
-        hook = eng.model.register_forward_pre_hook(lambda m, a: None if gate.wait(60) else None)  # None: args unchanged
+        # (`eng.running` still reads 1 for a moment after the request before: wait until the model holds this one)
+        gate, inside = threading.Event(), threading.Event()
+        def hold(module, args):  # the held request's forward waits here (returning None: its args unchanged)
+            inside.set(); gate.wait(60)
+        hook = eng.model.register_forward_pre_hook(hold)
         try:
             with ThreadPoolExecutor(2) as ex:
                 held = ex.submit(chat, c, "a1", PROMPTS[0], max_tokens=4)
-                assert _wait_for(lambda: eng.running == 1), "the first request never took the decoding slot"
+                assert inside.wait(60) and eng.running == 1, "the first request never took the decoding slot"
                 queued = ex.submit(chat, c, "a2", PROMPTS[1], max_tokens=4)
                 assert _wait_for(lambda: len(eng.pending) == 1), "the second request never reached the queue"
                 busy = chat(c, "a1", PROMPTS[2], max_tokens=4)
