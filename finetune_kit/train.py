@@ -136,6 +136,25 @@ def uses_compact_loss(method:str,  # the PEFT method
     cuda = torch.cuda.is_available() if cuda is None else cuda
     return not cuda and not get_method(method).prompt_learning
 
+# %% ../nbs/04_train.ipynb #128e18b8
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+class _EpochSeededLengthSampler(LengthGroupedSampler):
+    "`LengthGroupedSampler` whose order depends only on `seed` and the epoch (as accelerate's `SeedableRandomSampler`)."
+    def __init__(self, *args, seed:int, **kw): super().__init__(*args, **kw); self.seed, self.epoch = seed, 0
+    def set_epoch(self, epoch:int): self.epoch = epoch
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+@patch
+def _get_train_sampler(self:FinetuneTrainer, train_dataset=None):
+    "Trainer's training sampler; a length-grouped one takes its order from `data_seed` and the epoch."
+    s = SFTTrainer._get_train_sampler(self, train_dataset)
+    if type(s) is not LengthGroupedSampler: return s
+    seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+    return _EpochSeededLengthSampler(s.batch_size, lengths=s.lengths, seed=seed)
+
 # %% ../nbs/04_train.ipynb #765fd398
 def check_trainable(ds,  # a tokenized training set with `labels` (-100: no loss)
                     eot_id:int,  # the end-of-turn token id
