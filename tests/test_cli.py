@@ -41,8 +41,8 @@ def section(*names): return {n for n, s in SPECS.items() if s.section in names}
 # are built with): the test fails when a command's --help gains or loses one, or a new command takes parameters.
 READS = {
     "run": set(SPECS), "train": set(SPECS),  # a whole run, every stage
-    "data prepare": section("data") - {"source", "data_dir"} | {"seed", "max_length"},  # the source is an argument
-    "evaluate run": section("eval", "model", "tracking") | {"seed", "runs_dir", "run_id"},
+    "data prepare": section("data") - {"source", "data_dir"} | {"seed", "max_length", "recipe"},  # the source is an argument
+    "evaluate run": section("eval", "model", "tracking") | {"seed", "runs_dir", "run_id", "recipe"},
     "review make": {"review_samples", "seed"},
     "export": {"base_model", "peft_method", "trust_remote_code"},
     "serve": section("model") | {"runs_dir"},
