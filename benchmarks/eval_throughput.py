@@ -1,5 +1,5 @@
 """Benchmark: batched greedy generation (left padding, batch 16) against one prompt at a time, with
-`finetune_kit.evaluate.generate` on SmolLM2-135M-Instruct, on short BBC classification prompts.
+`finetune_kit.engine.generate` on SmolLM2-135M-Instruct, on short BBC classification prompts.
 
     python benchmarks/eval_throughput.py [--n 32] [--batch-size 16] [--max-new-tokens 32] [--max-chars 160] [--threads N]
 
@@ -61,7 +61,7 @@ def main():
     if a.threads: torch.set_num_threads(a.threads)
     from finetune_kit.settings import make_config
     from finetune_kit.models import load_model
-    from finetune_kit.evaluate import generate
+    from finetune_kit.engine import generate
     recs = bbc_prompts(a.n, a.max_chars)
     model, tok = load_model(make_config(settings=False, base_model=a.model, dtype=a.dtype, attn_implementation=a.attn),
                             progress=False)

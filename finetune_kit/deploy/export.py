@@ -15,7 +15,7 @@ from .. import models  # `models.merge_adapter` looked up when called (a test sw
 from ..models import end_of_turn_id, is_4bit, load_model, load_tokenizer, resolve_model
 from ..adapters import AdapterSource, adapter_source
 from ..data.folder import find_data_dir
-from ..evaluate.generate import greedy_config
+from ..engine import greedy_config
 
 # %% auto #0
 __all__ = ['GENERAL_PROBES', 'TOLERANCES', 'ExportError', 'probe_prompts', 'probe_reference', 'compare_to_reference',

@@ -18,7 +18,8 @@ from ..tasks import get_task
 from ..models import load_model
 from ..adapters import misfit_reason
 from ..data.folder import find_data_dir
-from .generate import EvalError, generate, generate_pair, perplexity, rank_labels
+from ..engine import generate
+from .generate import EvalError, generate_pair, perplexity, rank_labels
 from .vllm import check_backend, vllm_systems
 from .metrics import TaskScores, score_outputs
 from .compare import (bootstrap_intervals, comparison_plot, comparison_table, confusion_plot,

@@ -15,7 +15,8 @@ from ..config import RunConfig
 from ..files import KitError, one_line
 from ..models import is_full_checkpoint, load_tokenizer, resolve_model
 from ..adapters import max_lora_rank, vllm_loras
-from .generate import EvalError, answer_ids, eos_ids, prompt_ids, scored_sequences
+from ..engine import eos_ids, prompt_ids
+from .generate import EvalError, answer_ids, scored_sequences
 
 # %% auto #0
 __all__ = ['BACKENDS', 'SCORING_ARGS', 'vllm_missing', 'check_backend', 'EnginePlan', 'vllm_plan', 'VllmRequest',
