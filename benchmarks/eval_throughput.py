@@ -10,8 +10,7 @@ Answers end at different lengths; in a batch, `generate` drops each finished ans
 steps (one prompt at a time simply stops), so a batch does not pay for its longest answer 16 times.
 Both modes call `generate` the same way (batch_size 1 or 16), so both reuse the KV cache of the
 prompts' shared prefix (chat markup, system prompt, instruction, label list); `--no-prefix-cache`
-turns that off for both. On a CPU, `generate` also applies its two CPU measures (the faster GEMM
-orientation for few rows, a KV cache that grows without copying) in both modes alike.
+turns that off for both. On a CPU, `generate` decodes with SDPA attention in both modes alike.
 
 Both modes run in the same process on the same prompts (a warm-up call first), interleaved batch
 by batch so that load from other processes affects both alike: the ratio is like for like. Prints

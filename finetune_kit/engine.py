@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 from fastcore.basics import patch
 from .progress import progress_bar
-from .engine_cpu import cpu_generation, decoding_attention, grow_on_cpu, growing_layer
 
 # %% auto #0
 __all__ = ['prompt_messages', 'eos_ids', 'greedy_config', 'prompt_ids', 'kv_cache_of', 'prompt_learning', 'takes_steps',
-           'decoding', 'common_prefix', 'Prefix', 'shared_prefix', 'Request', 'Row', 'pick', 'Batch', 'generate']
+           'decoding_attention', 'decoding', 'common_prefix', 'Prefix', 'shared_prefix', 'Request', 'Row', 'pick',
+           'Batch', 'generate']
 
 # %% ../nbs/03b_engine.ipynb #668e03b5
 def prompt_messages(p) -> list[dict]:
@@ -71,13 +71,25 @@ def takes_steps(model) -> bool:
 
 # %% ../nbs/03b_engine.ipynb #6d3b40fe
 @contextlib.contextmanager
+def decoding_attention(model, device):
+    "On a CPU, a model loaded with eager attention decodes with SDPA inside this block (restored after it)."
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    was = getattr(getattr(base, "config", None), "_attn_implementation", None)
+    switch = device.type == "cpu" and was == "eager" and hasattr(base, "set_attn_implementation")
+    if switch: base.set_attn_implementation("sdpa")
+    try: yield
+    finally:
+        if switch: base.set_attn_implementation(was)
+
+# %% ../nbs/03b_engine.ipynb #08173a7d
+@contextlib.contextmanager
 def decoding(model):
-    "`model` ready to decode inside this block (eval mode, inference mode, the CPU measures); yields its device."
+    "`model` ready to decode inside this block (eval mode, inference mode, SDPA attention); yields its device."
     import torch
     was, device = model.training, next(model.parameters()).device
     model.eval()
     try:
-        with torch.inference_mode(), cpu_generation(model, device), decoding_attention(model, device): yield device
+        with torch.inference_mode(), decoding_attention(model, device): yield device
     finally: model.train(was)
 
 # %% ../nbs/03b_engine.ipynb #836b29ad
@@ -103,7 +115,6 @@ class Prefix:
 
 def shared_prefix(model, ids:list[list[int]],  # the prompts' token ids
                   min_len:int=8,  # shortest shared prefix worth caching
-                  grow:bool=True,  # on a CPU, cache layers that grow in place (decoding; scoring appends once)
                  ) -> Prefix|None:
     "The KV cache of the leading tokens all `ids` share; None for one prompt, a shorter prefix, or virtual tokens."
     import torch
@@ -112,7 +123,7 @@ def shared_prefix(model, ids:list[list[int]],  # the prompts' token ids
     device = next(model.parameters()).device
     c, kw = kv_cache_of(model(input_ids=torch.tensor([ids[0][:P]], device=device), use_cache=True))
     if c is None: return None
-    return Prefix(ids[0][:P], grow_on_cpu(c, device) if grow else c, kw)
+    return Prefix(ids[0][:P], c, kw)
 
 # %% ../nbs/03b_engine.ipynb #8544e930
 @dataclass
@@ -215,7 +226,7 @@ def _forward(self:Batch, inp, pos):
     extra = {"adapter_names": [r.req.adapter or "__base__" for r in self.rows]} if self.mixed else {}
     if self.cache is not None: extra[self.kw] = self.cache
     out = self.model(input_ids=inp, attention_mask=self.att, position_ids=pos, use_cache=True, logits_to_keep=1, **extra)
-    if self.cache is None: self.cache, self.kw = kv_cache_of(out); grow_on_cpu(self.cache, self.device)
+    if self.cache is None: self.cache, self.kw = kv_cache_of(out)
     nxt = pick(out.logits[:, -1], self.rows).to(self.device)  # the output layer may sit on another device (device_map)
     keep = [i for i, (r, t) in enumerate(zip(self.rows, nxt.tolist()))
             if r.take(t, self.stop) is None and not r.req.cancelled]
@@ -252,12 +263,13 @@ def add(self:Batch, requests:list[Request]) -> list[Row]:
 def _join(self:Batch, other:Batch):
     "Take `other`'s live rows into this batch: masks and KV caches left-padded to one length, stacked by row."
     import torch
+    from transformers.cache_utils import DynamicLayer
     if not other.rows: return
     n = max(self.att.shape[1], other.att.shape[1])
     a, b = n - self.att.shape[1], n - other.att.shape[1]
     def left(t, k): return torch.cat([t.new_zeros(*t.shape[:-2], k, t.shape[-1]), t], -2) if k else t
     for la, lb in zip(self.cache.layers, other.cache.layers):
-        if not {type(la), type(lb)} <= set(growing_layer()):
+        if not type(la) is type(lb) is DynamicLayer:
             raise NotImplementedError(f"rows cannot join a batch whose KV cache has {type(la).__name__} layers")
         la.keys = torch.cat([left(la.keys, a), left(lb.keys, b)])
         la.values = torch.cat([left(la.values, a), left(lb.values, b)])

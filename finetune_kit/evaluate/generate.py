@@ -108,7 +108,7 @@ def rank_labels(model, tokenizer,
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths together, a too-long batch first
     shared = takes_steps(model)
     with decoding(model) as device, progress_bar(total=len(ids), desc=desc, disable=not progress, leave=False) as bar:
-        prefix = shared_prefix(model, ids, 8, grow=False) if shared else None
+        prefix = shared_prefix(model, ids, 8) if shared else None
         P = len(prefix.ids) if prefix else 0
         for s in range(0, len(order), batch_size):
             idx = order[s:s+batch_size]
