@@ -249,3 +249,25 @@ def test_the_serve_command_serves_and_monitor_reads_its_log(adapters, tmp_path):
     assert "## A/B: candidate - current" in r.output and (tmp_path/"monitor"/"monitor.png").is_file()
     r = runner.invoke(app, ["monitor", str(tmp_path/"nope.jsonl")])
     assert (r.exit_code, r.output) == (2, f"error: {tmp_path/'nope.jsonl'}: no such request log\n")
+
+def test_a_server_batch_and_evaluation_give_identical_greedy_answers(loaded):
+    "One engine: the server's batches (adapters and the base mixed) answer as evaluation's `generate` does, per adapter."
+    from finetune_kit.engine import generate
+    model, tok, infos, stops = loaded
+    names = ["a1", "a2", "tiny-test"]
+    eng = Engine(*loaded, "tiny-test", max_batch=12).start()
+    try:
+        with ThreadPoolExecutor(12) as ex:
+            got = list(ex.map(lambda j: eng.answer([{"role": "user", "content": PROMPTS[j[1]]}], j[0], max_tokens=10),
+                              [(n, i) for n in names for i in range(len(PROMPTS))]))
+        assert eng.stats["mixed_batches"] >= 1 and eng.stats["errors"] == 0
+    finally: eng.close()
+    msgs = [[{"role": "user", "content": p}] for p in PROMPTS]
+    want = {}
+    for n in ("a1", "a2"):
+        model.set_adapter(n)
+        want[n] = generate(model, tok, msgs, max_new_tokens=10, progress=False)
+    with model.disable_adapter(): want["tiny-test"] = generate(model, tok, msgs, max_new_tokens=10, progress=False)
+    model.set_adapter("a1")
+    assert len({tuple(w) for w in want.values()}) == 3  # the three models answer differently
+    assert [g["text"].strip() for g in got] == [a for n in names for a in want[n]]  # evaluation strips its answers

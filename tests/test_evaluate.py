@@ -8,8 +8,9 @@ from typer.testing import CliRunner
 from helpers import BIN, CLS, ROOT, tiny_config
 from finetune_kit.settings import make_config
 from finetune_kit.cli import app
+from finetune_kit.engine import generate
 from finetune_kit.evaluate import (OUTSIDE, LABEL_STUDIO_CHOICES, EvalError, bootstrap_intervals, classification_metrics,
-                                   comparison_table, evaluate, exact_match, generate, generate_pair, import_review,
+                                   comparison_table, evaluate, exact_match, generate_pair, import_review,
                                    json_field_metrics, label_studio_tasks, label_studio_verdicts, load_split, make_review_sheet,
                                    ner_metrics, normalize_label, perplexity, qa_metrics, review_rates, rouge_metrics,
                                    score_outputs, ship_verdict, slice_report, slice_values, tags_from_entities, tfidf_baseline,
@@ -252,7 +253,7 @@ def test_generation_adapter_toggle_on_one_model(tiny_peft):
 def _transformers_answers(model, tok, recs, n) -> tuple[list[str], list[list[int]]]:
     "Answers (texts and new token ids) from plain `model.generate`, one prompt at a time, with the kit's greedy settings."
     import torch
-    from finetune_kit.evaluate import greedy_config
+    from finetune_kit.engine import greedy_config
     gc, texts, ids = greedy_config(model, tok, n), [], []
     for r in recs:
         x = tok.apply_chat_template(r["prompt"], add_generation_prompt=True, return_tensors="pt", return_dict=True)

@@ -7,8 +7,9 @@ from helpers import CLS, ROOT, tiny_adapter, tiny_config
 from finetune_kit.cli import app
 from finetune_kit.config import ConfigError, param_specs
 from finetune_kit.settings import make_config
-from finetune_kit.evaluate import EvalError, evaluate, generate, read_jsonl
-from finetune_kit.evaluate.generate import greedy_config, rank_labels
+from finetune_kit.engine import generate, greedy_config
+from finetune_kit.evaluate import EvalError, evaluate, read_jsonl
+from finetune_kit.evaluate.generate import rank_labels
 from finetune_kit.evaluate.run import generate_systems
 import finetune_kit.evaluate.vllm as V
 
