@@ -15,7 +15,7 @@ from .process import error_line, gpu_ids, kill_tree, trial_main, worker_env
 
 # %% auto #0
 __all__ = ['CAL_STEPS', 'CAL_RECORDS', 'TuneError', 'parse_budget', 'minutes', 'run_trial_job', 'measure', 'calibrate',
-           'trial_seconds', 'test_seconds', 'refuse_short_budget', 'Planner']
+           'trial_seconds', 'judging_seconds', 'refuse_short_budget', 'Planner']
 
 # %% ../../nbs/06g_sweeps_budget.ipynb #3577dd1d
 class TuneError(SweepError):
@@ -81,13 +81,17 @@ def measure(run_dir,  # a finished calibration run folder
     t = cfg.train
     per_record = ((d.get("tokens") or {}).get("total") or {}).get("mean") or \
         s["num_tokens"] / max(1, s["steps"] * t.per_device_train_batch_size * t.gradient_accumulation_steps)
+    rows = [json.loads(l) for l in (rd/"eval"/"predictions.jsonl").read_text().splitlines() if l.strip()]
+    ref, said = (sum(len(str(r.get(k) or "")) for r in rows) / max(len(rows), 1) for k in ("reference", "tuned_output"))
+    scale = min(1.0, max(0.25, (ref + 1) / max(said, 1)))  # a trained model stops after the answer
     out = {"wall_s": round(wall, 2), "train_s": s["train_seconds"], "steps": s["steps"],
            "tokens_per_s": s["tokens_per_s"], "tokens_per_record": min(per_record, t.max_length),
-           "base_ms": ms(base), "tuned_ms": ms(tuned), "baseline_ms": ms(baselines),
+           "base_ms": ms(base), "tuned_ms": ms(tuned) * scale, "tuned_ms_measured": ms(tuned), "answer_scale": round(scale, 3),
+           "baseline_ms": ms(baselines),
            "baseline_fit_s": sum(cost[k].get("fit_seconds", 0.0) for k in baselines if k in cost),
            "eval_records": m["n"], "headline": m["headline"], "records": dict(d["counts"]["splits"]),
            "labels": d.get("labels"), "fingerprint": d.get("fingerprint"), "max_chars": cfg.data.max_chars}
-    ev = m["n"] * (out["base_ms"] + out["tuned_ms"] + out["baseline_ms"]) / 1000 + out["baseline_fit_s"]
+    ev = m["n"] * (out["base_ms"] + out["tuned_ms_measured"] + out["baseline_ms"]) / 1000 + out["baseline_fit_s"]
     out["fixed_s"] = round(max(wall - s["train_seconds"] - ev, 0.0), 2)
     return out
 
@@ -125,7 +129,7 @@ def trial_seconds(cal:dict,  # from `measure`
     if score_steps: ev += math.ceil(steps / score_steps) * min(cfg.eval.score_samples, n["validation"]) * cal["tuned_ms"] / 1000
     return cal["fixed_s"] + train + ev
 
-def test_seconds(cal:dict, cfg:RunConfig) -> float:
+def judging_seconds(cal:dict, cfg:RunConfig) -> float:
     "The winner's one evaluation on the test split, estimated: loading the model, base and tuned answers, baselines."
     n = min(cal["records"]["test"], cfg.eval.max_eval_samples or cal["records"]["test"])
     return cal["fixed_s"] + n * (cal["base_ms"] + cal["tuned_ms"] + cal["baseline_ms"]) / 1000 + cal["baseline_fit_s"]

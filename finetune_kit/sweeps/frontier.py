@@ -14,7 +14,7 @@ from .spec import SweepSpec
 from .results import trials_table
 
 # %% auto #0
-__all__ = ['tune_table', 'TableStream', 'plot_frontier', 'test_overlap', 'search_cost', 'ci_text', 'tune_report']
+__all__ = ['tune_table', 'TableStream', 'plot_frontier', 'held_out_overlap', 'search_cost', 'ci_text', 'tune_report']
 
 # %% ../../nbs/06h_sweeps_frontier.ipynb #62660e9b
 def _read_json(p) -> dict:
@@ -102,11 +102,11 @@ def plot_frontier(table,  # a `tune_table`
     if epsilon is not None and len(done):
         ax.axhline(float(done[metric].max()) - epsilon, ls=":", color="C2", alpha=.7, label=f"best - {epsilon:g}")
     ax.set(xlabel="trial minutes (wall clock)", ylabel=f"validation {metric.split('/')[-1]}", title=title)
-    ax.grid(alpha=.3); ax.legend(fontsize=7, loc="lower right"); fig.tight_layout()
+    ax.set_xlim(left=0); ax.grid(alpha=.3); ax.legend(fontsize=7, loc="best"); fig.tight_layout()
     return fig
 
 # %% ../../nbs/06h_sweeps_frontier.ipynb #495b30a6
-def test_overlap(winner_dir:Path, table, search:Path) -> int:
+def held_out_overlap(winner_dir:Path, table, search:Path) -> int:
     "How many of the winner's test records (by source and line) sat in a trial's validation split."
     def keys(run_dir, split):
         d = load_config(Path(run_dir)/"config.json").data.data_dir if (Path(run_dir)/"config.json").exists() else None
@@ -136,7 +136,7 @@ def ci_text(d:dict) -> str:
 def tune_report(state:dict,  # the tune's state (`tune.json`): calibration, plan, choice, test, cost, budget
                 table, space:dict, metric:str,
                 chosen,  # the chosen trial's row
-                overlap:int,  # `test_overlap`
+                overlap:int,  # `held_out_overlap`
                 recipe,  # the recipe file
                ) -> str:
     "report.md: the data, the search, the rule, the choice, the test judgement and verdict, the cost, the recipe, the trials."

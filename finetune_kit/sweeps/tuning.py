@@ -17,9 +17,9 @@ from .spec import SweepSpec, load_sweep
 from .study import open_study
 from .results import pick_cheapest
 from .runner import resolve_notebook, sweep
-from .frontier import TableStream, plot_frontier, search_cost, test_overlap, tune_report, tune_table
+from .frontier import TableStream, plot_frontier, search_cost, held_out_overlap, tune_report, tune_table
 from .budget import (CAL_STEPS, Planner, TuneError, calibrate, minutes, parse_budget,
-                                        refuse_short_budget, run_trial_job, test_seconds, trial_seconds)
+                                        refuse_short_budget, run_trial_job, judging_seconds, trial_seconds)
 
 # %% auto #0
 __all__ = ['TUNE_COST', 'tune_space', 'first_point', 'trial_order', 'tune_sweep', 'choose_trial', 'furthest_trial',
@@ -175,7 +175,7 @@ def _provenance(tune_dir:Path, state:dict, chosen, metric:str, overlap:int) -> d
     "How the recipe was found: tune folder and trial, rule, data, validation and test figures, cost, machine."
     cal, ch, test, cost, h = state["calibration"], state["chosen"], state["test"], state["cost"], state["calibration"]["headline"]
     env = _read_json(tune_dir/"calibration"/"env.json")
-    iv = lambda d: [None if _num(d.get(k)) is None else round(d[k], 4) for k in ("low", "high")]
+    iv = lambda d: [None if _num(d.get(k)) is None else round(float(d[k]), 4) for k in ("low", "high")]
     b = test["baseline"]
     return {"chosen_by": f"finetune-kit tune: trial {ch['trial']} of {cost['trials']}"
                          + (", trained to the end (no trial completed)" if ch["retrained"] else "") + f" ({tune_dir})",
@@ -186,7 +186,7 @@ def _provenance(tune_dir:Path, state:dict, chosen, metric:str, overlap:int) -> d
             "data_fingerprint": cal["fingerprint"],
             "validation": {"metric": h, "value": round(float(chosen[metric]), 4),
                            "interval": iv({"low": _num(chosen["low"]), "high": _num(chosen["high"])})},
-            "test": {"metric": h, "value": round(test["tuned"]["value"], 4), "interval": iv(test["tuned"]),
+            "test": {"metric": h, "value": round(float(test["tuned"]["value"]), 4), "interval": iv(test["tuned"]),
                      "baseline": f"{test['baseline_name']} {b['value']:.3f}" if b.get("value") is not None else None,
                      "verdict": ("SHIP: " if test["ship"] else "do not ship: ") + test["verdict"]},
             "search": {k: cost[k] for k in ("trials", "complete", "pruned", "stopped", "failed", "minutes", "budget_minutes")},
@@ -207,7 +207,7 @@ def _outputs(tune_dir:Path, state:dict, study, spec, space:dict, given:dict) -> 
     fig = plot_frontier(table, metric, chosen, state["epsilon"], f"{tune_dir.name}: validation {h} against trial minutes")
     fig.savefig(tune_dir/"frontier.png", dpi=110)
     table.to_csv(tune_dir/"trials.csv")
-    overlap, recipe, wcfg = test_overlap(winner, table, search), tune_dir/"recipe.yaml", load_config(winner/"config.json")
+    overlap, recipe, wcfg = held_out_overlap(winner, table, search), tune_dir/"recipe.yaml", load_config(winner/"config.json")
     if not recipe.exists():
         r = find_recipe(wcfg.recipe, wcfg.data.task)
         write_recipe(recipe, tune_dir.name, recipe_params(wcfg, {*(r.params if r else {}), *given, *space}),
@@ -274,7 +274,7 @@ def tune(params:dict,  # flat parameters as given: source, budget, anything fixe
         state["plan"] = {"points": len(order), "score_steps": score_steps, "max_iter": max_iter,
                          "score_samples": min(cfg.eval.score_samples, cal["records"]["validation"])}
         spec = tune_sweep(name, constants | {"score_steps": score_steps}, space, f"eval/tuned/{cal['headline']}", max_iter)
-        state["sweep"], search, test_s = spec.raw, tune_dir/"search", test_seconds(cal, cfg)
+        state["sweep"], search, test_s = spec.raw, tune_dir/"search", judging_seconds(cal, cfg)
         search.mkdir(parents=True, exist_ok=True)
         study = open_study(spec, None, search)
         if all(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False)):
@@ -301,7 +301,9 @@ def tune(params:dict,  # flat parameters as given: source, budget, anything fixe
                                                   "rerun with a larger --budget")
                 say(f"no trial completed: training trial {far.name}'s point to the end (about {minutes(est(p))})")
                 job = constants | p | {"score_steps": 0, "runs_dir": str(tune_dir), "run_id": "winner"}
-                secs = run_trial_job(notebook, job, tune_dir/"winner.log", timeout=left + test_s)
+                try: secs = run_trial_job(notebook, job, tune_dir/"winner.log", timeout=left)
+                except TimeoutError: raise TuneError(f"training trial {far.name}'s point to the end ran past the budget: "
+                                                     "rerun with a larger --budget") from None
                 state["chosen"] = {"trial": int(far.name), "run_dir": str(tune_dir/"winner"), "retrained": True, "seconds": secs}
             save()
         if "test" not in state:
