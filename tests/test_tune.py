@@ -1,7 +1,7 @@
 """`finetune-kit tune`: the choice rule on constructed trials, the budget (parsing, the refusal, the planner), the
 search space of every task, the runner's hard stop, and an end-to-end tune on the tiny model that is killed after
 its first trial and resumed by the workbook."""
-import json, math, os, signal, sqlite3, subprocess, sys, time
+import json, math, os, re, signal, sqlite3, subprocess, sys, time
 from pathlib import Path
 import pytest
 import pandas as pd
@@ -245,6 +245,19 @@ def test_checkpoint_scores_are_what_the_pruner_reads(tmp_path):
     off = score_callback(make_config({}, settings=False), tmp_path, tmp_path)
     assert (off.every, off.records) == (0, [])
 
+def test_a_tunes_hyperband_stops_a_trial_that_trails_at_its_first_checkpoint(tmp_path):
+    "The sweep `tune` writes prunes on the checkpoint scores: after a finished trial, a weaker first checkpoint stops."
+    spec = tune_sweep("hb", {"source": "bbc"}, {"learning_rate": (5e-4, 1e-3, 2e-3)}, M, 2)  # one Hyperband bracket
+    assert spec.early_terminate == {"type": "hyperband", "eta": 3, "min_iter": 1, "max_iter": 2}
+    study = open_study(spec, None, tmp_path)
+    space = search_space(spec)
+    first = study.ask(space)
+    for step, v in ((1, 0.5), (2, 0.8)): first.report(v, step); assert not first.should_prune()
+    study.tell(first, 0.85)
+    weak, strong = study.ask(space), study.ask(space)
+    weak.report(0.1, 1); strong.report(0.6, 1)
+    assert weak.should_prune() and not strong.should_prune()
+
 def test_the_runner_stops_a_running_trial_at_the_budgets_end(tmp_path):
     "`stop_at`: a trial still running is stopped, its checkpoint scores reported, recorded as pruned and not queued again."
     import multiprocessing as mp
@@ -271,10 +284,10 @@ TINY = ["-p", "base_model", "tiny-test", "-p", "max_records", "40", "-p", "test_
         "-p", "max_chars", "300", "-p", "lora_r", "4", "-p", "peft_method", "lora", "-p", "learning_rate", "0.002",
         "-p", "bootstrap_samples", "50", "-p", "report_to", "none"]
 
-def _complete(db:Path) -> int:
+def _states(db:Path) -> list:
     try:
-        with sqlite3.connect(db) as c: return sum(s == "COMPLETE" for (s,) in c.execute("select state from trials"))
-    except sqlite3.OperationalError: return 0
+        with sqlite3.connect(db) as c: return [s for (s,) in c.execute("select state from trials order by number")]
+    except sqlite3.OperationalError: return []
 
 @pytest.mark.slow
 def test_tune_on_the_tiny_model_resumes_after_a_kill_and_writes_a_recipe(tmp_path, monkeypatch):
@@ -289,19 +302,21 @@ def test_tune_on_the_tiny_model_resumes_after_a_kill_and_writes_a_recipe(tmp_pat
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.time() + 400
-        while time.time() < deadline and cli.poll() is None and _complete(d/"search"/"study.db") < 1: time.sleep(1)
+        while time.time() < deadline and cli.poll() is None and len(_states(d/"search"/"study.db")) < 2:
+            time.sleep(1)  # trial 0 is complete and streamed, trial 1 has started
         assert cli.poll() is None, cli.stdout.read()
         os.killpg(cli.pid, signal.SIGKILL); cli.wait()
     finally:
         if cli.poll() is None: os.killpg(cli.pid, signal.SIGKILL)
     first_out = cli.stdout.read()
-    assert "| trial |" in first_out and "measuring one short trial first" in first_out, first_out
+    assert "measuring one short trial first" in first_out, first_out
+    assert re.search(r"\|\s+trial \|\s+state \|.*\n\|-+\|.*\n\|\s+0 \|\s+complete \|", first_out), first_out  # streamed
     cal_stamp = (d/"calibration"/"summary.json").stat().st_mtime_ns
     (t0,) = (d/"search"/"trials").glob(f"{name}-t000-*")
     t0_stamp = (t0/"summary.json").stat().st_mtime_ns
 
     from finetune_kit.jobs import job_params, run_job
-    params = job_params(list(zip(TINY[1::2], TINY[2::2])) + [("source", "bbc"), ("budget", "6m"), ("runs_dir", str(runs)),
+    params = job_params(list(zip(TINY[1::3], TINY[2::3])) + [("source", "bbc"), ("budget", "6m"), ("runs_dir", str(runs)),
                                                              ("run_id", name)])
     monkeypatch.chdir(ROOT)
     run_job(ROOT/"nbs/workbooks/tune.ipynb", params, stream=False, progress=False)
