@@ -75,7 +75,8 @@ def make_adapters(base:str, folder:Path, n:int, seed:int=0) -> list[Path]:
     "`n` LoRA adapters of the kit's default config on `base`, B drawn at random (A is random already)."
     import torch
     from finetune_kit.settings import make_config
-    from finetune_kit.models import apply_peft, load_model, save_adapter
+    from finetune_kit.models import load_model
+    from finetune_kit.adapters import apply_peft, save_adapter
     cfg = make_config({"base_model": base, "dtype": "float32", "peft_method": "lora"})
     m, tok = load_model(cfg, progress=False)
     pm = apply_peft(m, cfg)

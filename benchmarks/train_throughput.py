@@ -29,7 +29,8 @@ def measure(side, steps, warmup, records, data_dir):
     from transformers import TrainerCallback
     from finetune_kit.settings import make_config
     from finetune_kit.data import load_splits
-    from finetune_kit.models import load_model, apply_peft
+    from finetune_kit.models import load_model
+    from finetune_kit.adapters import apply_peft
     cfg = make_config({"base_model": "smollm2-135m-instruct", "peft_method": "lora", "lora_r": 16, "report_to": "none",
                        "max_steps": steps + warmup, "source": "bbc", "max_records": records,
                        **KIT_VARIANTS.get(side, {})}, settings=False)

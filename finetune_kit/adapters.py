@@ -1,4 +1,4 @@
-"""What an adapter is and where it came from: its folder, base model and method, the checks before it is served, evaluated or exported, and vLLM's LoRA rules.
+"""Adapters put on a model by the run's method, saved and merged; what an adapter is and where it came from: its folder, base model and method, the checks before it is served, evaluated or exported, and vLLM's LoRA rules.
 
 Docs: https://finetune-kit.github.io/finetune-kit/adapters.html.md"""
 
@@ -6,23 +6,74 @@ Docs: https://finetune-kit.github.io/finetune-kit/adapters.html.md"""
 
 # %% ../nbs/03a_adapters.ipynb #d5df52f8
 from __future__ import annotations
-import json, os, re
+import json, os, re, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from .config import RunConfig, load_config, update_config
 from .files import KitError, cache_dir, one_line
 from .settings import make_config
-from .models import KNOWN_MODELS, resolve_model
+from .methods import METHODS, ModelError, get_method, method_of
+from .models import KNOWN_MODELS, is_4bit, resolve_model, target_modules
 from .testing import tiny_model_path
 
 # %% auto #0
-__all__ = ['RESERVED', 'VLLM_MAX_LORA_RANKS', 'VLLM_LORA_MODULES', 'AdapterError', 'model_key', 'builtin_name', 'same_base',
-           'AdapterSource', 'adapter_source', 'AdapterInfo', 'adapter_info', 'check_adapters', 'misfit_reason',
-           'vllm_problems', 'max_lora_rank', 'vllm_loras']
+__all__ = ['RESERVED', 'VLLM_MAX_LORA_RANKS', 'VLLM_LORA_MODULES', 'AdapterError', 'apply_peft', 'save_adapter', 'merge_adapter',
+           'model_key', 'builtin_name', 'same_base', 'AdapterSource', 'adapter_source', 'AdapterInfo', 'adapter_info',
+           'check_adapters', 'misfit_reason', 'vllm_problems', 'max_lora_rank', 'vllm_loras']
 
 # %% ../nbs/03a_adapters.ipynb #85e3d0cb
 class AdapterError(KitError):
     "An adapter that cannot be used as asked (not found, another base, a kind the caller cannot take): one line."
+
+# %% ../nbs/03a_adapters.ipynb #0732d3f7
+def apply_peft(model,  # the base model, from `load_model(cfg)`
+               cfg:RunConfig,  # the run config: its `peft` section and `gradient_checkpointing`
+               total_steps:int|None=None  # optimizer steps of the run (AdaLoRA's rank schedule needs them)
+              ):
+    "`model` made trainable by `cfg.peft.peft_method`: a `PeftModel`, or the model itself when every weight trains."
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    spec, gc = get_method(cfg.peft.peft_method), cfg.train.gradient_checkpointing
+    if spec.full:
+        for prm in model.parameters(): prm.requires_grad_(True)
+        return model
+    if spec.needs_total_steps and not total_steps:
+        raise ModelError(f"peft_method={spec.name} needs the total number of training steps "
+                         "(apply_peft(..., total_steps=N))")
+    targets = target_modules(model, cfg.peft.target_modules) if spec.targets else None
+    pc = spec.build(cfg.peft, targets, total_steps, model.config.model_type)
+    if spec.quantize_base:
+        if not is_4bit(model):
+            raise ModelError(f"peft_method={spec.name} needs the base model in 4-bit: "
+                             f"load it with load_model(cfg) and peft_method={spec.name}")
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
+    elif gc and not spec.prompt_learning: model.enable_input_require_grads()
+    return get_peft_model(model, pc)
+
+# %% ../nbs/03a_adapters.ipynb #82153c81
+def save_adapter(model, path, tokenizer=None) -> Path:
+    "Save the adapter (the whole model for full fine-tuning) as safetensors to `path`, with `tokenizer` if given."
+    path = Path(path)
+    model.save_pretrained(path, safe_serialization=True)
+    if tokenizer is not None: tokenizer.save_pretrained(path)
+    return path
+
+# %% ../nbs/03a_adapters.ipynb #b16c6891
+def merge_adapter(model):
+    "The base with the adapter merged into its weights (`merge_and_unload`; a 4-bit base is dequantized first)."
+    from peft import PeftModel
+    if not isinstance(model, PeftModel): return model  # full fine-tuning: already one model
+    spec = METHODS.get(method_of(model.peft_config[model.active_adapter].to_dict()))
+    if spec is not None and not spec.mergeable:
+        why = "its virtual tokens are extra inputs, not weight changes" if spec.prompt_learning else "its spec says so"
+        raise ModelError(f"{spec.name} cannot be merged: {why}; "
+                         "serve base + adapter with load_model(cfg, adapter=FOLDER)")
+    if is_4bit(model.get_base_model()):
+        with tempfile.TemporaryDirectory() as d:
+            model.save_pretrained(d)
+            base = model.unload()
+            base.dequantize()
+            model = PeftModel.from_pretrained(base, d)
+    return model.merge_and_unload()
 
 # %% ../nbs/03a_adapters.ipynb #3a5c48ca
 _HUB_CACHE = re.compile(r"models--([^/]+)--([^/]+)/snapshots/[^/]+/?$")
@@ -69,11 +120,6 @@ def _adapter_json(d:Path) -> dict:
     try: return json.loads((d/"adapter_config.json").read_text())
     except (OSError, json.JSONDecodeError): return {}
 
-def _method_of(ac:dict) -> str:
-    t = str(ac.get("peft_type", "")).lower()
-    return "dora" if t == "lora" and ac.get("use_dora") else {"prompt_tuning": "prompt_tuning",
-                                                               "prefix_tuning": "prefix_tuning"}.get(t, t or "lora")
-
 def adapter_source(path,  # a run folder or an adapter folder
                   params:dict|None=None,  # flat parameters over the source's own (base_model, peft_method, ...)
                  ) -> AdapterSource:
@@ -87,7 +133,7 @@ def adapter_source(path,  # a run folder or an adapter folder
         base = params.pop("base_model", None) or ac.get("base_model_name_or_path")
         if base: base = builtin_name(base)
         if not base: raise AdapterError(f"{path}: adapter_config.json names no base model; pass -p base_model NAME")
-        method = params.pop("peft_method", None) or _method_of(ac)
+        method = params.pop("peft_method", None) or method_of(ac)
         cfg = make_config({**params, "base_model": base, "peft_method": method})
         return AdapterSource(path, base, method, cfg)
     if path.is_dir(): raise AdapterError(f"{path}: neither a run folder (config.json and adapter/) nor an adapter folder")
@@ -105,6 +151,10 @@ class AdapterInfo:
     use_dora: bool = False
     target_modules: list = field(default_factory=list)
     config: dict = field(default_factory=dict)  # its adapter_config.json
+    method: str|None = None  # the kit's method (None: read from `peft_type` and `config`)
+
+    def __post_init__(self):
+        if self.method is None: self.method = method_of({**self.config, "peft_type": self.peft_type or None})
 
 RESERVED = ("base",)  # `model: base` asks for the base model without an adapter
 
@@ -120,7 +170,7 @@ def adapter_info(name:str, path) -> AdapterInfo:
     tm = ac.get("target_modules") or []
     return AdapterInfo(name, src.adapter_dir, src.base_model, str(ac.get("peft_type", "")).upper(),
                        max((r for r in ranks if isinstance(r, int)), default=None), bool(ac.get("use_dora")),
-                       sorted(tm) if isinstance(tm, list) else [tm], ac)
+                       sorted(tm) if isinstance(tm, list) else [tm], ac, src.peft_method)
 
 # %% ../nbs/03a_adapters.ipynb #ce319f83
 def check_adapters(base_model:str,  # the served base: a built-in name, a folder or a hub id
@@ -135,9 +185,10 @@ def check_adapters(base_model:str,  # the served base: a built-in name, a folder
         if not same_base(a.base_model, base_model):
             raise AdapterError(f"adapter '{name}' ({a.path}) was trained on {a.base_model}, not on the served base model "
                              f"{base_model}: serve it with -p base_model {a.base_model}")
-        if a.config.get("peft_type") in ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING"):
-            raise AdapterError(f"adapter '{name}' is {a.peft_type.lower()}: its virtual tokens need a server of their own "
-                             "(one adapter, no batching across adapters); merge-free methods: lora, qlora, dora, ia3")
+        if get_method(a.method).prompt_learning:
+            served = [n for n, s in METHODS.items() if not (s.prompt_learning or s.full)]
+            raise AdapterError(f"adapter '{name}' is {a.method}: its virtual tokens need a server of their own "
+                             f"(one adapter, no batching across adapters); merge-free methods: {', '.join(served)}")
         infos[name] = a
     if len(types := {a.peft_type for a in infos.values()}) > 1:
         raise AdapterError(f"PEFT holds one adapter type per model; these are {', '.join(sorted(types))}: serve each "
@@ -172,11 +223,10 @@ def vllm_problems(a:AdapterInfo,  # from `check_adapters`
                   model_type:str|None=None,  # the base's `config.model_type` (None: modules not checked)
                  ) -> list[str]:
     "What would make vLLM refuse adapter `a` (an empty list: nothing known)."
-    c, out = a.config, []
-    if a.peft_type != "LORA":
-        return [f"vLLM serves LoRA adapters only; '{a.name}' is {a.peft_type.lower()}: export a merged model "
-                "(finetune-kit export) and serve that instead"]
-    if a.use_dora: out.append(f"'{a.name}' is DoRA, which vLLM does not support: export a merged model instead")
+    c, out, spec = a.config, [], get_method(a.method)
+    if not spec.vllm:
+        return [f"'{a.name}' is {spec.label} (peft_method {spec.name}), which vLLM does not serve: it serves LoRA "
+                "adapters only; export a merged model (finetune-kit export) and serve that instead"]
     if c.get("modules_to_save"): out.append(f"'{a.name}' saves whole modules ({', '.join(c['modules_to_save'])}); "
                                             "vLLM needs modules_to_save empty")
     if c.get("bias", "none") != "none": out.append(f"'{a.name}' trains biases (bias: {c['bias']}); vLLM loads none")
@@ -208,4 +258,5 @@ def vllm_loras(base_model:str,  # a built-in name, a folder or a hub id
     if problems := [p for a in infos.values() for p in vllm_problems(a, mt)]:
         raise AdapterError("vLLM would refuse: " + "; ".join(problems))
     return infos
+
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from .files import KitError
 from .tasks import TASKS
+from .methods import METHODS
 
 # %% auto #0
-__all__ = ['PEFT_METHODS', 'ConfigError', 'DataConfig', 'ModelConfig', 'AdapterConfig', 'TrainConfig', 'EvalConfig',
-           'TrackingConfig', 'TuneConfig', 'RunConfig', 'ParamSpec', 'param_specs', 'range_text', 'check_param',
-           'update_config', 'flatten', 'config_to_dict', 'config_from_dict', 'save_config', 'load_config',
-           'seed_everything']
+__all__ = ['ConfigError', 'DataConfig', 'ModelConfig', 'AdapterConfig', 'TrainConfig', 'EvalConfig', 'TrackingConfig',
+           'TuneConfig', 'RunConfig', 'ParamSpec', 'param_specs', 'range_text', 'check_param', 'update_config',
+           'flatten', 'config_to_dict', 'config_from_dict', 'save_config', 'load_config', 'seed_everything']
 
 # %% ../nbs/00_config.ipynb #da072873
 class ConfigError(KitError):
@@ -36,7 +36,8 @@ def _f(default, help:str, choices=None,
 class DataConfig:
     "What data to prepare and how."
     # Parameters that choose the data
-    source: str = _f("bbc", "packaged set (bbc, wnut16, aclsum) or comma-separated files/folders")
+    source: str = _f("bbc", "packaged set (bbc, wnut16, aclsum) or comma-separated files/folders; mix them by ratio "
+                            "with a.jsonl:0.7,b.jsonl:0.3")
     task: str = _f("classification", "record kind and task template", TASKS)
     text_field: str|None = _f(None, "input field name in the source records (None: the task's usual name)")
     label_field: str|None = _f(None, "label/output field name in the source records (None: the task's usual name)")
@@ -60,6 +61,8 @@ class DataConfig:
     test_size: float = _f(0.1, "share of records for test (when test_records is None)", ge=0, lt=1)
     test_records: int|None = _f(None, "held-out test records, drawn before max_records samples the training pool "
                                 "(None: test_size of the sampled records)", ge=0)
+    test_source: str|None = _f(None, "your own held-out file(s), as source: the whole test split, never sampled or "
+                                     "trained on (training copies removed); test_records and test_size then carve nothing")
     group_field: str|None = _f(None, "records sharing this field's value stay in one split")
     dvc_add: bool = _f(False, "run `dvc add` on the prepared folder when dvc is installed "
                               "and the folder is in a DVC repo")
@@ -78,14 +81,12 @@ class ModelConfig:
     trust_remote_code: bool = _f(False, "run code shipped with a hub model (off unless asked for)")
 
 # %% ../nbs/00_config.ipynb #bb492250
-PEFT_METHODS = ("lora", "qlora", "dora", "adalora", "prompt_tuning", "prefix_tuning", "ia3", "full")
-
 @dataclass
 class AdapterConfig:
     "Which parameter-efficient method, and its knobs."
-    peft_method: str = _f("lora", "PEFT method, or full fine-tuning as the baseline", PEFT_METHODS)
+    peft_method: str = _f("lora", "PEFT method, or full fine-tuning as the baseline", METHODS)
     lora_r: int = _f(16, "LoRA/DoRA/AdaLoRA rank", ge=1)
-    lora_alpha: int = _f(32, "LoRA scaling numerator (scale = alpha / r)", ge=1)
+    lora_alpha: int = _f(32, "LoRA scaling numerator (the update is scaled by alpha / r)", ge=1)
     lora_dropout: float = _f(0.0, "dropout on the LoRA input (0: PEFT's default; 0.05 cost a CPU step 30% for the same "
                                      "quick-start predictions)", ge=0, lt=1)
     target_modules: str = _f("all-linear", "'all-linear' or comma-separated module names")
@@ -293,7 +294,7 @@ def check_param(name:str,  # a flat parameter name
 def _check_together(cfg:RunConfig, source:str="parameter") -> RunConfig:
     "`cfg`, once the limits that span parameters hold."
     d = cfg.data
-    if d.test_records is None and d.val_size + d.test_size >= 1:
+    if d.test_records is None and d.test_source is None and d.val_size + d.test_size >= 1:
         raise ConfigError(f"{source}s val_size + test_size must be below 1 (records are left to train on); "
                           f"got {d.val_size} + {d.test_size}")
     return cfg

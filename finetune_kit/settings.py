@@ -42,6 +42,15 @@ def read_settings(path=None) -> dict:
     return out
 
 # %% ../nbs/00e_settings.ipynb #f91dce4c
+def _own_test_set(cfg:RunConfig, params:dict) -> RunConfig:
+    "`cfg` without a house layer's `test_records` where `test_source` is set; both set by `params` is an error."
+    d = cfg.data
+    if d.test_source is None or d.test_records is None: return cfg
+    if "test_records" in params:  # the value in force came from the parameters
+        raise ConfigError("parameters test_records and test_source exclude each other: test_source is the whole test "
+                          "split; drop test_records")
+    return dataclasses.replace(cfg, data=dataclasses.replace(d, test_records=None))
+
 def make_config(params:dict|None=None,  # flat parameters
                 settings=True,  # the house layers: True (`settings.ini` found, the recipe), a path, or False (neither)
                 coerce:bool=False,  # parse parameter values from strings
@@ -56,11 +65,12 @@ def make_config(params:dict|None=None,  # flat parameters
     if settings:
         base = update_config(base, read_settings(None if settings is True else settings), source="setting")
     cfg = update_config(base, params, coerce=coerce)  # checks the parameters, and says which task and recipe
-    if not settings and "recipe" not in params: return dataclasses.replace(cfg, recipe="none")
+    if not settings and "recipe" not in params: return _own_test_set(dataclasses.replace(cfg, recipe="none"), params)
     recipe = find_recipe(cfg.recipe, cfg.data.task)
-    if recipe is None: return dataclasses.replace(cfg, recipe="none")
+    if recipe is None: return _own_test_set(dataclasses.replace(cfg, recipe="none"), params)
     cfg = update_config(update_config(base, recipe.params, source=f"recipe {recipe.name} parameter"), params, coerce=coerce)
-    return dataclasses.replace(cfg, recipe=recipe.name if recipe.path.parent.name == "recipe_files" else str(recipe.path))
+    name = recipe.name if recipe.path.parent.name == "recipe_files" else str(recipe.path)
+    return _own_test_set(dataclasses.replace(cfg, recipe=name), params)
 
 # %% ../nbs/00e_settings.ipynb #4e2ea7f9
 def config_from_namespace(ns:dict, settings=True) -> RunConfig:

@@ -17,20 +17,18 @@ from .config import RunConfig, ConfigError, flatten, load_config, save_config, s
 from .files import KitError, one_line
 from .progress import in_job
 from .runs import capture_env, create_run
-from .models import (adalora_callback, apply_peft, detect_bf16, device_settings, end_of_turn_id, load_model,
-                                 model_report, save_adapter, set_stop_tokens, sharding, tokenizer_hashes)
+from .methods import get_method
+from .models import (detect_bf16, device_settings, end_of_turn_id, load_model, model_report, set_stop_tokens,
+                                 sharding, tokenizer_hashes)
+from .adapters import apply_peft, save_adapter
 from .data import load_splits, prepare_data
 from .tracking import RunRecorder, end_tracking, plot_training, start_tracking, wandb_logged_in
 from .checkpoints import (RunTotals, TrainingError, TrainResult, checkpoint_folders, finished_run,
                                       resume_point)
 
 # %% auto #0
-__all__ = ['DEFAULT_LR', 'PROMPT_LEARNING', 'hardware_args', 'training_args', 'FinetuneTrainer', 'uses_compact_loss',
-           'check_trainable', 'write_manifest', 'total_steps', 'train', 'keep_model', 'TextProgress']
-
-# %% ../nbs/04_train.ipynb #389b54ca
-DEFAULT_LR = {"lora": 1e-3, "qlora": 1e-3, "dora": 1e-3, "adalora": 1e-3, "ia3": 3e-3,
-              "prompt_tuning": 3e-2, "prefix_tuning": 1e-2, "full": 5e-5}
+__all__ = ['hardware_args', 'training_args', 'FinetuneTrainer', 'uses_compact_loss', 'check_trainable', 'write_manifest',
+           'total_steps', 'train', 'keep_model', 'TextProgress']
 
 # %% ../nbs/04_train.ipynb #c4ac7a3f
 def _caps():
@@ -49,10 +47,11 @@ def hardware_args(cfg:RunConfig, caps=None) -> dict:
     "The precision, optimizer and checkpointing arguments for `cfg` on hardware `caps` (cuda, bf16, sm major)."
     cuda, bf16, major = caps or _caps()
     method, gc = cfg.peft.peft_method, cfg.train.gradient_checkpointing
-    gc = gc if gc is not None else method == "qlora"
+    spec = get_method(method)
+    gc = gc if gc is not None else spec.gradient_checkpointing
     ds = device_settings(cfg.model.dtype, cfg.model.attn_implementation, cuda=cuda, bf16=bf16, local_rank=0,
-                         full=method == "full")
-    optim = ("paged_adamw_8bit" if method == "qlora" else "adamw_torch_fused") if cuda else "adamw_torch"
+                         full=spec.full)
+    optim = spec.cuda_optim if cuda else "adamw_torch"
     return dict(bf16=ds.mixed_precision == "bf16", fp16=ds.mixed_precision == "fp16",
                 tf32=True if cuda and major >= 8 else None, use_cpu=not cuda, optim=optim,
                 gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
@@ -68,7 +67,7 @@ def training_args(cfg:RunConfig,  # the run config
     evaluating = t.eval_steps > 0 or t.early_stopping_patience is not None
     kw = dict(
         output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed, run_name=cfg.run_id,
-        learning_rate=DEFAULT_LR[method] if t.learning_rate is None else t.learning_rate,
+        learning_rate=get_method(method).learning_rate if t.learning_rate is None else t.learning_rate,
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps, per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.eval.eval_batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
@@ -130,15 +129,12 @@ def _compact_loss(self:FinetuneTrainer, model, inputs, num_items_in_batch, mode)
     return loss
 
 # %% ../nbs/04_train.ipynb #4465a52e
-PROMPT_LEARNING = ("prompt_tuning", "prefix_tuning")
-
-# %% ../nbs/04_train.ipynb #532f9bb6
 def uses_compact_loss(method:str,  # the PEFT method
                       cuda:bool|None=None  # training on CUDA (None: ask torch)
                      ) -> bool:
     "Whether training scores with the kit's compact loss (CPU, not prompt learning) rather than TRL's own (CUDA)."
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    return not cuda and method not in PROMPT_LEARNING
+    return not cuda and not get_method(method).prompt_learning
 
 # %% ../nbs/04_train.ipynb #765fd398
 def check_trainable(ds,  # a tokenized training set with `labels` (-100: no loss)
@@ -164,7 +160,7 @@ def write_manifest(run_dir, cfg:RunConfig, tok, data_info:dict, model_id:str, wo
     run_dir = Path(run_dir)
     env = json.loads((run_dir/"env.json").read_text()) if (run_dir/"env.json").exists() else {}
     cfg_d = {k: v for k, v in flatten(cfg).items() if k not in ("run_id", "runs_dir", "run_name", "data_dir")}
-    ds = device_settings(cfg.model.dtype, cfg.model.attn_implementation, full=cfg.peft.peft_method == "full")
+    ds = device_settings(cfg.model.dtype, cfg.model.attn_implementation, full=get_method(cfg.peft.peft_method).full)
     m = {"run_id": cfg.run_id, "seed": cfg.seed, "config_sha256": hashlib.sha256(json.dumps(cfg_d, sort_keys=True).encode()).hexdigest(),
          "data_fingerprint": data_info.get("fingerprint"), "base_model": model_id, **tokenizer_hashes(tok),
          "precision": {"weights": ds.dtype, "mixed_precision": ds.mixed_precision, "reason": ds.reason},
@@ -210,7 +206,9 @@ def _prepare(cfg, run_dir, tok, state):
             if cfg.data.data_dir: raise ConfigError(f"{data_dir}: no data.json (run `finetune-kit data prepare` first)")
             if state.is_main_process: prepare_data(cfg, data_dir, tokenizer=tok)
     info = json.loads((data_dir/"data.json").read_text())
-    if state.is_main_process: shutil.copyfile(data_dir/"data.json", run_dir/"data.json")
+    if state.is_main_process:
+        shutil.copyfile(data_dir/"data.json", run_dir/"data.json")
+        for w in info.get("warnings", []): print(f"warning: {w}", file=sys.stderr)  # labels only in test, spellings
     return load_splits(data_dir), info
 
 # %% ../nbs/04_train.ipynb #6299936f
@@ -230,7 +228,7 @@ def _make_trainer(cfg:RunConfig, model, tok, splits, run_dir:Path, backend:str, 
     if args.eval_strategy != "no" and eval_ds is None: args.eval_strategy, args.load_best_model_at_end = "no", False
     if backend != "none": args.report_to = [backend]
     cbs = [RunRecorder(run_dir/"metrics.jsonl"), *callbacks]
-    if cfg.peft.peft_method == "adalora": cbs.append(adalora_callback())
+    if (cb := get_method(cfg.peft.peft_method).callback) is not None: cbs.append(cb())
     if cfg.train.early_stopping_patience is not None and eval_ds is not None:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     cols = lambda d: [c for c in d.column_names if c not in ("prompt", "completion")]

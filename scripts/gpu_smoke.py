@@ -21,7 +21,7 @@ CHECKS = ("device", "qlora", "lora", "trl_loss", "full_fp16", "flash_attn", "lig
 
 def params(a, runs, **kw):
     return {"base_model": a.model, "max_steps": a.steps, "per_device_train_batch_size": a.batch, "max_records": a.records,
-            "report_to": "none", "runs_dir": str(runs), "save_steps": 10**6, "logging_steps": 1, **kw}
+            "max_chars": 300, "report_to": "none", "runs_dir": str(runs), "save_steps": 10**6, "logging_steps": 1, **kw}
 
 def train_run(a, runs, **kw):
     "Train in this process; the summary, the manifest and the metric rows."

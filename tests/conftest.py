@@ -6,6 +6,8 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the settings the suite was written for (no recipe, 400 records cut to 300 characters): tests/fixtures/settings.ini
+os.environ.setdefault("FINETUNE_KIT_SETTINGS", str(Path(__file__).resolve().parent/"fixtures"/"settings.ini"))
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

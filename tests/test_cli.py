@@ -27,7 +27,7 @@ def test_help_lists_the_stage_parameters_with_types_defaults_and_choices(cmd, pr
     params = r.output[r.output.index("Parameters (-p NAME VALUE"):]
     for p in present: assert p in params, (p, params)
     for p in absent: assert f"\n  {p} " not in params, p
-    assert "[default: 400]" in params or cmd != ["data", "prepare"]
+    assert "[default: 400" in params or cmd != ["data", "prepare"]  # 400 (settings.ini): the suite's settings
 
 def test_help_defaults_come_from_settings_ini(tmp_path, monkeypatch):
     (tmp_path/"settings.ini").write_text("[finetune_kit]\nbase_model = tiny-test\nreport_to = none\n")

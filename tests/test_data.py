@@ -134,6 +134,7 @@ REASON_CASES = {  # reason: (fixture or builder, task, params, line, field)
     "over_token_budget": ("over_token_budget.jsonl", "classification", {"max_length": 128}, 2, None),
     "undecodable_bytes": (None, "classification", {}, 2, None),
     "contaminated": (None, "classification", {}, 1, "text"),
+    "in_test_set": (None, "classification", {}, 1, "text"),
     "too_large": (None, "classification", {}, 2, None),
     "unreadable_record": (None, "classification", {}, 2, None),
 }
@@ -161,6 +162,12 @@ def test_rejection_reason(tmp_path, tiny_tok, reason, monkeypatch):
                        json.dumps({"text": "An unrelated record about gardening.", "label": "y"}) + "\n")
         ev.write_text(json.dumps({"text": "the striker scored twice as the home side won the derby.", "label": "sport"}) + "\n")
         params = {"decontaminate": str(ev)}
+    elif reason == "in_test_set":  # a training record that copies a record of the user's own test set
+        src, own = tmp_path/"train.jsonl", tmp_path/"own_test.jsonl"
+        src.write_text(json.dumps({"text": "The striker scored twice as the home side won the derby!", "label": "x"}) + "\n" +
+                       json.dumps({"text": "An unrelated record about gardening.", "label": "y"}) + "\n")
+        own.write_text(json.dumps({"text": "the striker scored twice as the home side won the derby.", "label": "x"}) + "\n")
+        params = {"test_source": str(own)}
     else: src = FIX/"bad"/fixture
     info = prep(tmp_path/"out", [src], tokenizer=tiny_tok if reason == "over_token_budget" else None, task=task, **params)
     rej = lines(tmp_path/"out"/"rejected.jsonl")

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from finetune_kit.cli import app
 from finetune_kit.settings import make_config
 from finetune_kit.files import read_jsonl
-from finetune_kit.models import apply_peft, load_model, save_adapter
+from finetune_kit.models import load_model
+from finetune_kit.adapters import apply_peft, save_adapter
 from finetune_kit.deploy import (BackgroundServer, Engine, Router, ServeError, ServeSettings, load_adapters,
                                  load_engine, make_app, parse_split)
 from conftest import BIN, run_cli
@@ -189,7 +190,7 @@ def test_a_feedback_record_round_trips_into_data_prepare(server, tmp_path):
     assert sum(r.get("event") == "feedback" for r in log) == 3  # every rating is logged, records or not
 
 def test_a_corrupted_merge_fails_export_and_leaves_nothing_written(adapters, tmp_path, monkeypatch):
-    import finetune_kit.models as M
+    import finetune_kit.adapters as M
     good = M.merge_adapter
     def scale_twice(model):  # the LoRA scale applied twice: a real class of merge bug
         for m in model.modules():

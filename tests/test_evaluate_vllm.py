@@ -31,12 +31,13 @@ def tiny_adapter(folder, method="lora", seed=0):
     "A tiny LoRA adapter whose weights move the answers (random B, not zeros)."
     import torch
     from peft import LoraConfig, get_peft_model
-    from finetune_kit.models import load_model, save_adapter
+    from finetune_kit.models import load_model
+    from finetune_kit.adapters import save_adapter
     m, tok = load_model(cfg_for(), progress=False)
     torch.manual_seed(seed)
     if method == "lora": m = get_peft_model(m, LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False))
     else:
-        from finetune_kit.models import apply_peft
+        from finetune_kit.adapters import apply_peft
         m = apply_peft(m, cfg_for(peft_method=method))
     return save_adapter(m, folder, tok)
 

@@ -49,7 +49,8 @@ def test_no_device_map_under_fsdp_or_zero(sharded, monkeypatch):
 def cuda_path_trainer(tmp_path_factory):
     "A FinetuneTrainer on the tiny model with the loss path the CUDA branch chooses (TRL's own)."
     from datasets import Dataset
-    from finetune_kit.models import apply_peft, load_model
+    from finetune_kit.models import load_model
+    from finetune_kit.adapters import apply_peft
     cfg = make_config(base_model="tiny-test", max_steps=1, report_to="none", dtype="float32", settings=False)
     model, tok = load_model(cfg)
     rows = [{"prompt": [{"role": "user", "content": "the team won " * (i + 1)}],

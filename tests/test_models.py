@@ -4,11 +4,13 @@ from types import SimpleNamespace
 import pytest, torch
 from typer.testing import CliRunner
 from finetune_kit.cli import app
-from finetune_kit.config import PEFT_METHODS
+from finetune_kit.methods import METHODS as PEFT_METHODS
 from finetune_kit.settings import make_config
 from finetune_kit import models as M
-from finetune_kit.models import (MERGEABLE, SMOLLM2, SMOLLM2_PIP, DeviceSettings, ModelError, apply_peft, device_settings,
-                                 load_model, load_tokenizer, merge_adapter, model_report, resolve_model, save_adapter)
+from finetune_kit.methods import MERGEABLE, ModelError, adalora_callback
+from finetune_kit.models import (SMOLLM2, SMOLLM2_PIP, DeviceSettings, device_settings, load_model, load_tokenizer,
+                                 model_report, resolve_model)
+from finetune_kit.adapters import apply_peft, merge_adapter, save_adapter
 
 def cfg_for(method="lora", **kw): return make_config(base_model="tiny-test", peft_method=method, settings=False, **kw)
 
@@ -193,7 +195,7 @@ def test_qlora_loads_4bit_nf4_double_quant():
 def test_adalora_callback_allocates_rank(batch):
     c = cfg_for("adalora", lora_r=4)
     m = apply_peft(load_model(c)[0], c, total_steps=10)
-    cb = M.adalora_callback()
+    cb = adalora_callback()
     for step in range(10):
         m(**batch, labels=batch["input_ids"]).loss.backward()
         cb.on_optimizer_step(None, SimpleNamespace(global_step=step), None, model=SimpleNamespace(module=m))

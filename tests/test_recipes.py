@@ -15,6 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKBOOKS = ROOT/"nbs/workbooks"
 runner = CliRunner()
 
+@pytest.fixture(autouse=True)
+def project_settings(monkeypatch):
+    "These tests are about the house layers: the project's own settings.ini, not the suite's (tests/fixtures)."
+    monkeypatch.setenv("FINETUNE_KIT_SETTINGS", str(ROOT/"settings.ini"))
+
 def workbook_config(name:str, params:dict):
     "The config a workbook's job makes from `params`: its parameters cell, papermill's injected values, its config line."
     nb = json.loads((WORKBOOKS/name).read_text())

@@ -126,7 +126,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_a_batch_without_loss_tokens_stops(tmp_path, tiny_model_dir):
     from datasets import Dataset
-    from finetune_kit.models import load_model, apply_peft
+    from finetune_kit.models import load_model
+    from finetune_kit.adapters import apply_peft
     from finetune_kit.train import FinetuneTrainer, training_args, check_trainable
     from finetune_kit.checkpoints import TrainingError
     cfg = cfg_for(tmp_path, max_steps=1)
@@ -147,7 +148,8 @@ def test_truncation_that_cuts_every_answer_stops_before_training(tmp_path):
 def test_compact_loss_equals_trls_loss(tmp_path):
     "Projecting only the labelled positions gives TRL's loss value, so the speed-up changes no numbers."
     from datasets import Dataset
-    from finetune_kit.models import load_model, apply_peft
+    from finetune_kit.models import load_model
+    from finetune_kit.adapters import apply_peft
     from finetune_kit.train import FinetuneTrainer, training_args
     cfg = cfg_for(tmp_path, max_steps=1)
     model, tok = load_model(cfg)

@@ -81,6 +81,12 @@ def prepare_cmd(ctx:typer.Context,
     if c["rejected_by_reason"]:
         why = ", ".join(f"{k} {v}" for k, v in c["rejected_by_reason"].items())
         typer.echo(f"rejected: {why} (see {out/'rejected.jsonl'})")
+    if (ts := info.get("test_set")):
+        typer.echo(f"test: your own {', '.join(ts['sources'])}, {ts['kept']} records whole; {ts['decontaminated']} "
+                   "training records removed as copies of them (rejected: in_test_set)")
+    if (mx := info.get("mixture")):
+        typer.echo("mixture (asked -> got): " + ", ".join(f"{p['source']} {p['asked']:.2f} -> {p['got']:.2f}"
+                                                         for p in mx["parts"]))
     if not c["kept"]: typer.echo("warning: no record was kept; see the rejections above", err=True)
     for w in info.get("warnings", []): typer.echo(f"warning: {w}", err=True)
     if "dvc" in info: typer.echo(f"dvc: {info['dvc']}")

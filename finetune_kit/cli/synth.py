@@ -92,15 +92,12 @@ def _synth_settings(run:Path) -> dict:
 def synth_sheet_cmd(run:Path = typer.Argument(..., help="a synth run folder"),
                     every:bool = typer.Option(False, "--all", help="every item, not only the pending ones")):
     "Write the review sheets of a synth run: review.csv and Label Studio tasks and config."
-    from finetune_kit.data.queue import REVIEW_STATUSES, label_studio_queue_config, label_studio_queue_tasks, \
-        write_queue_csv
-    st, statuses = _synth_settings(run), REVIEW_STATUSES if every else ("pending",)
-    csv_path = write_queue_csv(run/"review.jsonl", statuses=statuses)
-    tasks = label_studio_queue_tasks(run/"review.jsonl", statuses)
-    (run/"label_studio_tasks.json").write_text(json.dumps(tasks, indent=1, ensure_ascii=False) + "\n")
-    (run/"label_studio_config.xml").write_text(label_studio_queue_config(st["task"], st.get("labels")))
-    typer.echo(f"wrote {csv_path} and {run/'label_studio_tasks.json'} ({len(tasks)} items); "
-               f"Label Studio config: {run/'label_studio_config.xml'}")
+    from finetune_kit.data.queue import REVIEW_STATUSES, write_queue_sheets
+    st = _synth_settings(run)
+    p = write_queue_sheets(run/"review.jsonl", st["task"], st.get("labels"), REVIEW_STATUSES if every else ("pending",))
+    n = len(json.loads(p["label_studio"].read_text(encoding="utf-8")))
+    typer.echo(f"wrote {p['csv']}, {p['html']} and {p['label_studio']} ({n} items); "
+               f"Label Studio config: {p['label_studio_config']}")
 
 @synth_app.command("import", cls=KitCommand)
 def synth_import_cmd(run:Path = typer.Argument(..., help="a synth run folder"),
@@ -115,10 +112,12 @@ def synth_import_cmd(run:Path = typer.Argument(..., help="a synth run folder"),
 
 @synth_app.command("accepted", cls=KitCommand)
 def synth_accepted_cmd(run:Path = typer.Argument(..., help="a synth run folder"),
-                       out:Path = typer.Option(..., "--out", "-o", help="the JSONL file to write")):
+                       out:Path = typer.Option(..., "--out", "-o", help="the JSONL file to write"),
+                       force:bool = typer.Option(False, "--force", help="replace OUT if an earlier `synth accepted` "
+                                                 "wrote it (never the queue or any other file)")):
     "Write the accepted and edited records (tagged meta.synthetic) as a source for `data prepare`."
     from finetune_kit.data.queue import write_accepted
     _synth_settings(run)
-    typer.echo(f"wrote {write_accepted(run/'review.jsonl', out)} records to {out}")
+    typer.echo(f"wrote {write_accepted(run/'review.jsonl', out, force)} records to {out}")
 
 

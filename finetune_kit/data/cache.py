@@ -12,6 +12,8 @@ from .. import __version__
 from ..files import cache_dir
 from ..models import load_tokenizer, tokenizer_hashes
 from .prepare import prepare_data
+from .folder import source_list
+from .mixture import parse_ratios
 
 # %% auto #0
 __all__ = ['data_cache_key', 'prepare_cached']
@@ -42,10 +44,9 @@ def data_cache_key(cfg,  # a `RunConfig`
                   ) -> dict:
     "What a prepared folder depends on: data parameters, seed, token budget, source contents, tokenizer, data code."
     d = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("data_dir", "dvc_add")}
-    files = {}
-    for s in (cfg.data.source, cfg.data.decontaminate or ""):
-        for part in (x.strip() for x in str(s).split(",")):
-            if part and Path(part).expanduser().exists(): files[part] = _digest(Path(part).expanduser())
+    files, other = {}, f"{cfg.data.decontaminate or ''},{cfg.data.test_source or ''}"
+    for part in [*parse_ratios(source_list(cfg.data.source))[0], *source_list(other)]:  # files without their ratios
+        if Path(part).expanduser().exists(): files[part] = _digest(Path(part).expanduser())
     tok = None
     if tokenizer is not None:
         tok = {"name": str(getattr(tokenizer, "name_or_path", "")), **tokenizer_hashes(tokenizer)}

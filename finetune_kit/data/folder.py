@@ -11,6 +11,8 @@ from pathlib import Path
 from ..files import atomic_folder, read_jsonl
 from .sources import DataError
 from .packaged import PACKAGED
+from .mixture import parse_ratios
+from .testset import only_in_test_warnings
 from ..config import load_config
 
 # %% auto #0
@@ -29,10 +31,10 @@ def source_list(sources) -> list:
     return [sources]
 
 def _check_outside(cfg, out:Path, srcs:list):
-    "A `DataError` when a source or decontamination file is one of the files `prepare_data` writes into `out`."
+    "A `DataError` when a source (training, test or decontamination) is a file `prepare_data` writes into `out`."
     owned = {(out/f).resolve() for f in _OUTPUTS}
-    decon = [x.strip() for x in (cfg.data.decontaminate or "").split(",") if x.strip()]
-    for s in [*srcs, *decon]:
+    others = [x.strip() for x in f"{cfg.data.decontaminate or ''},{cfg.data.test_source or ''}".split(",") if x.strip()]
+    for s in [*parse_ratios(srcs)[0], *others]:
         if not isinstance(s, (str, Path)) or (isinstance(s, str) and s in PACKAGED): continue
         if (p := Path(s).expanduser()).resolve() in owned:
             raise DataError(f"{p}: preparing into {out} would replace this source with the prepared {p.name}: "
@@ -60,7 +62,7 @@ def writes_whole_folder(prepare):
         with atomic_folder(out, last="data.json", legacy=_OUTPUTS) as tmp:
             ba.arguments["out_dir"] = tmp
             info = prepare(*ba.args, **ba.kwargs)
-            if (w := label_warnings(info)):
+            if (w := label_warnings(info) + only_in_test_warnings(info)):
                 info["warnings"] = w
                 (tmp/"data.json").write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
                 with (tmp/"card.md").open("a") as f: f.write("\n## Warnings\n\n" + "".join(f"- {x}\n" for x in w))

@@ -13,6 +13,7 @@ from typing import Callable
 from fastcore.basics import patch
 from ..files import KitError, one_line
 from ..settings import make_config
+from ..methods import get_method
 from ..models import end_of_turn_id, load_model
 from ..adapters import RESERVED, AdapterError, AdapterInfo, check_adapters, misfit_reason
 from ..evaluate.generate import kv_cache_of
@@ -163,7 +164,7 @@ class Engine:
                  batch_wait_s:float=0.005):  # how long the first job of a batch waits for company
         self.model, self.tok, self.infos, self.stop_ids, self.base_name = model, tok, infos, stop_ids, base_name
         self.max_batch, self.max_queue, self.batch_wait_s = max_batch, max_queue, batch_wait_s
-        self.mixed = bool(infos) and all(a.peft_type == "LORA" and not a.use_dora for a in infos.values())
+        self.mixed = bool(infos) and all(get_method(a.method).mixable for a in infos.values())
         self.pending, self.cv, self.running = collections.deque(), threading.Condition(), 0
         self.stats = {"served": 0, "batches": 0, "mixed_batches": 0, "errors": 0}
         self._thread, self._stop = None, False

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from ..config import update_config
 from ..files import KitError, one_line, read_jsonl
-from .. import models  # `models.merge_adapter` looked up when called (a test swaps in a broken one)
+from ..methods import ModelError, get_method
 from ..models import end_of_turn_id, is_4bit, load_model, load_tokenizer, resolve_model
+from .. import adapters  # `adapters.merge_adapter` looked up when called (a test swaps in a broken one)
 from ..adapters import AdapterSource, adapter_source
 from ..data.folder import find_data_dir
 from ..evaluate.generate import greedy_config
@@ -137,9 +138,9 @@ def _dequantized(model):
         return PeftModel.from_pretrained(base.to(torch.float32), d).eval()
 
 def _merge(model):
-    "`models.merge_adapter`, its refusal an `ExportError`."
-    try: return models.merge_adapter(model)
-    except models.ModelError as e: raise ExportError(str(e)) from None
+    "`adapters.merge_adapter`, its refusal an `ExportError`."
+    try: return adapters.merge_adapter(model)
+    except ModelError as e: raise ExportError(str(e)) from None
 
 def _base_dtype(name:str) -> str:
     from transformers import AutoConfig
@@ -212,7 +213,7 @@ def _export(source, out, dtype, params, probes, n_probes, max_new_tokens, progre
     cfg = update_config(src.cfg, {"dtype": "float32"})
     try: model, _ = load_model(cfg, adapter=src.adapter_dir, progress=progress)
     except (OSError, RuntimeError, ValueError) as e: raise ExportError(f"{src.adapter_dir}: cannot load: {one_line(e)}")
-    if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False): _merge(model)  # says why
+    if not get_method(src.peft_method).mergeable: _merge(model)  # refuses, saying why, before any work
     model = _dequantized(model)
     tok, gc = _tokenizer_and_gc(src, model)
     ref = probe_reference(model, tok, probe_prompts(probes or src.run_dir or src.adapter_dir, n_probes), gc.eos_token_id,

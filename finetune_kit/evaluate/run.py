@@ -18,6 +18,7 @@ from ..tasks import get_task
 from ..models import load_model
 from ..adapters import misfit_reason
 from ..data.folder import find_data_dir
+from ..data.testset import own_test_line
 from .generate import EvalError, generate, generate_pair, perplexity, rank_labels
 from .vllm import check_backend, vllm_systems
 from .metrics import TaskScores, score_outputs
@@ -233,6 +234,7 @@ def eval_report(m:dict,  # the evaluation's metrics.json
     v = m["verdict"]
     prefer = f" (prefer {v['prefer']})" if not v.get("ship") and v.get("prefer") else ""
     L += [f"**Verdict: {'SHIP' if v.get('ship') else 'do not ship'}{prefer}**: {v['reason']}.", ""]
+    if m.get("test_set"): L += [m["test_set"], ""]
     if m.get("warning"): L += [f"**Warning**: {m['warning']}.", ""]
     if m["headline"]: L += [f"Headline metric: `{m['headline']}`.", ""]
     L += ["## Metrics", "", md_table(table), ""]
@@ -414,6 +416,7 @@ def evaluate(cfg:RunConfig,
         sheet, key = make_review_sheet(records, outs["base"], outs["tuned"], ev.review_samples, cfg.seed)
         review = {k: str(p.name) for k, p in write_review(sheet, key, out_dir).items()}
     metrics = {"task": task, "split": split, "n": len(records), "data": str(find_data_dir(data)),
+               "test_set": own_test_line(info, split, len(records)),
                "adapter": str(adapter) if adapter else None, "base_model": cfg.model.base_model,
                "headline": systems["base"].headline, "systems": list(systems),
                **{k: dict(s.metrics) for k, s in systems.items()},

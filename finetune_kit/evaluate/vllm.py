@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from ..config import RunConfig
 from ..files import KitError, one_line
+from ..methods import get_method
 from ..models import is_full_checkpoint, load_tokenizer, resolve_model
 from ..adapters import max_lora_rank, vllm_loras
 from .generate import EvalError, answer_ids, eos_ids, prompt_ids, scored_sequences
@@ -168,7 +169,8 @@ def vllm_systems(cfg:RunConfig, records:list[dict],
                 "an engine each")]
     if cfg.eval.decode != "generate" and not labels:
         notes.append(f"decode={cfg.eval.decode} needs a label set (classification): answers were generated")
-    if cfg.peft.peft_method == "qlora": notes.append("backend vllm serves the QLoRA adapter on the unquantized base")
+    if (spec := get_method(cfg.peft.peft_method)).quantize_base:
+        notes.append(f"backend vllm serves the {spec.label} adapter on the unquantized base")
     for plan in plans:
         tok = load_tokenizer(cfg if plan.tokenizer == plans[0].model else plan.tokenizer)
         gen = _generation_config(plan.model, cfg.model.trust_remote_code)

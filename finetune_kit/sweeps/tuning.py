@@ -13,6 +13,7 @@ from ..config import check_param, flatten, load_config, param_specs, update_conf
 from ..settings import make_config
 from ..recipes import find_recipe, write_recipe
 from ..tasks import get_task
+from ..methods import get_method
 from .spec import SweepSpec, load_sweep
 from .study import open_study
 from .results import pick_cheapest
@@ -26,8 +27,6 @@ __all__ = ['TUNE_COST', 'tune_space', 'first_point', 'trial_order', 'tune_sweep'
            'judge_on_test', 'recipe_params', 'tune_name', 'given_params', 'TuneResult', 'tune']
 
 # %% ../../nbs/06i_sweeps_tuning.ipynb #557240d1
-_RANKED = ("lora", "qlora", "dora", "adalora")  # the methods the spaces' ranks and learning rates are for
-
 def tune_space(task:str,  # the task whose `tune_space` to search
                fixed:dict,  # the parameters given: fixed, not searched
               ) -> dict[str, tuple]:
@@ -35,7 +34,8 @@ def tune_space(task:str,  # the task whose `tune_space` to search
     whole = dict(get_task(task).tune_space)
     space = {k: v for k, v in whole.items() if k not in fixed}
     if (fixed.get("max_steps") or -1) > 0: space.pop("num_train_epochs", None)
-    if fixed.get("peft_method", "lora") not in _RANKED:
+    lora = get_method("lora").learning_rate  # the spaces' ranks and learning rates are the LoRA family's
+    if fixed.get("peft_method") and get_method(fixed["peft_method"]).learning_rate != lora:
         for k in ("lora_r", "learning_rate"): space.pop(k, None)
     if not space: raise TuneError(f"nothing to search: the parameters given fix every parameter tune searches for "
                                   f"task {task} ({', '.join(whole) or 'none'})")
