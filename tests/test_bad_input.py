@@ -204,6 +204,18 @@ CASES = [
     ("sweep {d}/nonb.yaml --dir {d}/sweepdir", "nosuch/notebook.ipynb not found"),
     ("sweep {d}/lora0.yaml --parallel 0", "lora_r"),
     (f"sweep {ROOT}/sweeps/tiny.yaml --parallel 0 --dir {{d}}/sweepdir", "parallel: must be at least 1"),
+    # tune (a budget too small for one trial: tests/test_tune.py, since it needs the project's workbook)
+    ("tune bbc", "tune needs a budget: --budget 45m"),
+    ("tune bbc --budget soon", "budget 'soon': write it with its unit"),
+    ("tune bbc --budget 45", "budget '45': write it with its unit"),
+    ("tune bbc --budget 0m", "budget '0m': must be more than zero"),
+    ("tune {d}/nosuch.jsonl --budget 45m", "nosuch.jsonl: no such file or folder"),
+    ("tune bbc --budget 45m -p eval_split test", "parameter 'eval_split' is not read by `tune`"),
+    ("tune bbc --budget 45m -p epsilon -1", "parameter epsilon must be >= 0"),
+    ("tune bbc --budget 45m -p val_size 0", "val_size 0: tune chooses on a validation split"),
+    ("tune bbc --budget 45m -p task chat -p peft_method lora -p learning_rate 1e-3 -p lora_r 8 -p num_train_epochs 1",
+     "nothing to search"),
+    ("tune bbc --budget 45m --parallel 0", "--parallel: must be at least 1"),
 ]
 
 
