@@ -12,7 +12,8 @@ from transformers import TrainerCallback
 from ..config import RunConfig
 from ..files import KitError
 from ..tasks import get_task
-from .generate import EvalError, generate
+from .generate import EvalError
+from ..engine import generate
 from .metrics import score_outputs
 from .run import load_split
 
