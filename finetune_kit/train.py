@@ -21,7 +21,7 @@ from .methods import get_method
 from .models import (detect_bf16, device_settings, end_of_turn_id, load_model, model_report, set_stop_tokens,
                                  sharding, tokenizer_hashes)
 from .adapters import apply_peft, save_adapter
-from .data import load_splits, prepare_data
+from .data import load_splits, parse_ratios, prepare_data, source_list
 from .tracking import RunRecorder, end_tracking, plot_training, start_tracking, wandb_logged_in
 from .checkpoints import (RunTotals, TrainingError, TrainResult, checkpoint_folders, finished_run,
                                       resume_point)
@@ -300,6 +300,7 @@ def train(cfg:RunConfig,  # the run's config
           callbacks=()  # more `TrainerCallback`s
          ) -> TrainResult:
     "Fine-tune per `cfg` into a run folder (new, given, or resumed from its newest checkpoint)."
+    if not (resume or cfg.data.data_dir): parse_ratios(source_list(cfg.data.source))  # a bad ratio: before any folder or model
     state, cfg, run_dir = _setup_run(cfg, run_dir, resume)
     if resume and (done := finished_run(run_dir)): return done
     if resume: checkpoint_folders(run_dir/"checkpoints")  # a folder in the way stops the resume before any work

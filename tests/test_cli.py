@@ -48,6 +48,7 @@ READS = {
     "serve": section("model") | {"runs_dir"},
     "monitor": {"seed"},
     "models info": {"trust_remote_code"},
+    "tune": set(SPECS) - {"source", "eval_split"},  # every trial's parameters; the source is an argument, eval_split refused
     "synth generate": section("model") | {"seed", "task", "label_set", "near_dup_threshold", "text_field", "label_field"},
 }
 
