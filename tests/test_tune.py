@@ -152,6 +152,32 @@ def test_the_planner_queues_untried_points_that_fit_and_never_repeats_one():
     done = _study([(p, "PRUNED", {"outcome": "pruned"}) for p in order])
     assert Planner(order, secs, time.time() + 10_000)(done) == "every point of the search space has a trial"
 
+def test_the_planner_walks_from_the_best_trial_to_its_neighbours_epochs_first():
+    "WNUT-16's case: every one-epoch trial scores 0; the walk reaches three epochs in two steps, not by chance."
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import create_trial
+    space = dict(tune_space("ner", {}))
+    assert list(space)[:2] == ["num_train_epochs", "learning_rate"]
+    first = {k: v[0] for k, v in space.items()} | {"num_train_epochs": 1.0, "learning_rate": 2e-3}
+    order = trial_order(space, first, 42)
+    secs = lambda p: 60.0 * p["num_train_epochs"]
+    s = optuna.create_study(direction="maximize")
+    def run(p, value):
+        s.add_trial(create_trial(params=p, value=value, user_attrs={"outcome": "complete", "seconds": secs(p)},
+                                 distributions={k: CategoricalDistribution(v) for k, v in space.items()}))
+    def next_point():
+        assert Planner(order, secs, time.time() + 10_000, space)(s) is None
+        t = s.get_trials()[-1]
+        return t.system_attrs["fixed_params"]
+    run(first, 0.0)
+    two = next_point()
+    assert two == {**first, "num_train_epochs": 2.0}
+    s = optuna.create_study(direction="maximize"); run(first, 0.0); run(two, 0.29)  # two epochs scored better
+    assert next_point() == {**first, "num_train_epochs": 3.0}
+    s = optuna.create_study(direction="maximize"); run(first, 0.0); run(two, 0.0)  # a tie: the earliest is the best
+    assert next_point() == {**first, "learning_rate": 1e-3}  # first's next neighbour (epochs 2 is claimed)
+
 def _fake_search(pruned_lr=2e-3):
     "A stand-in for the sweep runner: one trial, pruned by Hyperband after two checkpoints, and nothing else."
     def fake(spec, **kw):

@@ -287,7 +287,7 @@ def tune(params:dict,  # flat parameters as given: source, budget, anything fixe
             stream = TableStream(spec, search, spec.metric, say); stream(study)
             def update(study, res): stream(study, res); save()  # the minutes spent survive a killed runner
             sweep(spec, parallel=parallel, max_trials=max_trials, sweep_dir=search, within=eps, cost=TUNE_COST,
-                  stop_at=stop_at, should_start=Planner(order, est, stop_at), on_update=update, verbose=verbose)
+                  stop_at=stop_at, should_start=Planner(order, est, stop_at, space), on_update=update, verbose=verbose)
             table = tune_table(study, spec, search)
             if (row := choose_trial(table, spec.metric, eps)) is not None:
                 state["chosen"] = {"trial": int(row.name), "run_dir": str(search/"trials"/row["run_id"]), "retrained": False}
