@@ -10,6 +10,7 @@ from conftest import ROOT
 from finetune_kit.cli import app
 from finetune_kit.config import check_param, flatten
 from finetune_kit.recipes import find_recipe
+from finetune_kit.sweeps.spec import SweepError
 from finetune_kit.settings import make_config
 from finetune_kit.tasks import TASKS
 from finetune_kit.evaluate import score_callback, score_key
@@ -274,7 +275,7 @@ def test_checkpoint_scores_are_what_the_pruner_reads(tmp_path):
 def test_a_tunes_hyperband_stops_a_trial_that_trails_at_its_first_checkpoint(tmp_path):
     "The sweep `tune` writes prunes on the checkpoint scores: after a finished trial, a weaker first checkpoint stops."
     spec = tune_sweep("hb", {"source": "bbc"}, {"learning_rate": (5e-4, 1e-3, 2e-3)}, M, 2)  # one Hyperband bracket
-    assert spec.early_terminate == {"type": "hyperband", "eta": 3, "min_iter": 1, "max_iter": 2}
+    assert spec.early_terminate == {"type": "hyperband", "eta": 3, "min_iter": 1, "max_iter": 2, "compare": "same_length"}
     study = open_study(spec, None, tmp_path)
     space = search_space(spec)
     first = study.ask(space)
@@ -368,3 +369,23 @@ def test_tune_on_the_tiny_model_resumes_after_a_kill_and_writes_a_recipe(tmp_pat
     again = subprocess.run([sys.executable, "-m", "finetune_kit.cli", "tune", "bbc", "--budget", "6m", *TINY, *where],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "is finished" in again.stdout and f"chosen: trial {chosen.name}" in again.stdout
+
+def test_pruning_compares_a_trial_only_with_trials_of_its_own_length():
+    "A 3-epoch trial's learning rate is still high where a 2-epoch trial's has decayed: its early score is not judged against it."
+    import optuna
+    from finetune_kit.sweeps.study import _pruner
+    s = optuna.create_study(direction="maximize", pruner=_pruner(load_sweep(
+        {"method": "random", "metric": {"name": "m", "goal": "maximize"}, "parameters": {"num_train_epochs": {"values": [2.0, 3.0]}},
+         "early_terminate": {"type": "hyperband", "min_iter": 1, "max_iter": 6, "eta": 3, "compare": "same_length"}}).early_terminate))
+    def run(epochs, scores):
+        s.enqueue_trial({"num_train_epochs": epochs}); t = s.ask(); t.suggest_categorical("num_train_epochs", [2.0, 3.0])
+        for step, v in enumerate(scores, 1):
+            t.report(v, step)
+            if t.should_prune(): s.tell(t, state=optuna.trial.TrialState.PRUNED); return "pruned"
+        s.tell(t, scores[-1]); return "complete"
+    assert run(2.0, [0.5, 0.6]) == "complete"
+    assert run(3.0, [0.0, 0.1, 0.4]) == "complete"   # behind the 2-epoch trial at every step, and not pruned
+    assert run(2.0, [0.1, 0.2]) == "pruned"           # behind a trial of its own length: pruned at its first checkpoint
+    with pytest.raises(SweepError, match="early_terminate.compare: must be all or same_length"):
+        load_sweep({"method": "random", "metric": {"name": "m", "goal": "maximize"}, "parameters": {"lora_r": {"values": [8]}},
+                    "early_terminate": {"type": "hyperband", "min_iter": 1, "compare": "some"}})

@@ -62,7 +62,8 @@ def tune_sweep(name:str, constants:dict, space:dict, metric:str, max_iter:int) -
     "The search as a sweep: constants, the space's values, the metric to maximize, Hyperband on the checkpoints."
     params = {**{k: {"value": v} for k, v in constants.items()}, **{k: {"values": list(v)} for k, v in space.items()}}
     return load_sweep({"method": "random", "metric": {"name": metric, "goal": "maximize"}, "parameters": params,
-                       "early_terminate": {"type": "hyperband", "min_iter": 1, "max_iter": max(1, max_iter), "eta": 3}},
+                       "early_terminate": {"type": "hyperband", "min_iter": 1, "max_iter": max(1, max_iter), "eta": 3,
+                                           "compare": "same_length"}},
                       name=name)
 
 # %% ../../nbs/06i_sweeps_tuning.ipynb #c4201c7a
