@@ -152,7 +152,7 @@ def tune_report(state:dict,  # the tune's state (`tune.json`): calibration, plan
          f"search; {overlap} of them sat in a trial's validation split.", "",
          f"**Search**: {plan['points']} points over {', '.join(f'`{k}`' for k in space)}; each trial judged on the "
          f"validation split (`{metric}`) and scored on {plan['score_samples']} validation records every "
-         f"{plan['score_steps']} steps for Hyperband; budget {state['budget']}.", "",
+         f"{plan['score_steps']} steps for successive halving among trials of the same length; budget {state['budget']}.", "",
          f"**Rule** (fixed before the search): the cheapest complete trial (fewest training tokens, then seconds) "
          f"within {state['epsilon']:g} of the best validation {h}.", "",
          f"**Chosen**: trial {ch['trial']} (" + ", ".join(f"{k}={chosen[k]}" for k in space) + ")"

@@ -59,7 +59,7 @@ _FORCED = {"eval_split": "validation", "review_samples": 0}  # every trial: judg
 _NOT_TRIAL = ("budget", "epsilon", "run_id", "runs_dir")  # tune's own and where its folder goes
 
 def tune_sweep(name:str, constants:dict, space:dict, metric:str, max_iter:int) -> SweepSpec:
-    "The search as a sweep: constants, the space's values, the metric to maximize, Hyperband on the checkpoints."
+    "The search as a sweep: constants, the space's values, the metric to maximize, successive halving on the checkpoints among trials of one length."
     params = {**{k: {"value": v} for k, v in constants.items()}, **{k: {"values": list(v)} for k, v in space.items()}}
     return load_sweep({"method": "random", "metric": {"name": metric, "goal": "maximize"}, "parameters": params,
                        "early_terminate": {"type": "hyperband", "min_iter": 1, "max_iter": max(1, max_iter), "eta": 3,
