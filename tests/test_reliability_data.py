@@ -274,8 +274,8 @@ def test_i24_an_offline_tokenizer_error_names_the_tokenizer(tmp_path):
 
 def test_i24_stale_staging_folders_with_a_dash_in_the_name_are_cleaned(tmp_path):
     from finetune_kit.files import atomic_folder
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    pid = int(dead.stdout)
+    dead = subprocess.Popen(["true"]); dead.wait()  # a process that has ended: its pid is free
+    pid = dead.pid
     stale = tmp_path/f".my-data.staging-{pid}-ab_c9"; stale.mkdir(); (stale/"big.bin").write_bytes(b"x" * 1000)
     alive = tmp_path/f".my-data.staging-{os.getpid()}-zz"; alive.mkdir()
     with atomic_folder(tmp_path/"my-data") as tmp: (tmp/"a.txt").write_text("a")
