@@ -81,7 +81,8 @@ MANY_LABELS = 100  # more distinct labels than this (or than half the records ke
 
 def _label_warnings(info:dict) -> list[str]:
     c, labels, totals = info["counts"], info.get("labels") or [], Counter()
-    for per in (info.get("label_counts") or {}).values(): totals.update(per)
+    for name, per in (info.get("label_counts") or {}).items():  # the user's own test set: `only_in_test` says it
+        if not (name == "test" and info.get("test_set")): totals.update(per)
     out, lp = [], (info.get("template") or {}).get("label_prompt")
     if len(labels) > MANY_LABELS or (len(labels) > 20 and len(labels) > c["kept"] / 2):
         out.append(f"{len(labels)} distinct labels for {c['kept']} records: is label_field the label column? "
