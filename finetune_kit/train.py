@@ -21,7 +21,7 @@ from .methods import get_method
 from .models import (detect_bf16, device_settings, end_of_turn_id, load_model, model_report, set_stop_tokens,
                                  sharding, tokenizer_hashes)
 from .adapters import apply_peft, save_adapter
-from .data import load_splits, parse_ratios, prepare_data, source_list
+from .data import empty_train_reason, load_splits, parse_ratios, prepare_data, source_list
 from .tracking import RunRecorder, end_tracking, plot_training, start_tracking, wandb_logged_in
 from .checkpoints import (RunTotals, TrainingError, TrainResult, checkpoint_folders, finished_run,
                                       resume_point)
@@ -308,7 +308,8 @@ def train(cfg:RunConfig,  # the run's config
     model, tok = load_model(cfg)
     splits, data_info = _prepare(cfg, run_dir, tok, state)
     n = len(splits["train"])
-    if n == 0: raise TrainingError(f"{run_dir/'data'}: the training split is empty: nothing to train on")
+    if n == 0: raise TrainingError(f"{cfg.data.data_dir or run_dir/'data'}: the training split is empty: "
+                                   f"{empty_train_reason(data_info)}")
     model = apply_peft(model, cfg, total_steps=total_steps(n, cfg, state.num_processes))
     extra = {"data_fingerprint": data_info.get("fingerprint")}
     backend = start_tracking(cfg, run_dir, extra) if state.is_main_process else "none"
