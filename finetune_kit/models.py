@@ -328,8 +328,10 @@ def apply_peft(model, cfg:RunConfig, total_steps:int|None=None):
         if not is_4bit(model):
             raise ModelError("peft_method=qlora needs the base model in 4-bit: "
                              "load it with load_model(cfg) and peft_method=qlora")
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
-    elif gc and m not in ("prompt_tuning", "prefix_tuning"): model.enable_input_require_grads()
+        # checkpointing itself is the Trainer's (`activation_checkpointing`): peft's own call would switch it on a
+        # second time, through `gradient_checkpointing_enable`, which transformers 5.23 deprecates
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if gc and m not in ("prompt_tuning", "prefix_tuning"): model.enable_input_require_grads()
     return get_peft_model(model, pc)
 
 # %% ../nbs/03_models.ipynb #046e8bbc
