@@ -47,7 +47,7 @@ def main(argv=None):
     ap.add_argument("--no-tokenizer", action="store_true", help="skip token statistics")
     ap.add_argument("--profile", action="store_true", help="print the top functions by cumulative time")
     args = ap.parse_args(argv)
-    from finetune_kit.config import make_config
+    from finetune_kit.settings import make_config
     from finetune_kit.data import prepare_data
     tok = None
     if not args.no_tokenizer:

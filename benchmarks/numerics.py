@@ -19,10 +19,12 @@ import argparse, json, subprocess, sys, tempfile
 def losses(method:str, dtype:str, steps:int, data:str, init_seed:int=0) -> dict:
     "Training loss at each step for `method` in `dtype` on the prepared folder `data`."
     import torch
-    from finetune_kit.config import make_config
+    from finetune_kit.settings import make_config
     from finetune_kit.data import load_splits
-    from finetune_kit.models import load_model, apply_peft
-    from finetune_kit.train import FinetuneTrainer, PROMPT_LEARNING, training_args
+    from finetune_kit.models import load_model
+    from finetune_kit.adapters import apply_peft
+    from finetune_kit.methods import get_method
+    from finetune_kit.train import FinetuneTrainer, training_args
     from transformers import TrainerCallback
     cfg = make_config({"base_model": "smollm2-135m-instruct", "peft_method": method, "dtype": dtype, "max_steps": steps,
                        "lora_dropout": 0.0, "logging_steps": 1, "report_to": "none", "warmup_ratio": 0.0}, settings=False)
@@ -38,7 +40,7 @@ def losses(method:str, dtype:str, steps:int, data:str, init_seed:int=0) -> dict:
     with tempfile.TemporaryDirectory() as d:
         tr = FinetuneTrainer(model=model, args=training_args(cfg, d, save_strategy="no", disable_tqdm=True),
                              processing_class=tok, train_dataset=ds, callbacks=[Log()])
-        tr.compact_loss = method not in PROMPT_LEARNING  # as `train` sets it: virtual tokens shift the positions
+        tr.compact_loss = not get_method(method).prompt_learning  # as `train` sets it on a CPU
         tr.train()
         bf16 = bool(tr.args.bf16)
     return {"losses": seen, "bf16": bf16, "dtype": str(model.dtype) if hasattr(model, "dtype") else dtype}
@@ -54,7 +56,7 @@ def main():
     if a.one:
         m, dt, seed = a.one
         print(json.dumps(losses(m, dt, a.steps, a.data, int(seed)))); return
-    from finetune_kit.config import make_config
+    from finetune_kit.settings import make_config
     from finetune_kit.data import prepare_data
     from finetune_kit.models import detect_bf16, load_tokenizer
     print(f"precision here: {detect_bf16()[1]}")

@@ -1,7 +1,7 @@
 """Every PEFT method on SmolLM2-135M-Instruct: trainable %, memory footprint, adapter size, seconds per step.
 
 Each method runs in its own process (so peak RSS is its own): load the base with
-`finetune_kit.models.load_model` (4-bit NF4 for qlora), `apply_peft` with the kit's defaults
+`finetune_kit.models.load_model` (4-bit NF4 for qlora), `adapters.apply_peft` with the kit's defaults
 (r=16, alpha=32, all linear layers; 20 virtual tokens), save the adapter to a temporary folder
 and measure it, then time plain AdamW steps (forward, backward, step) at one fixed batch of
 random token ids. The first step is a warm-up and is not timed.
@@ -13,14 +13,15 @@ Prints a markdown table and writes it as CSV (default: benchmarks/peft_methods.c
 import argparse, csv, json, resource, subprocess, sys, tempfile, time
 from pathlib import Path
 
-METHODS = ("full", "lora", "qlora", "dora", "adalora", "ia3", "prompt_tuning", "prefix_tuning")
 COLUMNS = ("method", "trainable", "total", "trainable_pct", "footprint_mb", "adapter_mb", "s_per_step", "peak_rss_mb")
 
 def one(method:str, batch:int, length:int, steps:int) -> dict:
     "Measure one method in this process."
     import torch
-    from finetune_kit.config import make_config
-    from finetune_kit.models import adalora_callback, apply_peft, load_model, model_report, save_adapter
+    from finetune_kit.settings import make_config
+    from finetune_kit.methods import get_method
+    from finetune_kit.models import load_model, model_report
+    from finetune_kit.adapters import apply_peft, save_adapter
     torch.manual_seed(0)
     cfg = make_config(base_model="smollm2-135m-instruct", peft_method=method, settings=False)
     model, tok = load_model(cfg, progress=False)
@@ -28,7 +29,8 @@ def one(method:str, batch:int, length:int, steps:int) -> dict:
     with tempfile.TemporaryDirectory() as d: rep = model_report(model, save_adapter(model, d))
     ids = torch.randint(10, len(tok), (batch, length))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    cb = adalora_callback() if method == "adalora" else None
+    spec = get_method(method)
+    cb = spec.callback() if spec.callback else None  # AdaLoRA's rank allocation
     model.train()
     times = []
     for step in range(steps + 1):
@@ -53,16 +55,17 @@ def main():
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--length", type=int, default=64)
     ap.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
     ap.add_argument("--csv", default=str(Path(__file__).with_suffix(".csv")))
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
         print(json.dumps(one(a.one, a.batch, a.length, a.steps))); return
+    from finetune_kit.methods import METHODS
     from finetune_kit.models import resolve_model
     resolve_model("smollm2-135m-instruct")  # convert once, outside the timed children
     rows = []
-    for m in a.methods.split(","):
+    for m in a.methods.split(",") if a.methods else METHODS:
         t0 = time.time()
         p = subprocess.run([sys.executable, __file__, "--one", m, "--batch", str(a.batch), "--length", str(a.length),
                             "--steps", str(a.steps)], capture_output=True, text=True)

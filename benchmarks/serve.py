@@ -41,7 +41,7 @@ def measure(mode:str, base:str, folders:list[str], dtype:str) -> dict:
     import torch, transformers, peft, peft.tuners.lora  # noqa: F401
     from peft import PeftModel  # noqa: F401
     import finetune_kit.evaluate.run, finetune_kit.train, finetune_kit.evaluate.generate  # noqa: F401
-    from finetune_kit.config import make_config
+    from finetune_kit.settings import make_config
     from finetune_kit.models import load_model, load_tokenizer
     from finetune_kit.deploy import load_adapters
     load_tokenizer(make_config({"base_model": folders[0] if mode == "merged" else base}))
@@ -74,8 +74,9 @@ def run_measure(mode:str, base:str, folders:list, dtype:str) -> dict:
 def make_adapters(base:str, folder:Path, n:int, seed:int=0) -> list[Path]:
     "`n` LoRA adapters of the kit's default config on `base`, B drawn at random (A is random already)."
     import torch
-    from finetune_kit.config import make_config
-    from finetune_kit.models import apply_peft, load_model, save_adapter
+    from finetune_kit.settings import make_config
+    from finetune_kit.models import load_model
+    from finetune_kit.adapters import apply_peft, save_adapter
     cfg = make_config({"base_model": base, "dtype": "float32", "peft_method": "lora"})
     m, tok = load_model(cfg, progress=False)
     pm = apply_peft(m, cfg)

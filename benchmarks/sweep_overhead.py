@@ -31,7 +31,7 @@ import json, time
 t0 = time.time()
 import finetune_kit.config, finetune_kit.sweeps, finetune_kit.data, finetune_kit.models, finetune_kit.train, finetune_kit.evaluate
 t1 = time.time()
-from finetune_kit.config import make_config
+from finetune_kit.settings import make_config
 from finetune_kit.models import load_model
 model, tok = load_model(make_config(dict(base_model=%r), settings=False), progress=False)
 t2 = time.time()
@@ -61,7 +61,7 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         params = dict(base_model=MODEL, max_records=a.max_records, max_steps=a.max_steps, max_eval_samples=a.eval_samples,
                       bootstrap_samples=200, review_samples=0, report_to="none", runs_dir=d, run_id="bench")
-        from finetune_kit.config import make_config
+        from finetune_kit.settings import make_config
         from finetune_kit.data import prepare_cached
         t = time.time(); data_dir = prepare_cached(make_config(params)); prep = time.time() - t  # shared by trials: not part of one
         print(f"prepared data: {data_dir} ({prep:.1f} s, cached for every trial)")

@@ -27,8 +27,9 @@ def records(tok, n, length):
 def one(method, mode, batch, length, steps=2):
     import torch
     from datasets import Dataset
-    from finetune_kit.config import make_config
-    from finetune_kit.models import load_model, apply_peft
+    from finetune_kit.settings import make_config
+    from finetune_kit.models import load_model
+    from finetune_kit.adapters import apply_peft
     torch.manual_seed(0)
     cfg = make_config({"base_model": "smollm2-135m-instruct", "peft_method": method, "max_steps": steps,
                        "per_device_train_batch_size": batch, "max_length": length, "report_to": "none",

@@ -27,9 +27,10 @@ KIT_VARIANTS = {"kit": {}, "kit-fp32": {"dtype": "float32"}, "kit-sdpa": {"attn_
 def measure(side, steps, warmup, records, data_dir):
     import torch
     from transformers import TrainerCallback
-    from finetune_kit.config import make_config
+    from finetune_kit.settings import make_config
     from finetune_kit.data import load_splits
-    from finetune_kit.models import load_model, apply_peft
+    from finetune_kit.models import load_model
+    from finetune_kit.adapters import apply_peft
     cfg = make_config({"base_model": "smollm2-135m-instruct", "peft_method": "lora", "lora_r": 16, "report_to": "none",
                        "max_steps": steps + warmup, "source": "bbc", "max_records": records,
                        **KIT_VARIANTS.get(side, {})}, settings=False)
@@ -68,7 +69,7 @@ def measure(side, steps, warmup, records, data_dir):
         trainer.train()
         blocks, head = linear_params(trainer.model)
     return {"side": side, "blocks": blocks, "head": head, "tokens": clock.tokens, "seconds": clock.seconds, "tokens_per_s": clock.tokens / clock.seconds,
-            "batch": trainer.args.per_device_train_batch_size, "gradient_checkpointing": trainer.args.gradient_checkpointing,
+            "batch": trainer.args.per_device_train_batch_size, "gradient_checkpointing": trainer.args.activation_checkpointing,
             "bf16": bool(trainer.args.bf16)}
 
 def main():
@@ -84,7 +85,7 @@ def main():
     if a.one:
         print(json.dumps(measure(a.one, a.steps, a.warmup, a.records, a.data)))
         return
-    from finetune_kit.config import make_config
+    from finetune_kit.settings import make_config
     from finetune_kit.data import prepare_data
     from finetune_kit.data import load_splits, token_lengths
     from finetune_kit.models import load_tokenizer

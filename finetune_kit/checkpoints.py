@@ -6,13 +6,26 @@ Docs: https://finetune-kit.github.io/finetune-kit/checkpoints.html.md"""
 
 # %% ../nbs/04a_checkpoints.ipynb #7265d2ed
 from __future__ import annotations
-import json, math, re, shutil, time, zipfile
+import dataclasses, json, math, re, shutil, time, zipfile
 from pathlib import Path
 from transformers import TrainerCallback
-from .files import one_line
+from .files import KitError, one_line
 
 # %% auto #0
-__all__ = ['checkpoint_damage', 'latest_checkpoint', 'RunTotals']
+__all__ = ['TrainingError', 'TrainResult', 'checkpoint_damage', 'checkpoint_folders', 'latest_checkpoint', 'resume_point',
+           'RunTotals', 'finished_run']
+
+# %% ../nbs/04a_checkpoints.ipynb #c7150492
+class TrainingError(KitError, RuntimeError):
+    "Training stopped for a reason the user can act on; the message says which."
+
+# %% ../nbs/04a_checkpoints.ipynb #39d5a810
+@dataclasses.dataclass
+class TrainResult:
+    "What a finished run left behind."
+    run_dir: Path
+    adapter_dir: Path
+    summary: dict
 
 # %% ../nbs/04a_checkpoints.ipynb #09dec07f
 def _complete(ck:Path) -> bool:
@@ -51,9 +64,8 @@ def checkpoint_damage(ck:Path) -> str|None:
 
 def _step(ck:Path) -> int: return int(ck.name.split("-")[1])
 
-def _checkpoint_folders(ckpt_dir:Path) -> list[Path]:
+def checkpoint_folders(ckpt_dir:Path) -> list[Path]:
     "The `checkpoint-<N>` folders in `ckpt_dir`; a `TrainingError` for a folder Trainer would take for one."
-    from finetune_kit.train import TrainingError
     found = [p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir()] if ckpt_dir.is_dir() else []
     if odd := sorted(p.name for p in found if not re.fullmatch(r"checkpoint-\d+", p.name)):
         raise TrainingError(f"{ckpt_dir/odd[0]}: Trainer's checkpoint rotation takes a folder named checkpoint-<N>... "
@@ -64,7 +76,7 @@ def latest_checkpoint(ckpt_dir) -> Path|None:
     "The newest whole checkpoint in `ckpt_dir`; newer incomplete ones are removed, damaged ones moved aside."
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.exists(): return None
-    found = _checkpoint_folders(ckpt_dir)
+    found = checkpoint_folders(ckpt_dir)
     cks = sorted(found, key=_step)
     while cks:
         if not _complete(cks[-1]):
@@ -93,7 +105,7 @@ def _rewind_metrics(path:Path, step:int):
         path.write_text("".join(r + "\n" for r in rows))
 
 # %% ../nbs/04a_checkpoints.ipynb #735cb938
-def _resume_point(run_dir:Path, state) -> Path|None:
+def resume_point(run_dir:Path, state) -> Path|None:
     "The checkpoint to resume from (None: step 0), agreed by every process; later metric rows are dropped."
     last = latest_checkpoint(run_dir/"checkpoints") if state.is_main_process else None
     if state.num_processes > 1:
@@ -139,9 +151,8 @@ class RunTotals(TrainerCallback):
                 self.prev.get("seconds", 0.0) + session_seconds)
 
 # %% ../nbs/04a_checkpoints.ipynb #0d835b82
-def _finished(run_dir:Path) -> "TrainResult|None":
+def finished_run(run_dir:Path) -> "TrainResult|None":
     "The result of the run in `run_dir` when it has finished (its summary written), else None."
-    from finetune_kit.train import TrainResult
     try: summary = json.loads((run_dir/"summary.json").read_text())
     except (OSError, ValueError): return None
     if not (run_dir/"adapter").is_dir(): return None

@@ -1,4 +1,4 @@
-"""One run config of nested dataclasses flows through every stage: defaults, `settings.ini`, flat parameters, checks and seeding.
+"""One run config of nested dataclasses flows through every stage: defaults, flat parameters, checks and seeding.
 
 Docs: https://finetune-kit.github.io/finetune-kit/config.html.md"""
 
@@ -11,12 +11,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from .files import KitError
 from .tasks import TASKS
+from .methods import METHODS
 
 # %% auto #0
-__all__ = ['PEFT_METHODS', 'ConfigError', 'DataConfig', 'ModelConfig', 'AdapterConfig', 'TrainConfig', 'EvalConfig',
-           'TrackingConfig', 'RunConfig', 'ParamSpec', 'param_specs', 'range_text', 'check_param', 'update_config',
-           'flatten', 'config_to_dict', 'config_from_dict', 'save_config', 'load_config', 'make_config',
-           'config_from_namespace', 'seed_everything']
+__all__ = ['ConfigError', 'DataConfig', 'ModelConfig', 'AdapterConfig', 'TrainConfig', 'EvalConfig', 'TrackingConfig',
+           'TuneConfig', 'RunConfig', 'ParamSpec', 'param_specs', 'range_text', 'check_param', 'update_config',
+           'flatten', 'config_to_dict', 'config_from_dict', 'save_config', 'load_config', 'seed_everything']
 
 # %% ../nbs/00_config.ipynb #da072873
 class ConfigError(KitError):
@@ -36,13 +36,14 @@ def _f(default, help:str, choices=None,
 class DataConfig:
     "What data to prepare and how."
     # Parameters that choose the data
-    source: str = _f("bbc", "packaged set (bbc, wnut16, aclsum) or comma-separated files/folders")
+    source: str = _f("bbc", "packaged set (bbc, wnut16, aclsum) or comma-separated files/folders; mix them by ratio "
+                            "with a.jsonl:0.7,b.jsonl:0.3")
     task: str = _f("classification", "record kind and task template", TASKS)
     text_field: str|None = _f(None, "input field name in the source records (None: the task's usual name)")
     label_field: str|None = _f(None, "label/output field name in the source records (None: the task's usual name)")
-    max_records: int|None = _f(400, "use at most this many records after shuffling (None: all)",
+    max_records: int|None = _f(None, "use at most this many records after shuffling (None: all)",
                                ge=1)
-    max_chars: int|None = _f(300, "cut input text to this many characters (None: keep whole)", ge=1)
+    max_chars: int|None = _f(None, "cut input text to this many characters (None: keep whole)", ge=1)
     # Parameters that control curation
     dedup: bool = _f(True, "drop exact and near duplicates (MinHash LSH)")
     near_dup_threshold: float = _f(0.9, "Jaccard similarity above which two records are near duplicates",
@@ -60,6 +61,8 @@ class DataConfig:
     test_size: float = _f(0.1, "share of records for test (when test_records is None)", ge=0, lt=1)
     test_records: int|None = _f(None, "held-out test records, drawn before max_records samples the training pool "
                                 "(None: test_size of the sampled records)", ge=0)
+    test_source: str|None = _f(None, "your own held-out file(s), as source: the whole test split, never sampled or "
+                                     "trained on (training copies removed); test_records and test_size then carve nothing")
     group_field: str|None = _f(None, "records sharing this field's value stay in one split")
     dvc_add: bool = _f(False, "run `dvc add` on the prepared folder when dvc is installed "
                               "and the folder is in a DVC repo")
@@ -78,14 +81,12 @@ class ModelConfig:
     trust_remote_code: bool = _f(False, "run code shipped with a hub model (off unless asked for)")
 
 # %% ../nbs/00_config.ipynb #bb492250
-PEFT_METHODS = ("lora", "qlora", "dora", "adalora", "prompt_tuning", "prefix_tuning", "ia3", "full")
-
 @dataclass
 class AdapterConfig:
     "Which parameter-efficient method, and its knobs."
-    peft_method: str = _f("lora", "PEFT method, or full fine-tuning as the baseline", PEFT_METHODS)
+    peft_method: str = _f("lora", "PEFT method, or full fine-tuning as the baseline", METHODS)
     lora_r: int = _f(16, "LoRA/DoRA/AdaLoRA rank", ge=1)
-    lora_alpha: int = _f(32, "LoRA scaling numerator (scale = alpha / r)", ge=1)
+    lora_alpha: int = _f(32, "LoRA scaling numerator (the update is scaled by alpha / r)", ge=1)
     lora_dropout: float = _f(0.0, "dropout on the LoRA input (0: PEFT's default; 0.05 cost a CPU step 30% for the same "
                                      "quick-start predictions)", ge=0, lt=1)
     target_modules: str = _f("all-linear", "'all-linear' or comma-separated module names")
@@ -139,6 +140,9 @@ class EvalConfig:
     eval_split: str = _f("test", "prepared split to evaluate on", ("test", "validation", "train"))
     bootstrap_samples: int = _f(1000, "bootstrap resamples for the 95% intervals (0: no intervals)", ge=0)
     review_samples: int = _f(50, "records on the blind human-review sheet (0: no sheet)", ge=0)
+    score_steps: int = _f(0, "score the validation split with the task's metric every N training steps, logged to "
+                          "metrics.jsonl for pruning (0: off)", ge=0)
+    score_samples: int = _f(64, "validation records scored at each of those steps (a seeded sample)", ge=1)
 
 # %% ../nbs/00_config.ipynb #f2e65e55
 @dataclass
@@ -147,6 +151,13 @@ class TrackingConfig:
     report_to: str = _f("wandb", "tracking backend", ("wandb", "mlflow", "none"))
     project: str = _f("finetune-kit", "W&B project / MLflow experiment")
     run_name: str|None = _f(None, "display name (None: the run id)")
+
+# %% ../nbs/00_config.ipynb #31912166
+@dataclass
+class TuneConfig:
+    "How `finetune-kit tune` searches a recipe."
+    budget: str|None = _f(None, "wall-clock budget of tune's whole search, e.g. 45m, 1h, 90s")
+    epsilon: float = _f(0.01, "tune picks the cheapest complete trial within this of the best validation score", ge=0)
 
 # %% ../nbs/00_config.ipynb #2fe54abd
 @dataclass
@@ -158,12 +169,15 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     seed: int = _f(42, "seed for python, numpy, torch and the data split", ge=0, le=2**32 - 1)
     runs_dir: str = _f("runs", "folder holding one subfolder per run")
     run_id: str|None = _f(None, "run folder name (None: timestamp, task and method)")
+    recipe: str = _f("auto", "a named recipe or a recipe file (.yaml) applied over settings.ini: auto (the task's own), "
+                     "none, or one of `finetune-kit recipes`")
 
 # %% ../nbs/00_config.ipynb #350bfbd6
-_SECTIONS = ("data", "model", "peft", "train", "eval", "tracking")
+_SECTIONS = ("data", "model", "peft", "train", "eval", "tracking", "tune")
 
 @dataclass(frozen=True)
 class ParamSpec:
@@ -175,6 +189,11 @@ class ParamSpec:
     help: str
     choices: tuple|None
     limits: tuple = ()  # the range as `(op, bound)` pairs: ge, gt, le, lt, also
+
+    @property
+    def nullable(self) -> bool:
+        "Whether `None` is a value this parameter takes."
+        return type(None) in typing.get_args(self.type)
 
 # %% ../nbs/00_config.ipynb #987363e8
 def _specs(cls, section=None):
@@ -275,7 +294,7 @@ def check_param(name:str,  # a flat parameter name
 def _check_together(cfg:RunConfig, source:str="parameter") -> RunConfig:
     "`cfg`, once the limits that span parameters hold."
     d = cfg.data
-    if d.test_records is None and d.val_size + d.test_size >= 1:
+    if d.test_records is None and d.test_source is None and d.val_size + d.test_size >= 1:
         raise ConfigError(f"{source}s val_size + test_size must be below 1 (records are left to train on); "
                           f"got {d.val_size} + {d.test_size}")
     return cfg
@@ -334,29 +353,6 @@ def load_config(path) -> RunConfig:
     except (OSError, json.JSONDecodeError) as e: raise ConfigError(f"{path}: cannot read config: {e}") from None
     return config_from_dict(d, source=str(path))
 
-# %% ../nbs/00_config.ipynb #f91dce4c
-def make_config(params:dict|None=None,  # flat parameters
-                settings=True,  # read `settings.ini`: True (find it), a path, or False
-                coerce:bool=False,  # parse parameter values from strings
-                **kwargs  # more flat parameters (win over `params`)
-               ) -> RunConfig:
-    "A `RunConfig`: defaults, then `settings.ini` (`settings`: True, a path, or False), then `params` and `kwargs`."
-    params = {**(params or {}), **kwargs}
-    specs = param_specs()
-    for k, v in list(params.items()):
-        if v is None and k in specs and not _base_types(specs[k].type)[1]: params.pop(k)
-    cfg = RunConfig()
-    if settings:
-        from finetune_kit.runs import read_settings  # runs builds on this module: imported when needed
-        cfg = update_config(cfg, read_settings(None if settings is True else settings), source="setting")
-    return update_config(cfg, params, coerce=coerce)
-
-# %% ../nbs/00_config.ipynb #4e2ea7f9
-def config_from_namespace(ns:dict, settings=True) -> RunConfig:
-    "A `RunConfig` from every flat parameter name found in `ns` (a workbook's `globals()`)."
-    specs = param_specs()
-    return make_config({k: v for k, v in ns.items() if k in specs}, settings=settings)
-
 # %% ../nbs/00_config.ipynb #e174929a
 def seed_everything(seed:int) -> int:
     "Seed python, numpy and torch (all devices) with `seed`."
@@ -365,13 +361,3 @@ def seed_everything(seed:int) -> int:
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
     return seed
-
-# %% ../nbs/00_config.ipynb #282fe92f
-_IN_RUNS = ("find_settings", "read_settings", "capture_env", "cache_dir", "new_run_id", "create_run")
-
-def __getattr__(name:str):
-    "`finetune_kit.runs`'s names that were the config's, importable from here as before."
-    if name in _IN_RUNS:
-        from finetune_kit import runs
-        return getattr(runs, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The few helpers every stage shares: one error type for input a user can fix, JSON Lines in and out, markdown tables.
+"""The few helpers every stage shares: one error type for input a user can fix, JSON Lines in and out, whole folders, markdown tables, the cache folder.
 
 Docs: https://finetune-kit.github.io/finetune-kit/files.html.md"""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 # %% auto #0
-__all__ = ['KitError', 'one_line', 'read_jsonl', 'write_jsonl', 'atomic_folder', 'md_table']
+__all__ = ['KitError', 'one_line', 'read_jsonl', 'write_jsonl', 'atomic_folder', 'md_table', 'cache_dir']
 
 # %% ../nbs/00b_files.ipynb #a47a600d
 class KitError(ValueError):
@@ -117,3 +117,11 @@ def md_table(data,  # a pandas DataFrame (index included) or a list of rows
     head = list(head or [])
     lines = ["| " + " | ".join(cell(h) for h in head) + " |", "|" + " --- |" * len(head)]
     return "\n".join(lines + ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows])
+
+# %% ../nbs/00b_files.ipynb #8e1fb45f
+def cache_dir(*parts:str) -> Path:
+    "The kit's cache folder (`$FINETUNE_KIT_CACHE` or `~/.cache/finetune_kit`), joined with `parts` and created."
+    root = Path(os.environ.get("FINETUNE_KIT_CACHE") or Path.home()/".cache"/"finetune_kit").expanduser()
+    p = root.joinpath(*parts)
+    p.mkdir(parents=True, exist_ok=True)
+    return p

@@ -8,11 +8,14 @@ Docs: https://finetune-kit.github.io/finetune-kit/jobs.html.md"""
 from __future__ import annotations
 import contextlib, json, os, sys
 from pathlib import Path
-from .config import ConfigError, check_param, make_config, new_run_id
+from .config import ConfigError, check_param
+from .runs import new_run_id
+from .settings import make_config
 from .files import one_line
+from .progress import JOB_ENV
 
 # %% auto #0
-__all__ = ['JOB_ENV', 'job_params', 'job_plan', 'in_job', 'progress_bar', 'check_notebook', 'run_job']
+__all__ = ['job_params', 'job_plan', 'check_notebook', 'injected', 'run_job']
 
 # %% ../nbs/07_jobs.ipynb #89c22d24
 def job_params(pairs=(),  # `(NAME, VALUE)` string pairs, as `-p NAME VALUE` gives them
@@ -36,20 +39,6 @@ def job_plan(params:dict, output=None) -> tuple[dict, Path]:
     params = {**params, "run_id": params.get("run_id") or new_run_id(cfg)}
     return params, Path(output) if output else Path(cfg.runs_dir)/params["run_id"]/"notebook.ipynb"
 
-# %% ../nbs/07_jobs.ipynb #701bd24f
-JOB_ENV = "FINETUNE_KIT_JOB"  # set to "1" in the environment of a job's kernel
-
-def in_job() -> bool:
-    "Whether this process is the kernel of a job started by `run_job` (its progress goes to a terminal or log)."
-    return os.environ.get(JOB_ENV) == "1"
-
-# %% ../nbs/07_jobs.ipynb #e92341ad
-def progress_bar(*args, **kwargs):
-    "A tqdm progress bar: plain text inside a job's kernel, `tqdm.auto`'s (a widget in JupyterLab) elsewhere."
-    if in_job(): from tqdm.std import tqdm
-    else: from tqdm.auto import tqdm
-    return tqdm(*args, **kwargs)
-
 # %% ../nbs/07_jobs.ipynb #85dcaf61
 def check_notebook(notebook,  # the workbook to execute
                    params:dict|None=None,  # the job's parameters (a notebook without a `parameters` cell takes none)
@@ -70,6 +59,10 @@ def check_notebook(notebook,  # the workbook to execute
     return nb
 
 # %% ../nbs/07_jobs.ipynb #56ac11d4
+def injected(params:dict) -> dict:
+    "`params` as papermill injects them: a `None` the job asks for becomes `\"none\"` (a workbook's `None` means not set)."
+    return {k: "none" if v is None else v for k, v in params.items()}
+
 @contextlib.contextmanager
 def _job_env():
     "Mark kernels started in this block as jobs' (they inherit the environment)."
@@ -92,7 +85,7 @@ def run_job(notebook,  # the workbook to execute
     params, out = job_plan(params, output)
     out.parent.mkdir(parents=True, exist_ok=True)
     with _job_env():
-        pm.execute_notebook(str(notebook), str(out), parameters=params, progress_bar=progress and not stream,
+        pm.execute_notebook(str(notebook), str(out), parameters=injected(params), progress_bar=progress and not stream,
                             stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None,
                             cwd=str(Path.cwd()))
     return out

@@ -1,4 +1,4 @@
-"""Base models from a hub id, a local folder or the packaged SmolLM2 GGUF, the right device and dtype, and every PEFT method built from the run config.
+"""Base models from a hub id, a local folder or the packaged SmolLM2 GGUF, loaded on the right device and dtype (4-bit where the method asks for it), and what their layers and weights are.
 
 Docs: https://finetune-kit.github.io/finetune-kit/models.html.md"""
 
@@ -6,22 +6,20 @@ Docs: https://finetune-kit.github.io/finetune-kit/models.html.md"""
 
 # %% ../nbs/03_models.ipynb #243e6425
 from __future__ import annotations
-import importlib.util, os, shutil, tempfile
+import hashlib, importlib.util, json, os, shutil, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from .config import PEFT_METHODS, RunConfig, cache_dir
-from .files import KitError
+from .config import RunConfig
+from .files import cache_dir
+from .methods import ModelError, get_method
+from .testing import tiny_model_path
 
 # %% auto #0
-__all__ = ['SMOLLM2', 'KNOWN_MODELS', 'SMOLLM2_PIP', 'MERGEABLE', 'ModelError', 'smollm2_gguf', 'convert_gguf', 'resolve_model',
-           'model_status', 'pull_model', 'load_tokenizer', 'detect_bf16', 'DeviceSettings', 'sharding',
-           'has_flash_attn', 'device_settings', 'check_4bit', 'load_model', 'is_4bit', 'linear_module_names',
-           'target_modules', 'peft_config', 'apply_peft', 'adalora_callback', 'save_adapter', 'adapter_size_mb',
-           'model_report', 'merge_adapter', 'model_info']
-
-# %% ../nbs/03_models.ipynb #c7a2c9af
-class ModelError(KitError):
-    "A bad model name, a missing package or an unsupported method: the message is one line saying what to do."
+__all__ = ['SMOLLM2', 'KNOWN_MODELS', 'SMOLLM2_PIP', 'smollm2_gguf', 'convert_gguf', 'resolve_model', 'model_status',
+           'pull_model', 'load_tokenizer', 'end_of_turn_id', 'set_stop_tokens', 'tokenizer_hashes', 'detect_bf16',
+           'DeviceSettings', 'sharding', 'has_flash_attn', 'device_settings', 'check_4bit', 'is_full_checkpoint',
+           'load_model', 'is_4bit', 'linear_module_names', 'target_modules', 'adapter_size_mb', 'model_report',
+           'model_info']
 
 # %% ../nbs/03_models.ipynb #56e19c47
 SMOLLM2 = "smollm2-135m-instruct"
@@ -93,7 +91,6 @@ def resolve_model(name_or_path:str,  # a name from `KNOWN_MODELS`, a checkpoint 
     s = str(name_or_path)
     if s == SMOLLM2: return str(convert_gguf(smollm2_gguf(), cache_dir("models")/SMOLLM2, progress=progress))
     if s == "tiny-test":
-        from finetune_kit.testing import tiny_model_path
         return str(tiny_model_path())
     p = Path(s).expanduser()
     if p.is_dir():
@@ -138,6 +135,37 @@ def load_tokenizer(cfg_or_name:RunConfig|str,  # the run config (its base model)
     if tok.pad_token is None: tok.pad_token = tok.unk_token or tok.eos_token
     tok.padding_side = padding_side
     return tok
+
+# %% ../nbs/03_models.ipynb #ee8e5432
+def end_of_turn_id(tok) -> int:
+    "The token id the chat template puts right after an assistant message."
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "XQZ"}]
+    text = tok.apply_chat_template(msgs, tokenize=False)
+    tail = text[text.rindex("XQZ") + 3:]
+    ids = tok(tail, add_special_tokens=False)["input_ids"]
+    if not ids: raise ModelError("the chat template adds nothing after an assistant message: no end-of-turn token")
+    return ids[0]
+
+# %% ../nbs/03_models.ipynb #83ea441d
+def set_stop_tokens(model, tok) -> list[int]:
+    "Make `model.generation_config` stop on the end-of-turn token (and eos); return the stop ids."
+    gc = model.generation_config
+    ids = {end_of_turn_id(tok)}
+    eos = gc.eos_token_id
+    ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tok.eos_token_id is not None: ids.add(tok.eos_token_id)
+    gc.eos_token_id = sorted(ids)
+    if gc.pad_token_id is None: gc.pad_token_id = tok.pad_token_id
+    return gc.eos_token_id
+
+# %% ../nbs/03_models.ipynb #a2fa88c6
+def _sha(s) -> str: return hashlib.sha256(s.encode() if isinstance(s, str) else s).hexdigest()
+
+def tokenizer_hashes(tok) -> dict:
+    "sha256 of the chat template and of the tokenizer's full serialization."
+    backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
+    ser = backend.to_str() if backend is not None else json.dumps(tok.get_vocab(), sort_keys=True)
+    return {"chat_template_sha256": _sha(tok.chat_template or ""), "tokenizer_sha256": _sha(ser)}
 
 # %% ../nbs/03_models.ipynb #aba6fb88
 def detect_bf16(cuda:bool|None=None,  # a CUDA GPU is present (None: ask torch)
@@ -213,40 +241,45 @@ def device_settings(dtype:str="auto", # "auto", "float32", "bfloat16" or "float1
                           attn_implementation, mixed, reason)
 
 # %% ../nbs/03_models.ipynb #0ff8a35c
-def check_4bit(device:str="cpu"):
+def check_4bit(device:str="cpu",
+               method:str="qlora"  # the method that asks for a 4-bit base (named in the message)
+              ):
     "Raise `ModelError` unless bitsandbytes can quantize to 4-bit NF4 on `device`."
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ModelError('peft_method=qlora needs bitsandbytes for 4-bit weights: pip install "bitsandbytes>=0.45"')
+        raise ModelError(f'peft_method={method} needs bitsandbytes for 4-bit weights: pip install "bitsandbytes>=0.45"')
     try:
         import torch, bitsandbytes.functional as F
         F.quantize_4bit(torch.ones(64, 64, device=device), quant_type="nf4")
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"peft_method=qlora: bitsandbytes cannot do 4-bit on {device} here ({msg}); "
+        raise ModelError(f"peft_method={method}: bitsandbytes cannot do 4-bit on {device} here ({msg}); "
                          f'try pip install -U bitsandbytes, or use peft_method=lora') from None
 
 # %% ../nbs/03_models.ipynb #4ce25a3c
-def _is_full_checkpoint(d:Path) -> bool: return (d/"config.json").is_file() and not (d/"adapter_config.json").is_file()
+def is_full_checkpoint(d:Path) -> bool:
+    "Whether folder `d` holds a whole fine-tuned model (a `config.json`) rather than an adapter."
+    return (d/"config.json").is_file() and not (d/"adapter_config.json").is_file()
 
 def load_model(cfg:RunConfig,  # the run config: its `model` section and `peft_method`
                adapter=None,  # a saved adapter (or full checkpoint) folder to load for inference
                progress:bool=True  # show the progress of a first-use conversion
               ):
-    "`(model, tokenizer)` for `cfg.model` on this hardware (4-bit for qlora), the `adapter` folder on top if given."
+    "`(model, tokenizer)` for `cfg.model` on this hardware (4-bit for QLoRA), the `adapter` folder on top if given."
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     adapter = Path(adapter) if adapter is not None else None
     if adapter is not None and not adapter.is_dir(): raise ModelError(f"{adapter}: no such adapter folder")
-    full = adapter is not None and _is_full_checkpoint(adapter)
+    full = adapter is not None and is_full_checkpoint(adapter)
     path = str(adapter) if full else resolve_model(cfg.model.base_model, progress=progress)
-    full_ft = cfg.peft.peft_method == "full" and adapter is None  # training every weight: fp32 master weights
+    spec = get_method(cfg.peft.peft_method)
+    full_ft = spec.full and adapter is None  # training every weight: fp32 master weights
     ds = device_settings(cfg.model.dtype, cfg.model.attn_implementation, full=full_ft,
                          packing=cfg.train.packing and adapter is None)
     kw = dict(dtype=getattr(torch, ds.dtype), attn_implementation=ds.attn_implementation,
               trust_remote_code=cfg.model.trust_remote_code)
     if ds.device_map is not None: kw["device_map"] = ds.device_map
-    if cfg.peft.peft_method == "qlora" and not full:
-        check_4bit(ds.device)
+    if spec.quantize_base and not full:
+        check_4bit(ds.device, spec.name)
         # FSDP-QLoRA: sharding flattens the 4-bit weights with the rest, so they are stored in the compute dtype
         storage = getattr(torch, ds.compute_dtype) if sharding() else torch.uint8
         kw["quantization_config"] = BitsAndBytesConfig(
@@ -285,74 +318,6 @@ def target_modules(model, spec:str="all-linear") -> list[str]:
         raise ModelError(f"target_modules {', '.join(bad)} not in the model; its linear modules are: {', '.join(have)}")
     return want
 
-# %% ../nbs/03_models.ipynb #df0af618
-def peft_config(cfg:RunConfig,  # the run config: its `peft` section
-                model,  # the base model (its linear modules are the targets)
-                total_steps:int|None=None  # optimizer steps of the run (AdaLoRA's rank schedule needs them)
-               ):
-    "The peft config for `cfg.peft` on `model` (None for full fine-tuning)."
-    from peft import AdaLoraConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType
-    p, m = cfg.peft, cfg.peft.peft_method
-    if m not in PEFT_METHODS: raise ModelError(f"unknown peft_method {m!r}; choose one of {', '.join(PEFT_METHODS)}")
-    if m == "full": return None
-    ck = TaskType.CAUSAL_LM
-    if m in ("prompt_tuning", "prefix_tuning"):
-        cls = PromptTuningConfig if m == "prompt_tuning" else PrefixTuningConfig
-        return cls(task_type=ck, num_virtual_tokens=p.num_virtual_tokens)
-    targets = target_modules(model, p.target_modules)
-    if m in ("lora", "qlora", "dora"):
-        return LoraConfig(task_type=ck, r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
-                          target_modules=targets, use_dora=m == "dora")
-    if m == "adalora":
-        if not total_steps:
-            raise ModelError("peft_method=adalora needs the total number of training steps "
-                             "(apply_peft(..., total_steps=N))")
-        return AdaLoraConfig(task_type=ck, init_r=max(1, round(1.5*p.lora_r)), target_r=p.lora_r,
-                             lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout, target_modules=targets,
-                             total_step=total_steps, tinit=int(0.1*total_steps), tfinal=int(0.2*total_steps),
-                             deltaT=max(1, total_steps//20))
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FF
-    ff = [t for t in targets if t in FF.get(model.config.model_type, ["down_proj", "fc2", "c_proj", "dense_4h_to_h"])]
-    return IA3Config(task_type=ck, target_modules=targets, feedforward_modules=ff)
-
-# %% ../nbs/03_models.ipynb #c6088917
-def apply_peft(model, cfg:RunConfig, total_steps:int|None=None):
-    "`model` made trainable by `cfg.peft.peft_method`: a `PeftModel`, or the model itself for full."
-    from peft import get_peft_model, prepare_model_for_kbit_training
-    m, gc = cfg.peft.peft_method, cfg.train.gradient_checkpointing
-    if m == "full":
-        for prm in model.parameters(): prm.requires_grad_(True)
-        return model
-    pc = peft_config(cfg, model, total_steps)
-    if m == "qlora":
-        if not is_4bit(model):
-            raise ModelError("peft_method=qlora needs the base model in 4-bit: "
-                             "load it with load_model(cfg) and peft_method=qlora")
-        # checkpointing itself is the Trainer's (`activation_checkpointing`): peft's own call would switch it on a
-        # second time, through `gradient_checkpointing_enable`, which transformers 5.23 deprecates
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    if gc and m not in ("prompt_tuning", "prefix_tuning"): model.enable_input_require_grads()
-    return get_peft_model(model, pc)
-
-# %% ../nbs/03_models.ipynb #046e8bbc
-def adalora_callback():
-    "A `TrainerCallback` that runs AdaLoRA's rank allocation after every optimizer step."
-    from transformers import TrainerCallback
-    class AdaLoraCallback(TrainerCallback):
-        def on_optimizer_step(self, args, state, control, model=None, **kwargs):
-            m = getattr(model, "module", model)  # unwrap DDP
-            if m is not None and hasattr(m.base_model, "update_and_allocate"):
-                m.base_model.update_and_allocate(state.global_step)
-    return AdaLoraCallback()
-
-# %% ../nbs/03_models.ipynb #d43bc63c
-def save_adapter(model, path, tokenizer=None) -> Path:
-    "Save the adapter (the whole model for full fine-tuning) as safetensors to `path`, with `tokenizer` if given."
-    path = Path(path)
-    model.save_pretrained(path, safe_serialization=True)
-    if tokenizer is not None: tokenizer.save_pretrained(path)
-    return path
-
 # %% ../nbs/03_models.ipynb #fb0ba0a3
 def adapter_size_mb(path) -> float:
     "Size in MB of the safetensors files in the adapter (or checkpoint) folder `path`."
@@ -370,25 +335,6 @@ def model_report(model, adapter_dir=None) -> dict:
     r = dict(trainable=trainable, total=total, trainable_pct=100*trainable/total, footprint_mb=nbytes/2**20)
     if adapter_dir is not None: r["adapter_mb"] = adapter_size_mb(adapter_dir)
     return r
-
-# %% ../nbs/03_models.ipynb #3b0326ec
-MERGEABLE = ("lora", "qlora", "dora", "adalora", "ia3", "full")
-
-def merge_adapter(model):
-    "The base with the adapter merged into its weights (`merge_and_unload`; a 4-bit base is dequantized first)."
-    from peft import PeftModel
-    if not isinstance(model, PeftModel): return model  # full fine-tuning: already one model
-    pc = model.peft_config[model.active_adapter]
-    if pc.is_prompt_learning:
-        raise ModelError(f"{pc.peft_type.value.lower()} cannot be merged: its virtual tokens are extra inputs, not "
-                         f"weight changes; serve base + adapter with load_model(cfg, adapter=FOLDER)")
-    if is_4bit(model.get_base_model()):
-        with tempfile.TemporaryDirectory() as d:
-            model.save_pretrained(d)
-            base = model.unload()
-            base.dequantize()
-            model = PeftModel.from_pretrained(base, d)
-    return model.merge_and_unload()
 
 # %% ../nbs/03_models.ipynb #838a4280
 def model_info(name_or_path:str, trust_remote_code:bool=False) -> dict:

@@ -1,4 +1,4 @@
-"""Where a run lives: the project's `settings.ini` defaults, run folders with their config and environment, and the kit's cache.
+"""Where a run lives: run folders with their config and environment.
 
 Docs: https://finetune-kit.github.io/finetune-kit/runs.html.md"""
 
@@ -6,41 +6,14 @@ Docs: https://finetune-kit.github.io/finetune-kit/runs.html.md"""
 
 # %% ../nbs/00c_runs.ipynb #99c9f242
 from __future__ import annotations
-import configparser, dataclasses, json, os, platform, secrets, subprocess, sys
+import dataclasses, json, os, platform, secrets, subprocess, sys
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from .config import ConfigError, RunConfig, check_param, save_config
+from .config import ConfigError, RunConfig, save_config
 
 # %% auto #0
-__all__ = ['find_settings', 'read_settings', 'capture_env', 'cache_dir', 'new_run_id', 'create_run']
-
-# %% ../nbs/00c_runs.ipynb #6ff8b748
-def find_settings(start=None) -> Path|None:
-    "The `settings.ini` in force: `$FINETUNE_KIT_SETTINGS`, else the nearest one up from `start` (cwd)."
-    if env := os.environ.get("FINETUNE_KIT_SETTINGS"): return Path(env)
-    p = Path(start or Path.cwd()).resolve()
-    for d in [p, *p.parents]:
-        if (d/"settings.ini").is_file(): return d/"settings.ini"
-    return None
-
-# %% ../nbs/00c_runs.ipynb #1c695569
-_PATH_KEYS = ("runs_dir",)
-
-def read_settings(path=None) -> dict:
-    "Flat parameters from `settings.ini`'s `[finetune_kit]` section (checked, paths made absolute)."
-    path = Path(path) if path else find_settings()
-    if path is None: return {}
-    cp = configparser.ConfigParser()
-    try: cp.read_string(Path(path).read_text())
-    except (OSError, configparser.Error) as e: raise ConfigError(f"{path}: cannot read settings: {e}") from None
-    if not cp.has_section("finetune_kit"): return {}
-    out = {}
-    for k, v in cp.items("finetune_kit"):
-        v = check_param(k, v, coerce=True, source=f"{path.name} setting")
-        if k in _PATH_KEYS and v is not None and not Path(v).is_absolute(): v = str((Path(path).parent/v).resolve())
-        out[k] = v
-    return out
+__all__ = ['capture_env', 'new_run_id', 'create_run']
 
 # %% ../nbs/00c_runs.ipynb #b71f8e1a
 def _git(*args, cwd=None):
@@ -79,14 +52,6 @@ def capture_env(cwd=None) -> dict:
         "env": {k: os.environ[k] for k in _ENV_ALLOW if k in os.environ},
         "captured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-# %% ../nbs/00c_runs.ipynb #8e1fb45f
-def cache_dir(*parts:str) -> Path:
-    "The kit's cache folder (`$FINETUNE_KIT_CACHE` or `~/.cache/finetune_kit`), joined with `parts` and created."
-    root = Path(os.environ.get("FINETUNE_KIT_CACHE") or Path.home()/".cache"/"finetune_kit").expanduser()
-    p = root.joinpath(*parts)
-    p.mkdir(parents=True, exist_ok=True)
-    return p
 
 # %% ../nbs/00c_runs.ipynb #606e6df1
 def new_run_id(cfg:RunConfig) -> str:

@@ -13,7 +13,7 @@ from .files import KitError
 
 # %% auto #0
 __all__ = ['REJECT_REASONS', 'TASKS', 'Rejected', 'text_of', 'messages_of', 'tokens_of', 'format_entities', 'parse_entities',
-           'TaskSpec', 'register_task', 'get_task', 'flat_texts']
+           'TaskSpec', 'register_task', 'get_task', 'flat_texts', 'search_values']
 
 # %% ../nbs/01_tasks.ipynb #de08c45c
 REJECT_REASONS = {
@@ -29,6 +29,7 @@ REJECT_REASONS = {
     "bad_tags": "NER tags that are not BIO, or not one per token",
     "label_not_in_set": "a label outside the declared label set",
     "contaminated": "an exact or near copy of a record of the evaluation set",
+    "in_test_set": "an exact or near copy of a record of your own test set (test_source): removed from training",
     "over_token_budget": "the prompt alone fills the token budget, so the answer would be cut away",
     "too_large": ("a field over 131,072 characters (CSV's field limit) or nesting deeper than 100 levels: far past any "
                   "token budget"),
@@ -165,6 +166,8 @@ class TaskSpec:
     describe: str|Callable|None = None  # (outputs, labels, parse=None) -> (metrics, items), no reference
     baselines: tuple = ()  # classical systems: (train, test, seed, validation) -> (answers, about)
     plot_metrics: tuple = ()  # metrics on the comparison plot (headline first)
+    recipe: str|None = None  # the recipe a run of this task takes by default (`recipes`; None: none)
+    tune_space: tuple = ()  # what `tune` searches: (flat parameter, values) pairs (`search_values`)
 
     def get(self, name:str) -> Callable|None:
         "The callable behind attribute `name`, importing a `'module:function'` name."
@@ -209,6 +212,13 @@ def flat_texts(**roles) -> Callable:
         for f, role in roles.items(): rec[f] = fn(rec[f], f, role)
     return texts
 
+# %% ../nbs/01_tasks.ipynb #6306238b
+def search_values(**values) -> tuple:
+    "A task's `tune_space`: each flat parameter with the values `tune` tries, as a tuple of pairs (a hashable spec)."
+    return tuple((k, tuple(v)) for k, v in values.items())
+
+_TUNE = dict(peft_method=("lora", "dora"), learning_rate=(5e-4, 1e-3, 2e-3), lora_r=(8, 16, 32))
+
 # %% ../nbs/01_tasks.ipynb #a74bbc7c
 def _classification_instruction(labels, entity_types, label_prompt):
     return {"list": f"Classify the text as one of: {', '.join(labels)}.",
@@ -218,7 +228,7 @@ def _classification_instruction(labels, entity_types, label_prompt):
 def _classification_has_reference(r): return bool(r.get("label")) or TaskSpec.has_reference(r)
 
 register_task(TaskSpec(
-    "classification", ("text", "label"),
+    "classification", ("text", "label"), recipe="cpu-classification",
     validate=lambda d: {"text": text_of(d, "text"), "label": text_of(d, "label", allow_int=True).strip()},
     texts=flat_texts(text="input", label="label"),
     input_text=lambda r: r["text"], answer=lambda r: r["label"], user_text=_instructed(lambda r: r["text"]),
@@ -228,7 +238,9 @@ register_task(TaskSpec(
     score="finetune_kit.evaluate.metrics:score_classification",
     describe="finetune_kit.evaluate.metrics:describe_classification",
     baselines=("finetune_kit.evaluate.baselines:tfidf_baseline",),
-    plot_metrics=("macro_f1", "accuracy", "weighted_f1", "outside_label_rate")))
+    plot_metrics=("macro_f1", "accuracy", "weighted_f1", "outside_label_rate"),
+    tune_space=search_values(**_TUNE, num_train_epochs=(1.0, 2.0, 3.0), max_chars=(300, 600),
+                             label_prompt=("omit", "list"))))
 
 # %% ../nbs/01_tasks.ipynb #eee1f74c
 _TAG = re.compile(r"^(?:O|[BIES]-\S.*)$")
@@ -261,7 +273,7 @@ def _ner_instruction(labels, entity_types, label_prompt):
 def _ner_has_reference(r): return bool(r.get("tokens")) and r.get("tags") is not None
 
 register_task(TaskSpec(
-    "ner", ("tokens", "tags"), validate=_validate_ner, texts=_ner_texts, cut=_cut_ner,
+    "ner", ("tokens", "tags"), recipe="cpu-ner", validate=_validate_ner, texts=_ner_texts, cut=_cut_ner,
     input_text=lambda r: " ".join(r["tokens"]), answer=lambda r: format_entities(r["tokens"], r["tags"]),
     user_text=_instructed(lambda r: " ".join(r["tokens"])),
     system_prompt="You extract named entities from text.", instruction=_ner_instruction,
@@ -270,17 +282,19 @@ register_task(TaskSpec(
     headline="f1", has_reference=_ner_has_reference,
     score="finetune_kit.evaluate.metrics:score_ner", describe="finetune_kit.evaluate.metrics:describe_ner",
     baselines=("finetune_kit.evaluate.baselines:memorisation_baseline", "finetune_kit.evaluate.baselines:crf_baseline"),
-    plot_metrics=("f1", "precision", "recall", "unparsable_rate")))
+    plot_metrics=("f1", "precision", "recall", "unparsable_rate"),
+    tune_space=search_values(**_TUNE, num_train_epochs=(1.0, 2.0, 3.0), max_chars=(300, 600))))
 
 # %% ../nbs/01_tasks.ipynb #4949829f
 register_task(TaskSpec(
-    "summarization", ("document", "summary"),
+    "summarization", ("document", "summary"), recipe="cpu-summarization",
     validate=lambda d: {"document": text_of(d, "document"), "summary": text_of(d, "summary")},
     texts=flat_texts(document="input", summary="text"),
     input_text=lambda r: r["document"], answer=lambda r: r["summary"], user_text=_instructed(lambda r: r["document"]),
     system_prompt="You write short, faithful summaries.", instruction=lambda *a: "Summarize the text.",
     headline="rougeL", score="finetune_kit.evaluate.metrics:score_summaries",
-    baselines=("finetune_kit.evaluate.baselines:lead_baseline",), plot_metrics=("rougeL", "rouge1", "rouge2")))
+    baselines=("finetune_kit.evaluate.baselines:lead_baseline",), plot_metrics=("rougeL", "rouge1", "rouge2"),
+    tune_space=search_values(**_TUNE, num_train_epochs=(1.0, 2.0), max_chars=(600, 1200))))
 
 # %% ../nbs/01_tasks.ipynb #271f1748
 def _validate_instruction(d):
@@ -289,7 +303,8 @@ def _validate_instruction(d):
     return {"instruction": text_of(d, "instruction"), "input": inp, "output": text_of(d, "output")}
 
 _FREE_FORM = dict(score="finetune_kit.evaluate.metrics:score_answers",
-                  plot_metrics=("token_f1", "exact_match", "rougeL", "field_accuracy"))
+                  plot_metrics=("token_f1", "exact_match", "rougeL", "field_accuracy"),
+                  tune_space=search_values(**_TUNE, num_train_epochs=(1.0, 2.0, 3.0)))
 
 register_task(TaskSpec(
     "instruction", ("instruction", "output"), validate=_validate_instruction,

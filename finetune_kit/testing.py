@@ -8,7 +8,7 @@ Docs: https://finetune-kit.github.io/finetune-kit/testing.html.md"""
 from __future__ import annotations
 import json, os, random, shutil, tempfile
 from pathlib import Path
-from .config import cache_dir
+from .files import cache_dir
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'CHAT_TEMPLATE', 'make_tiny_tokenizer', 'make_tiny_model', 'tiny_model_path', 'load_tiny']

@@ -13,8 +13,8 @@ from .config import RunConfig, flatten
 from .files import KitError
 
 # %% auto #0
-__all__ = ['RunRecorder', 'read_metrics', 'plot_training', 'wandb_mode', 'wandb_run_args', 'import_mlflow', 'start_tracking',
-           'end_tracking']
+__all__ = ['RunRecorder', 'read_metrics', 'plot_training', 'wandb_logged_in', 'wandb_mode', 'wandb_run_args', 'import_mlflow',
+           'start_tracking', 'end_tracking']
 
 # %% ../nbs/04b_tracking.ipynb #d33dbccc
 class RunRecorder(TrainerCallback):
@@ -73,7 +73,7 @@ def plot_training(run_dir, path=None):
     return path
 
 # %% ../nbs/04b_tracking.ipynb #0013e6bd
-def _wandb_logged_in() -> bool:
+def wandb_logged_in() -> bool:
     if os.environ.get("WANDB_API_KEY"): return True
     try:
         import netrc
@@ -83,7 +83,7 @@ def _wandb_logged_in() -> bool:
 # %% ../nbs/04b_tracking.ipynb #92ba218f
 def wandb_mode() -> str:
     "The W&B mode every run of this process uses: `WANDB_MODE` if set, else online with credentials, else offline."
-    return os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
+    return os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
 
 # %% ../nbs/04b_tracking.ipynb #516ec801
 def wandb_run_args(cfg:RunConfig,  # the run's config: its run id and `tracking` section

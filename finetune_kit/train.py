@@ -13,22 +13,22 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from transformers import TrainerCallback, EarlyStoppingCallback
 from trl import SFTConfig, SFTTrainer
-from .config import RunConfig, ConfigError, create_run, flatten, load_config, seed_everything
+from .config import RunConfig, ConfigError, flatten, load_config, save_config, seed_everything
 from .files import KitError, one_line
-from .models import detect_bf16, device_settings, sharding
-from .tracking import RunRecorder, plot_training, start_tracking, end_tracking
-from .tracking import read_metrics, _wandb_logged_in  # importable from here, as before
-from .checkpoints import (RunTotals, checkpoint_damage, latest_checkpoint,  # importable from here too
-                                      _checkpoint_folders, _finished, _resume_point)
+from .progress import in_job
+from .runs import capture_env, create_run
+from .methods import get_method
+from .models import (detect_bf16, device_settings, end_of_turn_id, load_model, model_report, set_stop_tokens,
+                                 sharding, tokenizer_hashes)
+from .adapters import apply_peft, save_adapter
+from .data import load_splits, parse_ratios, prepare_data, source_list
+from .tracking import RunRecorder, end_tracking, plot_training, start_tracking, wandb_logged_in
+from .checkpoints import (RunTotals, TrainingError, TrainResult, checkpoint_folders, finished_run,
+                                      resume_point)
 
 # %% auto #0
-__all__ = ['DEFAULT_LR', 'PROMPT_LEARNING', 'hardware_args', 'training_args', 'TrainingError', 'FinetuneTrainer',
-           'uses_compact_loss', 'check_trainable', 'end_of_turn_id', 'set_stop_tokens', 'tokenizer_hashes',
-           'write_manifest', 'total_steps', 'TrainResult', 'train', 'keep_model', 'TextProgress']
-
-# %% ../nbs/04_train.ipynb #389b54ca
-DEFAULT_LR = {"lora": 1e-3, "qlora": 1e-3, "dora": 1e-3, "adalora": 1e-3, "ia3": 3e-3,
-              "prompt_tuning": 3e-2, "prefix_tuning": 1e-2, "full": 5e-5}
+__all__ = ['hardware_args', 'training_args', 'FinetuneTrainer', 'uses_compact_loss', 'check_trainable', 'write_manifest',
+           'total_steps', 'train', 'keep_model', 'TextProgress']
 
 # %% ../nbs/04_train.ipynb #c4ac7a3f
 def _caps():
@@ -47,10 +47,11 @@ def hardware_args(cfg:RunConfig, caps=None) -> dict:
     "The precision, optimizer and checkpointing arguments for `cfg` on hardware `caps` (cuda, bf16, sm major)."
     cuda, bf16, major = caps or _caps()
     method, gc = cfg.peft.peft_method, cfg.train.gradient_checkpointing
-    gc = gc if gc is not None else method == "qlora"
+    spec = get_method(method)
+    gc = gc if gc is not None else spec.gradient_checkpointing
     ds = device_settings(cfg.model.dtype, cfg.model.attn_implementation, cuda=cuda, bf16=bf16, local_rank=0,
-                         full=method == "full")
-    optim = ("paged_adamw_8bit" if method == "qlora" else "adamw_torch_fused") if cuda else "adamw_torch"
+                         full=spec.full)
+    optim = spec.cuda_optim if cuda else "adamw_torch"
     return dict(bf16=ds.mixed_precision == "bf16", fp16=ds.mixed_precision == "fp16",
                 tf32=True if cuda and major >= 8 else None, use_cpu=not cuda, optim=optim,
                 activation_checkpointing=gc, activation_checkpointing_kwargs={"use_reentrant": False} if gc else None,
@@ -66,7 +67,7 @@ def training_args(cfg:RunConfig,  # the run config
     evaluating = t.eval_steps > 0 or t.early_stopping_patience is not None
     kw = dict(
         output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed, run_name=cfg.run_id,
-        learning_rate=DEFAULT_LR[method] if t.learning_rate is None else t.learning_rate,
+        learning_rate=get_method(method).learning_rate if t.learning_rate is None else t.learning_rate,
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps, per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.eval.eval_batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
@@ -82,10 +83,6 @@ def training_args(cfg:RunConfig,  # the run config
         report_to="none", ddp_find_unused_parameters=False, dataloader_num_workers=0, disable_tqdm=False,
         save_only_model=False, **hardware_args(cfg))
     return SFTConfig(**{**kw, **overrides})
-
-# %% ../nbs/04_train.ipynb #c7150492
-class TrainingError(KitError, RuntimeError):
-    "Training stopped for a reason the user can act on; the message says which."
 
 # %% ../nbs/04_train.ipynb #cdb6d2f9
 class FinetuneTrainer(SFTTrainer):
@@ -133,15 +130,31 @@ def _compact_loss(self:FinetuneTrainer, model, inputs, num_items_in_batch, mode)
     return loss
 
 # %% ../nbs/04_train.ipynb #4465a52e
-PROMPT_LEARNING = ("prompt_tuning", "prefix_tuning")
-
-# %% ../nbs/04_train.ipynb #532f9bb6
 def uses_compact_loss(method:str,  # the PEFT method
                       cuda:bool|None=None  # training on CUDA (None: ask torch)
                      ) -> bool:
     "Whether training scores with the kit's compact loss (CPU, not prompt learning) rather than TRL's own (CUDA)."
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    return not cuda and method not in PROMPT_LEARNING
+    return not cuda and not get_method(method).prompt_learning
+
+# %% ../nbs/04_train.ipynb #128e18b8
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+class _EpochSeededLengthSampler(LengthGroupedSampler):
+    "`LengthGroupedSampler` whose order depends only on `seed` and the epoch (as accelerate's `SeedableRandomSampler`)."
+    def __init__(self, *args, seed:int, **kw): super().__init__(*args, **kw); self.seed, self.epoch = seed, 0
+    def set_epoch(self, epoch:int): self.epoch = epoch
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+@patch
+def _get_train_sampler(self:FinetuneTrainer, train_dataset=None):
+    "Trainer's training sampler; a length-grouped one takes its order from `data_seed` and the epoch."
+    s = SFTTrainer._get_train_sampler(self, train_dataset)
+    if type(s) is not LengthGroupedSampler: return s
+    seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+    return _EpochSeededLengthSampler(s.batch_size, lengths=s.lengths, seed=seed)
 
 # %% ../nbs/04_train.ipynb #765fd398
 def check_trainable(ds,  # a tokenized training set with `labels` (-100: no loss)
@@ -161,45 +174,14 @@ def check_trainable(ds,  # a tokenized training set with `labels` (-100: no loss
     return {"records": len(rows), "tokens": n_tok, "loss_tokens": n_loss, "loss_token_share": n_loss / max(n_tok, 1),
             "records_without_loss": no_loss, "records_without_end_of_turn": no_eot}
 
-# %% ../nbs/04_train.ipynb #ee8e5432
-def end_of_turn_id(tok) -> int:
-    "The token id the chat template puts right after an assistant message."
-    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "XQZ"}]
-    text = tok.apply_chat_template(msgs, tokenize=False)
-    tail = text[text.rindex("XQZ") + 3:]
-    ids = tok(tail, add_special_tokens=False)["input_ids"]
-    if not ids: raise TrainingError("the chat template adds nothing after an assistant message: no end-of-turn token")
-    return ids[0]
-
-# %% ../nbs/04_train.ipynb #83ea441d
-def set_stop_tokens(model, tok) -> list[int]:
-    "Make `model.generation_config` stop on the end-of-turn token (and eos); return the stop ids."
-    gc = model.generation_config
-    ids = {end_of_turn_id(tok)}
-    eos = gc.eos_token_id
-    ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if tok.eos_token_id is not None: ids.add(tok.eos_token_id)
-    gc.eos_token_id = sorted(ids)
-    if gc.pad_token_id is None: gc.pad_token_id = tok.pad_token_id
-    return gc.eos_token_id
-
-# %% ../nbs/04_train.ipynb #a2fa88c6
-def _sha(s) -> str: return hashlib.sha256(s.encode() if isinstance(s, str) else s).hexdigest()
-
-def tokenizer_hashes(tok) -> dict:
-    "sha256 of the chat template and of the tokenizer's full serialization."
-    backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
-    ser = backend.to_str() if backend is not None else json.dumps(tok.get_vocab(), sort_keys=True)
-    return {"chat_template_sha256": _sha(tok.chat_template or ""), "tokenizer_sha256": _sha(ser)}
-
 # %% ../nbs/04_train.ipynb #fa58562f
 def write_manifest(run_dir, cfg:RunConfig, tok, data_info:dict, model_id:str, world_size:int) -> dict:
     "Write `manifest.json` (data fingerprint, template/tokenizer hashes, precision and why, packages, seed); return it."
     run_dir = Path(run_dir)
     env = json.loads((run_dir/"env.json").read_text()) if (run_dir/"env.json").exists() else {}
     cfg_d = {k: v for k, v in flatten(cfg).items() if k not in ("run_id", "runs_dir", "run_name", "data_dir")}
-    ds = device_settings(cfg.model.dtype, cfg.model.attn_implementation, full=cfg.peft.peft_method == "full")
-    m = {"run_id": cfg.run_id, "seed": cfg.seed, "config_sha256": _sha(json.dumps(cfg_d, sort_keys=True)),
+    ds = device_settings(cfg.model.dtype, cfg.model.attn_implementation, full=get_method(cfg.peft.peft_method).full)
+    m = {"run_id": cfg.run_id, "seed": cfg.seed, "config_sha256": hashlib.sha256(json.dumps(cfg_d, sort_keys=True).encode()).hexdigest(),
          "data_fingerprint": data_info.get("fingerprint"), "base_model": model_id, **tokenizer_hashes(tok),
          "precision": {"weights": ds.dtype, "mixed_precision": ds.mixed_precision, "reason": ds.reason},
          "world_size": world_size, "python": env.get("python"), "packages": env.get("packages", {})}
@@ -228,7 +210,6 @@ def _setup_run(cfg:RunConfig, run_dir, resume:bool):
         elif run_dir is not None:
             run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
             cfg = dataclasses.replace(cfg, run_id=cfg.run_id or run_dir.name)
-            from finetune_kit.config import save_config, capture_env
             save_config(cfg, run_dir/"config.json")
             (run_dir/"env.json").write_text(json.dumps(capture_env(), indent=2) + "\n")
         else: cfg, run_dir = create_run(cfg, exist_ok=resume)
@@ -239,14 +220,15 @@ def _setup_run(cfg:RunConfig, run_dir, resume:bool):
 # %% ../nbs/04_train.ipynb #23a32389
 def _prepare(cfg, run_dir, tok, state):
     "Prepared splits and data info: `cfg.data.data_dir` if given, else prepared once into `run_dir/data`."
-    from finetune_kit.data import prepare_data, load_splits
     data_dir = Path(cfg.data.data_dir) if cfg.data.data_dir else run_dir/"data"
     with state.main_process_first():
         if not (data_dir/"data.json").exists():
             if cfg.data.data_dir: raise ConfigError(f"{data_dir}: no data.json (run `finetune-kit data prepare` first)")
             if state.is_main_process: prepare_data(cfg, data_dir, tokenizer=tok)
     info = json.loads((data_dir/"data.json").read_text())
-    if state.is_main_process: shutil.copyfile(data_dir/"data.json", run_dir/"data.json")
+    if state.is_main_process:
+        shutil.copyfile(data_dir/"data.json", run_dir/"data.json")
+        for w in info.get("warnings", []): print(f"warning: {w}", file=sys.stderr)  # labels only in test, spellings
     return load_splits(data_dir), info
 
 # %% ../nbs/04_train.ipynb #6299936f
@@ -260,14 +242,13 @@ def total_steps(n_train:int, cfg:RunConfig, world_size:int=1) -> int:
 # %% ../nbs/04_train.ipynb #aaf7109d
 def _make_trainer(cfg:RunConfig, model, tok, splits, run_dir:Path, backend:str, callbacks) -> FinetuneTrainer:
     "The `FinetuneTrainer` for a run: its arguments, datasets and callbacks."
-    from finetune_kit.models import adalora_callback
     args = training_args(cfg, run_dir/"checkpoints")
     train_ds, eval_ds = splits["train"], splits.get("validation")
     if args.eval_strategy == "no" or eval_ds is None or not len(eval_ds): eval_ds = None
     if args.eval_strategy != "no" and eval_ds is None: args.eval_strategy, args.load_best_model_at_end = "no", False
     if backend != "none": args.report_to = [backend]
     cbs = [RunRecorder(run_dir/"metrics.jsonl"), *callbacks]
-    if cfg.peft.peft_method == "adalora": cbs.append(adalora_callback())
+    if (cb := get_method(cfg.peft.peft_method).callback) is not None: cbs.append(cb())
     if cfg.train.early_stopping_patience is not None and eval_ds is not None:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     cols = lambda d: [c for c in d.column_names if c not in ("prompt", "completion")]
@@ -288,7 +269,6 @@ def _peak_memory_mb() -> dict:
 def _save_results(trainer, tok, cfg:RunConfig, run_dir:Path, train_loss:float, seconds:float, data_info:dict,
                   checks:dict, world_size:int) -> dict:
     "Save the adapter and generation config; write `summary.json`, `manifest.json` and the curve; return the summary."
-    from finetune_kit.models import model_report, save_adapter
     adapter_dir, model = run_dir/"adapter", trainer.accelerator.unwrap_model(trainer.model)
     if not sharding(): save_adapter(model, adapter_dir, tok)  # sharded: `trainer.save_model` on every rank did
     model.generation_config.save_pretrained(adapter_dir)
@@ -314,14 +294,6 @@ def _print_summary(run_dir, s:dict):
         if s.get(k) is not None: t.add_row(k, f"{s[k]:.4g}" if isinstance(s[k], float) else str(s[k]))
     Console().print(t)
 
-# %% ../nbs/04_train.ipynb #39d5a810
-@dataclasses.dataclass
-class TrainResult:
-    "What a finished run left behind."
-    run_dir: Path
-    adapter_dir: Path
-    summary: dict
-
 # %% ../nbs/04_train.ipynb #abcf723d
 def train(cfg:RunConfig,  # the run's config
           run_dir=None,  # the run folder (None: a new one under `runs_dir`)
@@ -329,10 +301,10 @@ def train(cfg:RunConfig,  # the run's config
           callbacks=()  # more `TrainerCallback`s
          ) -> TrainResult:
     "Fine-tune per `cfg` into a run folder (new, given, or resumed from its newest checkpoint)."
-    from finetune_kit.models import load_model, apply_peft
+    if not (resume or cfg.data.data_dir): parse_ratios(source_list(cfg.data.source))  # a bad ratio: before any folder or model
     state, cfg, run_dir = _setup_run(cfg, run_dir, resume)
-    if resume and (done := _finished(run_dir)): return done
-    if resume: _checkpoint_folders(run_dir/"checkpoints")  # a folder in the way stops the resume before any work
+    if resume and (done := finished_run(run_dir)): return done
+    if resume: checkpoint_folders(run_dir/"checkpoints")  # a folder in the way stops the resume before any work
     seed_everything(cfg.seed)
     model, tok = load_model(cfg)
     splits, data_info = _prepare(cfg, run_dir, tok, state)
@@ -348,7 +320,7 @@ def train(cfg:RunConfig,  # the run's config
         cut = checks["records_without_end_of_turn"]
         print(f"{checks['records']} training records, {checks['loss_token_share']:.1%} of tokens carry loss"
               + (f", {cut} cut before their end of turn" if cut else ""))
-    last = _resume_point(run_dir, state) if resume else None
+    last = resume_point(run_dir, state) if resume else None
     t0 = time.time()
     try: out = trainer.train(resume_from_checkpoint=str(last) if last else None)
     except BaseException:
@@ -401,8 +373,7 @@ from fastcore.basics import patch
 
 @patch
 def add_callback(self:FinetuneTrainer, callback):
-    "`Trainer.add_callback`; inside a job's kernel (`jobs.in_job`) the Trainer's HTML progress table is `TextProgress`."
-    from finetune_kit.jobs import in_job
+    "`Trainer.add_callback`; inside a job's kernel (`progress.in_job`) the Trainer's HTML progress table is `TextProgress`."
     if in_job() and getattr(callback, "__name__", type(callback).__name__) == "NotebookProgressCallback":
         callback = TextProgress
     SFTTrainer.add_callback(self, callback)

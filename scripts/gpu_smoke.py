@@ -21,12 +21,12 @@ CHECKS = ("device", "qlora", "lora", "trl_loss", "full_fp16", "flash_attn", "lig
 
 def params(a, runs, **kw):
     return {"base_model": a.model, "max_steps": a.steps, "per_device_train_batch_size": a.batch, "max_records": a.records,
-            "report_to": "none", "runs_dir": str(runs), "save_steps": 10**6, "logging_steps": 1, **kw}
+            "max_chars": 300, "report_to": "none", "runs_dir": str(runs), "save_steps": 10**6, "logging_steps": 1, **kw}
 
 def train_run(a, runs, **kw):
     "Train in this process; the summary, the manifest and the metric rows."
     import torch
-    from finetune_kit.config import make_config
+    from finetune_kit.settings import make_config
     from finetune_kit.train import train
     if torch.cuda.is_available(): torch.cuda.reset_peak_memory_stats()
     res = train(make_config(params(a, runs, **kw), settings=False))
@@ -69,7 +69,7 @@ def check_lora(a, runs):
 
 def check_trl_loss(a, runs):
     import torch
-    from finetune_kit.config import make_config
+    from finetune_kit.settings import make_config
     from finetune_kit.train import training_args, uses_compact_loss
     if not torch.cuda.is_available(): return "SKIP", "CUDA only"
     s, _, rows = train_run(a, runs, peft_method="lora", max_steps=min(a.steps, 5))
@@ -110,7 +110,8 @@ def check_liger(a, runs):
 def check_vllm(a, runs):
     "A LoRA run evaluated by both backends on its test split: ms per record, how often answers agree, perplexity."
     import dataclasses
-    from finetune_kit.config import load_config, make_config
+    from finetune_kit.config import load_config
+    from finetune_kit.settings import make_config
     from finetune_kit.evaluate.run import generate_systems, load_split
     from finetune_kit.evaluate.vllm import vllm_missing
     if why := vllm_missing(): return "SKIP", why

@@ -4,7 +4,7 @@ DTensors) in OUT/probe-RANK.json; `--raise-on-rank R` makes rank R raise at step
 import json, os, sys, time
 from pathlib import Path
 from transformers import TrainerCallback
-from finetune_kit.config import make_config
+from finetune_kit.settings import make_config
 from finetune_kit.train import train
 
 params, out = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2])

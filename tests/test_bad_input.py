@@ -11,12 +11,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 from typer.testing import CliRunner
 
-from conftest import ROOT, run_cli
+from helpers import ROOT, FIX, CLS, cli_commands, tiny_config
 from finetune_kit.cli import app
 from finetune_kit.files import KitError
 
-FIX = ROOT/"tests/fixtures/data"
-CLS = ROOT/"tests/fixtures/evaluate/cls"
 WORKBOOK = ROOT/"nbs/workbooks/finetune.ipynb"
 runner = CliRunner()
 
@@ -61,6 +59,9 @@ FILES = {  # name -> bytes of a damaged (or otherwise unusable) file
     "sheet_garbage.csv": b"\x00\x01\x02 not a sheet",
     "review_key.json": b"{not json",
     "ls_garbage.json": b"[{\"id\": 1}]",
+    "small.jsonl": "".join(json.dumps({"text": f"record {i} about {w}", "label": "ab"[i % 2]}) + "\n"
+                           for i, w in enumerate("cats dogs birds fish frogs snakes mice owls".split())).encode(),
+    "unusable.jsonl": b'{"text": " ", "label": "a"}\n{"txt": "no text field"}\n',
 }
 
 # `{d}`: the folder holding FILES and the folders made by `damaged`
@@ -83,6 +84,11 @@ CASES = [
     (f"run {WORKBOOK} -p seed", "-p needs NAME VALUE"),
     # train
     ("train -p learning_rate nan", "parameter learning_rate must be a finite number"),
+    ("train -p recipe cpu-clasification", "unknown recipe 'cpu-clasification': choose one of"),
+    ("train -p recipe cpu-ner", "recipe cpu-ner is for task ner, not classification"),
+    ("recipes --bogus", "No such option: --bogus"),
+    (f"data prepare {FIX}/classification.jsonl --out {{d}}/o6 -p text_field body -p label_field topic "
+     "-p recipe cpu-classification", "recipe cpu-classification sets test_records"),
     ("train -p learning_rate -1e-4", "parameter learning_rate must be > 0"),
     ("train -p learning_rate fast", "parameter 'learning_rate' must be"),
     ("train -p num_train_epochs -1", "parameter num_train_epochs must be > 0"),
@@ -115,6 +121,24 @@ CASES = [
     (f"data prepare {FIX}/classification.jsonl --out {{d}}/o -p val_size 0.5 -p test_size 0.5", "val_size"),
     (f"data prepare {FIX}/classification.jsonl --out {{d}}/afile", "afile"),
     ("data prepare {d}/prepared/train.jsonl --out {d}/prepared", "would replace this source"),
+    ("data prepare {d}/small.jsonl --out {d}/prepared -p test_source {d}/prepared/train.jsonl", "would replace this source"),
+    # data prepare: sources mixed by ratio, the user's own test set (issue 23)
+    ("data prepare {d}/small.jsonl:abc --out {d}/o", "small.jsonl:abc: the ratio after the last ':' must be a positive"),
+    ("data prepare :0.5 {d}/small.jsonl:0.5 --out {d}/o", "source :0.5: no file or set before the ratio"),
+    ("data prepare {d}/small.jsonl:-0.3 --out {d}/o", "small.jsonl:-0.3: the ratio must be a positive number"),
+    ("data prepare {d}/small.jsonl:0 --out {d}/o", "the ratio must be a positive number; got '0'"),
+    ("data prepare {d}/small.jsonl:0.7 {d}/unusable.jsonl --out {d}/o", "give every part a ratio, or none"),
+    ("data prepare {d}/small.jsonl:0.7 {d}/unusable.jsonl:0.3 --out {d}/o -p recipe none",
+     "unusable.jsonl (ratio 0.3) yields no record to mix: none of 2 read is left"),
+    ("data prepare {d}/small.jsonl --out {d}/o -p test_source {d}/unusable.jsonl",
+     "unusable.jsonl yields no test record (2 read; "),
+    ("data prepare {d}/small.jsonl --out {d}/o -p test_source {d}/nosuch.jsonl", "nosuch.jsonl: no such file or folder"),
+    ("data prepare {d}/small.jsonl --out {d}/o -p test_source {d}/small.jsonl",
+     "every training record (8) is a copy of a record of test_source"),
+    ("data prepare {d}/small.jsonl --out {d}/o -p test_source {d}/small.jsonl -p test_records 5",
+     "parameters test_records and test_source exclude each other"),
+    ("train -p test_source {d}/small.jsonl -p test_records 5", "parameters test_records and test_source exclude each other"),
+    ("train -p source {d}/small.jsonl:abc -p runs_dir {d}/runs", "small.jsonl:abc: the ratio after the last ':'"),
     # evaluate run
     ("evaluate run {d}/nosuch", "nosuch: no such run folder, data folder or file"),
     (f"evaluate run {CLS} --adapter {{d}}/nosuch", "nosuch: no such adapter folder"),
@@ -139,6 +163,7 @@ CASES = [
     ("review import {d}/review/review_sheet.csv --key {d}/review/other_key.json", "another evaluation"),
     ("review import {d}/review/garbage.csv", "garbage.csv"),
     ("review import {d}/ls_garbage.json --key {d}/review/review_key.json", "Label Studio task 1 has no data.item"),
+    ("review import {d}/review/dup_conflict.csv", "is judged twice and the verdicts disagree"),
     # models
     ("models list extra", "unexpected extra argument"),
     ("models info nosuch-model", "nosuch-model"),
@@ -156,6 +181,13 @@ CASES = [
     ("synth sheet {d}/nosuch", "nosuch: no review.jsonl"),
     ("synth import {d}/nosuch {d}/x.csv", "nosuch: no review.jsonl"),
     ("synth accepted {d}/nosuch -o {d}/a.jsonl", "nosuch: no review.jsonl"),
+    ("synth sheet {d}/synth_filled", "review.csv holds 2 cells of review work not yet imported"),
+    ("synth sheet {d}/synth_plain", "review.jsonl:1: not a review queue row"),
+    ("synth import {d}/synth_run {d}/synth_dup.csv", "item 'c0' is judged twice and the verdicts disagree"),
+    ("synth import {d}/synth_run {d}/synth_word.csv", "synth_word.csv row 2: status 'maybe' is not one of"),
+    ("synth accepted {d}/synth_run -o {d}/synth_run/review.jsonl --force", "is the review queue"),
+    ("synth accepted {d}/synth_run -o {d}/afile --force", "afile already exists and holds other data"),
+    ("synth accepted {d}/synth_run -o {d}/synth_run/accepted.jsonl", "--force replaces it"),
     ("monitor {d}/nosuch.jsonl", "nosuch.jsonl: no such request log"),
     ("monitor {d}/garbage_split.jsonl", "garbage_split.jsonl:1: not JSON"),
     ("monitor {d}/utf16.jsonl", "utf16.jsonl: cannot read"),
@@ -172,6 +204,18 @@ CASES = [
     ("sweep {d}/nonb.yaml --dir {d}/sweepdir", "nosuch/notebook.ipynb not found"),
     ("sweep {d}/lora0.yaml --parallel 0", "lora_r"),
     (f"sweep {ROOT}/sweeps/tiny.yaml --parallel 0 --dir {{d}}/sweepdir", "parallel: must be at least 1"),
+    # tune (a budget too small for one trial: tests/test_tune.py, since it needs the project's workbook)
+    ("tune bbc", "tune needs a budget: --budget 45m"),
+    ("tune bbc --budget soon", "budget 'soon': write it with its unit"),
+    ("tune bbc --budget 45", "budget '45': write it with its unit"),
+    ("tune bbc --budget 0m", "budget '0m': must be more than zero"),
+    ("tune {d}/nosuch.jsonl --budget 45m", "nosuch.jsonl: no such file or folder"),
+    ("tune bbc --budget 45m -p eval_split test", "parameter 'eval_split' is not read by `tune`"),
+    ("tune bbc --budget 45m -p epsilon -1", "parameter epsilon must be >= 0"),
+    ("tune bbc --budget 45m -p val_size 0", "val_size 0: tune chooses on a validation split"),
+    ("tune bbc --budget 45m -p task chat -p peft_method lora -p learning_rate 1e-3 -p lora_r 8 -p num_train_epochs 1",
+     "nothing to search"),
+    ("tune bbc --budget 45m --parallel 0", "--parallel: must be at least 1"),
 ]
 
 
@@ -190,9 +234,9 @@ def damaged(d:Path):
     row = {"id": "a", "prompt": "p", "base_output": "x"}
     (d/"base_only_eval"/"predictions.jsonl").write_text(json.dumps(row) + "\n")
     run = d/"run"; (run/"checkpoints"/"checkpoint-4-backup").mkdir(parents=True)
-    from finetune_kit.config import make_config, save_config
-    save_config(make_config({"base_model": "tiny-test", "runs_dir": str(d), "run_id": "run", "report_to": "none"},
-                            settings=False), run/"config.json")
+    from finetune_kit.config import save_config
+    from finetune_kit.settings import make_config
+    save_config(tiny_config(runs_dir=str(d), run_id="run"), run/"config.json")
     from finetune_kit.evaluate import make_review_sheet, write_review
     recs = [json.loads(l) for l in (CLS/"test.jsonl").read_text().splitlines()][:6]
     sheet, key = make_review_sheet(recs, ["sport"] * 6, [r["reference"] for r in recs], 6, 0)
@@ -204,6 +248,25 @@ def damaged(d:Path):
     (filled/"predictions.jsonl").write_text("".join(json.dumps({"id": r["id"], "prompt": "p", "base_output": "sport",
                                                                 "tuned_output": r["reference"]}) + "\n" for r in recs))
     sheet.assign(verdict="1").to_csv(filled/"review_sheet.csv", index=False)
+    import pandas as pd
+    pd.concat([sheet.assign(verdict="1"), sheet.head(1).assign(verdict="2")]).to_csv(d/"review"/"dup_conflict.csv",
+                                                                                     index=False)
+    from finetune_kit.data.queue import add_to_queue, review_item, write_accepted, write_queue_csv
+    for name in ("synth_run", "synth_filled"):  # synth runs: one with accepted records written, one with a filled sheet
+        (d/name).mkdir()
+        add_to_queue(d/name/"review.jsonl", [{"id": f"c{i}", "task": "classification",
+                                              "record": {"text": f"candidate number {i}", "label": "sport"}}
+                                             for i in range(3)])
+    review_item(d/"synth_run"/"review.jsonl", "c0", "accepted")
+    write_accepted(d/"synth_run"/"review.jsonl", d/"synth_run"/"accepted.jsonl")
+    sheet = write_queue_csv(d/"synth_filled"/"review.jsonl")
+    sheet.write_text(sheet.read_text(encoding="utf-8-sig").replace("c0,pending,", "c0,accept,").replace(
+        "c1,pending,", "c1,pending,check this"), encoding="utf-8-sig")
+    (d/"synth_plain").mkdir()
+    (d/"synth_plain"/"review.jsonl").write_text('{"text": "a record", "label": "sport"}\n')
+    (d/"synth_dup.csv").write_text("id,status,note,text,label\nc0,accept,,candidate number 0,sport\n"
+                                   "c0,reject,,candidate number 0,sport\n")
+    (d/"synth_word.csv").write_text("id,status,note,text,label\nc1,maybe,,candidate number 1,sport\n")
 
 
 @pytest.fixture(scope="module")
@@ -225,17 +288,12 @@ def test_bad_input_is_one_line_exit_2(bad_dir, cmd, says, monkeypatch):
 
 
 def test_every_command_is_in_the_table():
-    from typer.main import get_command
-    def leaves(cmd, path=()):
-        if hasattr(cmd, "commands"):
-            for name, sub in cmd.commands.items(): yield from leaves(sub, (*path, name))
-        else: yield " ".join(path)
     tried = {c.split(" --")[0].split(" -p")[0] for c, _ in CASES}
-    untried = [p for p in leaves(get_command(app)) if not any(t == p or t.startswith(p + " ") for t in tried)]
+    untried = [p for p in cli_commands(app) if not any(t == p or t.startswith(p + " ") for t in tried)]
     assert untried == [], untried
 
 
-def test_the_console_script_prints_one_line_on_stderr(bad_dir):
+def test_the_console_script_prints_one_line_on_stderr(bad_dir, run_cli):
     "The same through the installed `finetune-kit` script: stderr holds one line, stdout nothing."
     for cmd in ("sweep {d}/latin1.yaml", "data prepare {d}/utf16.jsonl --out {d}/o", "run {d}/notjson.ipynb"):
         r = run_cli(*shlex.split(cmd.format(d=bad_dir)))
@@ -315,7 +373,7 @@ def test_the_label_folder_reader_never_raises(tmp_path_factory, files):
 @given(lines=st.lists(LINE, min_size=1, max_size=8), suffix=st.sampled_from([".jsonl", ".csv", ".conll"]))
 def test_prepare_on_arbitrary_input_writes_its_folder_or_fails_in_one_line(tmp_path_factory, lines, suffix):
     "The whole stage: a folder whose counts reconcile, or a one-line `KitError` and no folder."
-    from finetune_kit.config import make_config
+    from finetune_kit.settings import make_config
     from finetune_kit.data import prepare_data
     d = tmp_path_factory.mktemp("prep")
     (d/f"s{suffix}").write_bytes(b"\n".join(lines) + b"\n")

@@ -7,14 +7,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 from typer.testing import CliRunner
 
-from finetune_kit.config import make_config
+from finetune_kit.settings import make_config
 from finetune_kit import data as D
 from finetune_kit.cli import app
 from finetune_kit.data import (DataError, REJECT_REASONS, find_duplicates, format_entities, load_splits,
                                parse_entities, prepare_data, read_source, scrub_pii)
 from finetune_kit.tasks import _spans
 
-FIX = Path(__file__).parent/"fixtures"/"data"
+from helpers import FIX, lines
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +27,6 @@ def prep(out, sources, tokenizer=None, **params):
     "prepare_data on `sources` with all records kept whole unless `params` say otherwise."
     params = {"max_records": None, "max_chars": None, **params}
     return prepare_data(make_config(params, settings=False), out, tokenizer=tokenizer, sources=sources)
-
-
-def lines(p): return [json.loads(l) for l in Path(p).read_text().splitlines() if l.strip()]
 
 
 def check_contract(out, info):
@@ -134,6 +131,7 @@ REASON_CASES = {  # reason: (fixture or builder, task, params, line, field)
     "over_token_budget": ("over_token_budget.jsonl", "classification", {"max_length": 128}, 2, None),
     "undecodable_bytes": (None, "classification", {}, 2, None),
     "contaminated": (None, "classification", {}, 1, "text"),
+    "in_test_set": (None, "classification", {}, 1, "text"),
     "too_large": (None, "classification", {}, 2, None),
     "unreadable_record": (None, "classification", {}, 2, None),
 }
@@ -161,6 +159,12 @@ def test_rejection_reason(tmp_path, tiny_tok, reason, monkeypatch):
                        json.dumps({"text": "An unrelated record about gardening.", "label": "y"}) + "\n")
         ev.write_text(json.dumps({"text": "the striker scored twice as the home side won the derby.", "label": "sport"}) + "\n")
         params = {"decontaminate": str(ev)}
+    elif reason == "in_test_set":  # a training record that copies a record of the user's own test set
+        src, own = tmp_path/"train.jsonl", tmp_path/"own_test.jsonl"
+        src.write_text(json.dumps({"text": "The striker scored twice as the home side won the derby!", "label": "x"}) + "\n" +
+                       json.dumps({"text": "An unrelated record about gardening.", "label": "y"}) + "\n")
+        own.write_text(json.dumps({"text": "the striker scored twice as the home side won the derby.", "label": "x"}) + "\n")
+        params = {"test_source": str(own)}
     else: src = FIX/"bad"/fixture
     info = prep(tmp_path/"out", [src], tokenizer=tiny_tok if reason == "over_token_budget" else None, task=task, **params)
     rej = lines(tmp_path/"out"/"rejected.jsonl")

@@ -11,6 +11,7 @@ __all__ = []
 from ..files import read_jsonl, write_jsonl
 from ..tasks import REJECT_REASONS, Rejected, format_entities, parse_entities
 from .sources import *
+from .packaged import *
 from .curate import *
 from .templates import *
 from .split import *
@@ -20,9 +21,12 @@ from .folder import *
 from .cache import *
 from .queue import *
 from .synth import *
-from . import sources, curate, templates, split, card, prepare, folder, cache, queue, synth
+from .mixture import *
+from .testset import *
+from . import (sources, packaged, curate, templates, split, card, prepare, folder, cache, queue, synth,
+                               mixture, testset)
 
 # `import *` from the package gives every public name of its modules, and the shared ones above
 __all__ = ["read_jsonl", "write_jsonl", "REJECT_REASONS", "Rejected", "format_entities", "parse_entities",
-           *(n for m in (sources, curate, templates, split, card, prepare, folder, cache, queue, synth)
-             for n in m.__all__)]
+           *(n for m in (sources, packaged, curate, templates, split, card, prepare, folder, cache, queue, synth, mixture,
+                         testset) for n in m.__all__)]

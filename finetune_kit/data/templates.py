@@ -9,15 +9,15 @@ from __future__ import annotations
 from collections import Counter
 from typing import Iterable
 from ..tasks import TaskSpec
-from .sources import DataError, _spec, _TaskTable
+from .sources import DataError, task_spec, TaskTable
 
 # %% auto #0
 __all__ = ['LABEL_PROMPTS', 'DEFAULT_SYSTEM_PROMPTS', 'make_template', 'make_prompt', 'make_answer', 'render_chats',
-           'token_lengths']
+           'token_counts', 'token_lengths']
 
 # %% ../../nbs/02c_data_templates.ipynb #1f604615
 LABEL_PROMPTS = ("list", "omit", "describe")
-DEFAULT_SYSTEM_PROMPTS = _TaskTable("system_prompt")
+DEFAULT_SYSTEM_PROMPTS = TaskTable("system_prompt")
 
 def make_template(task:str|TaskSpec,  # a registered task
                   labels:Iterable[str]=(),  # classification label set
@@ -26,7 +26,7 @@ def make_template(task:str|TaskSpec,  # a registered task
                   system_prompt:str|None=None,  # None: the task's default
                  ) -> dict:
     "The template settings of a data set: system prompt and the task's instruction line."
-    spec = _spec(task)
+    spec = task_spec(task)
     if label_prompt not in LABEL_PROMPTS:
         raise DataError(f"label_prompt must be one of {', '.join(LABEL_PROMPTS)}; got {label_prompt!r}")
     labels, types = sorted(set(labels)), sorted(set(entity_types))
@@ -39,7 +39,7 @@ def make_prompt(rec:dict,  # a canonical record
                 template:dict,  # from `make_template`
                ) -> list[dict]:
     "The prompt messages (system, user, ...) for canonical record `rec`; the answer is not needed."
-    user = _spec(template["task"]).user_text(rec, template)
+    user = task_spec(template["task"]).user_text(rec, template)
     sysm = {"role": "system", "content": template["system_prompt"]}
     if isinstance(user, str): return [sysm, {"role": "user", "content": user}]
     msgs = [dict(m) for m in user]
@@ -50,7 +50,7 @@ def make_answer(rec:dict,  # a canonical record
                 task:str|TaskSpec,  # its task
                ) -> str:
     "The gold answer text for canonical record `rec`."
-    return _spec(task).answer(rec)
+    return task_spec(task).answer(rec)
 
 # %% ../../nbs/02c_data_templates.ipynb #4721041b
 def _fill(sk:list[str], conv:list[dict]) -> str: return "".join(p + m["content"] for p, m in zip(sk, conv)) + sk[-1]
@@ -79,7 +79,7 @@ def render_chats(tokenizer, convs:list[list[dict]], add_generation_prompt:bool=F
     return out
 
 # %% ../../nbs/02c_data_templates.ipynb #fb1213e3
-def _measure(tokenizer, prompts:list[str], fulls:list[str], batch:int=4096) -> tuple[list[int], list[int]]:
+def token_counts(tokenizer, prompts:list[str], fulls:list[str], batch:int=4096) -> tuple[list[int], list[int]]:
     "Token counts of prompts and full texts; a full text that extends its prompt is counted as prompt + the rest."
     rest = [f[len(p):] if f.startswith(p) else None for p, f in zip(prompts, fulls)]
     texts = prompts + [r if r is not None else f for r, f in zip(rest, fulls)]
@@ -95,4 +95,4 @@ def token_lengths(examples:list[dict],  # records with `prompt` and `completion`
     "Token counts of each rendered prompt (with the generation prompt) and of each whole conversation."
     prompts = render_chats(tokenizer, [e["prompt"] for e in examples], add_generation_prompt=True)
     fulls = render_chats(tokenizer, [e["prompt"] + e["completion"] for e in examples])
-    return _measure(tokenizer, prompts, fulls)
+    return token_counts(tokenizer, prompts, fulls)

@@ -6,17 +6,20 @@ Docs: https://finetune-kit.github.io/finetune-kit/deploy_engine.html.md"""
 
 # %% ../../nbs/09b_deploy_engine.ipynb #b30b5e04
 from __future__ import annotations
-import collections, contextlib, json, random, threading, time
+import collections, contextlib, json, threading, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-from ..config import make_config
-from .export import export_source, model_key, same_base
+from fastcore.basics import patch
 from ..files import KitError, one_line
+from ..settings import make_config
+from ..methods import get_method
+from ..models import end_of_turn_id, load_model
+from ..adapters import RESERVED, AdapterError, AdapterInfo, check_adapters, misfit_reason
+from ..engine import Batch, Request, decoding
 
 # %% auto #0
-__all__ = ['RESERVED', 'ServeError', 'Busy', 'AdapterInfo', 'adapter_info', 'check_adapters', 'load_adapters', 'Job',
-           'decode_batch', 'Engine', 'load_engine']
+__all__ = ['ServeError', 'Busy', 'load_adapters', 'Job', 'decode_batch', 'Engine', 'load_engine']
 
 # %% ../../nbs/09b_deploy_engine.ipynb #1632026d
 class ServeError(KitError):
@@ -25,61 +28,8 @@ class ServeError(KitError):
 class Busy(Exception):
     "The engine's queue is full: the request should be retried later (HTTP 429)."
 
-# %% ../../nbs/09b_deploy_engine.ipynb #d8411f05
-@dataclass
-class AdapterInfo:
-    "A named adapter as the engine serves it."
-    name: str  # what clients ask for in `model`
-    path: Path  # the adapter folder
-    base_model: str  # the base it was trained on
-    peft_type: str  # PEFT's type, e.g. LORA
-    rank: int|None = None  # LoRA rank (largest, with a rank pattern)
-    use_dora: bool = False
-    target_modules: list = field(default_factory=list)
-    config: dict = field(default_factory=dict)  # its adapter_config.json
-
-RESERVED = ("base",)  # `model: base` asks for the base model without an adapter
-
-def adapter_info(name:str, path) -> AdapterInfo:
-    "What the adapter folder (or run folder) `path` is, served as `name`."
-    from finetune_kit.deploy.export import ExportError
-    try: src = export_source(path)
-    except ExportError as e: raise ServeError(f"adapter '{name}': {e}") from None
-    try: ac = json.loads((src.adapter_dir/"adapter_config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        raise ServeError(f"adapter '{name}': {src.adapter_dir} holds no adapter (a full fine-tuned model is served "
-                         f"as the base: -p base_model {src.adapter_dir})") from None
-    ranks = [ac.get("r") or ac.get("init_r"), *(ac.get("rank_pattern") or {}).values()]
-    tm = ac.get("target_modules") or []
-    return AdapterInfo(name, src.adapter_dir, src.base_model, str(ac.get("peft_type", "")).upper(),
-                       max((r for r in ranks if isinstance(r, int)), default=None), bool(ac.get("use_dora")),
-                       sorted(tm) if isinstance(tm, list) else [tm], ac)
-
-# %% ../../nbs/09b_deploy_engine.ipynb #ce319f83
-def check_adapters(base_model:str,  # the served base: a built-in name, a folder or a hub id
-                   adapters:dict,  # name -> adapter or run folder
-                  ) -> dict[str, AdapterInfo]:
-    "The adapters' infos, after checking names, base model, type and chat template; a problem is a `ServeError`."
-    infos = {}
-    for name, path in adapters.items():
-        if not name or name in RESERVED or "=" in name or name == str(base_model):
-            raise ServeError(f"adapter name {name!r} is not allowed (reserved: {', '.join(RESERVED)}, the base's name)")
-        a = adapter_info(name, path)
-        if not same_base(a.base_model, base_model):
-            raise ServeError(f"adapter '{name}' ({a.path}) was trained on {a.base_model}, not on the served base model "
-                             f"{base_model}: serve it with -p base_model {a.base_model}")
-        if a.config.get("peft_type") in ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING"):
-            raise ServeError(f"adapter '{name}' is {a.peft_type.lower()}: its virtual tokens need a server of their own "
-                             "(one adapter, no batching across adapters); merge-free methods: lora, qlora, dora, ia3")
-        infos[name] = a
-    if len(types := {a.peft_type for a in infos.values()}) > 1:
-        raise ServeError(f"PEFT holds one adapter type per model; these are {', '.join(sorted(types))}: serve each "
-                         "type from its own server, or export merged models (finetune-kit export)")
-    return infos
-
 # %% ../../nbs/09b_deploy_engine.ipynb #b5e93665
 def _stop_ids(model, tok) -> list[int]:
-    from finetune_kit.train import end_of_turn_id
     e = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = set(e if isinstance(e, (list, tuple)) else [e] if e is not None else [])
     if tok.eos_token_id is not None: ids.add(tok.eos_token_id)
@@ -89,11 +39,10 @@ def _stop_ids(model, tok) -> list[int]:
 
 def load_adapters(base_model:str, adapters:dict|None=None, params:dict|None=None, progress:bool=True):
     "`(model, tokenizer, infos, stop_ids)`: the base loaded once, each checked adapter on it under its name."
-    from finetune_kit.evaluate.run import _misfit
-    from finetune_kit.models import load_model
     params = {"attn_implementation": "sdpa", **(params or {}), "base_model": base_model}
     if params["attn_implementation"] == "auto": params["attn_implementation"] = "sdpa"
-    infos = check_adapters(base_model, adapters or {})
+    try: infos = check_adapters(base_model, adapters or {})
+    except AdapterError as e: raise ServeError(str(e)) from None
     model, tok = load_model(make_config({k: v for k, v in params.items() if v is not None}), progress=progress)
     tok.padding_side = "left"
     for i, a in enumerate(infos.values()):
@@ -106,7 +55,7 @@ def load_adapters(base_model:str, adapters:dict|None=None, params:dict|None=None
             else: model.load_adapter(str(a.path), adapter_name=a.name, is_trainable=False, autocast_adapter_dtype=False)
         except (RuntimeError, ValueError, KeyError) as e:
             raise ServeError(f"adapter '{a.name}' ({a.path}, trained on {a.base_model}) does not fit the base model "
-                             f"{base_model}: {_misfit(e)}") from None
+                             f"{base_model}: {misfit_reason(e)}") from None
     model.eval()
     return model, tok, infos, _stop_ids(model, tok)
 
@@ -120,89 +69,27 @@ def _same_template(a:AdapterInfo, tok):
 
 # %% ../../nbs/09b_deploy_engine.ipynb #26207e32
 @dataclass
-class Job:
-    "One request for the engine."
-    ids: list[int]  # the prompt's token ids (chat template applied)
-    adapter: str|None = None  # adapter name (None: the base model)
-    max_tokens: int = 256
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    seed: int|None = None  # sampling seed (None: fresh)
-    stop: list[str] = field(default_factory=list)  # stop strings, besides the end-of-turn token
+class Job(Request):
+    "One request for the server's engine: an `engine.Request` that streams, and knows when it was queued."
     emit: Callable = lambda ev: None  # called with each event, from the engine's thread
-    cancelled: bool = False  # set when the client went away: the row leaves the batch
     queued_at: float = field(default_factory=time.perf_counter)
 
 # %% ../../nbs/09b_deploy_engine.ipynb #97a9ce4c
-def _pick(logits, jobs:list[Job], gens:list):
-    "Next token per row: greedy, or sampled at the row's temperature and top-p."
-    import torch
-    nxt = logits.argmax(-1)
-    for i, j in enumerate(jobs):
-        if j.temperature <= 0: continue
-        p = torch.softmax(logits[i].float() / j.temperature, -1)
-        if j.top_p < 1:
-            ps, idx = p.sort(descending=True)
-            keep = ps.cumsum(0) - ps < j.top_p
-            p = torch.zeros_like(p).scatter(0, idx[keep], ps[keep])
-        nxt[i] = torch.multinomial(p, 1, generator=gens[i])[0]
-    return nxt
-
-class _Row:
-    "A job's decoding state: its new ids, the text emitted so far."
-    def __init__(self, job:Job, tok):
-        self.job, self.tok, self.ids, self.sent, self.hold = job, tok, [], "", max(map(len, job.stop), default=1) - 1
-    def add(self, t:int, stop_ids) -> str|None:
-        "Take token `t`; emit what became final; the finish reason when the row is done."
-        j, reason = self.job, None
-        if t in stop_ids: reason = "stop"
-        else: self.ids.append(t)
-        text = self.tok.decode(self.ids, skip_special_tokens=True)
-        cut = min((i for s in j.stop if (i := text.find(s)) >= 0), default=-1)
-        if cut >= 0: text, reason = text[:cut], "stop"
-        if reason is None and len(self.ids) >= j.max_tokens: reason = "length"
-        upto = len(text) if reason else len(text) - self.hold
-        if not reason: upto = min(upto, len(text.rstrip("\ufffd")))  # a character still incomplete
-        if upto > len(self.sent): j.emit({"type": "token", "text": text[len(self.sent):upto]}); self.sent = text[:upto]
-        if reason: j.emit({"type": "done", "finish_reason": reason, "text": text, "completion_tokens": len(self.ids)
-                           + (reason == "stop" and cut < 0), "prompt_tokens": len(j.ids)})
-        return reason
-
-# %% ../../nbs/09b_deploy_engine.ipynb #7cee7174
 def decode_batch(model, tok, jobs:list[Job], stop_ids:list[int],
                  mixed:bool=True,  # rows may name different adapters (LoRA without DoRA)
                 ):
     "Answer `jobs` together, emitting each one's events as its tokens come."
-    import torch
-    from finetune_kit.evaluate.generate import _cache_of
+    with decoding(model): _decode(model, tok, jobs, stop_ids, mixed)
+
+def _decode(model, tok, jobs:list[Job], stop_ids:list[int], mixed:bool):
+    "`decode_batch` on a model already `decoding` (the engine's thread holds it so while it runs)."
     peft = hasattr(model, "peft_config")
-    device = next(model.parameters()).device
-    pad = tok.pad_token_id if tok.pad_token_id is not None else stop_ids[0]
-    L = max(len(j.ids) for j in jobs)
-    x = torch.tensor([[pad] * (L - len(j.ids)) + j.ids for j in jobs], device=device)
-    att = torch.tensor([[0] * (L - len(j.ids)) + [1] * len(j.ids) for j in jobs], device=device)
-    pos = (att.cumsum(-1) - 1).clamp(min=0)
-    rows = [_Row(j, tok) for j in jobs]
-    gens = [torch.Generator().manual_seed(j.seed if j.seed is not None else random.randrange(2**31)) for j in jobs]
-    names = [j.adapter or "__base__" for j in jobs]
     if peft and not mixed: _activate(model, jobs[0].adapter)
-    cache, kw, inp, stop = None, None, x, set(stop_ids)
     base_only = peft and not mixed and jobs[0].adapter is None
-    with torch.inference_mode(), (model.disable_adapter() if base_only else contextlib.nullcontext()):
-        while rows:
-            extra = {"adapter_names": names} if peft and mixed else {}
-            if cache is not None: extra[kw] = cache
-            out = model(input_ids=inp, attention_mask=att, position_ids=pos, use_cache=True, logits_to_keep=1, **extra)
-            if cache is None: cache, kw = _cache_of(out)
-            nxt = _pick(out.logits[:, -1], [r.job for r in rows], gens).tolist()
-            keep = [i for i, (r, t) in enumerate(zip(rows, nxt)) if r.add(t, stop) is None and not r.job.cancelled]
-            if len(keep) < len(rows):
-                if not keep: break
-                rows, gens, names = [rows[i] for i in keep], [gens[i] for i in keep], [names[i] for i in keep]
-                nxt, att, pos = [nxt[i] for i in keep], att[keep], pos[keep]
-                cache.batch_select_indices(keep)
-            att = torch.cat([att, att.new_ones(len(rows), 1)], 1)
-            inp, pos = torch.tensor(nxt, device=device)[:, None], pos[:, -1:] + 1
+    with model.disable_adapter() if base_only else contextlib.nullcontext():
+        batch = Batch(model, tok, stop_ids, mixed=peft and mixed)
+        batch.add(jobs)
+        batch.run()
 
 def _activate(model, name:str|None):
     if name is not None and model.active_adapter != name: model.set_adapter(name)
@@ -216,7 +103,7 @@ class Engine:
                  batch_wait_s:float=0.005):  # how long the first job of a batch waits for company
         self.model, self.tok, self.infos, self.stop_ids, self.base_name = model, tok, infos, stop_ids, base_name
         self.max_batch, self.max_queue, self.batch_wait_s = max_batch, max_queue, batch_wait_s
-        self.mixed = bool(infos) and all(a.peft_type == "LORA" and not a.use_dora for a in infos.values())
+        self.mixed = bool(infos) and all(get_method(a.method).mixable for a in infos.values())
         self.pending, self.cv, self.running = collections.deque(), threading.Condition(), 0
         self.stats = {"served": 0, "batches": 0, "mixed_batches": 0, "errors": 0}
         self._thread, self._stop = None, False
@@ -233,8 +120,6 @@ class Engine:
         raise KeyError(model_name)
 
 # %% ../../nbs/09b_deploy_engine.ipynb #1aa00184
-from fastcore.basics import patch
-
 @patch
 def submit(self:Engine, job:Job):
     "Queue `job`; `Busy` if the queue is full."
@@ -261,22 +146,32 @@ def _take(self:Engine) -> list[Job]:
             else: rest.append(j)
         self.pending.extendleft(reversed(rest))
         self.running = len(batch)
+        for j in batch: j.emit = self._counted(j.emit)
         return batch
+
+@patch
+def _counted(self:Engine, emit:Callable) -> Callable:
+    "`emit` that first counts its request out of `running` at its last event, before its client can see the answer."
+    def counted(ev:dict):
+        if ev["type"] != "token": self.running = max(self.running - 1, 0)
+        emit(ev)
+    return counted
 
 # %% ../../nbs/09b_deploy_engine.ipynb #b78d86db
 @patch
 def _loop(self:Engine):
-    while not self._stop:
-        batch = self._take()
-        if not batch: continue
-        self.stats["batches"] += 1
-        self.stats["mixed_batches"] += len({j.adapter for j in batch}) > 1
-        try: decode_batch(self.model, self.tok, batch, self.stop_ids, self.mixed)
-        except Exception as e:  # the server keeps serving: this batch's requests get the error
-            self.stats["errors"] += 1
-            for j in batch: j.emit({"type": "error", "message": f"generation failed: {one_line(e)}"})
-        self.stats["served"] += len(batch)
-        self.running = 0
+    with decoding(self.model):  # once for the thread's life, not per batch: eval, inference mode, the CPU measures
+        while not self._stop:
+            batch = self._take()
+            if not batch: continue
+            self.stats["batches"] += 1
+            self.stats["mixed_batches"] += len({j.adapter for j in batch}) > 1
+            try: _decode(self.model, self.tok, batch, self.stop_ids, self.mixed)
+            except Exception as e:  # the server keeps serving: this batch's requests get the error
+                self.stats["errors"] += 1
+                for j in batch: j.emit({"type": "error", "message": f"generation failed: {one_line(e)}"})
+            self.stats["served"] += len(batch)
+            self.running = 0
 
 @patch
 def start(self:Engine) -> Engine:

@@ -6,91 +6,25 @@ Docs: https://finetune-kit.github.io/finetune-kit/deploy_export.html.md"""
 
 # %% ../../nbs/09a_deploy_export.ipynb #4eaad6e4
 from __future__ import annotations
-import contextlib, json, os, re, shutil, tempfile, time
+import contextlib, json, os, shutil, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
-from ..config import RunConfig, cache_dir, load_config, make_config, update_config
+from ..config import update_config
 from ..files import KitError, one_line, read_jsonl
-from ..models import KNOWN_MODELS, resolve_model
+from ..methods import ModelError, get_method
+from ..models import end_of_turn_id, is_4bit, load_model, load_tokenizer, resolve_model
+from .. import adapters  # `adapters.merge_adapter` looked up when called (a test swaps in a broken one)
+from ..adapters import AdapterSource, adapter_source
+from ..data.folder import find_data_dir
+from ..engine import greedy_config
 
 # %% auto #0
-__all__ = ['GENERAL_PROBES', 'TOLERANCES', 'ExportError', 'model_key', 'builtin_name', 'same_base', 'ExportSource',
-           'export_source', 'probe_prompts', 'probe_reference', 'compare_to_reference', 'end_of_turn_check',
-           'ExportResult', 'export_model']
+__all__ = ['GENERAL_PROBES', 'TOLERANCES', 'ExportError', 'probe_prompts', 'probe_reference', 'compare_to_reference',
+           'end_of_turn_check', 'ExportResult', 'export_model']
 
 # %% ../../nbs/09a_deploy_export.ipynb #b9457f40
 class ExportError(KitError):
     "An export that cannot be made, or that failed its check: nothing was written; the message is one line."
-
-# %% ../../nbs/09a_deploy_export.ipynb #3a5c48ca
-_HUB_CACHE = re.compile(r"models--([^/]+)--([^/]+)/snapshots/[^/]+/?$")
-
-def _builtin_path(name:str) -> Path:
-    "Where the built-in model `name` lives once made (nothing is converted here)."
-    if name == "tiny-test":
-        from finetune_kit.testing import tiny_model_path
-        return tiny_model_path()  # built in seconds if absent
-    return cache_dir("models")/name
-
-def model_key(name_or_path:str) -> str:
-    "What identifies a base model: the real path of a local (or built-in) model, else the hub id, lowercased."
-    s = str(name_or_path)
-    if m := _HUB_CACHE.search(s): return f"{m.group(1)}/{m.group(2)}".lower()
-    if s in KNOWN_MODELS: return os.path.realpath(_builtin_path(s))
-    p = Path(s).expanduser()
-    return os.path.realpath(p) if p.is_dir() else s.lower()
-
-def builtin_name(name_or_path:str) -> str:
-    "The built-in name of a model given by its folder (`.../tiny-test-v1` is `tiny-test`), else the name as given."
-    k = model_key(name_or_path)
-    return next((n for n in KNOWN_MODELS if model_key(n) == k), str(name_or_path))
-
-def _short(key:str) -> str: return re.sub(r"-v\d+$", "", Path(key).name.lower())
-
-def same_base(a:str, b:str) -> bool:
-    "Whether base model names `a` and `b` name one model (by path where both are here, else by model name)."
-    ka, kb = model_key(a), model_key(b)
-    if ka == kb: return True
-    here = [os.path.isdir(k) for k in (ka, kb)]
-    return not all(here) and _short(ka) == _short(kb)  # a hub id or a path from another machine: the model's name
-
-# %% ../../nbs/09a_deploy_export.ipynb #13fe2f13
-@dataclass
-class ExportSource:
-    "An adapter (or a full fine-tuned checkpoint), its base model, method and run config."
-    adapter_dir: Path  # adapter folder, or full checkpoint folder for full fine-tuning
-    base_model: str  # the base model's name, folder or hub id
-    peft_method: str  # the method, e.g. lora, qlora, dora, ia3, full
-    cfg: RunConfig  # the run's config (or a default one) with the given parameters applied
-    run_dir: Path|None = None  # the run folder, if the source is one
-
-def _adapter_json(d:Path) -> dict:
-    try: return json.loads((d/"adapter_config.json").read_text())
-    except (OSError, json.JSONDecodeError): return {}
-
-def _method_of(ac:dict) -> str:
-    t = str(ac.get("peft_type", "")).lower()
-    return "dora" if t == "lora" and ac.get("use_dora") else {"prompt_tuning": "prompt_tuning",
-                                                               "prefix_tuning": "prefix_tuning"}.get(t, t or "lora")
-
-def export_source(path,  # a run folder or an adapter folder
-                  params:dict|None=None,  # flat parameters over the source's own (base_model, peft_method, ...)
-                 ) -> ExportSource:
-    "The adapter, base model and method behind `path`."
-    path, params = Path(path), dict(params or {})
-    if (path/"config.json").is_file() and (path/"adapter").is_dir():  # a run folder
-        cfg = update_config(load_config(path/"config.json"), params)
-        return ExportSource(path/"adapter", cfg.model.base_model, cfg.peft.peft_method, cfg, path)
-    if (path/"adapter_config.json").is_file():
-        ac = _adapter_json(path)
-        base = params.pop("base_model", None) or ac.get("base_model_name_or_path")
-        if base: base = builtin_name(base)
-        if not base: raise ExportError(f"{path}: adapter_config.json names no base model; pass -p base_model NAME")
-        method = params.pop("peft_method", None) or _method_of(ac)
-        cfg = make_config({**params, "base_model": base, "peft_method": method})
-        return ExportSource(path, base, method, cfg)
-    if path.is_dir(): raise ExportError(f"{path}: neither a run folder (config.json and adapter/) nor an adapter folder")
-    raise ExportError(f"{path}: no such run or adapter folder")
 
 # %% ../../nbs/09a_deploy_export.ipynb #0ec96fef
 GENERAL_PROBES = ["What is the capital of France?", "Write one sentence about the sea.",
@@ -107,7 +41,6 @@ def probe_prompts(source=None,  # a run folder, prepared data folder or JSONL fi
                   n:int=8,  # prompts from the source, at most
                  ) -> list[list[dict]]:
     "The probe set: up to `n` prompts from the source's prepared data, then the general probes."
-    from finetune_kit.evaluate.run import find_data_dir
     own = []
     if source is not None:
         p = Path(source)
@@ -141,7 +74,6 @@ def _logits(model, ids:list[int]):
 
 def probe_reference(model, tok, prompts:list, stop_ids:list[int], max_new_tokens:int=16) -> list[dict]:
     "For each probe: the token ids (prompt + greedy answer), the prompt length and the reference's logits."
-    from finetune_kit.evaluate.generate import greedy_config
     gc = greedy_config(model, tok, max_new_tokens)
     gc.eos_token_id = stop_ids
     model.eval()
@@ -178,7 +110,6 @@ def compare_to_reference(model, ref:list[dict], tolerance:float) -> dict:
 def end_of_turn_check(folder) -> dict:
     "The exported tokenizer, chat template and generation config in `folder`: their end-of-turn token agrees."
     from transformers import AutoTokenizer, GenerationConfig
-    from finetune_kit.train import end_of_turn_id
     tok = AutoTokenizer.from_pretrained(folder)
     if not tok.chat_template: return {"ok": False, "reason": "the exported tokenizer has no chat template"}
     gc = GenerationConfig.from_pretrained(folder)
@@ -198,7 +129,6 @@ def end_of_turn_check(folder) -> dict:
 def _dequantized(model):
     "A 4-bit base + adapter as an fp32 base (its 4-bit weights dequantized) + the same adapter, unmerged."
     from peft import PeftModel
-    from finetune_kit.models import is_4bit
     if not (hasattr(model, "get_base_model") and is_4bit(model.get_base_model())): return model
     with tempfile.TemporaryDirectory() as d:
         model.save_pretrained(d)
@@ -208,10 +138,9 @@ def _dequantized(model):
         return PeftModel.from_pretrained(base.to(torch.float32), d).eval()
 
 def _merge(model):
-    "`models.merge_adapter`, its refusal an `ExportError`."
-    from finetune_kit import models
-    try: return models.merge_adapter(model)
-    except models.ModelError as e: raise ExportError(str(e)) from None
+    "`adapters.merge_adapter`, its refusal an `ExportError`."
+    try: return adapters.merge_adapter(model)
+    except ModelError as e: raise ExportError(str(e)) from None
 
 def _base_dtype(name:str) -> str:
     from transformers import AutoConfig
@@ -222,17 +151,15 @@ def _base_dtype(name:str) -> str:
 
 # %% ../../nbs/09a_deploy_export.ipynb #3d72babe
 def _stop_ids(tok, gc) -> list[int]:
-    from finetune_kit.train import end_of_turn_id
     e = gc.eos_token_id
     ids = set(e if isinstance(e, list) else [e] if e is not None else [])
     ids.add(end_of_turn_id(tok))
     if tok.eos_token_id is not None: ids.add(tok.eos_token_id)
     return sorted(ids)
 
-def _tokenizer_and_gc(src:ExportSource, model):
+def _tokenizer_and_gc(src:AdapterSource, model):
     "The tokenizer and generation config to export: the adapter folder's (as training saved them), else the base's."
     from transformers import AutoTokenizer, GenerationConfig
-    from finetune_kit.models import load_tokenizer
     d = src.adapter_dir
     tok = (AutoTokenizer.from_pretrained(d) if (d/"tokenizer_config.json").is_file()
            else load_tokenizer(src.cfg))
@@ -277,16 +204,16 @@ def _export(source, out, dtype, params, probes, n_probes, max_new_tokens, progre
     "`export_model`'s work."
     import torch
     from transformers import AutoModelForCausalLM
-    from finetune_kit.models import load_model
     t0, out = time.time(), Path(out)
     if out.exists(): raise ExportError(f"{out} already exists; choose a new --out (an export never overwrites)")
-    src = export_source(source, params)
+    try: src = adapter_source(source, params)
+    except KitError as e: raise ExportError(str(e)) from None
     dtype = _base_dtype(src.base_model) if dtype == "auto" else dtype
     if dtype not in TOLERANCES: raise ExportError(f"dtype {dtype!r}: choose auto, {', '.join(TOLERANCES)}")
     cfg = update_config(src.cfg, {"dtype": "float32"})
     try: model, _ = load_model(cfg, adapter=src.adapter_dir, progress=progress)
     except (OSError, RuntimeError, ValueError) as e: raise ExportError(f"{src.adapter_dir}: cannot load: {one_line(e)}")
-    if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False): _merge(model)  # says why
+    if not get_method(src.peft_method).mergeable: _merge(model)  # refuses, saying why, before any work
     model = _dequantized(model)
     tok, gc = _tokenizer_and_gc(src, model)
     ref = probe_reference(model, tok, probe_prompts(probes or src.run_dir or src.adapter_dir, n_probes), gc.eos_token_id,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json, math
 from pathlib import Path
 from ..files import KitError, md_table, read_jsonl
+from .ab import REQUEST_FIELDS
 
 # %% auto #0
 __all__ = ['read_log', 'monitor_table', 'ab_difference', 'monitor_plot', 'monitor']
@@ -17,7 +18,6 @@ __all__ = ['read_log', 'monitor_table', 'ab_difference', 'monitor_plot', 'monito
 def read_log(path) -> tuple:
     "`(requests, feedback)`: the log's request rows and feedback events as DataFrames."
     import pandas as pd
-    from finetune_kit.deploy.ab import REQUEST_FIELDS
     rows = read_jsonl(path)
     if not rows: raise KitError(f"{path}: the request log is empty")
     req = pd.DataFrame([r for r in rows if "event" not in r], columns=list(REQUEST_FIELDS))

@@ -8,63 +8,14 @@ Docs: https://finetune-kit.github.io/finetune-kit/deploy_vllm.html.md"""
 from __future__ import annotations
 import json, shlex, shutil, subprocess
 from pathlib import Path
-from .engine import AdapterInfo, ServeError, check_adapters
 from ..models import resolve_model
+from ..adapters import AdapterError, max_lora_rank, vllm_loras
+from .engine import ServeError
 
 # %% auto #0
-__all__ = ['VLLM_MAX_LORA_RANKS', 'VLLM_LORA_MODULES', 'vllm_problems', 'max_lora_rank', 'vllm_loras', 'vllm_command', 'run_vllm']
-
-# %% ../../nbs/09e_deploy_vllm.ipynb #c9a8860d
-VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
-
-_PROJ = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-VLLM_LORA_MODULES = {  # model_type -> module names vLLM applies LoRA to
-    **{t: _PROJ | {"embed_tokens", "lm_head"} for t in ("llama", "mistral", "qwen2", "qwen3", "granite")},
-    **{t: set(_PROJ) for t in ("gemma", "gemma2", "gemma3_text")},
-}
-
-# %% ../../nbs/09e_deploy_vllm.ipynb #6085c59d
-def vllm_problems(a:AdapterInfo,  # from `engine.check_adapters`
-                  model_type:str|None=None,  # the base's `config.model_type` (None: modules not checked)
-                 ) -> list[str]:
-    "What would make vLLM refuse adapter `a` (an empty list: nothing known)."
-    c, out = a.config, []
-    if a.peft_type != "LORA":
-        return [f"vLLM serves LoRA adapters only; '{a.name}' is {a.peft_type.lower()}: export a merged model "
-                "(finetune-kit export) and serve that instead"]
-    if a.use_dora: out.append(f"'{a.name}' is DoRA, which vLLM does not support: export a merged model instead")
-    if c.get("modules_to_save"): out.append(f"'{a.name}' saves whole modules ({', '.join(c['modules_to_save'])}); "
-                                            "vLLM needs modules_to_save empty")
-    if c.get("bias", "none") != "none": out.append(f"'{a.name}' trains biases (bias: {c['bias']}); vLLM loads none")
-    if a.rank and a.rank > VLLM_MAX_LORA_RANKS[-1]:
-        out.append(f"'{a.name}' has rank {a.rank}, over vLLM's largest --max-lora-rank {VLLM_MAX_LORA_RANKS[-1]}")
-    ok = VLLM_LORA_MODULES.get(model_type or "")
-    if ok is not None and (bad := sorted({m.split('.')[-1] for m in a.target_modules} - ok)):  # vLLM: the last name
-        out.append(f"'{a.name}' targets {', '.join(bad)}, which vLLM's {model_type} models take no LoRA on "
-                   f"(they do on {', '.join(sorted(ok))})")
-    return out
-
-def max_lora_rank(infos) -> int:
-    "The smallest `--max-lora-rank` vLLM accepts that covers every adapter's rank."
-    r = max((a.rank or 1 for a in infos), default=1)
-    return next((v for v in VLLM_MAX_LORA_RANKS if v >= r), VLLM_MAX_LORA_RANKS[-1])
+__all__ = ['vllm_command', 'run_vllm']
 
 # %% ../../nbs/09e_deploy_vllm.ipynb #62b786a3
-def _model_type(path:str, trust_remote_code:bool=False) -> str|None:
-    from transformers import AutoConfig
-    try: return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).model_type
-    except (OSError, ValueError): return None
-
-def vllm_loras(base_model:str,  # a built-in name, a folder or a hub id
-               adapters:dict,  # name -> adapter or run folder
-               trust_remote_code:bool=False) -> dict[str, AdapterInfo]:
-    "The adapters' infos, checked against the base model and vLLM's LoRA rules (a `ServeError` names each problem)."
-    infos = check_adapters(base_model, adapters)
-    mt = _model_type(resolve_model(base_model, progress=False), trust_remote_code)
-    if problems := [p for a in infos.values() for p in vllm_problems(a, mt)]:
-        raise ServeError("vLLM would refuse: " + "; ".join(problems))
-    return infos
-
 def vllm_command(base_model:str,  # a built-in name, a folder or a hub id
                  adapters:dict|None=None,  # name -> adapter or run folder
                  host:str="127.0.0.1", port:int=8000,
@@ -72,7 +23,8 @@ def vllm_command(base_model:str,  # a built-in name, a folder or a hub id
                  extra:list|None=None,  # more arguments for `vllm serve`, as given
                  trust_remote_code:bool=False) -> list[str]:
     "The `vllm serve` command for `base_model` and the named `adapters`, after checking them."
-    infos = vllm_loras(base_model, adapters or {}, trust_remote_code)
+    try: infos = vllm_loras(base_model, adapters or {}, trust_remote_code)
+    except AdapterError as e: raise ServeError(str(e)) from None
     path = resolve_model(base_model, progress=False)
     cmd = ["vllm", "serve", path, "--served-model-name", str(base_model), "--host", host, "--port", str(port)]
     if dtype != "auto": cmd += ["--dtype", dtype]

@@ -16,3 +16,4 @@ from .baselines import *
 from .review import *
 from .vllm import *
 from .run import *
+from .interim import *

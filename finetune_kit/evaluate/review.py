@@ -1,4 +1,4 @@
-"""Blind pairwise human review: a sheet as CSV, a standalone HTML page and Label Studio tasks; the filled sheet back as the tuned model's win/tie/loss rates.
+"""Blind pairwise human review on the kit's one review stack: a sheet as CSV, a standalone HTML page and Label Studio tasks; the filled sheet back as the tuned model's win/tie/loss rates.
 
 Docs: https://finetune-kit.github.io/finetune-kit/evaluate_review.html.md"""
 
@@ -6,16 +6,35 @@ Docs: https://finetune-kit.github.io/finetune-kit/evaluate_review.html.md"""
 
 # %% ../../nbs/05d_evaluate_review.ipynb #58d8bb2d
 from __future__ import annotations
-import csv, hashlib, html, json, math, random
+import contextlib, hashlib, json, random
 from pathlib import Path
 import pandas as pd
-from ..files import one_line
+from ..files import KitError, one_line
+from ..review import (ReviewForm, one_per_item, review_page, sheet_verdicts, sheet_work, studio_config,
+                                 studio_tasks, studio_verdicts, verdicts_of, write_atomic, write_sheet)
 from .generate import EvalError
 
 # %% auto #0
-__all__ = ['REVIEW_COLUMNS', 'LABEL_STUDIO_CHOICES', 'prompt_text', 'answers_digest', 'make_review_sheet', 'review_html',
-           'label_studio_config', 'label_studio_tasks', 'label_studio_verdicts', 'review_rates', 'human_work',
-           'write_review', 'import_review']
+__all__ = ['LABEL_STUDIO_CHOICES', 'BLIND_FORM', 'REVIEW_COLUMNS', 'prompt_text', 'answers_digest', 'make_review_sheet',
+           'review_html', 'label_studio_config', 'label_studio_tasks', 'label_studio_verdicts', 'review_rates',
+           'human_work', 'write_review', 'import_review']
+
+# %% ../../nbs/05d_evaluate_review.ipynb #916fdf4e
+LABEL_STUDIO_CHOICES = {"1": "Answer 1 is better", "tie": "Tie", "2": "Answer 2 is better"}
+
+BLIND_FORM = ReviewForm(id="item", decision="verdict", note="comment", choices=LABEL_STUDIO_CHOICES,
+                        words={"1": ("1", "answer 1", "answer 1 is better", "a", "left", "output_1"),
+                               "2": ("2", "answer 2", "answer 2 is better", "b", "right", "output_2"),
+                               "tie": ("tie", "=", "same", "equal", "both", "neither", "0")},
+                        question="Which answer is better? (blind: the order is random)")
+
+# %% ../../nbs/05d_evaluate_review.ipynb #133c5644
+@contextlib.contextmanager
+def _as_eval_error():
+    "The review stack's one-line errors as the evaluation's own (`EvalError`)."
+    try: yield
+    except EvalError: raise
+    except KitError as e: raise EvalError(str(e)) from None
 
 # %% ../../nbs/05d_evaluate_review.ipynb #ac8b5288
 def prompt_text(prompt:list[dict]) -> str:
@@ -50,152 +69,63 @@ def make_review_sheet(records:list[dict], base:list[str], tuned:list[str], n:int
     return pd.DataFrame(rows, columns=REVIEW_COLUMNS), key
 
 # %% ../../nbs/05d_evaluate_review.ipynb #5e1d0840
-_HTML = """<!doctype html><html><head><meta charset="utf-8"><title>Blind review</title><style>
-body{{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
-.item{{border:1px solid #ccc;border-radius:6px;padding:1em;margin:1em 0}}
-.pair{{display:grid;grid-template-columns:1fr 1fr;gap:1em}}
-pre{{white-space:pre-wrap;background:#f6f6f6;padding:.6em;border-radius:4px;margin:.3em 0}}
-.lab{{font-weight:600;color:#555;font-size:13px}} .choices label{{margin-right:1.5em}} textarea{{width:100%}}
-#bar{{position:sticky;top:0;background:#fff;padding:.5em 0;border-bottom:1px solid #ddd}}</style></head><body>
-<div id="bar"><b>Blind review</b>: for each item pick the better answer (or tie). <span id="done"></span>
-<button onclick="dl()">Download CSV</button></div>
-<p>The two answers come from two models in a random order per item; which is which is kept elsewhere.</p>
-{items}
-<script>
-const ITEMS={ids}, SUMS={sums};
-function q(s){{s=String(s);return /[",\\n\\r]/.test(s)?'"'+s.replace(/"/g,'""')+'"':s}}
-const pick=k=>document.querySelector('input[name="v'+k+'"]:checked');
-function upd(){{let n=ITEMS.filter((_,k)=>pick(k)).length;
-document.getElementById('done').textContent=n+' / '+ITEMS.length+' done'}}
-function dl(){{let rows=[['item','verdict','comment','answers']];ITEMS.forEach((i,k)=>{{const c=pick(k);
-rows.push([i,c?c.value:'',document.getElementById('c'+k).value,SUMS[k]])}});
-const b=new Blob([rows.map(r=>r.map(q).join(',')).join('\\n')+'\\n'],{{type:'text/csv'}});
-const a=document.createElement('a');a.href=URL.createObjectURL(b);a.download='review_sheet_filled.csv';a.click()}}
-document.addEventListener('change',upd);upd();
-</script></body></html>"""
-
 def review_html(sheet:pd.DataFrame) -> str:
     "A standalone HTML page for `sheet`: per item prompt, reference, both answers, a 1/2/tie choice and a comment."
-    e = lambda s: html.escape(str(s))
-    items = []
-    for k, r in enumerate(sheet.itertuples(index=False)):
-        i = e(r.item)
-        ch = "".join(f'<label><input type="radio" name="v{k}" value="{v}"> {t}</label>'
-                     for v, t in (("1", "answer 1 is better"), ("tie", "tie"), ("2", "answer 2 is better")))
-        items.append(f'<div class="item"><div class="lab">item {k+1}: {i}</div>'
-                     f'<div class="lab">prompt</div><pre>{e(r.prompt)}</pre>'
-                     f'<div class="lab">reference</div><pre>{e(r.reference) or "<i>(none)</i>"}</pre><div class="pair">'
-                     f'<div><div class="lab">answer 1</div><pre>{e(r.output_1)}</pre></div>'
-                     f'<div><div class="lab">answer 2</div><pre>{e(r.output_2)}</pre></div></div>'
-                     f'<div class="choices">{ch}</div>'
-                     f'<textarea id="c{k}" rows="1" placeholder="comment (optional)"></textarea></div>')
     sums = [answers_digest(a, b) for a, b in zip(sheet["output_1"], sheet["output_2"])]
-    return _HTML.format(items="\n".join(items), ids=json.dumps([str(x) for x in sheet["item"]]).replace("</", "<\\/"),
-                        sums=json.dumps(sums))
+    return review_page(sheet.to_dict("records"), BLIND_FORM, [("prompt", "prompt"), ("reference", "reference")],
+                       [("output_1", "answer 1"), ("output_2", "answer 2")], {"answers": sums}, title="Blind review",
+                       intro="The two answers come from two models in a random order per item; which is which is "
+                             "kept elsewhere.", download="review_sheet_filled.csv")
 
 # %% ../../nbs/05d_evaluate_review.ipynb #837c1731
-LABEL_STUDIO_CHOICES = {"1": "Answer 1 is better", "tie": "Tie", "2": "Answer 2 is better"}
-
 def label_studio_config() -> str:
     "The Label Studio labeling config (XML) for the review tasks."
-    ch = "\n".join(f'    <Choice value="{v}"/>' for v in LABEL_STUDIO_CHOICES.values())
-    return f"""<View>
-  <Header value="Which answer is better? (blind: the order is random)"/>
-  <Text name="prompt" value="$prompt"/>
-  <Header value="Reference" size="5"/>
-  <Text name="reference" value="$reference"/>
-  <View style="display: grid; grid-template-columns: 1fr 1fr; column-gap: 1em">
-    <View><Header value="Answer 1" size="5"/><Text name="output_1" value="$output_1"/></View>
-    <View><Header value="Answer 2" size="5"/><Text name="output_2" value="$output_2"/></View>
-  </View>
-  <Choices name="verdict" toName="prompt" choice="single" showInLine="true" required="true">
-{ch}
-  </Choices>
-  <TextArea name="comment" toName="prompt" placeholder="comment (optional)" maxSubmissions="1"/>
-</View>
-"""
+    return studio_config(BLIND_FORM, [("prompt", "Prompt"), ("reference", "Reference")],
+                         [("output_1", "Answer 1"), ("output_2", "Answer 2")])
 
 # %% ../../nbs/05d_evaluate_review.ipynb #078e5f65
 def label_studio_tasks(sheet:pd.DataFrame) -> list[dict]:
     "The review sheet as Label Studio import tasks (`[{'data': {...}}]`)."
-    return [{"data": {c: ("" if pd.isna(v) else str(v)) for c, v in r.items() if c not in ("verdict", "comment")}}
-            for r in sheet.to_dict("records")]
+    return studio_tasks(sheet.to_dict("records"), BLIND_FORM)
 
 # %% ../../nbs/05d_evaluate_review.ipynb #a62015be
-def _verdict(v) -> str|None:
-    "'1', '2', 'tie' or None (blank) from a reviewer's entry; anything else is an EvalError."
-    s = "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).strip().lower()
-    if s == "": return None
-    for k, words in {"1": ("1", "answer 1", "answer 1 is better", "a", "left", "output_1"),
-                     "2": ("2", "answer 2", "answer 2 is better", "b", "right", "output_2"),
-                     "tie": ("tie", "=", "same", "equal", "both", "neither", "0")}.items():
-        if s in words: return k
-    raise EvalError(f"verdict {v!r} is not one of 1, 2, tie")
+def _shown_digest(v) -> str:
+    "The digest of the answers a verdict's reviewer saw ('' when the source does not show them)."
+    s = v.shown or {}
+    return answers_digest(s["output_1"], s["output_2"]) if {"output_1", "output_2"} <= set(s) else s.get("answers", "")
 
 def label_studio_verdicts(export) -> pd.DataFrame:
     "Verdicts `(item, verdict, comment, answers)`, one per annotation, from a Label Studio JSON export (path or list)."
-    name = "a Label Studio JSON export"
-    if not isinstance(export, list):
-        name = str(export)
-        try: export = json.loads(Path(export).read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as e:
-            raise EvalError(f"{export}: not a Label Studio JSON export ({one_line(e, 120)})") from None
-    if not isinstance(export, list): raise EvalError(f"{name}: a Label Studio JSON export is a list of tasks")
-    rows = []
-    for n, t in enumerate(export, 1):
-        try: rows += _ls_rows(t)
-        except (AttributeError, TypeError, KeyError, IndexError) as e:
-            raise EvalError(f"{name}: task {n} is not in Label Studio's export shape ({type(e).__name__})") from None
-    return pd.DataFrame(rows, columns=["item", "verdict", "comment", "answers"])
-
-def _ls_rows(t:dict) -> list[dict]:
-    "The verdict rows of one task of a Label Studio export."
-    back, rows = {v.lower(): k for k, v in LABEL_STUDIO_CHOICES.items()}, []
-    item = (t.get("data") or {}).get("item", t.get("item"))
-    if item is None:
-        raise EvalError(f"Label Studio task {t.get('id')} has no data.item: was it made by label_studio_tasks?")
-    shown = t.get("data") or t
-    sums = answers_digest(shown["output_1"], shown["output_2"]) if {"output_1", "output_2"} <= set(shown) else ""
-    if "annotations" not in t and "verdict" in t:  # the flat JSON-MIN export: control values beside the data fields
-        v = t["verdict"]; v = v[0] if isinstance(v, list) and v else v
-        return [{"item": str(item), "verdict": back.get(str(v).lower(), v), "comment": t.get("comment") or "",
-                 "answers": sums}]
-    for a in t.get("annotations") or []:
-        if a.get("was_cancelled"): continue
-        v = c = None
-        for res in a.get("result") or []:
-            val = res.get("value") or {}
-            if res.get("type") == "choices" and val.get("choices"):
-                v = back.get(str(val["choices"][0]).lower(), val["choices"][0])
-            elif res.get("type") == "pairwise" and val.get("selected"):
-                v = {"left": "1", "right": "2"}.get(val["selected"])
-            elif res.get("type") == "textarea" and val.get("text"): c = " ".join(val["text"])
-        rows.append({"item": str(item), "verdict": v, "comment": c or "", "answers": sums})
-    return rows
+    with _as_eval_error(): vs = studio_verdicts(export, BLIND_FORM)
+    return pd.DataFrame([{"item": v.id, "verdict": v.decision, "comment": v.note or "", "answers": _shown_digest(v)}
+                         for v in vs], columns=["item", "verdict", "comment", "answers"])
 
 # %% ../../nbs/05d_evaluate_review.ipynb #8b6b6437
-def review_rates(verdicts:pd.DataFrame, key:dict) -> dict:
-    "Tuned's win/tie/loss rates over the judged rows of `verdicts` (columns item, verdict), un-blinded with `key`."
+def _rates(verdicts:list, key:dict) -> dict:
+    "Tuned's win/tie/loss over `verdicts` (`finetune_kit.review.Verdict`), un-blinded with `key`."
+    for v in verdicts:
+        at = f"{v.where}: " if v.where else ""
+        if v.id not in key: raise EvalError(f"{at}item {v.id!r} is not in the review key (a sheet from another evaluation?)")
+        if (sums := _shown_digest(v)) and key[v.id].get("answers", sums) != sums:
+            raise EvalError(f"{at}item {v.id!r}: the sheet shows other answers than the review key was made for (a "
+                            "sheet from another evaluation?): import it with the key written beside it")
+    with _as_eval_error(): verdicts = one_per_item(verdicts, BLIND_FORM)
     win = tie = loss = blank = 0
-    cols = set(verdicts.columns)
-    shown = ([answers_digest(a, b) for a, b in zip(verdicts["output_1"], verdicts["output_2"])]
-             if {"output_1", "output_2"} <= cols else
-             list(verdicts["answers"]) if "answers" in cols else [""] * len(verdicts))
-    for item, v, sums in zip(verdicts["item"].astype(str), verdicts["verdict"], shown):
-        if item not in key:
-            raise EvalError(f"item {item!r} is not in the review key (a sheet from another evaluation?)")
-        if isinstance(sums, str) and sums and key[item].get("answers", sums) != sums:
-            raise EvalError(f"item {item!r}: the sheet shows other answers than the review key was made for (a sheet "
-                            "from another evaluation?): import it with the key written beside it")
-        v = _verdict(v)
-        if v is None: blank += 1
-        elif v == "tie": tie += 1
-        elif key[item][v] == "tuned": win += 1
+    for v in verdicts:
+        if v.decision is None: blank += 1
+        elif v.decision == "tie": tie += 1
+        elif key[v.id][v.decision] == "tuned": win += 1
         else: loss += 1
     n = win + tie + loss
     r = lambda x: x/n if n else float("nan")
     return {"judged": n, "blank": blank, "win": win, "tie": tie, "loss": loss,
             "win_rate": r(win), "tie_rate": r(tie), "loss_rate": r(loss)}
+
+# %% ../../nbs/05d_evaluate_review.ipynb #269c853a
+def review_rates(verdicts:pd.DataFrame, key:dict) -> dict:
+    "Tuned's win/tie/loss rates over the judged rows of `verdicts` (columns item, verdict), un-blinded with `key`."
+    with _as_eval_error(): vs = verdicts_of(verdicts.to_dict("records"), BLIND_FORM)
+    return _rates(vs, key)
 
 # %% ../../nbs/05d_evaluate_review.ipynb #e6eaba54
 def human_work(folder) -> str|None:
@@ -203,10 +133,9 @@ def human_work(folder) -> str|None:
     folder = Path(folder)
     if (folder/"review.json").is_file(): return f"{folder/'review.json'} holds imported review verdicts"
     for p in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
-        try: df = pd.read_csv(p, dtype=str, keep_default_na=False)
-        except (OSError, ValueError): continue
-        filled = sum(int((df[c].str.strip() != "").sum()) for c in ("verdict", "comment") if c in df.columns)
-        if filled and "item" in df.columns: return f"{p} holds a filled review sheet ({filled} cells filled in)"
+        try: filled = sheet_work(p, BLIND_FORM)
+        except KitError: continue  # not a review sheet
+        if filled: return f"{p} holds a filled review sheet ({filled} cells filled in)"
     return None
 
 # %% ../../nbs/05d_evaluate_review.ipynb #b135df27
@@ -218,15 +147,25 @@ def write_review(sheet:pd.DataFrame, key:dict, folder) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     p = {"csv": folder/"review_sheet.csv", "html": folder/"review_sheet.html", "key": folder/"review_key.json",
          "label_studio": folder/"label_studio_tasks.json", "label_studio_config": folder/"label_studio_config.xml"}
-    sheet.to_csv(p["csv"], index=False, quoting=csv.QUOTE_NONNUMERIC)
-    p["html"].write_text(review_html(sheet), encoding="utf-8")
-    p["key"].write_text(json.dumps(key, indent=1) + "\n")
-    p["label_studio"].write_text(json.dumps(label_studio_tasks(sheet), indent=1, ensure_ascii=False) + "\n",
-                                 encoding="utf-8")
-    p["label_studio_config"].write_text(label_studio_config())
+    with _as_eval_error(): write_sheet(sheet.to_dict("records"), p["csv"], REVIEW_COLUMNS, BLIND_FORM)
+    write_atomic(p["html"], review_html(sheet))
+    write_atomic(p["key"], json.dumps(key, indent=1) + "\n")
+    write_atomic(p["label_studio"], json.dumps(label_studio_tasks(sheet), indent=1, ensure_ascii=False) + "\n")
+    write_atomic(p["label_studio_config"], label_studio_config())
     return p
 
 # %% ../../nbs/05d_evaluate_review.ipynb #a3adddd5
+def _read_key(path:Path) -> dict:
+    "The review key at `path`, checked."
+    if not path.is_file():
+        raise EvalError(f"{path}: no review key (pass --key, the review_key.json written with the sheet)")
+    try: k = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise EvalError(f"{path}: cannot read the review key ({one_line(e, 120)})") from None
+    if not isinstance(k, dict) or not all(isinstance(x, dict) and {"1", "2"} <= set(x) for x in k.values()):
+        raise EvalError(f"{path}: not a review key (it maps each item to the systems in slots 1 and 2)")
+    return k
+
 def import_review(sheet,  # a filled review_sheet.csv, or a Label Studio JSON export
                   key=None,  # the review_key.json (None: beside the sheet)
                   out=None,  # where review.json goes (None: beside the key)
@@ -234,21 +173,9 @@ def import_review(sheet,  # a filled review_sheet.csv, or a Label Studio JSON ex
     "Win/tie/loss of tuned from a filled sheet (CSV) or a Label Studio export (JSON); written to `review.json`."
     sheet = Path(sheet)
     key_path = Path(key) if key else sheet.parent/"review_key.json"
-    if not key_path.is_file():
-        raise EvalError(f"{key_path}: no review key (pass --key, the review_key.json written with the sheet)")
-    try: k = json.loads(key_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:
-        raise EvalError(f"{key_path}: cannot read the review key ({one_line(e, 120)})") from None
-    if not isinstance(k, dict) or not all(isinstance(x, dict) and {"1", "2"} <= set(x) for x in k.values()):
-        raise EvalError(f"{key_path}: not a review key (it maps each item to the systems in slots 1 and 2)")
-    if sheet.suffix.lower() == ".json": v = label_studio_verdicts(sheet)
-    else:
-        try: v = pd.read_csv(sheet, dtype=str, keep_default_na=False)
-        except (OSError, ValueError) as e:  # pandas' parser errors and UnicodeDecodeError are ValueErrors
-            raise EvalError(f"{sheet}: cannot read the sheet ({one_line(e, 120)})") from None
-        if not {"item", "verdict"} <= set(v.columns):
-            raise EvalError(f"{sheet}: a review sheet needs 'item' and 'verdict' columns")
-    res = review_rates(v, k) | {"source": str(sheet)}
-    out = Path(out) if out else key_path.parent/"review.json"
-    out.write_text(json.dumps(res, indent=1) + "\n")
+    k = _read_key(key_path)
+    with _as_eval_error():
+        vs = studio_verdicts(sheet, BLIND_FORM) if sheet.suffix.lower() == ".json" else sheet_verdicts(sheet, BLIND_FORM)
+    res = _rates(vs, k) | {"source": str(sheet)}
+    write_atomic(Path(out) if out else key_path.parent/"review.json", json.dumps(res, indent=1) + "\n")
     return res

@@ -10,11 +10,17 @@ import dataclasses, functools, inspect, json, math, os, random, re, time, warnin
 from dataclasses import dataclass, field
 from pathlib import Path
 import pandas as pd
-from ..config import RunConfig, create_run, load_config
+from ..config import RunConfig, load_config
+from ..runs import create_run
 from ..files import KitError, atomic_folder, md_table, one_line, read_jsonl, write_jsonl
 from ..tracking import import_mlflow, wandb_run_args
 from ..tasks import get_task
-from .generate import EvalError, generate, generate_pair, perplexity, rank_labels
+from ..models import load_model
+from ..adapters import misfit_reason
+from ..data.folder import find_data_dir
+from ..data.testset import own_test_line
+from ..engine import generate
+from .generate import EvalError, generate_pair, perplexity, rank_labels
 from .vllm import check_backend, vllm_systems
 from .metrics import TaskScores, score_outputs
 from .compare import (bootstrap_intervals, comparison_plot, comparison_table, confusion_plot,
@@ -22,24 +28,8 @@ from .compare import (bootstrap_intervals, comparison_plot, comparison_table, co
 from .review import human_work, make_review_sheet, prompt_text, write_review
 
 # %% auto #0
-__all__ = ['find_data_dir', 'load_split', 'load_for_eval', 'generate_systems', 'score_systems', 'compare_systems',
-           'prediction_rows', 'eval_figures', 'eval_report', 'log_tracking', 'EvalResult', 'free_eval_dir', 'evaluate']
-
-# %% ../../nbs/05e_evaluate_run.ipynb #bb14689c
-def find_data_dir(path) -> Path:
-    "The prepared data folder behind `path`: the folder itself, or a run folder's `data_dir` or `data/`."
-    path = Path(path)
-    if path.is_file(): return path.parent
-    if not path.is_dir(): raise EvalError(f"{path}: no such data folder, run folder or JSONL file")
-    cands = [path]
-    if (path/"config.json").is_file():
-        dd = load_config(path/"config.json").data.data_dir
-        if dd: cands.insert(0, Path(dd))
-        cands.append(path/"data")
-    for c in cands:
-        if any((c/f"{s}.jsonl").is_file() for s in ("test", "validation", "train")): return c
-    raise EvalError(f"{path}: no prepared splits (test.jsonl, ...) here; prepare data first "
-                    "(finetune-kit data prepare)")
+__all__ = ['load_split', 'load_for_eval', 'generate_systems', 'score_systems', 'compare_systems', 'prediction_rows',
+           'eval_figures', 'eval_report', 'log_tracking', 'EvalResult', 'free_eval_dir', 'evaluate']
 
 # %% ../../nbs/05e_evaluate_run.ipynb #e997c835
 def load_split(path, split:str="test",
@@ -66,21 +56,9 @@ def load_split(path, split:str="test",
     return recs, info
 
 # %% ../../nbs/05e_evaluate_run.ipynb #8a5eda81
-_SIZE = re.compile(r"size mismatch for (\S+): copying a param with shape (?:torch\.Size\()?(\[[^\]]*\])\)? "
-                   r"from checkpoint, the shape in current model is (?:torch\.Size\()?(\[[^\]]*\])")
-
-def _misfit(e:BaseException) -> str:
-    "A one-line reason from a failed adapter load (peft's state-dict error lists every mismatched weight)."
-    hits = _SIZE.findall(str(e))
-    if hits:
-        name, a, b = hits[0]
-        return f"{len(hits)} weights have other shapes, e.g. {name}: adapter {a}, model {b}"
-    return one_line(e)
-
 def load_for_eval(cfg:RunConfig, adapter=None, progress:bool=True):
     "`(model, tokenizer)` for evaluation: the base model with `adapter` on top; a misfit adapter is an `EvalError`."
-    from finetune_kit import models
-    try: return models.load_model(cfg, adapter=adapter, progress=progress)
+    try: return load_model(cfg, adapter=adapter, progress=progress)
     except (RuntimeError, ValueError, KeyError) as e:
         if adapter is None or isinstance(e, EvalError): raise
         if type(e).__name__ == "ModelError": raise EvalError(one_line(e)) from None
@@ -88,7 +66,7 @@ def load_for_eval(cfg:RunConfig, adapter=None, progress:bool=True):
         try: made_for = json.loads((Path(adapter)/"adapter_config.json").read_text()).get("base_model_name_or_path")
         except (OSError, json.JSONDecodeError): made_for = None
         hint = f" (made for {made_for})" if made_for else ""
-        raise EvalError(f"{adapter}: adapter does not fit base model {base}{hint}: {_misfit(e)}") from None
+        raise EvalError(f"{adapter}: adapter does not fit base model {base}{hint}: {misfit_reason(e)}") from None
 
 # %% ../../nbs/05e_evaluate_run.ipynb #4600f197
 def _answers(model, tokenizer, records:list[dict], cfg:RunConfig, name:str, labels, timing:dict, kw:dict) -> dict:
@@ -257,6 +235,7 @@ def eval_report(m:dict,  # the evaluation's metrics.json
     v = m["verdict"]
     prefer = f" (prefer {v['prefer']})" if not v.get("ship") and v.get("prefer") else ""
     L += [f"**Verdict: {'SHIP' if v.get('ship') else 'do not ship'}{prefer}**: {v['reason']}.", ""]
+    if m.get("test_set"): L += [m["test_set"], ""]
     if m.get("warning"): L += [f"**Warning**: {m['warning']}.", ""]
     if m["headline"]: L += [f"Headline metric: `{m['headline']}`.", ""]
     L += ["## Metrics", "", md_table(table), ""]
@@ -438,6 +417,7 @@ def evaluate(cfg:RunConfig,
         sheet, key = make_review_sheet(records, outs["base"], outs["tuned"], ev.review_samples, cfg.seed)
         review = {k: str(p.name) for k, p in write_review(sheet, key, out_dir).items()}
     metrics = {"task": task, "split": split, "n": len(records), "data": str(find_data_dir(data)),
+               "test_set": own_test_line(info, split, len(records)),
                "adapter": str(adapter) if adapter else None, "base_model": cfg.model.base_model,
                "headline": systems["base"].headline, "systems": list(systems),
                **{k: dict(s.metrics) for k, s in systems.items()},

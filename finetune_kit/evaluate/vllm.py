@@ -13,7 +13,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from ..config import RunConfig
 from ..files import KitError, one_line
-from .generate import EvalError, _answer_ids, _eos_ids, prompt_ids, scored_sequences
+from ..methods import get_method
+from ..models import is_full_checkpoint, load_tokenizer, resolve_model
+from ..adapters import max_lora_rank, vllm_loras
+from ..engine import eos_ids, prompt_ids
+from .generate import EvalError, answer_ids, scored_sequences
 
 # %% auto #0
 __all__ = ['BACKENDS', 'SCORING_ARGS', 'vllm_missing', 'check_backend', 'EnginePlan', 'vllm_plan', 'VllmRequest',
@@ -53,12 +57,10 @@ def vllm_plan(cfg:RunConfig,
               adapter=None,  # adapter or run folder, or a full fine-tuning checkpoint (None: base only)
              ) -> list[EnginePlan]:
     "The engines answering as `base` and `tuned`, in order; an adapter vLLM would refuse is an `EvalError`."
-    from finetune_kit.models import _is_full_checkpoint, resolve_model
-    from finetune_kit.deploy.vllm import max_lora_rank, vllm_loras
     base = resolve_model(cfg.model.base_model, progress=False)
     if adapter is None: return [EnginePlan(base, base, {"base": None})]
     adapter = Path(adapter)
-    if _is_full_checkpoint(adapter):
+    if is_full_checkpoint(adapter):
         tok = str(adapter) if (adapter/"tokenizer_config.json").is_file() else base
         return [EnginePlan(base, base, {"base": None}), EnginePlan(str(adapter), tok, {"tuned": None})]
     try: info = vllm_loras(cfg.model.base_model, {"tuned": adapter}, cfg.model.trust_remote_code)["tuned"]
@@ -98,7 +100,7 @@ def sampling_args(max_new_tokens:int,  # the answer budget, `max_new_tokens` of 
 # %% ../../nbs/05g_evaluate_vllm.ipynb #70024d77
 def ranking_requests(tokenizer, records:list, labels:list[str], systems:dict, eos_ids:list[int]) -> list[VllmRequest]:
     "Per system, record and label (in that order), the prompt followed by the label's answer tokens."
-    ids, answers = _answer_ids(tokenizer, records, list(labels), eos_ids)
+    ids, answers = answer_ids(tokenizer, records, list(labels), eos_ids)
     specs = _lora_specs(systems)
     return [VllmRequest(s, i, p + a, specs.get(s), len(p)) for s in systems
             for i, (p, row) in enumerate(zip(ids, answers)) for a in row]
@@ -159,7 +161,6 @@ def vllm_systems(cfg:RunConfig, records:list[dict],
                  labels:list[str]|None=None,  # the class label set, for `decode` rank or both
                 ) -> tuple[dict, dict, list[str], dict]:
     "Answers `{'base': [...], 'tuned': [...] or None, ...}`, perplexities, notes and ms per record, from vLLM."
-    from finetune_kit.models import load_tokenizer
     check_backend("vllm")
     plans, decode = vllm_plan(cfg, adapter), cfg.eval.decode if labels else "generate"
     ppl_recs = [r for r in records if r.get("completion")]
@@ -169,11 +170,12 @@ def vllm_systems(cfg:RunConfig, records:list[dict],
                 "an engine each")]
     if cfg.eval.decode != "generate" and not labels:
         notes.append(f"decode={cfg.eval.decode} needs a label set (classification): answers were generated")
-    if cfg.peft.peft_method == "qlora": notes.append("backend vllm serves the QLoRA adapter on the unquantized base")
+    if (spec := get_method(cfg.peft.peft_method)).quantize_base:
+        notes.append(f"backend vllm serves the {spec.label} adapter on the unquantized base")
     for plan in plans:
         tok = load_tokenizer(cfg if plan.tokenizer == plans[0].model else plan.tokenizer)
         gen = _generation_config(plan.model, cfg.model.trust_remote_code)
-        eos = _eos_ids(SimpleNamespace(generation_config=gen), tok)  # the stop ids `generate` uses
+        eos = eos_ids(SimpleNamespace(generation_config=gen), tok)  # the stop ids `generate` uses
         sampling = sampling_args(cfg.eval.max_new_tokens, eos, getattr(gen, "repetition_penalty", None))
         llm = _engine(cfg, plan)
         try:

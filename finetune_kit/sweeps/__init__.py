@@ -10,8 +10,13 @@ __all__ = []
 # %% ../../nbs/06_sweeps.ipynb #b02c7941
 from .spec import *
 from .study import *
+from .process import *
 from .runner import *
 from .results import *
 from .agents import *
-from . import agents, results, runner, spec, study
-__all__ = [*spec.__all__, *study.__all__, *runner.__all__, *results.__all__, *agents.__all__]  # `import *`: all five
+from .budget import *
+from .frontier import *
+from .tuning import *
+from . import agents, budget, frontier, process, results, runner, spec, study, tuning
+__all__ = [*spec.__all__, *study.__all__, *process.__all__, *runner.__all__, *results.__all__, *agents.__all__,
+           *budget.__all__, *frontier.__all__, *tuning.__all__]  # `import *`: all nine

@@ -7,7 +7,7 @@ Docs: https://finetune-kit.github.io/finetune-kit/sweeps_agents.html.md"""
 # %% ../../nbs/06d_sweeps_agents.ipynb #4396a8fb
 from __future__ import annotations
 import copy, os
-from ..config import read_settings
+from ..settings import read_settings
 from .spec import DEFAULT_COMMAND, SweepError, SweepSpec
 
 # %% auto #0

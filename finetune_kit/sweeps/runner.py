@@ -9,129 +9,16 @@ from __future__ import annotations
 import json, os, shutil, signal, socket, statistics, sys, time
 from dataclasses import dataclass
 from pathlib import Path
-from ..config import find_settings, read_settings
+from typing import Callable
+from ..settings import find_settings, read_settings
 from .spec import SweepError, SweepSpec, grid_points, load_sweep, search_space, trial_params
-from .study import _quietly, _retry, HEARTBEAT_S, fail_trial, heartbeat, open_study
+from .study import quiet_optuna, retry_trial, HEARTBEAT_S, fail_trial, heartbeat, open_study
 from .results import (SweepResult, check_metric_name, intermediate_values, trial_cost, trial_metric,
                                          write_results)
+from .process import error_line, failed_cell, gpu_groups, gpu_ids, kill_tree, process_alive, worker_env
 
 # %% auto #0
-__all__ = ['gpu_ids', 'gpu_groups', 'worker_env', 'failed_cell', 'recover_stale', 'failed_trials', 'retry_failed',
-           'resolve_notebook', 'default_sweep_dir', 'sweep']
-
-# %% ../../nbs/06b_sweeps_runner.ipynb #a18405ee
-def gpu_ids() -> list[str]:
-    "The GPUs trials can use: `CUDA_VISIBLE_DEVICES` if set, else the ones `nvidia-smi -L` lists."
-    v = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if v is not None: return [x.strip() for x in v.split(",") if x.strip() and x.strip() != "-1"]
-    exe = shutil.which("nvidia-smi")
-    if not exe: return []
-    import subprocess
-    try: out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError): return []
-    return [str(i) for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
-
-# %% ../../nbs/06b_sweeps_runner.ipynb #1af98ddb
-def gpu_groups(gpus:list[str],  # the visible GPUs (`gpu_ids()`)
-               gpus_per_trial:int=1,  # GPUs each trial takes
-              ) -> list[list[str]]:
-    "Disjoint sets of `gpus_per_trial` GPUs, one per trial running at once (GPUs left over stay idle)."
-    k = gpus_per_trial
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1: raise SweepError("gpus_per_trial: must be at least 1")
-    if k > 1 and k > len(gpus):
-        seen = f"{len(gpus)} ({','.join(gpus)})" if gpus else "none"
-        raise SweepError(f"gpus_per_trial: {k} GPUs per trial, but the GPUs visible here are {seen}: "
-                         "lower gpus_per_trial or set CUDA_VISIBLE_DEVICES")
-    return [gpus[i:i + k] for i in range(0, len(gpus) - k + 1, k)]
-
-# %% ../../nbs/06b_sweeps_runner.ipynb #0ffe6487
-def worker_env(slot:int,  # the worker: 0 .. parallel-1
-               parallel:int,  # trials at once on this host
-               gpus:list[str],  # the visible GPUs
-               gpus_per_trial:int=1,  # GPUs each trial takes
-              ) -> dict:
-    "Environment for worker `slot`: its own GPUs (`gpus_per_trial` of them), or its share of the CPU threads."
-    if gpus:
-        groups = gpu_groups(gpus, gpus_per_trial)
-        return {"CUDA_VISIBLE_DEVICES": ",".join(groups[slot % len(groups)])}
-    env = {"TOKENIZERS_PARALLELISM": "false"}
-    if "OMP_NUM_THREADS" not in os.environ:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(parallel, 1)))
-    return env
-
-# %% ../../nbs/06b_sweeps_runner.ipynb #d68def77
-def _die_with_parent(parent:int):
-    "On Linux, have this process killed when its parent dies."
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError): pass
-    if os.getppid() != parent: os._exit(1)
-
-def _trial_main(notebook:str, params:dict, log:str, env:dict, parent:int):
-    "A trial process: run the notebook job with `params`, logging to `log`; exit status 0 on success."
-    os.setsid()
-    _die_with_parent(parent)
-    os.environ.update(env)
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1); os.dup2(fd, 2)
-    sys.stdout = open(1, "w", buffering=1, closefd=False); sys.stderr = open(2, "w", buffering=1, closefd=False)
-    rc = 1
-    try:
-        from finetune_kit.jobs import run_job
-        from papermill.exceptions import PapermillExecutionError
-        try:
-            print(f"done: {run_job(notebook, params, progress=False)}"); rc = 0
-        except PapermillExecutionError as e: print(f"error: cell {e.exec_count} failed: {e.ename}: {e.evalue}")
-    except BaseException as e:
-        import traceback; traceback.print_exc(); print(f"error: {type(e).__name__}: {e}")
-    finally:
-        sys.stdout.flush(); sys.stderr.flush(); os._exit(rc)
-
-# %% ../../nbs/06b_sweeps_runner.ipynb #770c2232
-def _kill_tree(pid:int|None, proc=None):
-    "Stop a trial process (`proc`, our child, is reaped by its own `join`), its kernel and anything else under it."
-    if not pid: return
-    import psutil
-    try: p = psutil.Process(pid); kids = p.children(recursive=True)
-    except psutil.Error: return
-    procs = kids if proc is not None else [p, *kids]
-    for q in ([] if proc is None else [p]) + procs:
-        try: q.terminate()
-        except psutil.Error: pass
-    if proc is not None:
-        proc.join(5)
-        if proc.is_alive(): proc.kill(); proc.join(5)
-    _, alive = psutil.wait_procs(procs, timeout=5)
-    for q in alive:
-        try: q.kill()
-        except psutil.Error: pass
-
-def _alive(pid, started) -> bool:
-    "Whether process `pid`, started at `started` (seconds since the epoch), still runs."
-    import psutil
-    try: return pid is not None and abs(psutil.Process(pid).create_time() - float(started or 0)) < 1.0
-    except psutil.Error: return False
-
-# %% ../../nbs/06b_sweeps_runner.ipynb #ba1c2688
-def _error_line(log:Path) -> str:
-    "The last `error:` line of a trial's log (else its last line)."
-    try: lines = [l.strip() for l in Path(log).read_text(errors="replace").splitlines() if l.strip()]
-    except OSError: return "the trial process left no log"
-    errs = [l for l in lines if l.startswith("error:")]
-    if errs: return errs[-1][len("error:"):].strip()[:300]
-    return (lines[-1] if lines else "the trial process ended without output")[:300]
-
-def failed_cell(notebook) -> str|None:
-    "The source of the cell whose output is an error in an executed notebook, or None."
-    try: nb = json.loads(Path(notebook).read_text())
-    except (OSError, json.JSONDecodeError): return None
-    for c in nb.get("cells", []):
-        if any(o.get("output_type") == "error" for o in c.get("outputs", [])):
-            src = c.get("source", "")
-            return ("".join(src) if isinstance(src, list) else src)[:1000]
-    return None
+__all__ = ['recover_stale', 'failed_trials', 'retry_failed', 'resolve_notebook', 'default_sweep_dir', 'sweep']
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #692699dd
 @dataclass
@@ -146,10 +33,11 @@ class _Job:
     reported: int = 0
     beat: float = 0.0
     pruned: bool = False
+    stopped: str|None = None  # why the runner stopped it before its end (the budget), if it did
 
 def _host() -> str: return socket.gethostname()
 
-@_quietly
+@quiet_optuna
 def recover_stale(study, say=print) -> list[int]:
     "Mark unfinished trials of dead runners on this host (and, by heartbeat, elsewhere) stale and queue them again."
     import optuna
@@ -157,10 +45,10 @@ def recover_stale(study, say=print) -> list[int]:
     me, out = _host(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         a = t.user_attrs
-        if a.get("host") != me or _alive(a.get("runner_pid"), a.get("runner_started")): continue
-        if _alive(a.get("pid"), a.get("pid_started")): _kill_tree(a.get("pid"))  # where the OS did not take it down
+        if a.get("host") != me or process_alive(a.get("runner_pid"), a.get("runner_started")): continue
+        if process_alive(a.get("pid"), a.get("pid_started")): kill_tree(a.get("pid"))  # where the OS did not take it down
         if not fail_trial(study, t.number, "its runner died"): continue  # another runner closed it first
-        _retry(study, t); out.append(t.number)
+        retry_trial(study, t); out.append(t.number)
     optuna.storages.fail_stale_trials(study)
     if out: say(f"trials {', '.join(map(str, out))} were left running by a runner that died: queued again")
     return out
@@ -211,7 +99,7 @@ def failed_trials(study) -> list:
 def retry_failed(study, say=print) -> list[int]:
     "Queue the parameters of every failed trial again (once each); their trial numbers."
     out = [t.number for t in failed_trials(study)]
-    for t in failed_trials(study): _retry(study, t)
+    for t in failed_trials(study): retry_trial(study, t)
     if out: say(f"trials {', '.join(map(str, out))} failed before: queued again")
     return out
 
@@ -251,7 +139,7 @@ def _give_way(study, trial, cap:int|None, grid, wait:float=5.0) -> str|None:
         time.sleep(0.1)  # a lower-numbered trial is being sampled right now
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #e64ce6d4
-@_quietly
+@quiet_optuna
 def _launch(study, spec, space, notebook, sweep_dir, slot, parallel, gpus, grid, ctx, cap=None, gpus_per_trial=1):
     "Start the next trial in worker `slot`; a reason to stop instead when none is left (grid done, cap reached)."
     import importlib, psutil
@@ -273,7 +161,7 @@ def _launch(study, spec, space, notebook, sweep_dir, slot, parallel, gpus, grid,
              "runner_started": psutil.Process().create_time(), "devices": env.get("CUDA_VISIBLE_DEVICES", "cpu")}
     for k, v in attrs.items(): trial.set_user_attr(k, v)
     job = {**params, "runs_dir": str(runs), "run_id": run_id}
-    main = importlib.import_module("finetune_kit.sweeps.runner")._trial_main  # by module: a spawned child finds it
+    main = importlib.import_module("finetune_kit.sweeps.process").trial_main  # by module: a spawned child finds it
     proc = ctx.Process(target=main, args=(str(notebook), job, str(log), env, os.getpid()), daemon=False)
     proc.start()
     trial.set_user_attr("pid", proc.pid)
@@ -283,7 +171,7 @@ def _launch(study, spec, space, notebook, sweep_dir, slot, parallel, gpus, grid,
     return _Job(trial, proc, run_dir, log, time.time(), devices=devices)
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #55f17292
-@_quietly
+@quiet_optuna
 def _watch(study, spec, job) -> bool:
     "Heartbeat, feed the pruner and maybe prune a running trial; False once it has ended."
     now = time.time()
@@ -295,7 +183,7 @@ def _watch(study, spec, job) -> bool:
             job.reported += 1
             job.trial.report(v, job.reported)
             if job.trial.should_prune():
-                job.pruned = True; _kill_tree(job.proc.pid, job.proc); break
+                job.pruned = True; kill_tree(job.proc.pid, job.proc); break
     return job.proc.is_alive()
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #0922c8b2
@@ -311,12 +199,13 @@ def _finish(study, spec, job, say) -> None:
     if spec.early_terminate and not job.pruned:  # rows written after the last look, so Hyperband sees the whole run
         for v in intermediate_values(job.run_dir, spec.metric, spec.goal)[job.reported:]:
             job.reported += 1; job.trial.report(v, job.reported)
+    if job.stopped: attrs["stopped"] = job.stopped
     if job.pruned: state, attrs["outcome"] = TrialState.PRUNED, "pruned"
     elif job.proc.exitcode == 0:
         try: value, state, attrs["outcome"] = trial_metric(job.run_dir, spec.metric), TrialState.COMPLETE, "complete"
         except SweepError as e: attrs.update(outcome="failed", error=str(e))
     else:
-        attrs.update(outcome="failed", error=_error_line(job.log))
+        attrs.update(outcome="failed", error=error_line(job.log))
         cell = failed_cell(job.run_dir/"notebook.ipynb")
         if cell: attrs["failed_cell"] = cell
     t = job.trial
@@ -327,19 +216,29 @@ def _finish(study, spec, job, say) -> None:
         say(f"trial {t.number}: already closed by another runner (heartbeat lost?)"); return
     p = " ".join(f"{k}={v}" for k, v in t.params.items())
     if state == TrialState.COMPLETE: say(f"trial {t.number} complete: {spec.metric}={value:.4g} ({seconds:.0f}s) {p}")
+    elif job.stopped: say(f"trial {t.number} stopped ({job.stopped}) after {job.reported} evaluations ({seconds:.0f}s) {p}")
     elif state == TrialState.PRUNED: say(f"trial {t.number} pruned after {job.reported} evaluations ({seconds:.0f}s) {p}")
     else: say(f"trial {t.number} failed: {attrs['error']}"
               f" ({seconds:.0f}s; notebook kept: {job.run_dir/'notebook.ipynb'})")
+
+def _cut(study, spec, job, say, why:str):
+    "Stop a running trial for `why` (the budget's end): its evaluations so far reported, recorded as pruned, not queued again."
+    if spec.early_terminate and not job.pruned:
+        for v in intermediate_values(job.run_dir, spec.metric, spec.goal)[job.reported:]:
+            job.reported += 1; job.trial.report(v, job.reported)
+    kill_tree(job.proc.pid, job.proc)
+    job.pruned, job.stopped = True, why
+    _finish(study, spec, job, say)
 
 def _abort(study, job, reason:str):
     "Stop a running trial for `reason`, mark it stale and queue its parameters again."
     import optuna
     from optuna.trial import TrialState
-    _kill_tree(job.proc.pid, job.proc)
+    kill_tree(job.proc.pid, job.proc)
     try:
         job.trial.set_user_attr("stale", reason)
         study.tell(job.trial, state=TrialState.FAIL)
-        _retry(study, job.trial)
+        retry_trial(study, job.trial)
     except optuna.exceptions.UpdateFinishedTrialError: pass
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #637d4eeb
@@ -376,10 +275,15 @@ def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
           max_gpu_hours:float|None=None,  # device-hours budget of the whole sweep
           sweep_dir=None,  # the sweep folder (default: <runs_dir>/sweeps/<name>)
           within:float=0.01,  # "cheapest within this distance of the best metric", for the results
+          cost:str|tuple="seconds",  # what "cheapest" counts: a cost column, or columns compared in turn
           poll:float=2.0,  # seconds between checks of running trials
           retry:bool=False,  # queue the failed trials' parameters again (`--retry-failed`)
           gpus_per_trial:int=1,  # GPUs each trial takes, disjoint from the other trials' (`--gpus-per-trial`)
-          verbose:bool=True) -> SweepResult:
+          verbose:bool=True,
+          stop_at:float|None=None,  # a hard end (`time.time()`): trials still running then are stopped, as pruned
+          should_start:Callable|None=None,  # study -> why no further trial should start, or None (`tune`'s budget)
+          on_update:Callable|None=None,  # (study, SweepResult) after each trial ends (`tune` streams its table)
+         ) -> SweepResult:
     "Run a sweep's trials locally as experiment-notebook jobs; resume it if it was interrupted; write its results."
     spec = path if isinstance(path, SweepSpec) else load_sweep(path)
     if not spec.metric: raise SweepError("metric: the local runner needs a metric (name and goal) to rank trials")
@@ -388,7 +292,7 @@ def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
     gpus, k = gpu_ids(), gpus_per_trial
     groups = gpu_groups(gpus, k)  # too few GPUs for one trial: stop before anything is written
     cap = min([c for c in (spec.run_cap, max_trials) if c] or [0]) or None
-    if spec.method != "grid" and not (cap or max_hours or max_gpu_hours):
+    if spec.method != "grid" and not (cap or max_hours or max_gpu_hours or stop_at):
         raise SweepError(f"a {spec.method} sweep never ends by itself: set run_cap in the file, "
                          "or --max-trials / --max-hours")
     say = print if verbose else (lambda *a, **k: None)
@@ -406,7 +310,7 @@ def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
         say(f"note: {len(gpus)} GPUs make {len(groups)} sets of {k}: {len(groups)} trials at once, not {parallel}")
         parallel = len(groups)
     elif gpus and parallel > len(gpus): say(f"note: {parallel} workers share {len(gpus)} GPUs")
-    if ctx.get_start_method() == "fork": import finetune_kit.jobs, papermill  # imported once here, not in every trial
+    if ctx.get_start_method() == "fork": import papermill  # imported once here, not in every trial
     deadline = time.time() + max_hours * 3600 if max_hours else None
     jobs, stop = {}, None
     old = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None
@@ -414,12 +318,19 @@ def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
         f"folder {sweep_dir}")
     try:
         while True:
+            ended = False
             for slot, job in list(jobs.items()):
                 if not _watch(study, spec, job):
-                    _finish(study, spec, job, say); del jobs[slot]
-                    write_results(study, spec, sweep_dir, within=within, plots=False)
+                    _finish(study, spec, job, say); del jobs[slot]; ended = True
+            if stop_at and time.time() >= stop_at:
+                ended, stop = ended or bool(jobs), stop or "wall-clock budget spent"
+                for slot, job in list(jobs.items()): _cut(study, spec, job, say, "the budget's end"); del jobs[slot]
+            if ended:
+                res = write_results(study, spec, sweep_dir, within=within, plots=False, cost=cost)
+                if on_update: on_update(study, res)
             while stop is None and len(jobs) < parallel:
                 stop = _budget_stop(study, spec, cap, deadline, max_gpu_hours, jobs)
+                if stop is None and should_start: stop = should_start(study)
                 if stop: break
                 slot = min(set(range(parallel)) - set(jobs))
                 job = _launch(study, spec, space, notebook, sweep_dir, slot, parallel, gpus, grid, ctx, cap, k)
@@ -438,6 +349,6 @@ def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
     finally:
         if old is not None: signal.signal(signal.SIGTERM, old)
     say(f"sweep {spec.name} stopped: {stop}")
-    res = write_results(study, spec, sweep_dir, within=within)
+    res = write_results(study, spec, sweep_dir, within=within, cost=cost)
     res.failed = {t.number: t.user_attrs.get("error", "failed") for t in failed_trials(study)}
     return res

@@ -11,12 +11,13 @@ from pathlib import Path
 from .spec import SweepError, SweepSpec
 
 # %% auto #0
-__all__ = ['HEARTBEAT_S', 'GRACE_S', 'shown_url', 'storage_url', 'open_study', 'heartbeat', 'fail_trial']
+__all__ = ['HEARTBEAT_S', 'GRACE_S', 'quiet_optuna', 'shown_url', 'storage_url', 'retry_trial', 'open_study', 'heartbeat',
+           'fail_trial']
 
 # %% ../../nbs/06e_sweeps_study.ipynb #191e4461
 HEARTBEAT_S, GRACE_S = 30, 180  # a running trial's heartbeat interval; silence after which another runner fails it
 
-def _quietly(f):
+def quiet_optuna(f):
     "Run `f` without Optuna's notes on experimental features and on heartbeats outside `optimize`."
     import functools, warnings
     @functools.wraps(f)
@@ -50,7 +51,7 @@ def storage_url(storage:str|None, sweep_dir=None) -> str:
     return _pg_url(storage) if storage.startswith("postgresql") else storage
 
 # %% ../../nbs/06e_sweeps_study.ipynb #cc87f4f2
-def _retry(study, trial):
+def retry_trial(study, trial):
     "Queue a stale trial's parameters again (Optuna calls this for trials whose heartbeat stopped)."
     study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
 
@@ -65,7 +66,7 @@ def _make_storage(url:str):
     kw = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(6):
         try: return optuna.storages.RDBStorage(url, engine_kwargs=kw, heartbeat_interval=HEARTBEAT_S,
-                                               grace_period=GRACE_S, heartbeat_stale_trial_callback=_retry)
+                                               grace_period=GRACE_S, heartbeat_stale_trial_callback=retry_trial)
         except ImportError as e: raise SweepError(f"storage: {shown_url(url)} needs a driver: {e}") from None
         except (sa.IntegrityError, sa.ProgrammingError):  # another runner is creating the tables right now
             if attempt == 5: raise
@@ -108,7 +109,7 @@ def _search_key(spec:SweepSpec) -> dict:
     key = {"method": spec.method, "metric": spec.metric, "goal": spec.goal, "parameters": spec.parameters}
     return json.loads(json.dumps(key, default=str))
 
-@_quietly
+@quiet_optuna
 def open_study(spec:SweepSpec, storage:str|None=None, sweep_dir=None):
     "The sweep's Optuna study (created or loaded): SQLite in `sweep_dir` by default, an RDB URL, or a journal file."
     import optuna
