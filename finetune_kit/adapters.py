@@ -45,8 +45,10 @@ def apply_peft(model,  # the base model, from `load_model(cfg)`
         if not is_4bit(model):
             raise ModelError(f"peft_method={spec.name} needs the base model in 4-bit: "
                              f"load it with load_model(cfg) and peft_method={spec.name}")
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
-    elif gc and not spec.prompt_learning: model.enable_input_require_grads()
+        # checkpointing itself is the Trainer's (`activation_checkpointing`): PEFT's own call would switch it on a
+        # second time, through `gradient_checkpointing_enable`, which transformers 5.23 deprecates
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if gc and not spec.prompt_learning: model.enable_input_require_grads()
     return get_peft_model(model, pc)
 
 # %% ../nbs/03a_adapters.ipynb #82153c81

@@ -54,7 +54,7 @@ def hardware_args(cfg:RunConfig, caps=None) -> dict:
     optim = spec.cuda_optim if cuda else "adamw_torch"
     return dict(bf16=ds.mixed_precision == "bf16", fp16=ds.mixed_precision == "fp16",
                 tf32=True if cuda and major >= 8 else None, use_cpu=not cuda, optim=optim,
-                gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+                activation_checkpointing=gc, activation_checkpointing_kwargs={"use_reentrant": False} if gc else None,
                 use_liger_kernel=_liger(cfg, cuda))
 
 # %% ../nbs/04_train.ipynb #d1c39e60
@@ -71,7 +71,8 @@ def training_args(cfg:RunConfig,  # the run config
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps, per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.eval.eval_batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
-        max_length=t.max_length, warmup_steps=t.warmup_ratio, lr_scheduler_type=t.lr_scheduler_type,
+        max_length=t.max_length, lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,  # transformers 5 reads a float below 1 as a share of the steps (4.x: a count)
         weight_decay=t.weight_decay, completion_only_loss=t.completion_only_loss, packing=t.packing,
         padding_free=t.packing, train_sampling_strategy="random" if t.packing else "group_by_length",
         logging_steps=t.logging_steps, logging_first_step=True, save_strategy="steps", save_steps=t.save_steps,
