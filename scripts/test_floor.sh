@@ -4,8 +4,10 @@
 # tests against this checkout. Run it after raising or lowering a floor in pyproject.toml. Slow (a ~6 GB install
 # the first time, a CUDA torch from PyPI, and the fast suite on 2 CPU cores: 15-25 minutes), so not part of .ci/run.
 #
-#   bash scripts/test_floor.sh                  # venv in ../floor-venv (outside the checkout), then pytest -m "not slow"
-#   FLOOR_VENV=/tmp/fv bash scripts/test_floor.sh tests/test_train.py -k resume   # other pytest arguments
+#   bash scripts/test_floor.sh                  # venv in ../floor-venv (outside the checkout), then the notebooks'
+#                                               # fast cells (nbdev-test) and pytest -m "not slow"
+#   FLOOR_VENV=/tmp/fv bash scripts/test_floor.sh tests/test_train.py -k resume   # pytest alone, these arguments
+#   FLOOR_NB_WORKERS=1 bash scripts/test_floor.sh   # nbdev-test's workers (default: one per CPU)
 #   FLOOR_TORCH=2.13.0+cpu bash scripts/test_floor.sh   # keep torch off its floor (e.g. where PyPI is too slow for a
 #                                                        # CUDA wheel); say so when you report the result
 #
@@ -49,5 +51,8 @@ off = [f"{n} {md.version(n)} (floor {lo[0]})" for n, lo in low.items()
        if lo and Version(Version(md.version(n)).base_version) != Version(lo[0])]
 print("not at the floor:", ", ".join(off) or "none")
 EOF
-if [ $# -eq 0 ]; then set -- -m "not slow" tests; fi
-pytest -q -p no:cacheprovider "$@"
+if [ $# -gt 0 ]; then exec pytest -q -p no:cacheprovider "$@"; fi
+# what `scripts/test.sh --fast` runs: the notebooks' cells without the slow ones, then the fast pytest suite
+nbs=0; nbdev-test --flags "" --timing ${FLOOR_NB_WORKERS:+--n-workers "$FLOOR_NB_WORKERS"} || nbs=$?
+pytest -q -p no:cacheprovider -m "not slow" tests
+exit $nbs
