@@ -175,8 +175,10 @@ def check_trainable(ds,  # a tokenized training set with `labels` (-100: no loss
             "records_without_loss": no_loss, "records_without_end_of_turn": no_eot}
 
 # %% ../nbs/04_train.ipynb #fa58562f
+_LOAD = ("load_1m", "others_load")  # a moment's measure: in the warning's text when it matters, not in the manifest
+
 def write_manifest(run_dir, cfg:RunConfig, tok, data_info:dict, model_id:str, world_size:int,
-                   threads:dict|None=None,  # what `use_threads` did: the count and why, the load, any warning
+                   threads:dict|None=None,  # what `use_threads` did (its count and why, any warning; not the load)
                   ) -> dict:
     "Write `manifest.json` (data fingerprint, template/tokenizer hashes, precision and why, threads, packages, seed); return it."
     run_dir = Path(run_dir)
@@ -186,7 +188,8 @@ def write_manifest(run_dir, cfg:RunConfig, tok, data_info:dict, model_id:str, wo
     m = {"run_id": cfg.run_id, "seed": cfg.seed, "config_sha256": hashlib.sha256(json.dumps(cfg_d, sort_keys=True).encode()).hexdigest(),
          "data_fingerprint": data_info.get("fingerprint"), "base_model": model_id, **tokenizer_hashes(tok),
          "precision": {"weights": ds.dtype, "mixed_precision": ds.mixed_precision, "reason": ds.reason},
-         "world_size": world_size, "threads": threads, "python": env.get("python"), "packages": env.get("packages", {})}
+         "world_size": world_size, "threads": {k: v for k, v in (threads or {}).items() if k not in _LOAD} or None,
+         "python": env.get("python"), "packages": env.get("packages", {})}
     (run_dir/"manifest.json").write_text(json.dumps(m, indent=2) + "\n")
     return m
 
