@@ -94,7 +94,8 @@ def test_gpu_assignment(monkeypatch):
     gpus = gpu_ids()
     assert gpus == ["2", "3"] and [worker_env(i, 2, gpus)["CUDA_VISIBLE_DEVICES"] for i in range(2)] == ["2", "3"]
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert worker_env(0, 2, [])["OMP_NUM_THREADS"] == str(max(1, os.cpu_count() // 2))
+    from finetune_kit.threads import usable_cores
+    assert worker_env(0, 2, [])["OMP_NUM_THREADS"] == str(max(1, usable_cores() // 2))
 
 # --- runner mechanics without notebooks -----------------------------------------------------------
 

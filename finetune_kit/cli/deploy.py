@@ -58,7 +58,8 @@ def _serve_base(params:dict, adapters:dict) -> str:
     return make_config(params).model.base_model
 
 # %% ../../nbs/08e_cli_deploy.ipynb #dfdd01f6
-@deploy_app.command("serve", cls=reads("base_model", "dtype", "attn_implementation", "trust_remote_code", "runs_dir"))
+@deploy_app.command("serve", cls=reads("base_model", "dtype", "attn_implementation", "trust_remote_code", "threads",
+                                       "omp_wait_policy", "runs_dir"))
 def serve_cmd(ctx:typer.Context,
               adapters:list[str]|None = typer.Argument(None, help="adapters to serve: NAME=PATH (an adapter or run "
                                                        "folder; clients ask for NAME)"),

@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 from .core import KitCommand, fail, reads, typer_app
 from ..settings import make_config
+from ..threads import use_threads
 
 # %% auto #0
 __all__ = ['synth_app', 'synth_generate_cmd', 'synth_sheet_cmd', 'synth_import_cmd', 'synth_accepted_cmd']
@@ -68,6 +69,7 @@ def synth_generate_cmd(
                                          timeout, concurrency=batch_size)
     else:
         from finetune_kit.models import load_model
+        use_threads(cfg.model.threads, cfg.model.omp_wait_policy)  # warns when the cores are shared
         model, tok = load_model(cfg, progress=progress)
         gen = LocalGenerator(model, tok, temperature, top_p, max_new_tokens, batch_size, cfg.seed)
     info = synthesize(cfg.data.task, description, recs, gen, out, n=n, shots=shots, batch_size=batch_size,
