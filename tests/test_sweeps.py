@@ -192,7 +192,7 @@ def test_prepare_cached_reuses_the_prepared_data():
     from finetune_kit.settings import make_config
     from finetune_kit.models import load_tokenizer
     from finetune_kit.data import prepare_cached
-    cfg = tiny_config(max_records=20, seed=5)
+    cfg = tiny_config(max_records=20, max_chars=200, seed=5)
     tok = load_tokenizer(cfg)
     d = prepare_cached(cfg, tok)
     assert (d/"data.json").exists() and json.loads((d/"cache_key.json").read_text())["seed"] == 5
