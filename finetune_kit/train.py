@@ -308,11 +308,11 @@ def train(cfg:RunConfig,  # the run's config
          ) -> TrainResult:
     "Fine-tune per `cfg` into a run folder (new, given, or resumed from its newest checkpoint)."
     if not (resume or cfg.data.data_dir): parse_ratios(source_list(cfg.data.source))  # a bad ratio: before any folder or model
-    asked = (cfg.model.threads, cfg.model.omp_wait_policy) if cfg is not None else (None, None)  # resume: the run's own
-    threads = use_threads(*asked)  # before torch's threads are recorded in env.json; warns when the cores are shared
+    asked = (cfg.model.threads, cfg.model.omp_wait_policy) if cfg is not None else None  # None: resume, the run's own
+    threads = use_threads(*asked) if asked else None  # before torch's threads are recorded in env.json; warns when shared
     state, cfg, run_dir = _setup_run(cfg, run_dir, resume)
     if (cfg.model.threads, cfg.model.omp_wait_policy) != asked:  # a resumed run's own setting
-        threads = use_threads(cfg.model.threads, cfg.model.omp_wait_policy, warn=False)
+        threads = use_threads(cfg.model.threads, cfg.model.omp_wait_policy, warn=asked is None)
     if resume and (done := finished_run(run_dir)): return done
     if resume: checkpoint_folders(run_dir/"checkpoints")  # a folder in the way stops the resume before any work
     seed_everything(cfg.seed)
