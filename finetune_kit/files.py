@@ -68,6 +68,7 @@ def kit_outputs(out,  # a folder
 
 _PROJECT_MARKERS = ("settings.ini", "pyproject.toml")  # the kit's project file, a Python project's
 
+# %% ../nbs/00b_files.ipynb #4f71561c
 def check_out_folder(out) -> Path:
     "`out`, unless it is a filesystem root, the home folder or a project's root: then a `KitError` naming it."
     try: p = Path(out).expanduser().resolve()
@@ -78,6 +79,7 @@ def check_out_folder(out) -> Path:
         raise KitError(f"{out}: is a project root (it holds {m}): write to a folder inside it")
     return p
 
+# %% ../nbs/00b_files.ipynb #7fd3a1f3
 def _clear_stale(out:Path):
     "Remove temporary siblings of `out` (`.NAME.staging-PID-xxxx`) left by killed processes."
     prefix = f".{out.name}.staging-"

@@ -73,6 +73,7 @@ def injected(params:dict) -> dict:
     "`params` as papermill injects them: a `None` the job asks for becomes `\"none\"` (a workbook's `None` means not set)."
     return {k: "none" if v is None else v for k, v in params.items()}
 
+# %% ../nbs/07_jobs.ipynb #f0071f9a
 @contextlib.contextmanager
 def _job_env():
     "Mark kernels started in this block as jobs' (they inherit the environment)."

@@ -194,6 +194,7 @@ def register_task(spec:TaskSpec, replace:bool=False) -> TaskSpec:
     TASKS[spec.name] = spec
     return spec
 
+# %% ../nbs/01_tasks.ipynb #7049d1fe
 def get_task(name:str) -> TaskSpec:
     "The registered task `name`; an unknown name is a `KitError` listing the choices."
     if isinstance(name, TaskSpec): return name

@@ -382,6 +382,7 @@ class TextProgress(TrainerCallback):
 
 from fastcore.basics import patch
 
+# %% ../nbs/04_train.ipynb #c77a4ee4
 @patch
 def add_callback(self:FinetuneTrainer, callback):
     "`Trainer.add_callback`; inside a job's kernel (`progress.in_job`) the Trainer's HTML progress table is `TextProgress`."

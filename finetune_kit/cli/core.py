@@ -137,6 +137,7 @@ class KitCommand(TyperCommand):
             return super().invoke(ctx)
         except KitError as e: fail(one_line(e))
 
+# %% ../../nbs/08a_cli_core.ipynb #f8f9bdb1
 def reads(*reads, skips=()) -> type:
     "A `KitCommand` class for a command that reads the parameters `reads` (sections or names) less `skips`."
     return type("KitCommand", (KitCommand,), {"reads": reads, "skips": skips})

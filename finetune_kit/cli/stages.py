@@ -144,6 +144,7 @@ def review_make_cmd(ctx:typer.Context, eval_dir:Path = typer.Argument(..., help=
     p = write_review(sheet, key, eval_dir)
     typer.echo(f"wrote {p['csv']} and {p['html']} ({len(sheet)} items); key: {p['key']}")
 
+# %% ../../nbs/08b_cli_stages.ipynb #8c4036ae
 @review_app.command("import", cls=KitCommand)
 def review_import_cmd(sheet:Path = typer.Argument(..., help="filled review_sheet.csv, or a Label Studio JSON export"),
                       key:Path|None = typer.Option(None, "--key", help="review_key.json (default: beside the sheet)"),

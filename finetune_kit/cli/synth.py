@@ -87,6 +87,7 @@ def synth_generate_cmd(
     typer.echo(f"review queue {out/'review.jsonl'}: {q['added']} new; " +
                ", ".join(f"{k} {q.get(k, 0)}" for k in ("pending", "accepted", "edited", "rejected")))
 
+# %% ../../nbs/08c_cli_synth.ipynb #981771b3
 def _synth_settings(run:Path) -> dict:
     if not (run/"review.jsonl").is_file(): fail(f"{run}: no review.jsonl (run `finetune-kit synth generate` first)")
     p = run/"synth.json"
@@ -103,6 +104,7 @@ def synth_sheet_cmd(run:Path = typer.Argument(..., help="a synth run folder"),
     typer.echo(f"wrote {p['csv']}, {p['html']} and {p['label_studio']} ({n} items); "
                f"Label Studio config: {p['label_studio_config']}")
 
+# %% ../../nbs/08c_cli_synth.ipynb #8a6f53c5
 @synth_app.command("import", cls=KitCommand)
 def synth_import_cmd(run:Path = typer.Argument(..., help="a synth run folder"),
                      sheet:Path = typer.Argument(..., help="a filled review.csv, or a Label Studio JSON export")):
@@ -114,6 +116,7 @@ def synth_import_cmd(run:Path = typer.Argument(..., help="a synth run folder"),
     ch = fn(run/"review.jsonl", sheet)
     typer.echo("imported: " + (", ".join(f"{k} {v}" for k, v in sorted(ch.items())) or "nothing"))
 
+# %% ../../nbs/08c_cli_synth.ipynb #66a6d6d3
 @synth_app.command("accepted", cls=KitCommand)
 def synth_accepted_cmd(run:Path = typer.Argument(..., help="a synth run folder"),
                        out:Path = typer.Option(..., "--out", "-o", help="the JSONL file to write"),
@@ -123,5 +126,3 @@ def synth_accepted_cmd(run:Path = typer.Argument(..., help="a synth run folder")
     from finetune_kit.data.queue import write_accepted
     _synth_settings(run)
     typer.echo(f"wrote {write_accepted(run/'review.jsonl', out, force)} records to {out}")
-
-

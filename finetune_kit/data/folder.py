@@ -32,6 +32,7 @@ def source_list(sources) -> list:
         return [list(sources)] if sources and all(isinstance(x, dict) for x in sources) else list(sources)
     return [sources]
 
+# %% ../../nbs/02j_data_folder.ipynb #5e5388cd
 def _check_outside(cfg, out:Path, srcs:list):
     "A `DataError` when a source (training, test or decontamination) is a file `prepare_data` writes into `out`."
     owned = {(out/f).resolve() for f in _OUTPUTS}
@@ -56,6 +57,7 @@ def foreign_outputs(out) -> list[str]:
     mine = kit_outputs(out, _OUTPUTS if _prepared_before(out) else ())
     return sorted(n for n in _OUTPUTS if (out/n).exists() and n not in mine)
 
+# %% ../../nbs/02j_data_folder.ipynb #7a5abb99
 def label_warnings(info:dict) -> list[str]:
     "Warnings for labels or entity types in `info` (data.json) that differ only in case or spacing."
     out = []
@@ -66,6 +68,7 @@ def label_warnings(info:dict) -> list[str]:
                 "map them to one spelling (or set label_set)" for g in groups.values() if len(g) > 1]
     return out
 
+# %% ../../nbs/02j_data_folder.ipynb #30c2c172
 def writes_whole_folder(prepare):
     "`prepare` (as `prepare_data`) writing into a temporary sibling of its folder, moved into place when it ends."
     sig = inspect.signature(prepare)

@@ -28,6 +28,7 @@ def symlink_loop(p:Path) -> bool:
     try: os.stat(p); return False
     except OSError as e: return e.errno == errno.ELOOP
 
+# %% ../../nbs/02a0_data_raw.ipynb #ffd25002
 def source_path(src) -> Path:
     "`src` as a path (`~` expanded) that exists; a `DataError` for a missing file, a broken link or a symlink loop."
     p = Path(src).expanduser()
@@ -74,6 +75,7 @@ def wide_encoding(b:bytes) -> str|None:
         text = head[:e.start].decode(codec)
     return enc if text.strip() and all(ch.isprintable() or ch in "\t\r\n" for ch in text) else None
 
+# %% ../../nbs/02a0_data_raw.ipynb #033a6a42
 def text_bytes(path:Path) -> bytes:
     "A text file's bytes; a `DataError` when it is empty, or with the fix when it is UTF-16 or UTF-32."
     b = source_bytes(path)

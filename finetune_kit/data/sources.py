@@ -150,6 +150,7 @@ def missing_detail(raw:dict,  # a raw record
     v = (raw.get("missing") or {}).get(field)
     return None if v is None else f"the cell holds {v.strip()!r}, which marks a missing value"
 
+# %% ../../nbs/02a_data_sources.ipynb #9b3a0af4
 def read_csv(path, delimiter:str|None=None) -> Iterator[dict]:
     "Raw records from a CSV (or, with a `.tsv` name or `delimiter='\\t'`, TSV) file with a header row."
     path = Path(path)

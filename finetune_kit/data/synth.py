@@ -27,6 +27,7 @@ def render_example(rec:dict, task) -> str:
     "A canonical record as `Field: value` lines (the format the generator reads and writes)."
     return "\n".join(f"{k.capitalize()}: {v}" for k, v in record_fields(rec, task).items())
 
+# %% ../../nbs/02i_data_synth.ipynb #24037f08
 def parse_example(text:str, task,
                   given:dict|None=None,  # fields the prompt fixed (e.g. the label asked for), used when unwritten
                  ) -> dict|None:

@@ -26,6 +26,7 @@ __all__ = ['ServeError', 'Busy', 'load_adapters', 'Job', 'decode_batch', 'Engine
 class ServeError(KitError):
     "A server that cannot start as asked (a bad adapter, base or setting): the message is one line."
 
+# %% ../../nbs/09b_deploy_engine.ipynb #656ae266
 class Busy(Exception):
     "The engine's queue is full: the request should be retried later (HTTP 429)."
 
@@ -185,6 +186,7 @@ def start(self:Engine) -> Engine:
         self._thread.start()
     return self
 
+# %% ../../nbs/09b_deploy_engine.ipynb #7c74aa7a
 @patch
 def close(self:Engine):
     "Stop the decoding thread (waiting jobs are dropped)."

@@ -37,6 +37,7 @@ def parse_budget(budget) -> float:
     if s <= 0: raise TuneError(f"budget '{budget}': must be more than zero")
     return s
 
+# %% ../../nbs/06g_sweeps_budget.ipynb #8f58556d
 def minutes(s:float) -> str:
     "Seconds as a reader says them: `45 s`, `4.2 min`, `1 h 05 min`."
     if s < 90: return f"{s:.0f} s"
@@ -95,6 +96,7 @@ def measure(run_dir,  # a finished calibration run folder
     out["fixed_s"] = round(max(wall - s["train_seconds"] - ev, 0.0), 2)
     return out
 
+# %% ../../nbs/06g_sweeps_budget.ipynb #a0d3f50a
 def calibrate(notebook,  # the trial workbook
               params:dict,  # the first trial's flat parameters
               run_dir,  # the calibration's run folder (replaced)
@@ -129,6 +131,7 @@ def trial_seconds(cal:dict,  # from `measure`
     if score_steps: ev += math.ceil(steps / score_steps) * min(cfg.eval.score_samples, n["validation"]) * cal["tuned_ms"] / 1000
     return cal["fixed_s"] + train + ev
 
+# %% ../../nbs/06g_sweeps_budget.ipynb #4f1114a6
 def judging_seconds(cal:dict, cfg:RunConfig) -> float:
     "The winner's one evaluation on the test split, estimated: loading the model, base and tuned answers, baselines."
     n = min(cal["records"]["test"], cfg.eval.max_eval_samples or cal["records"]["test"])
@@ -167,6 +170,7 @@ def neighbours(point:dict,  # a point of `space`
         out += [{**point, k: vals[j]} for j in steps]
     return out
 
+# %% ../../nbs/06g_sweeps_budget.ipynb #fd4c84ae
 class Planner:
     "The runner's `should_start`: queue the next untried point (the best trial's neighbours first, then the order) whose estimate fits before `stop_at`, or say why none does."
     def __init__(self, order:list[dict],  # every point of the search space, in the order to try them

@@ -66,6 +66,7 @@ def die_with_parent(parent:int):
         except (OSError, AttributeError): pass
     if os.getppid() != parent: os._exit(1)
 
+# %% ../../nbs/06f_sweeps_process.ipynb #17f06a21
 def trial_main(notebook:str, params:dict, log:str, env:dict, parent:int):
     "A trial process: run the notebook job with `params`, logging to `log`; exit status 0 on success."
     os.setsid()
@@ -104,6 +105,7 @@ def kill_tree(pid:int|None, proc=None):
         try: q.kill()
         except psutil.Error: pass
 
+# %% ../../nbs/06f_sweeps_process.ipynb #2a52e0b1
 def process_alive(pid, started) -> bool:
     "Whether process `pid`, started at `started` (seconds since the epoch), still runs."
     import psutil
@@ -119,6 +121,7 @@ def error_line(log:Path) -> str:
     if errs: return errs[-1][len("error:"):].strip()[:300]
     return (lines[-1] if lines else "the trial process ended without output")[:300]
 
+# %% ../../nbs/06f_sweeps_process.ipynb #3b3089cb
 def failed_cell(notebook) -> str|None:
     "The source of the cell whose output is an error in an executed notebook, or None."
     try: nb = json.loads(Path(notebook).read_text())

@@ -44,6 +44,7 @@ def shown_url(url:str) -> str:
     try: return make_url(url).render_as_string(hide_password=True)
     except Exception: return url.split("://", 1)[0] + "://..."
 
+# %% ../../nbs/06e_sweeps_study.ipynb #8431c1a2
 def storage_url(storage:str|None, sweep_dir=None) -> str:
     "The study's storage: `storage` (a bare `postgresql://` gets the installed driver), else SQLite in `sweep_dir`."
     if not storage: return f"sqlite:///{(Path(sweep_dir)/'study.db').resolve()}"
@@ -158,6 +159,7 @@ def heartbeat(study, number:int) -> bool:
     except NotImplementedError: return False
     return True
 
+# %% ../../nbs/06e_sweeps_study.ipynb #f41d4517
 def fail_trial(study, number:int, reason:str) -> bool:
     "Mark running trial `number` (whichever runner started it) failed, as stale for `reason`; False if it had ended."
     import optuna

@@ -47,6 +47,7 @@ def first_point(space:dict, cfg) -> dict:
     flat = flatten(cfg)
     return {k: flat[k] if flat[k] in v else v[0] for k, v in space.items()}
 
+# %% ../../nbs/06i_sweeps_tuning.ipynb #d830f4ba
 def trial_order(space:dict, first:dict, seed:int=0) -> list[dict]:
     "Every point of `space` once: `first`, then the others in a random order seeded by `seed`."
     points = [dict(zip(space, vals)) for vals in itertools.product(*space.values())]
@@ -76,6 +77,7 @@ def choose_trial(table,  # a trials table (`trials_table` or `tune_table`)
     "The rule: the cheapest complete trial (`TUNE_COST`) within `epsilon` of the best validation score; None if none completed."
     return pick_cheapest(table, metric, "maximize", within=epsilon, cost=TUNE_COST)
 
+# %% ../../nbs/06i_sweeps_tuning.ipynb #6d71889e
 def furthest_trial(table):
     "With no complete trial: the pruned one that got furthest (most checkpoints, then best last score); None if none."
     p = table[(table["state"] == "pruned") & (table["checkpoints"] > 0)]
@@ -121,6 +123,7 @@ def tune_name(cfg) -> str:
     stems = [Path(re.sub(r":[0-9.]+$", "", str(s))).stem for s in source_list(cfg.data.source)]
     return f"tune-{cfg.data.task}-" + (re.sub(r"[^A-Za-z0-9._+-]+", "-", "+".join(stems)).strip("-.")[:40] or "data")
 
+# %% ../../nbs/06i_sweeps_tuning.ipynb #ac846134
 def given_params(ns:dict) -> dict:
     "The flat parameters a workbook sets in `ns` (its `globals()`): every run-config name that is not None."
     specs = param_specs()
