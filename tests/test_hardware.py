@@ -56,6 +56,18 @@ def test_training_args_use_no_deprecated_name(tmp_path):
                                                                 else None)
     assert args.get_warmup_steps(200) == 20  # 10% of 200 steps, not int(0.1) == 0 steps
 
+@pytest.mark.parametrize("caps,method", [r[:2] for r in TABLE], ids=[f"{i}-{r[1]}" for i, r in enumerate(TABLE)])
+def test_thread_settings_leave_the_hardware_rule_alone(caps, method):
+    "Each device class and method gets the same precision, optimizer and checkpointing whatever the thread settings."
+    cuda, has_bf16, _ = caps
+    picks = []
+    for threads in ({}, {"threads": 1, "omp_wait_policy": "passive"}, {"threads": 64}):
+        cfg = make_config(peft_method=method, settings=False, **threads)
+        ds = device_settings(cfg.model.dtype, cfg.model.attn_implementation, cuda=cuda, bf16=has_bf16, local_rank=0,
+                             full=method == "full", sharded=None)
+        picks.append((hardware_args(cfg, caps=caps), ds))
+    assert picks[0] == picks[1] == picks[2]
+
 @pytest.mark.parametrize("sharded", ["fsdp", "deepspeed"])
 def test_no_device_map_under_fsdp_or_zero(sharded, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP" if sharded == "fsdp" else "ACCELERATE_USE_DEEPSPEED", "true")
