@@ -239,7 +239,9 @@ def eval_report(m:dict,  # the evaluation's metrics.json
     if m.get("warning"): L += [f"**Warning**: {m['warning']}.", ""]
     if m["headline"]: L += [f"Headline metric: `{m['headline']}`.", ""]
     L += ["## Metrics", "", md_table(table), ""]
-    if m["intervals"]:
+    none = [v.get("none") for v in (m["intervals"] or {}).values() if v.get("none")]
+    if none: L += [f"No intervals ({none[0]}): nothing tells the differences above from noise.", ""]
+    elif m["intervals"]:
         iv = pd.DataFrame(m["intervals"]).T
         iv["+-"] = (iv["high"] - iv["low"]) / 2
         iv.index.name = "95% bootstrap CI"
