@@ -17,39 +17,14 @@ from .models import KNOWN_MODELS, is_4bit, resolve_model, target_modules
 from .testing import tiny_model_path
 
 # %% auto #0
-__all__ = ['RESERVED', 'VLLM_MAX_LORA_RANKS', 'VLLM_LORA_MODULES', 'AdapterError', 'apply_peft', 'adapter_numel',
-           'check_adapter_fits', 'save_adapter', 'merge_adapter', 'model_key', 'builtin_name', 'same_base',
-           'AdapterSource', 'adapter_source', 'AdapterInfo', 'adapter_info', 'check_adapters', 'misfit_reason',
-           'vllm_problems', 'max_lora_rank', 'vllm_loras']
+__all__ = ['RESERVED', 'VLLM_MAX_LORA_RANKS', 'VLLM_LORA_MODULES', 'AdapterError', 'adapter_numel', 'check_adapter_fits',
+           'apply_peft', 'save_adapter', 'merge_adapter', 'model_key', 'builtin_name', 'same_base', 'AdapterSource',
+           'adapter_source', 'AdapterInfo', 'adapter_info', 'check_adapters', 'misfit_reason', 'vllm_problems',
+           'max_lora_rank', 'vllm_loras']
 
 # %% ../nbs/03a_adapters.ipynb #85e3d0cb
 class AdapterError(KitError):
     "An adapter that cannot be used as asked (not found, another base, a kind the caller cannot take): one line."
-
-# %% ../nbs/03a_adapters.ipynb #0732d3f7
-def apply_peft(model,  # the base model, from `load_model(cfg)`
-               cfg:RunConfig,  # the run config: its `peft` section and `gradient_checkpointing`
-               total_steps:int|None=None  # optimizer steps of the run (AdaLoRA's rank schedule needs them)
-              ):
-    "`model` made trainable by `cfg.peft.peft_method`: a `PeftModel`, or the model itself when every weight trains."
-    from peft import get_peft_model, prepare_model_for_kbit_training
-    spec, gc = get_method(cfg.peft.peft_method), cfg.train.gradient_checkpointing
-    if spec.full:
-        for prm in model.parameters(): prm.requires_grad_(True)
-        return model
-    if spec.needs_total_steps and not total_steps:
-        raise ModelError(f"peft_method={spec.name} needs the total number of training steps "
-                         "(apply_peft(..., total_steps=N))")
-    targets = target_modules(model, cfg.peft.target_modules) if spec.targets else None
-    pc = spec.build(cfg.peft, targets, total_steps, model.config.model_type)
-    check_adapter_fits(model, cfg, pc, targets)  # before PEFT allocates anything
-    if spec.quantize_base:
-        if not is_4bit(model):
-            raise ModelError(f"peft_method={spec.name} needs the base model in 4-bit: "
-                             f"load it with load_model(cfg) and peft_method={spec.name}")
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
-    elif gc and not spec.prompt_learning: model.enable_input_require_grads()
-    return get_peft_model(model, pc)
 
 # %% ../nbs/03a_adapters.ipynb #28ce687a
 def adapter_numel(model,  # the base model
@@ -85,6 +60,31 @@ def check_adapter_fits(model, cfg:RunConfig, pc, targets:list[str]|None=None, by
     raise ModelError(f"{knob} {getattr(cfg.peft, knob)}: the {cfg.peft.peft_method} adapter would hold {n:,} parameters "
                      f"({n * 4 / 1e9:,.1f} GB in float32; training it takes about {need / 1e9:,.1f} GB with its "
                      f"gradients and AdamW's state), more than the {free / 1e9:,.1f} GB {where}: lower {knob}")
+
+# %% ../nbs/03a_adapters.ipynb #0732d3f7
+def apply_peft(model,  # the base model, from `load_model(cfg)`
+               cfg:RunConfig,  # the run config: its `peft` section and `gradient_checkpointing`
+               total_steps:int|None=None  # optimizer steps of the run (AdaLoRA's rank schedule needs them)
+              ):
+    "`model` made trainable by `cfg.peft.peft_method`: a `PeftModel`, or the model itself when every weight trains."
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    spec, gc = get_method(cfg.peft.peft_method), cfg.train.gradient_checkpointing
+    if spec.full:
+        for prm in model.parameters(): prm.requires_grad_(True)
+        return model
+    if spec.needs_total_steps and not total_steps:
+        raise ModelError(f"peft_method={spec.name} needs the total number of training steps "
+                         "(apply_peft(..., total_steps=N))")
+    targets = target_modules(model, cfg.peft.target_modules) if spec.targets else None
+    pc = spec.build(cfg.peft, targets, total_steps, model.config.model_type)
+    check_adapter_fits(model, cfg, pc, targets)  # before PEFT allocates anything
+    if spec.quantize_base:
+        if not is_4bit(model):
+            raise ModelError(f"peft_method={spec.name} needs the base model in 4-bit: "
+                             f"load it with load_model(cfg) and peft_method={spec.name}")
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
+    elif gc and not spec.prompt_learning: model.enable_input_require_grads()
+    return get_peft_model(model, pc)
 
 # %% ../nbs/03a_adapters.ipynb #82153c81
 def save_adapter(model, path, tokenizer=None) -> Path:
