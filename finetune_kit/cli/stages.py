@@ -55,8 +55,11 @@ def train_cmd(ctx:typer.Context,
     "Fine-tune one run."
     params = ctx.meta["params"]
     if resume is not None and params: fail("--resume takes the run's saved config: pass no parameters")
-    from finetune_kit.train import train
-    res = train(make_config(params), run_dir=resume, resume=resume is not None)
+    try:
+        from finetune_kit.train import train
+        res = train(make_config(params), run_dir=resume, resume=resume is not None)
+    except KeyboardInterrupt as e:  # the library's `TrainingInterrupted` names the resume command
+        typer.echo(str(e) or "interrupted", err=True); raise typer.Exit(130)
     typer.echo(f"done: {res.run_dir}")
 
 # %% ../../nbs/08b_cli_stages.ipynb #36319b80
