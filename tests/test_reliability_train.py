@@ -96,14 +96,16 @@ def test_r2_after_resume_the_last_metrics_row_reports_the_whole_run_as_summary_j
     from finetune_kit.train import train
     res = _train(tmp_path, "cut", max_steps=8, save_steps=4, save_total_limit=3)
     _interrupt_after(res.run_dir, 4)
+    state = json.loads((res.run_dir/"checkpoints/checkpoint-4/trainer_state.json").read_text())
+    before = state["stateful_callbacks"]["KitRunTotals"]["seconds"]  # the first part's seconds, saved with its checkpoint
     s = train(None, run_dir=res.run_dir, resume=True).summary
     last = rows(res.run_dir/"metrics.jsonl")[-1]
     assert last["train_loss"] == pytest.approx(s["train_loss"], abs=1e-9)
     assert last["train_loss"] == pytest.approx(straight.summary["train_loss"], abs=1e-6)
     assert last["train_runtime"] == pytest.approx(s["train_seconds"], abs=0.01)
     assert [r["step"] for r in rows(res.run_dir/"metrics.jsonl") if "train_loss" in r] == [8]  # one final row
-    first = rows(straight.run_dir/"metrics.jsonl")[-1]
-    assert last["train_runtime"] > 0.5 * first["train_runtime"]  # both parts, not the resumed part alone
+    assert last["train_runtime"] > before > 0  # both parts, not the resumed part alone (wall times of two runs on a
+                                               # busy machine are not comparable, so no comparison with `straight`)
 
 def _flip(path, n=64):
     "Flip `n` bytes in the middle of `path` (its size unchanged)."
