@@ -17,13 +17,50 @@ from .models import KNOWN_MODELS, is_4bit, resolve_model, target_modules
 from .testing import tiny_model_path
 
 # %% auto #0
-__all__ = ['RESERVED', 'VLLM_MAX_LORA_RANKS', 'VLLM_LORA_MODULES', 'AdapterError', 'apply_peft', 'save_adapter', 'merge_adapter',
-           'model_key', 'builtin_name', 'same_base', 'AdapterSource', 'adapter_source', 'AdapterInfo', 'adapter_info',
-           'check_adapters', 'misfit_reason', 'vllm_problems', 'max_lora_rank', 'vllm_loras']
+__all__ = ['RESERVED', 'VLLM_MAX_LORA_RANKS', 'VLLM_LORA_MODULES', 'AdapterError', 'adapter_numel', 'check_adapter_fits',
+           'apply_peft', 'save_adapter', 'merge_adapter', 'model_key', 'builtin_name', 'same_base', 'AdapterSource',
+           'adapter_source', 'AdapterInfo', 'adapter_info', 'check_adapters', 'misfit_reason', 'vllm_problems',
+           'max_lora_rank', 'vllm_loras']
 
 # %% ../nbs/03a_adapters.ipynb #85e3d0cb
 class AdapterError(KitError):
     "An adapter that cannot be used as asked (not found, another base, a kind the caller cannot take): one line."
+
+# %% ../nbs/03a_adapters.ipynb #28ce687a
+def adapter_numel(model,  # the base model
+                  pc,  # the PEFT config `apply_peft` built for it
+                  targets:list[str]|None=None  # the adapted linear modules' short names
+                 ) -> int:
+    "How many parameters adapter `pc` adds to `model`, counted from shapes before anything is allocated (0: not counted)."
+    r = getattr(pc, "init_r", None) or getattr(pc, "r", None)  # AdaLoRA starts above its target rank
+    if r and targets:
+        n = 0
+        for name, m in model.named_modules():
+            if name.rsplit(".", 1)[-1] in targets and hasattr(m, "in_features") and hasattr(m, "out_features"):
+                n += r * (m.in_features + m.out_features) + (m.out_features if getattr(pc, "use_dora", False) else 0)
+        return n
+    if (v := getattr(pc, "num_virtual_tokens", None)):
+        c = model.config
+        return v * c.hidden_size * (2 * c.num_hidden_layers if type(pc).__name__ == "PrefixTuningConfig" else 1)
+    return 0
+
+# %% ../nbs/03a_adapters.ipynb #98a7d172
+def _free_memory(model) -> tuple[int, str]:
+    "Bytes free where `model`'s weights are (a CUDA GPU, else the machine's available RAM), and where that is."
+    import torch, psutil
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if dev.type == "cuda": return torch.cuda.mem_get_info(dev)[0], f"free on GPU {dev.index or 0}"
+    return psutil.virtual_memory().available, "of RAM available"
+
+def check_adapter_fits(model, cfg:RunConfig, pc, targets:list[str]|None=None, bytes_per_param:int=16):
+    "A one-line `ModelError` when training adapter `pc` (weights, gradients, AdamW moments in fp32) cannot fit in memory."
+    n = adapter_numel(model, pc, targets)
+    need, (free, where) = n * bytes_per_param, _free_memory(model)
+    if need <= free: return
+    knob = "lora_r" if getattr(pc, "r", None) else "num_virtual_tokens"
+    raise ModelError(f"{knob} {getattr(cfg.peft, knob)}: the {cfg.peft.peft_method} adapter would hold {n:,} parameters "
+                     f"({n * 4 / 1e9:,.1f} GB in float32; training it takes about {need / 1e9:,.1f} GB with its "
+                     f"gradients and AdamW's state), more than the {free / 1e9:,.1f} GB {where}: lower {knob}")
 
 # %% ../nbs/03a_adapters.ipynb #0732d3f7
 def apply_peft(model,  # the base model, from `load_model(cfg)`
@@ -41,6 +78,7 @@ def apply_peft(model,  # the base model, from `load_model(cfg)`
                          "(apply_peft(..., total_steps=N))")
     targets = target_modules(model, cfg.peft.target_modules) if spec.targets else None
     pc = spec.build(cfg.peft, targets, total_steps, model.config.model_type)
+    check_adapter_fits(model, cfg, pc, targets)  # before PEFT allocates anything
     if spec.quantize_base:
         if not is_4bit(model):
             raise ModelError(f"peft_method={spec.name} needs the base model in 4-bit: "

@@ -6,18 +6,25 @@ Docs: https://finetune-kit.github.io/finetune-kit/checkpoints.html.md"""
 
 # %% ../nbs/04a_checkpoints.ipynb #7265d2ed
 from __future__ import annotations
-import dataclasses, json, math, re, shutil, time, zipfile
+import dataclasses, hashlib, json, math, re, shlex, shutil, time, zipfile
 from pathlib import Path
 from transformers import TrainerCallback
 from .files import KitError, one_line
 
 # %% auto #0
-__all__ = ['TrainingError', 'TrainResult', 'checkpoint_damage', 'checkpoint_folders', 'latest_checkpoint', 'resume_point',
-           'RunTotals', 'finished_run']
+__all__ = ['CHECKSUMS', 'TrainingError', 'TrainingInterrupted', 'TrainResult', 'write_checksums', 'checkpoint_damage',
+           'checkpoint_folders', 'latest_checkpoint', 'resume_point', 'RunTotals', 'finished_run']
 
 # %% ../nbs/04a_checkpoints.ipynb #c7150492
 class TrainingError(KitError, RuntimeError):
     "Training stopped for a reason the user can act on; the message says which."
+
+# %% ../nbs/04a_checkpoints.ipynb #051c8c2d
+class TrainingInterrupted(KeyboardInterrupt):
+    "Training stopped by Ctrl-C (SIGINT); the message is the command that resumes the run."
+    def __init__(self, run_dir):
+        self.run_dir = Path(run_dir)
+        super().__init__(f"training interrupted; resume it with: finetune-kit train --resume {shlex.quote(str(run_dir))}")
 
 # %% ../nbs/04a_checkpoints.ipynb #39d5a810
 @dataclasses.dataclass
@@ -54,12 +61,39 @@ def _zip_damage(p:Path) -> str|None:
         return f"checksum of {bad} fails" if bad else None
     except (OSError, zipfile.BadZipFile, ValueError, EOFError) as e: return f"cut short ({one_line(e, 80)})"
 
+CHECKSUMS = "kit_checksums.json"
+
+def _sha256(p:Path) -> str:
+    with p.open("rb") as f: return hashlib.file_digest(f, "sha256").hexdigest()
+
+def _files(ck:Path) -> list[Path]:
+    return [p for p in sorted(ck.rglob("*")) if p.is_file() and not p.name.startswith(CHECKSUMS)]
+
+def write_checksums(ck:Path) -> Path:
+    "Record the sha256 of every file of checkpoint `ck` in its `kit_checksums.json`; a resume checks them."
+    sums = {str(p.relative_to(ck)): _sha256(p) for p in _files(ck)}
+    tmp = ck/f"{CHECKSUMS}.tmp"
+    tmp.write_text(json.dumps(sums, indent=1) + "\n"); tmp.replace(ck/CHECKSUMS)
+    return ck/CHECKSUMS
+
+# %% ../nbs/04a_checkpoints.ipynb #b22e46f9
+def _saved_checksums(ck:Path) -> dict:
+    "The checksums saved with `ck` ({} for a checkpoint without them: an older kit's, or one killed before them)."
+    try: sums = json.loads((ck/CHECKSUMS).read_text())
+    except (OSError, ValueError): return {}
+    return sums if isinstance(sums, dict) else {}
+
 def checkpoint_damage(ck:Path) -> str|None:
-    "Why a complete checkpoint cannot be resumed from (a truncated or corrupt file), in words; None when it is whole."
-    for p in sorted(ck.rglob("*")):
+    "Why a complete checkpoint cannot be resumed from (a truncated, corrupt or changed file), in words; None when whole."
+    sums, seen = _saved_checksums(ck), set()
+    for p in _files(ck):
+        rel = str(p.relative_to(ck)); seen.add(rel)
         why = (_safetensors_damage(p) if p.suffix == ".safetensors" else
                _zip_damage(p) if p.suffix in (".pt", ".pth", ".bin") else None)
-        if why: return f"{p.relative_to(ck)}: {why}"
+        if not why and rel in sums and _sha256(p) != sums[rel]:
+            why = "its bytes do not match the sha256 saved with the checkpoint"
+        if why: return f"{rel}: {why}"
+    if missing := sorted(set(sums) - seen): return f"{missing[0]}: missing (listed in {CHECKSUMS})"
     return None
 
 # %% ../nbs/04a_checkpoints.ipynb #b60affd1
@@ -122,7 +156,7 @@ def resume_point(run_dir:Path, state) -> Path|None:
 class RunTotals(TrainerCallback):
     "Whole-run totals (loss sum, tokens, seconds), saved with each checkpoint and restored on resume."
     key = "KitRunTotals"
-    def __init__(self, trainer): self.trainer, self.prev, self.t0, self.step0 = trainer, {}, time.time(), 0
+    def __init__(self, trainer): self.trainer, self.prev, self.t0, self.step0, self.final = trainer, {}, time.time(), 0, None
 
     @classmethod
     def attach(cls, trainer) -> "RunTotals":
@@ -151,6 +185,16 @@ class RunTotals(TrainerCallback):
         done = steps - self.step0
         return ((self.prev.get("loss_sum", 0.0) + session_loss * done) / max(steps, 1),
                 self.prev.get("seconds", 0.0) + session_seconds)
+
+    def closing(self, logs:dict) -> dict:
+        "`Trainer`'s closing log (`train_loss`, `train_runtime` and speeds of its `train()` call) for the whole run."
+        steps, done, secs = self.trainer.state.global_step, self.trainer.state.global_step - self.step0, logs["train_runtime"]
+        self.final = self.whole(logs["train_loss"], secs)
+        out = dict(logs, train_loss=self.final[0], train_runtime=round(self.final[1], 4))
+        if self.final[1] > 0 and done > 0:  # the speeds over the whole run: its steps (and samples) over its seconds
+            for k in ("train_steps_per_second", "train_samples_per_second"):
+                if k in logs: out[k] = round(logs[k] * secs / done * steps / self.final[1], 3)
+        return out
 
 # %% ../nbs/04a_checkpoints.ipynb #0d835b82
 def finished_run(run_dir:Path) -> "TrainResult|None":

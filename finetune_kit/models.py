@@ -6,20 +6,20 @@ Docs: https://finetune-kit.github.io/finetune-kit/models.html.md"""
 
 # %% ../nbs/03_models.ipynb #243e6425
 from __future__ import annotations
-import hashlib, importlib.util, json, os, shutil, tempfile
+import contextlib, hashlib, importlib.util, json, os, shutil, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from .config import RunConfig
-from .files import cache_dir
+from .files import cache_dir, one_line
 from .methods import ModelError, get_method
 from .testing import tiny_model_path
 
 # %% auto #0
 __all__ = ['SMOLLM2', 'KNOWN_MODELS', 'SMOLLM2_PIP', 'smollm2_gguf', 'convert_gguf', 'resolve_model', 'model_status',
-           'pull_model', 'load_tokenizer', 'end_of_turn_id', 'set_stop_tokens', 'tokenizer_hashes', 'detect_bf16',
-           'DeviceSettings', 'sharding', 'has_flash_attn', 'device_settings', 'check_4bit', 'is_full_checkpoint',
-           'load_model', 'is_4bit', 'linear_module_names', 'target_modules', 'adapter_size_mb', 'model_report',
-           'model_info']
+           'pull_model', 'hub_errors', 'load_tokenizer', 'end_of_turn_id', 'set_stop_tokens', 'tokenizer_hashes',
+           'detect_bf16', 'DeviceSettings', 'sharding', 'has_flash_attn', 'device_settings', 'check_4bit',
+           'is_full_checkpoint', 'load_model', 'is_4bit', 'linear_module_names', 'target_modules', 'adapter_size_mb',
+           'model_report', 'model_info']
 
 # %% ../nbs/03_models.ipynb #56e19c47
 SMOLLM2 = "smollm2-135m-instruct"
@@ -122,6 +122,25 @@ def pull_model(name:str) -> str:
         raise ModelError(f"{name}: cannot download ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
                          ) from None
 
+# %% ../nbs/03_models.ipynb #91361c79
+def _hub_off() -> bool:
+    from huggingface_hub import constants
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+@contextlib.contextmanager
+def hub_errors(name:str,  # the model as the user named it
+               path:str  # what `resolve_model` made of it: a local folder or a hub id
+              ):
+    "Loading `path`: a hub id that cannot be loaded (no hub, no such model) is a one-line `ModelError`, as `pull_model` says it."
+    try: yield
+    except OSError as e:
+        if Path(path).exists(): raise  # a local folder: its own error
+        why = ("the hub is off (HF_HUB_OFFLINE) and the model is not in the local cache" if _hub_off() else
+               one_line(e, 160))
+        raise ModelError(f"{name}: cannot load {'it' if path == name else path} from the Hugging Face hub ({why}); "
+                         f"fetch it where the hub is reachable (finetune-kit models pull {name}) or pass a local "
+                         "checkpoint folder") from None
+
 # %% ../nbs/03_models.ipynb #dc59818f
 def load_tokenizer(cfg_or_name:RunConfig|str,  # the run config (its base model) or a model name
                    padding_side:str="right"  # "right" for training, "left" for batched generation
@@ -131,7 +150,8 @@ def load_tokenizer(cfg_or_name:RunConfig|str,  # the run config (its base model)
     cfg = cfg_or_name if isinstance(cfg_or_name, RunConfig) else None
     name = cfg.model.base_model if cfg else cfg_or_name
     remote = bool(cfg and cfg.model.trust_remote_code)
-    tok = AutoTokenizer.from_pretrained(resolve_model(name), trust_remote_code=remote)
+    path = resolve_model(name)
+    with hub_errors(name, path): tok = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
     if tok.pad_token is None: tok.pad_token = tok.unk_token or tok.eos_token
     tok.padding_side = padding_side
     return tok
@@ -287,7 +307,7 @@ def load_model(cfg:RunConfig,  # the run config: its `model` section and `peft_m
         kw["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=getattr(torch, ds.compute_dtype), bnb_4bit_quant_storage=storage)
-    model = AutoModelForCausalLM.from_pretrained(path, **kw)
+    with hub_errors(cfg.model.base_model, path): model = AutoModelForCausalLM.from_pretrained(path, **kw)
     tok = load_tokenizer(cfg if not (full and (adapter/"tokenizer_config.json").is_file()) else str(adapter))
     if adapter is not None and not full:
         from peft import PeftModel
@@ -344,7 +364,7 @@ def model_info(name_or_path:str, trust_remote_code:bool=False) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     path = resolve_model(name_or_path)
-    conf = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    with hub_errors(name_or_path, path): conf = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     with torch.device("meta"): m = AutoModelForCausalLM.from_config(conf, trust_remote_code=trust_remote_code)
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     return dict(name=str(name_or_path), path=path, architecture=type(m).__name__,

@@ -6,13 +6,13 @@ Docs: https://finetune-kit.github.io/finetune-kit/settings.html.md"""
 
 # %% ../nbs/00e_settings.ipynb #0383e7ef
 from __future__ import annotations
-import configparser, dataclasses, os
+import configparser, dataclasses, json, os
 from pathlib import Path
 from .config import ConfigError, RunConfig, check_param, param_specs, update_config
 from .recipes import find_recipe
 
 # %% auto #0
-__all__ = ['find_settings', 'read_settings', 'make_config', 'config_from_namespace']
+__all__ = ['find_settings', 'read_settings', 'prepared_data_params', 'make_config', 'config_from_namespace']
 
 # %% ../nbs/00e_settings.ipynb #6ff8b748
 def find_settings(start=None) -> Path|None:
@@ -51,6 +51,31 @@ def _own_test_set(cfg:RunConfig, params:dict) -> RunConfig:
                           "split; drop test_records")
     return dataclasses.replace(cfg, data=dataclasses.replace(d, test_records=None))
 
+def _shown(v) -> str: return "none" if v is None else str(v)
+
+def prepared_data_params(params:dict,  # the flat parameters given (their `data_dir` names a prepared folder)
+                         coerce:bool=False  # parse the given values from strings first
+                        ) -> dict:
+    "The data parameters the prepared folder `data_dir` was made with; given ones it was not made with are an error."
+    dd = params.get("data_dir")
+    if not dd: return {}
+    try: info = json.loads((Path(dd).expanduser()/"data.json").read_text())
+    except (OSError, ValueError): info = {}  # not a prepared folder: the stage that reads it says so
+    made = info.get("config") if isinstance(info.get("config"), dict) else {}
+    task = info.get("task") or made.get("task")
+    if "task" in params and task and check_param("task", params["task"], coerce) != task:
+        raise ConfigError(f"task {params['task']}: data_dir {dd} holds {task} records; drop -p task, or prepare a "
+                          f"folder for {params['task']} (finetune-kit data prepare)")
+    names = [n for n, s in param_specs().items() if s.section == "data" and n not in ("data_dir", "dvc_add", "task")]
+    moot = [k for k in names if k in params and (k not in made or check_param(k, params[k], coerce) != made[k])]
+    if moot:
+        was = ", ".join(f"{k} {_shown(made[k])}" for k in moot if k in made)
+        raise ConfigError(f"parameters {', '.join(moot)} cannot apply to data_dir {dd}: it is already prepared"
+                          + (f" (with {was})" if was else "") + "; drop them, or prepare a folder with them "
+                          "(finetune-kit data prepare SRC --out DIR -p ...)")
+    return {**{k: made[k] for k in names if k in made}, **({"task": task} if task else {})}
+
+# %% ../nbs/00e_settings.ipynb #3b5da1c4
 def make_config(params:dict|None=None,  # flat parameters
                 settings=True,  # the house layers: True (`settings.ini` found, the recipe), a path, or False (neither)
                 coerce:bool=False,  # parse parameter values from strings
@@ -61,6 +86,7 @@ def make_config(params:dict|None=None,  # flat parameters
     specs = param_specs()
     for k, v in list(params.items()):
         if v is None and k in specs and not specs[k].nullable: params.pop(k)
+    params = {**params, **prepared_data_params(params, coerce)}  # a prepared folder's data, as it was made
     base = RunConfig()
     if settings:
         base = update_config(base, read_settings(None if settings is True else settings), source="setting")

@@ -6,7 +6,7 @@ Docs: https://finetune-kit.github.io/finetune-kit/train.html.md"""
 
 # %% ../nbs/04_train.ipynb #8e314cf7
 from __future__ import annotations
-import dataclasses, hashlib, importlib.util, json, math, resource, shutil, sys, time
+import contextlib, dataclasses, hashlib, importlib.util, json, math, resource, shutil, sys, time
 from pathlib import Path
 import torch
 import torch.nn.functional as F
@@ -24,8 +24,8 @@ from .models import (detect_bf16, device_settings, end_of_turn_id, load_model, m
 from .adapters import apply_peft, save_adapter
 from .data import empty_train_reason, load_splits, parse_ratios, prepare_data, source_list
 from .tracking import RunRecorder, end_tracking, plot_training, start_tracking, wandb_logged_in
-from .checkpoints import (RunTotals, TrainingError, TrainResult, checkpoint_folders, finished_run,
-                                      resume_point)
+from .checkpoints import (CHECKSUMS, RunTotals, TrainingError, TrainingInterrupted, TrainResult,
+                                      checkpoint_folders, finished_run, resume_point, write_checksums)
 
 # %% auto #0
 __all__ = ['hardware_args', 'training_args', 'FinetuneTrainer', 'uses_compact_loss', 'check_trainable', 'write_manifest',
@@ -98,10 +98,20 @@ class FinetuneTrainer(SFTTrainer):
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         else: loss = self._compact_loss(model, inputs, num_items_in_batch, mode)
         l = loss[0] if isinstance(loss, tuple) else loss
-        if mode == "train" and not torch.isfinite(l.detach()).all():
-            raise TrainingError(f"step {self.state.global_step}: loss is {l.item()} (NaN/inf); the last checkpoint in "
-                                f"{self.args.output_dir} is the last good one: lower learning_rate and resume")
+        if mode == "train" and not torch.isfinite(l.detach()).all(): raise TrainingError(self._diverged(l.item()))
         return loss
+
+    def _diverged(self, loss:float) -> str:
+        "What a NaN/inf loss means and what to do: right after resuming from an unverified checkpoint, its damage; else a lower learning rate."
+        step, ck = self.state.global_step + 1, getattr(self, "resumed_from", None)
+        if ck is not None and self.state.global_step == int(Path(ck).name.rsplit("-", 1)[1]) and \
+                not (Path(ck)/CHECKSUMS).is_file():  # a checkpoint no checksum vouches for
+            return (f"step {step}: loss is {loss} right after resuming from {Path(ck).name}: its weights are likely "
+                    f"damaged; move {ck} out of checkpoints/ and run `finetune-kit train --resume {Path(ck).parent.parent}`"
+                    " again to resume from the checkpoint before it")
+        lr = self.args.learning_rate  # --resume keeps the run's config: a lower rate is a new run
+        return (f"step {step}: loss is {loss} (NaN/inf) at learning_rate {lr:g}: training diverged; train a new run "
+                f"with a lower rate, e.g. -p learning_rate {lr / 3:.2g} (--resume keeps this run's config)")
 
 # %% ../nbs/04_train.ipynb #5da5ad7b
 @patch
@@ -197,9 +207,19 @@ def write_manifest(run_dir, cfg:RunConfig, tok, data_info:dict, model_id:str, wo
 # %% ../nbs/04_train.ipynb #288f0282
 @patch
 def _save_checkpoint(self:FinetuneTrainer, model, trial):
-    "`Trainer._save_checkpoint`, with the run totals in the checkpoint's `trainer_state.json`."
+    "`Trainer._save_checkpoint`, with the run totals in the checkpoint's `trainer_state.json`, then its files' checksums."
     if (t := getattr(self, "_run_totals", None)) is not None: self.state.stateful_callbacks[RunTotals.key] = t.now()
-    return SFTTrainer._save_checkpoint(self, model, trial)
+    SFTTrainer._save_checkpoint(self, model, trial)
+    if self.accelerator.num_processes > 1: self.accelerator.wait_for_everyone()  # every rank's files are written
+    ck = Path(self.args.output_dir)/f"checkpoint-{self.state.global_step}"
+    if self.args.should_save and ck.is_dir(): write_checksums(ck)
+
+@patch
+def log(self:FinetuneTrainer, logs:dict, start_time=None):
+    "`SFTTrainer.log`; the closing row of a `train()` call reports the whole run (`RunTotals.closing`), resumes included."
+    if (t := getattr(self, "_run_totals", None)) is not None and {"train_loss", "train_runtime"} <= set(logs):
+        logs = t.closing(logs)
+    return SFTTrainer.log(self, logs, start_time)
 
 # %% ../nbs/04_train.ipynb #b96d2916
 def _setup_run(cfg:RunConfig, run_dir, resume:bool):
@@ -300,6 +320,27 @@ def _print_summary(run_dir, s:dict):
         if s.get(k) is not None: t.add_row(k, f"{s[k]:.4g}" if isinstance(s[k], float) else str(s[k]))
     Console().print(t)
 
+# %% ../nbs/04_train.ipynb #ed98e970
+def _makes_folder(cfg:RunConfig, run_dir, resume:bool) -> bool:
+    "Whether this `train` call makes the run folder (so a failure before its first checkpoint removes it)."
+    if resume: return False
+    if run_dir is not None: return not Path(run_dir).exists()
+    return not (cfg.run_id and (Path(cfg.runs_dir).expanduser()/cfg.run_id).exists())
+
+def _has_checkpoint(run_dir:Path) -> bool:
+    return any(p.is_dir() for p in (Path(run_dir)/"checkpoints").glob("checkpoint-*"))
+
+@contextlib.contextmanager
+def _on_failure(run_dir:Path, created:bool, state):
+    "Ctrl-C: the command that resumes the run. Another failure before the first checkpoint: the folder made is removed."
+    try: yield
+    except KeyboardInterrupt as e:
+        if isinstance(e, TrainingInterrupted) or not state.is_main_process: raise
+        raise TrainingInterrupted(run_dir) from None
+    except BaseException:
+        if created and state.is_main_process and not _has_checkpoint(run_dir): shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
 # %% ../nbs/04_train.ipynb #abcf723d
 def train(cfg:RunConfig,  # the run's config
           run_dir=None,  # the run folder (None: a new one under `runs_dir`)
@@ -310,42 +351,45 @@ def train(cfg:RunConfig,  # the run's config
     if not (resume or cfg.data.data_dir): parse_ratios(source_list(cfg.data.source))  # a bad ratio: before any folder or model
     asked = (cfg.model.threads, cfg.model.omp_wait_policy) if cfg is not None else None  # None: resume, the run's own
     threads = use_threads(*asked) if asked else None  # before torch's threads are recorded in env.json; warns when shared
+    created = _makes_folder(cfg, run_dir, resume)
     state, cfg, run_dir = _setup_run(cfg, run_dir, resume)
     if (cfg.model.threads, cfg.model.omp_wait_policy) != asked:  # a resumed run's own setting
         threads = use_threads(cfg.model.threads, cfg.model.omp_wait_policy, warn=asked is None)
-    if resume and (done := finished_run(run_dir)): return done
-    if resume: checkpoint_folders(run_dir/"checkpoints")  # a folder in the way stops the resume before any work
-    seed_everything(cfg.seed)
-    model, tok = load_model(cfg)
-    splits, data_info = _prepare(cfg, run_dir, tok, state)
-    n = len(splits["train"])
-    if n == 0: raise TrainingError(f"{cfg.data.data_dir or run_dir/'data'}: the training split is empty: "
-                                   f"{empty_train_reason(data_info)}")
-    model = apply_peft(model, cfg, total_steps=total_steps(n, cfg, state.num_processes))
-    extra = {"data_fingerprint": data_info.get("fingerprint")}
-    backend = start_tracking(cfg, run_dir, extra) if state.is_main_process else "none"
-    trainer = _make_trainer(cfg, model, tok, splits, run_dir, backend, callbacks)
-    totals = RunTotals.attach(trainer)
-    checks = check_trainable(trainer.train_dataset, end_of_turn_id(tok), cfg.train.completion_only_loss)
-    if state.is_main_process:
-        cut = checks["records_without_end_of_turn"]
-        print(f"{checks['records']} training records, {checks['loss_token_share']:.1%} of tokens carry loss"
-              + (f", {cut} cut before their end of turn" if cut else ""))
-    last = resume_point(run_dir, state) if resume else None
-    t0 = time.time()
-    try: out = trainer.train(resume_from_checkpoint=str(last) if last else None)
-    except BaseException:
-        if backend != "none": end_tracking(backend)
-        raise
-    seconds = time.time() - t0
-    set_stop_tokens(trainer.model, tok)
-    summary = {}
-    if sharding(): trainer.save_model(str(run_dir/"adapter"))  # every rank: the shards are gathered, rank 0 writes
-    if state.is_main_process:
-        summary = _save_results(trainer, tok, cfg, run_dir, *totals.whole(out.training_loss, seconds), data_info,
-                                checks, state.num_processes, threads)
-        if backend != "none": end_tracking(backend)
-        _print_summary(run_dir, summary)
+    with _on_failure(run_dir, created, state):
+        if resume and (done := finished_run(run_dir)): return done
+        if resume: checkpoint_folders(run_dir/"checkpoints")  # a folder in the way stops the resume before any work
+        seed_everything(cfg.seed)
+        model, tok = load_model(cfg)
+        splits, data_info = _prepare(cfg, run_dir, tok, state)
+        n = len(splits["train"])
+        if n == 0: raise TrainingError(f"{cfg.data.data_dir or run_dir/'data'}: the training split is empty: "
+                                       f"{empty_train_reason(data_info)}")
+        model = apply_peft(model, cfg, total_steps=total_steps(n, cfg, state.num_processes))
+        extra = {"data_fingerprint": data_info.get("fingerprint")}
+        backend = start_tracking(cfg, run_dir, extra) if state.is_main_process else "none"
+        trainer = _make_trainer(cfg, model, tok, splits, run_dir, backend, callbacks)
+        totals = RunTotals.attach(trainer)
+        checks = check_trainable(trainer.train_dataset, end_of_turn_id(tok), cfg.train.completion_only_loss)
+        if state.is_main_process:
+            cut = checks["records_without_end_of_turn"]
+            print(f"{checks['records']} training records, {checks['loss_token_share']:.1%} of tokens carry loss"
+                  + (f", {cut} cut before their end of turn" if cut else ""))
+        last = resume_point(run_dir, state) if resume else None
+        trainer.resumed_from = last
+        t0 = time.time()
+        try: out = trainer.train(resume_from_checkpoint=str(last) if last else None)
+        except BaseException:
+            if backend != "none": end_tracking(backend)
+            raise
+        seconds = time.time() - t0
+        set_stop_tokens(trainer.model, tok)
+        summary = {}
+        if sharding(): trainer.save_model(str(run_dir/"adapter"))  # every rank: the shards are gathered, rank 0 writes
+        if state.is_main_process:
+            whole = totals.final or totals.whole(out.training_loss, seconds)  # the closing log row's figures
+            summary = _save_results(trainer, tok, cfg, run_dir, *whole, data_info, checks, state.num_processes, threads)
+            if backend != "none": end_tracking(backend)
+            _print_summary(run_dir, summary)
     return TrainResult(run_dir, run_dir/"adapter", summary)
 
 # %% ../nbs/04_train.ipynb #afac23e5

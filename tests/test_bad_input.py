@@ -112,6 +112,14 @@ CASES = [
     ("train --resume {d}/run -p seed 3", "--resume takes the run's saved config"),
     ("train --resume {d}/run", "checkpoint-4-backup"),
     ("train -p runs_dir {d}/runs -p base_model nosuch-model -p source {d}/nosuch.jsonl", "nosuch"),
+    # train: data parameters beside a prepared folder, an adapter too large for memory, a hub model with no hub (issue 24)
+    (f"train -p data_dir {CLS} -p max_records 5 -p source bbc -p runs_dir {{d}}/runs",
+     f"parameters source, max_records cannot apply to data_dir {CLS}: it is already prepared"),
+    (f"train -p data_dir {CLS} -p task ner -p runs_dir {{d}}/runs", f"task ner: data_dir {CLS} holds classification records"),
+    (f"train -p runs_dir {{d}}/runs -p base_model tiny-test -p source {FIX}/classification.jsonl -p text_field body "
+     "-p label_field topic -p report_to none -p lora_r 1000000000", "lora_r 1000000000: the lora adapter would hold"),
+    (f"train -p runs_dir {{d}}/runs -p base_model nosuch-org/nosuch-model -p source {FIX}/classification.jsonl "
+     "-p text_field body -p label_field topic", "nosuch-org/nosuch-model: cannot load it from the Hugging Face hub"),
     # data prepare
     ("data prepare {d}/nosuch.jsonl --out {d}/o", "nosuch.jsonl: no such file or folder"),
     ("data prepare {d}/notes.xyz --out {d}/o", "notes.xyz: unknown format '.xyz'"),
@@ -124,6 +132,8 @@ CASES = [
     ("data prepare {d}/deep.json --out {d}/o", "deep.json"),
     ("data prepare {d}/scalar.json --out {d}/o", "scalar.json"),
     (f"data prepare {FIX}/classification.jsonl --out {{d}}/o --tokenizer nosuch-model", "nosuch-model: unknown model"),
+    (f"data prepare {FIX}/classification.jsonl --out {{d}}/o --tokenizer nosuch-org/nosuch-model",
+     "nosuch-org/nosuch-model: cannot load it from the Hugging Face hub"),
     (f"data prepare {FIX}/classification.jsonl --out {{d}}/o -p val_size 1.5", "parameter val_size must be in [0, 1)"),
     (f"data prepare {FIX}/classification.jsonl --out {{d}}/o -p max_chars -5", "parameter max_chars must be >= 1"),
     (f"data prepare {FIX}/classification.jsonl --out {{d}}/o -p text_field body -p label_field topic "
@@ -175,6 +185,13 @@ CASES = [
     ("evaluate run {d}/empty_dir -p base_model tiny-test", "empty_dir"),
     ("evaluate run {d}/damaged_data -p base_model tiny-test", "damaged_data"),
     ("evaluate run {d}/garbage_split.jsonl -p base_model tiny-test", "garbage_split.jsonl"),
+    (f"evaluate run {CLS} -p base_model nosuch-org/nosuch-model -p runs_dir {{d}}/runs",
+     "nosuch-org/nosuch-model: cannot load it from the Hugging Face hub"),
+    (f"evaluate run {CLS} --out {{d}}/review_filled -p base_model tiny-test", "review_filled/review_sheet.csv holds a "
+     "filled review sheet (6 cells filled in): an evaluation there would replace it"),
+    (f"evaluate run {CLS} --out {{d}}/garbage_eval", "garbage_eval: holds an evaluation; pass --overwrite"),
+    (f"evaluate run {CLS} --out {{d}}/synth_plain --overwrite", "synth_plain: the folder holds files the kit did not write"),
+    (f"evaluate run {CLS} --out {{d}}/afile", "afile: a file, not a folder"),
     # review make / import
     ("review make {d}/nosuch", "nosuch"),
     ("review make {d}/empty_dir", "empty_dir"),
@@ -192,6 +209,7 @@ CASES = [
     # models
     ("models list extra", "unexpected extra argument"),
     ("models info nosuch-model", "nosuch-model"),
+    ("models info nosuch-org/nosuch-model", "nosuch-org/nosuch-model: cannot load it from the Hugging Face hub"),
     ("models info {d}/empty_dir", "empty_dir"),
     ("models pull nosuch-model", "nosuch-model"),
     # export, serve, monitor

@@ -55,8 +55,11 @@ def train_cmd(ctx:typer.Context,
     "Fine-tune one run."
     params = ctx.meta["params"]
     if resume is not None and params: fail("--resume takes the run's saved config: pass no parameters")
-    from finetune_kit.train import train
-    res = train(make_config(params), run_dir=resume, resume=resume is not None)
+    try:
+        from finetune_kit.train import train
+        res = train(make_config(params), run_dir=resume, resume=resume is not None)
+    except KeyboardInterrupt as e:  # the library's `TrainingInterrupted` names the resume command
+        typer.echo(str(e) or "interrupted", err=True); raise typer.Exit(130)
     typer.echo(f"done: {res.run_dir}")
 
 # %% ../../nbs/08b_cli_stages.ipynb #36319b80
@@ -111,12 +114,15 @@ def evaluate_cmd(ctx:typer.Context,
                  target:Path = typer.Argument(..., help="a run folder, a prepared data folder or a JSONL split"),
                  adapter:Path|None = typer.Option(None, "--adapter", help="adapter folder (default: the run's adapter/)"),
                  out:Path|None = typer.Option(None, "--out", help="output folder (default: the run's eval/)"),
+                 overwrite:bool = typer.Option(False, "--overwrite", help="replace the evaluation an existing --out "
+                                               "folder holds (never review work or other files)"),
                  progress:bool = typer.Option(True, "--progress/--no-progress", help="progress bars")):
     "Evaluate base (and tuned) on a prepared split: metrics, comparison, verdict, review sheet."
     if not target.exists(): fail(f"{target}: no such run folder, data folder or file")
     cfg, data, adapter, default_out = _eval_target(target, ctx.meta["params"], adapter)
     if adapter is not None and not Path(adapter).is_dir(): fail(f"{adapter}: no such adapter folder")
-    from finetune_kit.evaluate import evaluate
+    from finetune_kit.evaluate import check_out_dir, evaluate
+    if out is not None: check_out_dir(out, overwrite)  # used as named, or refused: never redirected
     res = evaluate(cfg, data, adapter=adapter, out_dir=out or default_out, progress=progress)
     m = res.metrics
     for n in m["notes"]: typer.echo(f"note: {n}")

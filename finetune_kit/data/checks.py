@@ -73,7 +73,7 @@ def named_tokenizer(tokenizer):
     "`tokenizer`, loaded when it is a model name (`models.load_tokenizer`); a `DataError` naming it when that fails."
     if not isinstance(tokenizer, str): return tokenizer
     try: return load_tokenizer(tokenizer)
-    except KitError: raise
+    except KitError as e: raise type(e)(f"tokenizer {e}") from None  # the parameter named, as for other failures
     except (OSError, ValueError) as e: raise DataError(f"tokenizer {tokenizer}: cannot load it: {one_line(e, 200)}") from None
 
 # %% ../../nbs/02n_data_checks.ipynb #ee7d869a

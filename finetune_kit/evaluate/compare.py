@@ -37,8 +37,10 @@ def bootstrap_intervals(base:TaskScores, tuned:TaskScores|None=None, n_resamples
         return np.stack(list(v.values()) + [v[a] - v[b] for _, a, b in pairs])
     point = stat(np.arange(n)[None])[:, 0]
     names = list(named) + [d for d, _, _ in pairs]
-    if n < 2 or n_resamples <= 0:
-        return {k: {"value": float(p), "low": float("nan"), "high": float("nan")} for k, p in zip(names, point)}
+    if n < 2 or n_resamples <= 0:  # no intervals, and why (`none`), so no text shows them as NaN
+        why = f"bootstrap_samples {n_resamples}" if n_resamples <= 0 else f"{n} record: too few to resample"
+        return {k: {"value": float(p), "low": float("nan"), "high": float("nan"), "none": why}
+                for k, p in zip(names, point)}
     batch = max(1, min(n_resamples, 2_000_000//max(n*systems[0].counts.shape[1], 1)))  # memory per batch of resamples
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RuntimeWarning)  # degenerate distributions (resamples all equal) warn
@@ -49,7 +51,10 @@ def bootstrap_intervals(base:TaskScores, tuned:TaskScores|None=None, n_resamples
     return {k: {"value": float(p), "low": float(l), "high": float(h)} for k, p, l, h in zip(names, point, lo, hi)}
 
 # %% ../../nbs/05c_evaluate_compare.ipynb #03415d3d
-def _ci(d) -> str: return f"95% CI [{d['low']:+.3f}, {d['high']:+.3f}]"
+def _ci(d) -> str:
+    "An interval in words: `95% CI [low, high]`, or that there is none and why."
+    if math.isnan(d["low"]): return f"no intervals ({d.get('none', 'not computed')})"
+    return f"95% CI [{d['low']:+.3f}, {d['high']:+.3f}]"
 
 def _cost(c:dict|None) -> str:
     "A system's cost in words, from `{fit_seconds, train_seconds, ms_per_record}`."
@@ -88,7 +93,8 @@ def ship_verdict(intervals:dict, margin:float=0.02, metric:str="headline",
     else:
         prefer = "baseline" if bl is not None and bl > (intervals.get("base") or {}).get("value", math.inf) else "base"
         why = (f"gain {gain:+.3f} on {metric} is below the margin {margin} ({_ci(d)})" if not ok_margin else
-               f"gain {gain:+.3f} clears the margin but the {_ci(d)} reaches zero: could be noise; "
+               f"gain {gain:+.3f} clears the margin, but with {_ci(d)} nothing tells it from noise" if math.isnan(low)
+               else f"gain {gain:+.3f} clears the margin but the {_ci(d)} reaches zero: could be noise; "
                "evaluate on more records")
         reason = f"do not ship the tuned model: {why}{vs}" + (f"; prefer the {baseline_name} baseline"
                                                                if prefer == "baseline" else "")
