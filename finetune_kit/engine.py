@@ -278,7 +278,7 @@ def _join(self:Batch, other:Batch):
     self.att = torch.cat([pad(self.att, a), pad(other.att, b)])
     self.rows, self.inp, self.pos = self.rows + other.rows, torch.cat([self.inp, other.inp]), torch.cat([self.pos, other.pos])
 
-# %% ../nbs/03b_engine.ipynb #fcda0a44
+# %% ../nbs/03b_engine.ipynb #6ab93a40
 @patch
 def _trim(self:Batch):
     "Drop the leading KV-cache and mask columns that no live row attends to (left by rows that left)."

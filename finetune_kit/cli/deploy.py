@@ -71,6 +71,9 @@ def serve_cmd(ctx:typer.Context,
                                                "to CANDIDATE with probability SHARE (sticky per `user`); repeatable"),
               max_batch:int = typer.Option(8, "--max-batch", help="requests decoded together"),
               max_queue:int = typer.Option(64, "--max-queue", help="requests waiting beyond those (more: 429)"),
+              scheduler:str|None = typer.Option(None, "--scheduler", help="continuous (the engine's default): "
+                                                "requests join the running batch at each decoding step and leave as "
+                                                "they finish; batch: each batch is decoded to its end"),
               max_prompt_tokens:int = typer.Option(2048, "--max-prompt-tokens", help="longer prompts get 400"),
               max_tokens:int = typer.Option(512, "--max-tokens", help="most new tokens a request may ask for"),
               max_body_kb:int = typer.Option(1000, "--max-body-kb", help="larger request bodies get 413"),
@@ -78,8 +81,8 @@ def serve_cmd(ctx:typer.Context,
               feedback:Path|None = typer.Option(None, "--feedback", help="training records from feedback "
                                                 "(default: <runs_dir>/serve/feedback.jsonl)")):
     "Serve the base model and named adapters over an OpenAI-compatible API (or build vLLM's command for them)."
-    from finetune_kit.deploy import (Router, ServeSettings, load_engine, make_app, parse_split, run_vllm, serve,
-                                     vllm_command)
+    from finetune_kit.deploy import (SCHEDULERS, Router, ServeSettings, load_engine, make_app, parse_split, run_vllm,
+                                     serve, vllm_command)
     params, named = ctx.meta["params"], _adapter_args(adapters)
     base = _serve_base(params, named)
     if engine not in ("kit", "vllm"): fail(f"--engine {engine!r}: choose kit or vllm")
@@ -91,6 +94,7 @@ def serve_cmd(ctx:typer.Context,
         if dry_run: typer.echo(shlex.join(cmd)); return
         raise typer.Exit(run_vllm(cmd))
     if dry_run: fail("--dry-run is for --engine vllm")
+    if scheduler not in (None, *SCHEDULERS): fail(f"--scheduler {scheduler!r}: choose {' or '.join(SCHEDULERS)}")
     router = Router([parse_split(s) for s in ab or []])
     runs = Path(make_config(params).runs_dir)/"serve"
     settings = ServeSettings(max_body_bytes=max_body_kb * 1000, max_prompt_tokens=max_prompt_tokens,
@@ -98,7 +102,7 @@ def serve_cmd(ctx:typer.Context,
                              request_log=str(log or runs/"requests.jsonl"),
                              feedback_file=str(feedback or runs/"feedback.jsonl"))
     eng = load_engine(base, named, {k: v for k, v in params.items() if k not in ("base_model", "runs_dir")},
-                      max_batch, max_queue)
+                      max_batch, max_queue, **({"scheduler": scheduler} if scheduler else {}))
     try: app_ = make_app(eng, settings, router)
     except KitError: eng.close(); raise
     typer.echo(f"serving {base}" + (f" with adapters {', '.join(named)}" if named else "")
