@@ -296,10 +296,14 @@ def step(self:Batch):
     if self.rows: self._forward(self.inp, self.pos)
 
 @patch
-def run(self:Batch) -> Batch:
+def run(self:Batch,
+        between:Callable|None=None,  # called with the batch before each step: rows may join there (a server's queue)
+       ) -> Batch:
     "Step until no row is left."
-    while self.rows: self.step()
-    return self
+    while True:
+        if between is not None: between(self)
+        if not self.rows: return self
+        self.step()
 
 # %% ../nbs/03b_engine.ipynb #b6a25ff2
 _OWN_KEYS = {"max_new_tokens", "max_length", "do_sample", "num_beams", "temperature", "top_p", "top_k", "use_cache",

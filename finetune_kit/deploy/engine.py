@@ -222,33 +222,38 @@ def _admit(self:Engine, live:list[Job]) -> list[Job]:
 # %% ../../nbs/09b_deploy_engine.ipynb #981d49db
 @patch
 def _loop_continuous(self:Engine):
-    "The continuous scheduler: one batch that jobs join before each step and leave as they finish."
+    "The continuous scheduler: a batch that waiting jobs join before each of its steps and rows leave as they finish."
     peft = hasattr(self.model, "peft_config")
-    batch, scope = None, contextlib.ExitStack()
-    try:
-        while not self._stop:
-            live = [r.req for r in batch.rows] if batch is not None else []
-            new = self._admit(live)
-            if not live and not new: continue
-            try:
-                if not live:  # a fresh batch; where adapters cannot mix, its adapter is switched on for its life
-                    scope.close()
-                    if peft and not self.mixed: self._switch(scope, new[0].adapter)
-                    batch = Batch(self.model, self.tok, self.stop_ids, mixed=peft and self.mixed)
-                rows = batch.rows + (batch.add(new) if new else [])
-                if new:
-                    self.stats["batches"] += 1
-                    self.stats["mixed_batches"] += len({r.req.adapter for r in batch.rows}) > 1
-                batch.step()
-                self.stats["steps"] += 1
-            except Exception as e:  # the server keeps serving: the rows of this batch get the error
-                self._failed(live + new, e)
-                batch = None
-                continue
-            left = {id(r) for r in batch.rows}
-            for r in rows:
-                if id(r) not in left: self.stats["served" if r.reason else "cancelled"] += 1
-    finally: scope.close()
+    while not self._stop:
+        first = self._admit([])
+        if not first: continue
+        todo, rows, jobs = [first], [], list(first)  # the batch's first jobs; the rows decoding; the jobs unanswered
+        def between(b:Batch):
+            "Before a step: count the rows that left, then let waiting jobs join (none once the batch has drained)."
+            nonlocal rows, jobs
+            self._count_left(rows, b.rows)
+            new = todo.pop() if todo else self._admit([r.req for r in b.rows]) if b.rows and not self._stop else []
+            jobs = [r.req for r in b.rows] + new
+            if new:
+                rows = b.rows + b.add(new)
+                self.stats["batches"] += 1
+                self.stats["mixed_batches"] += len({r.req.adapter for r in b.rows}) > 1
+            else: rows = list(b.rows)
+            self.stats["steps"] += bool(b.rows)
+        with contextlib.ExitStack() as scope:  # where adapters cannot mix: the batch's adapter, for its life
+            if peft and not self.mixed: self._switch(scope, first[0].adapter)
+            batch = Batch(self.model, self.tok, self.stop_ids, mixed=peft and self.mixed)
+            try: batch.run(between)
+            except Exception as e:  # the server keeps serving: the jobs of this batch get the error
+                self._failed(jobs, e); continue
+        self._count_left(rows, [])
+
+@patch
+def _count_left(self:Engine, rows:list, live:list):
+    "Count the `rows` no longer `live` as served, or cancelled when they left without a finish reason."
+    ids = {id(r) for r in live}
+    for r in rows:
+        if id(r) not in ids: self.stats["served" if r.reason else "cancelled"] += 1
 
 @patch
 def _switch(self:Engine, scope:contextlib.ExitStack, adapter:str|None):
