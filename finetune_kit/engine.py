@@ -236,6 +236,7 @@ def _forward(self:Batch, inp, pos):
     if len(keep) < len(self.rows):  # finished rows leave the batch and every layer's cache
         self.rows, nxt, self.att, pos = [self.rows[i] for i in keep], nxt[keep], self.att[keep], pos[keep]
         self.cache.batch_select_indices(keep)  # a list indexes layers on any device
+        self._trim()
     self.att = torch.cat([self.att, self.att.new_ones(len(keep), 1)], 1)
     self.inp, self.pos = nxt[:, None], pos[:, -1:] + 1
 
@@ -279,6 +280,17 @@ def _join(self:Batch, other:Batch):
     self.att = torch.cat([pad(self.att, a), pad(other.att, b)])
     self.rows, self.inp, self.pos = self.rows + other.rows, torch.cat([self.inp, other.inp]), torch.cat([self.pos, other.pos])
 
+# %% ../nbs/03b_engine.ipynb #6ab93a40
+@patch
+def _trim(self:Batch):
+    "Drop the leading KV-cache and mask columns that no live row attends to (left by rows that left)."
+    from transformers.cache_utils import DynamicLayer
+    k = int(self.att.any(0).int().argmax())  # the first column some row attends to
+    layers = getattr(self.cache, "layers", None)
+    if k == 0 or not layers or not all(type(l) is DynamicLayer for l in layers): return
+    for l in layers: l.keys, l.values = l.keys[..., k:, :], l.values[..., k:, :]
+    self.att = self.att[:, k:]
+
 # %% ../nbs/03b_engine.ipynb #5d1aee9e
 @patch
 def step(self:Batch):
@@ -287,10 +299,14 @@ def step(self:Batch):
 
 # %% ../nbs/03b_engine.ipynb #f4eb8a67
 @patch
-def run(self:Batch) -> Batch:
+def run(self:Batch,
+        between:Callable|None=None,  # called with the batch before each step: rows may join there (a server's queue)
+       ) -> Batch:
     "Step until no row is left."
-    while self.rows: self.step()
-    return self
+    while True:
+        if between is not None: between(self)
+        if not self.rows: return self
+        self.step()
 
 # %% ../nbs/03b_engine.ipynb #b6a25ff2
 _OWN_KEYS = {"max_new_tokens", "max_length", "do_sample", "num_beams", "temperature", "top_p", "top_k", "use_cache",

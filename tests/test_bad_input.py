@@ -219,6 +219,7 @@ CASES = [
     ("serve a={d}/nosuch", "adapter 'a': "),
     ("serve justname", "adapter 'justname': "),
     ("serve a={d}/empty_dir --max-batch 0", "empty_dir: neither a run folder"),
+    ("serve --scheduler fifo -p base_model tiny-test", "--scheduler 'fifo': choose continuous or batch"),
     ("synth generate {d}/nosuch.jsonl -o {d}/s -d x", "nosuch.jsonl: no such file"),
     ("synth generate {d}/utf16.jsonl -o {d}/s -d x", "utf16.jsonl: the file looks like UTF-16"),
     ("synth generate {d}/empty.jsonl -o {d}/s -d x", "empty.jsonl: the file is empty"),

@@ -51,10 +51,10 @@ def loaded(adapters):
 @pytest.fixture
 @starts("a uvicorn server on loopback")
 def server(loaded, tmp_path):
-    "A real server on a free loopback port: `server(max_batch=, max_queue=, splits=, **settings)` -> (url, engine)."
+    "A real server on a free loopback port: `server(max_batch=, max_queue=, splits=, engine={...}, **settings)` -> (url, engine)."
     started = []
-    def start(max_batch=8, max_queue=64, splits=(), **kw):
-        eng = Engine(*loaded, "tiny-test", max_batch, max_queue).start()
+    def start(max_batch=8, max_queue=64, splits=(), engine=None, **kw):
+        eng = Engine(*loaded, "tiny-test", max_batch, max_queue, **(engine or {})).start()
         settings = ServeSettings(request_log=str(tmp_path/"requests.jsonl"),
                                  feedback_file=str(tmp_path/"feedback.jsonl"), **{"max_prompt_tokens": 200, **kw})
         srv = BackgroundServer(make_app(eng, settings, Router([parse_split(s) for s in splits], seed=0)))
@@ -266,12 +266,13 @@ def test_the_serve_command_serves_and_monitor_reads_its_log(adapters, tmp_path):
     r = runner.invoke(app, ["monitor", str(tmp_path/"nope.jsonl")])
     assert (r.exit_code, r.output) == (2, f"error: {tmp_path/'nope.jsonl'}: no such request log\n")
 
-def test_a_server_batch_and_evaluation_give_identical_greedy_answers(loaded):
+@pytest.mark.parametrize("scheduler", ["continuous", "batch"])
+def test_a_server_batch_and_evaluation_give_identical_greedy_answers(loaded, scheduler):
     "One engine: the server's batches (adapters and the base mixed) answer as evaluation's `generate` does, per adapter."
     from finetune_kit.engine import generate
     model, tok, infos, stops = loaded
     names = ["a1", "a2", "tiny-test"]
-    eng = Engine(*loaded, "tiny-test", max_batch=12).start()
+    eng = Engine(*loaded, "tiny-test", max_batch=12, scheduler=scheduler).start()
     try:
         with ThreadPoolExecutor(12) as ex:
             got = list(ex.map(lambda j: eng.answer([{"role": "user", "content": PROMPTS[j[1]]}], j[0], max_tokens=10),
@@ -287,3 +288,140 @@ def test_a_server_batch_and_evaluation_give_identical_greedy_answers(loaded):
     model.set_adapter("a1")
     assert len({tuple(w) for w in want.values()}) == 3  # the three models answer differently
     assert [g["text"].strip() for g in got] == [a for n in names for a in want[n]]  # evaluation strips its answers
+
+
+# --- continuous batching ---------------------------------------------------------------------------------------------
+
+def alone_answers(loaded, asks):
+    "Each `(adapter or None, prompt, max_tokens)` answered on its own by evaluation's `engine.generate` (greedy)."
+    from finetune_kit.engine import generate
+    model, tok = loaded[0], loaded[1]
+    out = []
+    for adapter, prompt, k in asks:
+        msgs = [[{"role": "user", "content": prompt}]]
+        if adapter is None:
+            with model.disable_adapter(): out.append(generate(model, tok, msgs, max_new_tokens=k, progress=False)[0])
+        else:
+            model.set_adapter(adapter)
+            out.append(generate(model, tok, msgs, max_new_tokens=k, progress=False)[0])
+    model.set_adapter("a1")
+    return out
+
+class Forwards:
+    "A forward pre-hook on the engine's model: counts forwards, sleeps `pause` s in each, and before forward `hold_at`"
+    " waits until `until()` holds (the engine thread stops there while the test arranges arrivals)."
+    def __init__(self, model, pause=0.0, hold_at=None, until=None):
+        self.n, self.pause, self.hold_at, self.until = 0, pause, hold_at, until
+        self.handle = model.register_forward_pre_hook(self)
+    def __call__(self, module, args):
+        self.n += 1
+        if self.n == self.hold_at: assert _wait_for(self.until), "the held engine never saw the arrivals"
+        if self.pause: time.sleep(self.pause)
+    def remove(self): self.handle.remove()
+
+def test_short_requests_arriving_while_a_long_one_runs_finish_before_it_with_their_alone_answers(loaded, server,
+                                                                                                  tmp_path):
+    long_ask = ("a1", PROMPTS[0], 60)  # a1's answers run to their budget on the tiny model
+    shorts = [("a2", PROMPTS[1], 6), (None, PROMPTS[2], 6), ("a1", PROMPTS[3], 6), ("a2", PROMPTS[0], 6)]
+    want = alone_answers(loaded, [long_ask] + shorts)
+    url, eng = server(max_batch=8)
+    assert eng.scheduler == "continuous"
+    # the long request's third forward waits until the short ones are queued: they arrive while it decodes
+    hook = Forwards(eng.model, hold_at=3, until=lambda: len(eng.pending) == len(shorts))
+    def ask(a):
+        with httpx.Client(base_url=url, timeout=300) as c: return chat(c, a[0] or "tiny-test", a[1], max_tokens=a[2])
+    try:
+        with ThreadPoolExecutor(len(shorts) + 1) as ex:
+            long_r = ex.submit(ask, long_ask)
+            assert _wait_for(lambda: hook.n >= 2), "the long request never started"
+            short_rs = [ex.submit(ask, a) for a in shorts]
+            rs = [long_r.result()] + [f.result() for f in short_rs]
+    finally: hook.remove()
+    assert [r.status_code for r in rs] == [200] * len(rs)
+    done = [row["completion_tokens"] for row in read_jsonl(tmp_path/"requests.jsonl")]  # the server's order of answers
+    assert len(done) == len(shorts) + 1 and done[-1] == 60 and max(done[:-1]) <= 6, done  # the long one answered last
+    assert [r.json()["choices"][0]["message"]["content"].strip() for r in rs] == want  # evaluation strips its answers
+    assert eng.stats["batches"] >= 2 and eng.stats["mixed_batches"] >= 1 and eng.stats["errors"] == 0
+
+def test_answers_are_the_alone_answers_at_any_arrival_pattern(loaded, server):
+    "Requests at random moments (seeded), mixed adapters and budgets: each answer is the one it gets alone."
+    import random
+    rng = random.Random(7)
+    asks = [(rng.choice(["a1", "a2", None]), rng.choice(PROMPTS), rng.choice([3, 8, 20])) for _ in range(12)]
+    gaps = [rng.expovariate(1 / 0.05) for _ in asks]
+    want = alone_answers(loaded, asks)
+    url, eng = server(max_batch=4, engine={"max_join": 2})
+    def ask(a):
+        with httpx.Client(base_url=url, timeout=300) as c: return chat(c, a[0] or "tiny-test", a[1], max_tokens=a[2])
+    with ThreadPoolExecutor(len(asks)) as ex:
+        fs = []
+        for a, g in zip(asks, gaps): time.sleep(g); fs.append(ex.submit(ask, a))
+        rs = [f.result() for f in fs]
+    assert [r.json()["choices"][0]["message"]["content"].strip() for r in rs] == want
+    assert _wait_for(lambda: eng.stats["served"] == len(asks)) and eng.stats["errors"] == 0
+
+def test_a_client_that_disconnects_mid_stream_frees_its_slot(server, tmp_path):
+    url, eng = server(max_batch=1)
+    slow = Forwards(eng.model, pause=0.05)  # 400 tokens would take 20 s at least
+    try:
+        with httpx.Client(base_url=url, timeout=120) as c:
+            body = {"model": "a1", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 400,
+                    "stream": True}
+            with c.stream("POST", "/v1/chat/completions", json=body) as s:
+                pieces = 0
+                for line in s.iter_lines():
+                    pieces += line.startswith("data: ") and '"content": "' in line and '"content": ""' not in line
+                    if pieces >= 2: break  # leave mid-answer: the connection closes with the block
+            assert _wait_for(lambda: eng.stats["cancelled"] == 1 and eng.running == 0, 120), eng.stats
+            made = slow.n
+            assert made < 200, made  # the row left long before its budget
+            r = chat(c, "a2", PROMPTS[1], max_tokens=3)  # the one slot is free again
+    finally: slow.remove()
+    assert r.status_code == 200
+    rows = read_jsonl(tmp_path/"requests.jsonl")
+    assert [x["status"] for x in rows] == [499, 200] and rows[0]["error"] == "client closed the connection"
+
+def test_a_request_that_cannot_fit_the_context_is_refused_before_it_takes_a_slot(server):
+    url, eng = server(max_batch=1, max_queue=1, max_tokens=1000)
+    ctx = eng.context_len
+    assert ctx == 1024
+    gate, inside = threading.Event(), threading.Event()
+    def hold(module, args): inside.set(); gate.wait(60)
+    hook = eng.model.register_forward_pre_hook(hold)
+    try:
+        with httpx.Client(base_url=url, timeout=120) as c, ThreadPoolExecutor(2) as ex:
+            held = ex.submit(chat, c, "a1", PROMPTS[0], max_tokens=4)
+            assert inside.wait(60)
+            queued = ex.submit(chat, c, "a2", PROMPTS[1], max_tokens=4)
+            assert _wait_for(lambda: len(eng.pending) == 1)
+            long_prompt = "the market " * 10  # 73 tokens: within max_prompt_tokens (200)
+            n = len(eng.render([{"role": "user", "content": long_prompt}]))
+            assert n + 1000 > ctx >= n + 100
+            big = chat(c, "a1", long_prompt, max_tokens=1000)  # the slot and the queue are full: yet 400, not 429
+            fits = chat(c, "a1", long_prompt, max_tokens=100)  # a request that fits is turned away as busy
+            gate.set()
+            assert (held.result().status_code, queued.result().status_code) == (200, 200)
+    finally: gate.set(); hook.remove()
+    assert (big.status_code, big.json()["error"]["code"], fits.status_code) == (400, "context_length_exceeded", 429)
+    msg = big.json()["error"]["message"]
+    assert f"the prompt has {n} tokens and max_tokens is 1000" in msg and f"at most {ctx - n} new tokens" in msg, msg
+    assert _wait_for(lambda: eng.stats["served"] == 2) and not eng.pending  # the refused ones never reached it
+
+def test_the_openai_client_chats_streams_and_lists_models(server):
+    openai = pytest.importorskip("openai")
+    url, eng = server(max_tokens=2000)
+    client = openai.OpenAI(base_url=url + "/v1", api_key="not-needed", max_retries=0)
+    assert [m.id for m in client.models.list()] == ["tiny-test", "a1", "a2"]
+    msgs = [{"role": "user", "content": PROMPTS[0]}]
+    r = client.chat.completions.create(model="a2", messages=msgs, max_tokens=8)
+    want = eng.answer(msgs, "a2", max_tokens=8)
+    assert (r.choices[0].message.content, r.choices[0].finish_reason) == (want["text"], want["finish_reason"])
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (want["prompt_tokens"], want["completion_tokens"])
+    chunks = list(client.chat.completions.create(model="a2", messages=msgs, max_tokens=8, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == want["text"]
+    assert chunks[-1].usage.completion_tokens == want["completion_tokens"]
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.chat.completions.create(model="gpt-5", messages=msgs)
+    with pytest.raises(openai.BadRequestError, match="context"):
+        client.chat.completions.create(model="a1", messages=msgs, max_tokens=2000)

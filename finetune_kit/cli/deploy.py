@@ -72,6 +72,9 @@ def serve_cmd(ctx:typer.Context,
                                                "to CANDIDATE with probability SHARE (sticky per `user`); repeatable"),
               max_batch:int = typer.Option(8, "--max-batch", help="requests decoded together"),
               max_queue:int = typer.Option(64, "--max-queue", help="requests waiting beyond those (more: 429)"),
+              scheduler:str|None = typer.Option(None, "--scheduler", help="continuous (the engine's default): "
+                                                "requests join the running batch at each decoding step and leave as "
+                                                "they finish; batch: each batch is decoded to its end"),
               max_prompt_tokens:int = typer.Option(2048, "--max-prompt-tokens", help="longer prompts get 400"),
               max_tokens:int = typer.Option(512, "--max-tokens", help="most new tokens a request may ask for"),
               max_body_kb:int = typer.Option(1000, "--max-body-kb", help="larger request bodies get 413"),
@@ -83,8 +86,8 @@ def serve_cmd(ctx:typer.Context,
               retention_days:float|None = typer.Option(None, "--text-retention-days", help="logged text older than "
                                                        "this is dropped from the log (default: 30)")):
     "Serve the base model and named adapters over an OpenAI-compatible API (or build vLLM's command for them)."
-    from finetune_kit.deploy import (Router, ServeSettings, load_engine, make_app, parse_split, run_vllm, serve,
-                                     vllm_command)
+    from finetune_kit.deploy import (SCHEDULERS, Router, ServeSettings, load_engine, make_app, parse_split, run_vllm,
+                                     serve, vllm_command)
     params, named = ctx.meta["params"], _adapter_args(adapters)
     base = _serve_base(params, named)
     if engine not in ("kit", "vllm"): fail(f"--engine {engine!r}: choose kit or vllm")
@@ -96,6 +99,7 @@ def serve_cmd(ctx:typer.Context,
         if dry_run: typer.echo(shlex.join(cmd)); return
         raise typer.Exit(run_vllm(cmd))
     if dry_run: fail("--dry-run is for --engine vllm")
+    if scheduler not in (None, *SCHEDULERS): fail(f"--scheduler {scheduler!r}: choose {' or '.join(SCHEDULERS)}")
     router = Router([parse_split(s) for s in ab or []])
     runs = Path(make_config(params).runs_dir)/"serve"
     settings = ServeSettings(max_body_bytes=max_body_kb * 1000, max_prompt_tokens=max_prompt_tokens,
@@ -105,7 +109,7 @@ def serve_cmd(ctx:typer.Context,
                              **({} if retention_days is None else {"text_retention_days": retention_days}))
     if settings.text_retention_days <= 0: fail(f"--text-retention-days must be above 0; got {retention_days:g}")
     eng = load_engine(base, named, {k: v for k, v in params.items() if k not in ("base_model", "runs_dir")},
-                      max_batch, max_queue)
+                      max_batch, max_queue, **({"scheduler": scheduler} if scheduler else {}))
     try: app_ = make_app(eng, settings, router)
     except KitError: eng.close(); raise
     typer.echo(f"serving {base}" + (f" with adapters {', '.join(named)}" if named else "")

@@ -20,7 +20,7 @@ from ..adapters import RESERVED, AdapterError, AdapterInfo, check_adapters, misf
 from ..engine import Batch, Request, decoding
 
 # %% auto #0
-__all__ = ['ServeError', 'Busy', 'load_adapters', 'Job', 'decode_batch', 'Engine', 'load_engine']
+__all__ = ['SCHEDULERS', 'ServeError', 'Busy', 'load_adapters', 'Job', 'decode_batch', 'Engine', 'load_engine']
 
 # %% ../../nbs/09b_deploy_engine.ipynb #1632026d
 class ServeError(KitError):
@@ -99,18 +99,32 @@ def _activate(model, name:str|None):
     if name is not None and model.active_adapter != name: model.set_adapter(name)
 
 # %% ../../nbs/09b_deploy_engine.ipynb #8c53f781
+SCHEDULERS = ("continuous", "batch")  # the engine's scheduling policies, the default first
+
 class Engine:
     "One base model with named adapters, answering jobs in batches from a background thread."
     def __init__(self, model, tok, infos:dict[str, AdapterInfo], stop_ids:list[int], base_name:str,
                  max_batch:int=8,  # jobs decoded together
                  max_queue:int=64,  # jobs waiting beyond those (more: `Busy`)
-                 batch_wait_s:float=0.005):  # how long the first job of a batch waits for company
+                 batch_wait_s:float=0.005,  # how long the first job waits for company when the model is idle
+                 scheduler:str=SCHEDULERS[0],  # continuous: jobs join the running batch at each step; batch: one batch to its end
+                 max_join:int=4,  # continuous: most jobs prefilled (joining) at one step
+                 prefill_tokens:int=1024):  # continuous: most prompt tokens prefilled at one step (a longer prompt joins alone)
+        if scheduler not in SCHEDULERS: raise ServeError(f"scheduler {scheduler!r}: choose {' or '.join(SCHEDULERS)}")
+        if min(max_batch, max_queue, max_join, prefill_tokens) < 1:
+            raise ServeError("max_batch, max_queue, max_join and prefill_tokens must be at least 1")
         self.model, self.tok, self.infos, self.stop_ids, self.base_name = model, tok, infos, stop_ids, base_name
         self.max_batch, self.max_queue, self.batch_wait_s = max_batch, max_queue, batch_wait_s
+        self.scheduler, self.max_join, self.prefill_tokens = scheduler, max_join, prefill_tokens
         self.mixed = bool(infos) and all(get_method(a.method).mixable for a in infos.values())
         self.pending, self.cv, self.running = collections.deque(), threading.Condition(), 0
-        self.stats = {"served": 0, "batches": 0, "mixed_batches": 0, "errors": 0}
+        self.stats = {"served": 0, "batches": 0, "mixed_batches": 0, "steps": 0, "cancelled": 0, "errors": 0}
         self._thread, self._stop = None, False
+
+    @property
+    def context_len(self) -> int|None:
+        "The most tokens (prompt and answer) a row may hold: the model's `max_position_embeddings` (None: not said)."
+        return getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
 
     def render(self, messages:list[dict]) -> list[int]:
         "The prompt ids of `messages` under the base's chat template, ready for the answer."
@@ -165,17 +179,91 @@ def _counted(self:Engine, emit:Callable) -> Callable:
 @patch
 def _loop(self:Engine):
     with decoding(self.model):  # once for the thread's life, not per batch: eval, inference mode, the CPU measures
-        while not self._stop:
-            batch = self._take()
-            if not batch: continue
-            self.stats["batches"] += 1
-            self.stats["mixed_batches"] += len({j.adapter for j in batch}) > 1
-            try: _decode(self.model, self.tok, batch, self.stop_ids, self.mixed)
-            except Exception as e:  # the server keeps serving: this batch's requests get the error
-                self.stats["errors"] += 1
-                for j in batch: j.emit({"type": "error", "message": f"generation failed: {one_line(e)}"})
-            self.stats["served"] += len(batch)
-            self.running = 0
+        if self.scheduler == "continuous": self._loop_continuous()
+        else: self._loop_batches()
+
+@patch
+def _loop_batches(self:Engine):
+    "The batch scheduler: take a batch of waiting jobs, decode it to its end, repeat."
+    while not self._stop:
+        batch = self._take()
+        if not batch: continue
+        self.stats["batches"] += 1
+        self.stats["mixed_batches"] += len({j.adapter for j in batch}) > 1
+        try: _decode(self.model, self.tok, batch, self.stop_ids, self.mixed)
+        except Exception as e:  # the server keeps serving: this batch's requests get the error
+            self._failed(batch, e)
+        self.stats["served"] += len(batch)
+        self.running = 0
+
+@patch
+def _failed(self:Engine, jobs:list[Job], e:Exception):
+    "Send `jobs` the error `e` (the server keeps serving)."
+    self.stats["errors"] += 1
+    for j in jobs: j.emit({"type": "error", "message": f"generation failed: {one_line(e)}"})
+
+@patch
+def _admit(self:Engine, live:list[Job]) -> list[Job]:
+    "The waiting jobs that join the running batch (whose rows are `live`) at this step, in arrival order."
+    with self.cv:
+        self.running = len(live)
+        while not live and not self.pending and not self._stop: self.cv.wait(0.5)
+        if self._stop: return []
+    if not live: time.sleep(self.batch_wait_s)  # an idle model: let concurrent requests start together
+    with self.cv:
+        new, budget = [], self.prefill_tokens
+        while self.pending and len(live) + len(new) < self.max_batch and len(new) < self.max_join:
+            j = self.pending[0]
+            if j.cancelled: self.pending.popleft(); continue
+            first = (live or new or [j])[0]
+            if not self.mixed and j.adapter != first.adapter: break  # its adapter's batch comes when this one drains
+            if new and len(j.ids) > budget: break  # its prefill waits for the next step
+            new.append(self.pending.popleft()); budget -= len(j.ids)
+        for j in new: j.emit = self._counted(j.emit)
+        self.running = len(live) + len(new)
+        return new
+
+# %% ../../nbs/09b_deploy_engine.ipynb #981d49db
+@patch
+def _loop_continuous(self:Engine):
+    "The continuous scheduler: a batch that waiting jobs join before each of its steps and rows leave as they finish."
+    peft = hasattr(self.model, "peft_config")
+    while not self._stop:
+        first = self._admit([])
+        if not first: continue
+        todo, rows, jobs = [first], [], list(first)  # the batch's first jobs; the rows decoding; the jobs unanswered
+        def between(b:Batch):
+            "Before a step: count the rows that left, then let waiting jobs join (none once the batch has drained)."
+            nonlocal rows, jobs
+            self._count_left(rows, b.rows)
+            new = todo.pop() if todo else self._admit([r.req for r in b.rows]) if b.rows and not self._stop else []
+            jobs = [r.req for r in b.rows] + new
+            if new:
+                rows = b.rows + b.add(new)
+                self.stats["batches"] += 1
+                self.stats["mixed_batches"] += len({r.req.adapter for r in b.rows}) > 1
+            else: rows = list(b.rows)
+            self.stats["steps"] += bool(b.rows)
+        with contextlib.ExitStack() as scope:  # where adapters cannot mix: the batch's adapter, for its life
+            if peft and not self.mixed: self._switch(scope, first[0].adapter)
+            batch = Batch(self.model, self.tok, self.stop_ids, mixed=peft and self.mixed)
+            try: batch.run(between)
+            except Exception as e:  # the server keeps serving: the jobs of this batch get the error
+                self._failed(jobs, e); continue
+        self._count_left(rows, [])
+
+@patch
+def _count_left(self:Engine, rows:list, live:list):
+    "Count the `rows` no longer `live` as served, or cancelled when they left without a finish reason."
+    ids = {id(r) for r in live}
+    for r in rows:
+        if id(r) not in ids: self.stats["served" if r.reason else "cancelled"] += 1
+
+@patch
+def _switch(self:Engine, scope:contextlib.ExitStack, adapter:str|None):
+    "Switch `adapter` on for a batch of its own (None: the adapters off), until `scope` closes."
+    if adapter is None: scope.enter_context(self.model.disable_adapter())
+    else: _activate(self.model, adapter)
 
 @patch
 def start(self:Engine) -> Engine:
@@ -211,7 +299,8 @@ def answer(self:Engine, messages:list[dict], model:str|None=None, timeout:float=
 def load_engine(base_model:str,  # a built-in name, a folder or a hub id
                 adapters:dict|None=None,  # name -> adapter folder or run folder
                 params:dict|None=None,  # flat model parameters: dtype, attn_implementation, trust_remote_code, threads, omp_wait_policy
-                max_batch:int=8, max_queue:int=64, progress:bool=True) -> Engine:
+                max_batch:int=8, max_queue:int=64, progress:bool=True,
+                **kwargs) -> Engine:  # more `Engine` settings: scheduler, max_join, prefill_tokens
     "A started `Engine` for `base_model` and the named `adapters`."
     model, tok, infos, stops = load_adapters(base_model, adapters, params, progress)
-    return Engine(model, tok, infos, stops, str(base_model), max_batch, max_queue).start()
+    return Engine(model, tok, infos, stops, str(base_model), max_batch, max_queue, **kwargs).start()

@@ -88,8 +88,19 @@ def parse_chat(obj, settings:ServeSettings) -> dict:
             "max_tokens": _number(obj, "max_completion_tokens", 1, settings.max_tokens,
                                   _number(obj, "max_tokens", 1, settings.max_tokens, settings.default_max_tokens, int),
                                   int),
+            "max_tokens_asked": any(obj.get(k) is not None for k in ("max_tokens", "max_completion_tokens")),
             "temperature": _number(obj, "temperature", 0, 2, 0.0), "top_p": _number(obj, "top_p", 0.0, 1, 1.0),
             "seed": _number(obj, "seed", -2**63, 2**63 - 1, None, int)}
+
+# %% ../../nbs/09d_deploy_serve.ipynb #ed2f819b
+def _fit(req:dict, n:int, context:int|None):
+    "Check that `n` prompt tokens and the request's `max_tokens` fit in `context` (a 400 if asked for too many)."
+    if context is None or n + req["max_tokens"] <= context: return
+    room = max(context - n, 0)
+    if not req["max_tokens_asked"] and room > 0: req["max_tokens"] = room; return
+    raise APIError(400, f"the prompt has {n} tokens and max_tokens is {req['max_tokens']}: together over the model's "
+                        f"context of {context} tokens; ask for at most {room} new tokens", param="max_tokens",
+                   code="context_length_exceeded")
 
 # %% ../../nbs/09d_deploy_serve.ipynb #30faaa95
 async def _read_body(request, limit:int) -> bytes:
@@ -200,6 +211,7 @@ def _chat_endpoint(app):
             if len(ids) > settings.max_prompt_tokens:
                 raise APIError(400, f"the prompt has {len(ids)} tokens; this server takes at most "
                                     f"{settings.max_prompt_tokens}", param="messages", code="context_length_exceeded")
+            _fit(req, len(ids), engine.context_len)
             q, loop = asyncio.Queue(), asyncio.get_running_loop()
             job = Job(ids, adapter, req["max_tokens"], req["temperature"], req["top_p"], req["seed"], req["stop"],
                       emit=lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev))
