@@ -1,7 +1,7 @@
 """Benchmark: how often `deploy.drift` alarms on in-distribution traffic, and how many requests after a shift it
 takes to alarm. The library call on texts, no server, no model:
 
-    python benchmarks/drift.py [--windows 100] [--streams 10] [--out benchmarks/drift.json]
+    python benchmarks/drift.py [--windows 100] [--streams 6] [--out benchmarks/drift.json]
 
 The training side is the BBC set as `data prepare` makes it (a classification template, articles cut to 600
 characters, 30% test); the served traffic is the prepared test split's inputs (in distribution), then one of three
@@ -23,10 +23,10 @@ from pathlib import Path
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--windows", type=int, default=100)
-    ap.add_argument("--streams", type=int, default=10)
+    ap.add_argument("--streams", type=int, default=6)
     ap.add_argument("--window", type=int, default=100)
     ap.add_argument("--step", type=int, default=10)
-    ap.add_argument("--after", type=int, default=200, help="shifted requests per stream")
+    ap.add_argument("--after", type=int, default=100, help="shifted requests per stream")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     import numpy as np
