@@ -10,6 +10,7 @@ __all__ = []
 # %% ../../nbs/02_data.ipynb #ca46cd9f
 from ..files import read_jsonl, write_jsonl
 from ..tasks import REJECT_REASONS, Rejected, format_entities, parse_entities
+from .raw import *
 from .sources import *
 from .packaged import *
 from .curate import *
@@ -23,10 +24,11 @@ from .queue import *
 from .synth import *
 from .mixture import *
 from .testset import *
-from . import (sources, packaged, curate, templates, split, card, prepare, folder, cache, queue, synth,
-                               mixture, testset)
+from .checks import *
+from . import (raw, sources, packaged, curate, templates, split, card, prepare, folder, cache, queue, synth,
+                               mixture, testset, checks)
 
 # `import *` from the package gives every public name of its modules, and the shared ones above
 __all__ = ["read_jsonl", "write_jsonl", "REJECT_REASONS", "Rejected", "format_entities", "parse_entities",
-           *(n for m in (sources, packaged, curate, templates, split, card, prepare, folder, cache, queue, synth, mixture,
-                         testset) for n in m.__all__)]
+           *(n for m in (raw, sources, packaged, curate, templates, split, card, prepare, folder, cache, queue, synth, mixture,
+                         testset, checks) for n in m.__all__)]

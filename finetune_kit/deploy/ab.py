@@ -29,6 +29,7 @@ class Split:
     candidate: str  # the adapter on trial
     share: float  # the candidate's share of requests, 0..1
 
+# %% ../../nbs/09c_deploy_ab.ipynb #97d0276e
 def parse_split(spec:str) -> Split:
     "A `Split` from `NAME=CURRENT,CANDIDATE,SHARE` (e.g. `support=v1,v2,0.1`)."
     name, eq, rest = spec.partition("=")
@@ -46,6 +47,7 @@ def sticky_unit(name:str, user:str) -> float:
     h = hashlib.sha256(f"{name}\x00{user}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64
 
+# %% ../../nbs/09c_deploy_ab.ipynb #db341fbb
 class Router:
     "Routes a request's model name to an adapter and an arm, by the splits; a user keeps the arm first given."
     def __init__(self, splits=(), seed:int|None=None,
@@ -114,6 +116,7 @@ def text_fields(messages:list[dict],  # the request's conversation
     if answer is not None: out["answer"] = scrub_pii(answer, region)[0]
     return out
 
+# %% ../../nbs/09c_deploy_ab.ipynb #649e6409
 @patch
 def purge_text(self:JsonlLog, max_age_s:float,  # rows older than this lose their `TEXT_FIELDS`
                now:float|None=None) -> int:

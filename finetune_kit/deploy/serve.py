@@ -300,6 +300,7 @@ def serve(app, host:str="127.0.0.1", port:int=8000, log_level:str="info"):
     try: uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_keep_alive=30)
     finally: app.state.engine.close()
 
+# %% ../../nbs/09d_deploy_serve.ipynb #e8b90339
 class BackgroundServer:
     "The app served by uvicorn from a background thread (port 0: a free one); `url`, `close()`; a context manager."
     def __init__(self, app, host:str="127.0.0.1", port:int=0):

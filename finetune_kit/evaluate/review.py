@@ -51,6 +51,7 @@ def answers_digest(output_1, output_2) -> str:
     norm = lambda s: " ".join(str(s).split())
     return hashlib.sha256(f"{norm(output_1)}\x1f{norm(output_2)}".encode()).hexdigest()[:12]
 
+# %% ../../nbs/05d_evaluate_review.ipynb #98136ae7
 def make_review_sheet(records:list[dict], base:list[str], tuned:list[str], n:int|None=50,
                       seed:int=42) -> tuple[pd.DataFrame, dict]:
     "A blind sheet of `n` sampled records (two answers in random order), and the key `{item: {'1': system, '2': ...}}`."
