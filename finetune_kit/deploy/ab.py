@@ -107,6 +107,7 @@ def last_user_text(messages:list[dict]) -> str:
     "The content of the conversation's last user message ('' when there is none): what the adapter was asked."
     return next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
 
+# %% ../../nbs/09c_deploy_ab.ipynb #850f0305
 def text_fields(messages:list[dict],  # the request's conversation
                 answer:str|None=None,  # the served answer (None: no answer, e.g. an error)
                 region:str="US",  # the phone-number region of `scrub_pii`

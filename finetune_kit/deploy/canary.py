@@ -47,6 +47,7 @@ def interval_level(rule:CanaryRule, metrics:int=3) -> float:
     "Each interval's confidence: `rule.confidence` shared by every look of the canary (Bonferroni over steps x metrics)."
     return 1 - (1 - rule.confidence) / (len(rule.steps) * metrics)
 
+# %% ../../nbs/09h_deploy_canary.ipynb #b767a015
 def _interval(a, b, stat, rule:CanaryRule) -> tuple[float, float]:
     import numpy as np
     from scipy.stats import bootstrap
@@ -131,6 +132,7 @@ def observe(self:Canary, row:dict):
             if row.get("id"): self.ids[row["id"]] = arm
         self.maybe_decide()
 
+# %% ../../nbs/09h_deploy_canary.ipynb #88d84cd3
 @patch
 def ready(self:Canary) -> bool:
     "Whether the step's sample is complete: `min_requests` per arm, `min_seconds` passed, `min_feedback` ratings."
@@ -139,6 +141,7 @@ def ready(self:Canary) -> bool:
     return (all(len(self.rows[a]) >= r.min_requests for a in ARMS) and self.clock() - self.started >= r.min_seconds
             and all(len(self.ratings[a]) >= min(r.min_feedback, answered[a]) for a in ARMS))
 
+# %% ../../nbs/09h_deploy_canary.ipynb #e9e297e0
 @patch
 def maybe_decide(self:Canary) -> dict|None:
     "The step's one decision (logged), when its sample is complete; else None."
@@ -159,6 +162,7 @@ def maybe_decide(self:Canary) -> dict|None:
         self._new_sample()
         return self._decide_log("advance", "rule", f"no worse at step {self.step}; share raised", ev)
 
+# %% ../../nbs/09h_deploy_canary.ipynb #84b38a6b
 @patch
 def act(self:Canary, action:str,  # pin, unpin, promote or rollback
         reason:str="") -> dict:
@@ -177,6 +181,7 @@ def act(self:Canary, action:str,  # pin, unpin, promote or rollback
         else: raise KitError(f"canary action must be pin, unpin, promote or rollback; got {action!r}")
         return self._decide_log(action, "human", reason or "by command")
 
+# %% ../../nbs/09h_deploy_canary.ipynb #32644008
 @patch
 def status(self:Canary) -> dict:
     "Where the canary stands: state, step, share, the step's sample so far, the last decision."

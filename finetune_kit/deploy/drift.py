@@ -56,6 +56,7 @@ class Reference:
     label_set: list|None = None  # the task's labels (classification), else None
     source: str = ""  # where they were read
 
+# %% ../../nbs/09g_deploy_drift.ipynb #b10f5bc1
 def load_reference(path) -> Reference:
     "The training split behind `path`: a run folder, its `adapter/` folder, a prepared data folder or a train.jsonl."
     path = Path(path)
@@ -114,6 +115,7 @@ def length_test(served:list[str], reference:list[str]) -> dict:
     return {"length_served": float(np.median(a)), "length_train": float(np.median(b)), "length_ks": float(r.statistic),
             "length_p": float(r.pvalue)}
 
+# %% ../../nbs/09g_deploy_drift.ipynb #c27be497
 def label_test(answers:list[str],  # the served answers
                train_labels:list[str], label_set:list[str], min_labelled:int=20) -> dict:
     "Labels the answers name against the training labels' shares: chi-square p, the top shift and the outside share."

@@ -35,6 +35,7 @@ def read_log_rows(path) -> tuple[list[dict], int]:
     rows = [_log_row(l) for l in lines if l.strip()]
     return [r for r in rows if r is not None], sum(r is None for r in rows)
 
+# %% ../../nbs/09f_deploy_monitor.ipynb #f5ae8057
 def read_log(path) -> tuple:
     "`(requests, feedback)`: the log's request rows and feedback events as DataFrames; `requests.attrs['skipped']`."
     import pandas as pd
@@ -170,6 +171,7 @@ def read_decisions(path):
     return pd.DataFrame(rows, columns=["time", "name", "action", "by", "step", "share", "state", "candidate", "reason",
                                        "evidence"])
 
+# %% ../../nbs/09f_deploy_monitor.ipynb #36026b01
 def canary_plot(decisions, req=None):
     "Each canary's set share over time, decisions marked, and (with the log's requests) the candidate's served share."
     import matplotlib.pyplot as plt
