@@ -13,7 +13,7 @@ from ..settings import make_config
 from ..files import KitError
 
 # %% auto #0
-__all__ = ['deploy_app', 'export_cmd', 'serve_cmd', 'monitor_cmd']
+__all__ = ['deploy_app', 'export_cmd', 'serve_cmd', 'monitor_cmd', 'canary_cmd']
 
 # %% ../../nbs/08e_cli_deploy.ipynb #45866e7f
 deploy_app = typer_app()  # export, serve and monitor: merged into the root command without a group name
@@ -58,6 +58,34 @@ def _serve_base(params:dict, adapters:dict) -> str:
     return make_config(params).model.base_model
 
 # %% ../../nbs/08e_cli_deploy.ipynb #dfdd01f6
+def _canary_args(specs:list[str]|None, named:dict) -> dict:
+    "`{name: candidate adapter name}` from `NAME=ADAPTER` specs; a candidate folder is added to `named` to be served."
+    out = {}
+    for spec in specs or []:
+        name, eq, cand = (x.strip() for x in spec.partition("="))
+        if not eq or not name or not cand: fail(f"--canary {spec!r}: expected NAME=ADAPTER (a folder or a served name)")
+        if name not in named: fail(f"--canary {spec!r}: '{name}' is not a served adapter (serving: "
+                                   f"{', '.join(named) or 'none'}); name the adapter the candidate replaces")
+        if name in out: fail(f"--canary: two canaries for '{name}'")
+        if cand in named: out[name] = cand
+        elif Path(cand).exists():
+            out[name] = f"{name}-canary"
+            if out[name] in named: fail(f"--canary {spec!r}: an adapter is already named '{out[name]}'")
+            named[out[name]] = Path(cand)
+        else: fail(f"--canary {spec!r}: no adapter folder or served adapter '{cand}'")
+    return out
+
+def _canary_rule(steps:str|None, min_requests:int|None, min_seconds:float|None, min_feedback:int|None):
+    "The `CanaryRule` of the command's options (the rule's defaults where not given)."
+    from finetune_kit.deploy import CanaryRule
+    kw = {k: v for k, v in (("min_requests", min_requests), ("min_seconds", min_seconds),
+                            ("min_feedback", min_feedback)) if v is not None}
+    if steps is not None:
+        try: kw["steps"] = tuple(float(x) for x in steps.split(","))
+        except ValueError: fail(f"--canary-steps {steps!r}: expected shares like 0.05,0.25,0.5")
+    return CanaryRule(**kw)
+
+# %% ../../nbs/08e_cli_deploy.ipynb #d71e5623
 @deploy_app.command("serve", cls=reads("base_model", "dtype", "attn_implementation", "trust_remote_code", "threads",
                                        "omp_wait_policy", "runs_dir"))
 def serve_cmd(ctx:typer.Context,
@@ -84,15 +112,30 @@ def serve_cmd(ctx:typer.Context,
               log_text:bool = typer.Option(False, "--log-text/--no-log-text", help="also log each request's last user "
                                            "message and the answer, PII-scrubbed (for drift and retraining)"),
               retention_days:float|None = typer.Option(None, "--text-retention-days", help="logged text older than "
-                                                       "this is dropped from the log (default: 30)")):
+                                                       "this is dropped from the log (default: 30)"),
+              canary:list[str]|None = typer.Option(None, "--canary", help="NAME=ADAPTER: release ADAPTER (a folder, or "
+                                                   "a served adapter's name) to requests for the served adapter NAME, "
+                                                   "share raised step by step, rolled back or promoted on evidence"),
+              canary_steps:str|None = typer.Option(None, "--canary-steps", help="the candidate's shares, rising "
+                                                   "(default: 0.05,0.25,0.5; passing the last promotes)"),
+              canary_min_requests:int|None = typer.Option(None, "--canary-min-requests", help="each arm's requests "
+                                                          "per step before its one decision (default: 200)"),
+              canary_min_seconds:float|None = typer.Option(None, "--canary-min-seconds", help="least time per step "
+                                                           "(default: 300)"),
+              canary_min_feedback:int|None = typer.Option(None, "--canary-min-feedback", help="ratings of each arm's "
+                                                          "step sample to wait for (default: 0)"),
+              canary_log:Path|None = typer.Option(None, "--canary-log", help="decisions log (default: canary.jsonl "
+                                                  "beside the request log)")):
     "Serve the base model and named adapters over an OpenAI-compatible API (or build vLLM's command for them)."
     from finetune_kit.deploy import (SCHEDULERS, Router, ServeSettings, load_engine, make_app, parse_split, run_vllm,
                                      serve, vllm_command)
     params, named = ctx.meta["params"], _adapter_args(adapters)
+    canaries = _canary_args(canary, named)
     base = _serve_base(params, named)
     if engine not in ("kit", "vllm"): fail(f"--engine {engine!r}: choose kit or vllm")
     if engine == "vllm":
-        if ab: fail("--ab needs the kit's server (vLLM has no A/B splits): split at your gateway, or serve with the kit")
+        if ab or canaries: fail(f"{'--ab' if ab else '--canary'} needs the kit's server (vLLM has no A/B splits): "
+                                "split at your gateway, or serve with the kit")
         import shlex
         cmd = vllm_command(base, named, host, port, params.get("dtype", "auto"),
                            trust_remote_code=bool(params.get("trust_remote_code")))
@@ -108,12 +151,21 @@ def serve_cmd(ctx:typer.Context,
                              feedback_file=str(feedback or runs/"feedback.jsonl"), log_text=log_text,
                              **({} if retention_days is None else {"text_retention_days": retention_days}))
     if settings.text_retention_days <= 0: fail(f"--text-retention-days must be above 0; got {retention_days:g}")
+    rule = _canary_rule(canary_steps, canary_min_requests, canary_min_seconds, canary_min_feedback) if canaries else None
     eng = load_engine(base, named, {k: v for k, v in params.items() if k not in ("base_model", "runs_dir")},
                       max_batch, max_queue, **({"scheduler": scheduler} if scheduler else {}))
-    try: app_ = make_app(eng, settings, router)
+    try:  # a candidate on another base is refused at load_engine, with both names
+        app_ = make_app(eng, settings, router)
+        if canaries:
+            from finetune_kit.deploy import Canary, attach_canaries
+            decisions = canary_log or Path(settings.request_log).parent/"canary.jsonl"
+            attach_canaries(app_, [Canary(n, n, c, router, rule, decisions) for n, c in canaries.items()])
     except KitError: eng.close(); raise
     typer.echo(f"serving {base}" + (f" with adapters {', '.join(named)}" if named else "")
                + f" on http://{host}:{port}/v1 (chat/completions, models; /health; /v1/feedback)")
+    for n, c in canaries.items():
+        typer.echo(f"canary {c} for '{n}': shares {', '.join(f'{s:g}' for s in rule.steps)}, {rule.min_requests} "
+                   f"requests per arm and {rule.min_seconds:g} s per step; decisions in {decisions}")
     typer.echo(f"request log {settings.request_log}" + (f" with text (PII-scrubbed, kept {settings.text_retention_days:g} "
                "days)" if settings.log_text else "") + f"; feedback {settings.feedback_file}")
     serve(app_, host, port, log_level="warning")
@@ -125,10 +177,48 @@ def monitor_cmd(ctx:typer.Context,
                 out:Path|None = typer.Option(None, "--out", help="report folder (default: monitor/ beside the log)"),
                 name:str|None = typer.Option(None, "--name", help="the A/B split to compare (default: every "
                                              "request with an arm)"),
-                resamples:int = typer.Option(2000, "--resamples", help="bootstrap resamples for the A/B intervals")):
-    "Latency, throughput, error and feedback rates per adapter and arm, and the A/B difference, from a request log."
+                resamples:int = typer.Option(2000, "--resamples", help="bootstrap resamples for the A/B intervals"),
+                drift:Path|None = typer.Option(None, "--drift", help="compare the served inputs (serve --log-text) "
+                                               "with this run's training split (a run, adapter or data folder)"),
+                adapter:str|None = typer.Option(None, "--adapter", help="drift: only the requests this adapter "
+                                                "answered (default: every request with text)"),
+                window:int|None = typer.Option(None, "--window", help="drift: served requests per window "
+                                               "(default: 100)")):
+    "Latency, throughput, error and feedback rates per adapter and arm, the A/B difference and drift, from a request log."
     if not log.is_file(): fail(f"{log}: no such request log")
-    from finetune_kit.deploy import monitor
-    m = monitor(log, out, name, resamples, make_config(ctx.meta["params"]).seed)
+    if drift is not None and not drift.exists(): fail(f"--drift {drift}: no such run, adapter or data folder")
+    from finetune_kit.deploy import DriftSettings, monitor
+    seed = make_config(ctx.meta["params"]).seed
+    st = DriftSettings(seed=seed, **({} if window is None else {"window": window})) if drift is not None else None
+    m = monitor(log, out, name, resamples, seed, drift, adapter, st)
     typer.echo(m["markdown"])
-    typer.echo(f"wrote {m['files']['md']}, {m['files']['json'].name} and {m['files']['png'].name}")
+    typer.echo(f"wrote {m['files']['md']}, {m['files']['json'].name} and {m['files']['png'].name}"
+               + (f" (drift: {m['files']['drift_png'].name})" if "drift_png" in m["files"] else ""))
+
+# %% ../../nbs/08e_cli_deploy.ipynb #7a0b38b5
+@deploy_app.command("canary")
+def canary_cmd(action:str = typer.Argument(..., help="status, pin, unpin, promote or rollback"),
+               name:str|None = typer.Argument(None, help="the canary's name (the served adapter it replaces)"),
+               url:str = typer.Option("http://127.0.0.1:8000", "--url", help="the server"),
+               reason:str = typer.Option("", "--reason", help="why (written to the decisions log)")):
+    "Show a running server's canaries, or pin, unpin, promote or roll one back."
+    import json, urllib.error, urllib.request
+    if action not in ("status", "pin", "unpin", "promote", "rollback"):
+        fail(f"canary action must be status, pin, unpin, promote or rollback; got {action!r}")
+    if action != "status" and not name: fail(f"canary {action}: name the canary (see: finetune-kit canary status)")
+    req = urllib.request.Request(f"{url.rstrip('/')}/v1/canary" + (f"/{name}" if action != "status" else ""),
+                                 data=None if action == "status" else json.dumps({"action": action,
+                                                                                  "reason": reason}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r: out = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        try: msg = json.loads(e.read())["error"]["message"]
+        except Exception: msg = f"HTTP {e.code}"
+        fail(f"canary {action}: {msg}")
+    except (urllib.error.URLError, OSError) as e: fail(f"canary {action}: cannot reach the server at {url}: {e}")
+    for c in (out["data"] if action == "status" else [out["status"]]):
+        typer.echo(f"{c['name']}: {c['state'].replace('_', ' ')}, candidate {c['candidate']} at share {c['share']:g} "
+                   f"(step {c['step'] + 1} of {len(c['steps'])}; sample {c['sample']['current']} current, "
+                   f"{c['sample']['candidate']} candidate of {c['min_requests']}); last: {c['last']['action']} "
+                   f"by {c['last']['by']}: {c['last']['reason']}")

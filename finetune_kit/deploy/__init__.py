@@ -13,4 +13,6 @@ from .engine import *
 from .ab import *
 from .serve import *
 from .vllm import *
+from .drift import *
 from .monitor import *
+from .canary import *

@@ -7,7 +7,8 @@ Docs: https://finetune-kit.github.io/finetune-kit/deploy_ab.html.md"""
 # %% ../../nbs/09c_deploy_ab.ipynb #fb0601a2
 from __future__ import annotations
 import hashlib, json, os, random, tempfile, threading, time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from pathlib import Path
 from fastcore.basics import patch
 from ..files import KitError
@@ -15,7 +16,7 @@ from ..data.curate import scrub_pii
 
 # %% auto #0
 __all__ = ['ARMS', 'REQUEST_FIELDS', 'TEXT_FIELDS', 'Split', 'parse_split', 'sticky_unit', 'Router', 'JsonlLog', 'request_row',
-           'text_fields', 'feedback_record']
+           'last_user_text', 'text_fields', 'feedback_record']
 
 # %% ../../nbs/09c_deploy_ab.ipynb #7bf54a1f
 ARMS = ("current", "candidate")
@@ -48,19 +49,31 @@ def sticky_unit(name:str, user:str) -> float:
 
 # %% ../../nbs/09c_deploy_ab.ipynb #db341fbb
 class Router:
-    "Routes a request's model name to an adapter and an arm, by the splits."
-    def __init__(self, splits=(), seed:int|None=None):
+    "Routes a request's model name to an adapter and an arm, by the splits; a user keeps the arm first given."
+    def __init__(self, splits=(), seed:int|None=None,
+                 remember:int=100_000):  # users whose arm is kept when a share changes (the least recent forgotten)
         self.splits = {s.name: s for s in splits}
         self._rng, self._lock = random.Random(seed), threading.Lock()
+        self._seen, self.remember = OrderedDict(), remember
 
     def route(self, name:str, user:str|None=None) -> tuple[str, str|None]:
         "`(adapter name, arm)` for a request for `name` (arm None when `name` is not split)."
         s = self.splits.get(name)
         if s is None: return name, None
-        if user: u = sticky_unit(name, user)
-        else:
-            with self._lock: u = self._rng.random()
-        return (s.candidate, "candidate") if u < s.share else (s.current, "current")
+        with self._lock:
+            if not user: arm = "candidate" if self._rng.random() < s.share else "current"
+            elif (arm := self._seen.get((name, user))) is not None: self._seen.move_to_end((name, user))
+            else:
+                arm = self._seen[(name, user)] = "candidate" if sticky_unit(name, user) < s.share else "current"
+                if len(self._seen) > self.remember: self._seen.popitem(last=False)
+        return (s.candidate if arm == "candidate" else s.current), arm
+
+    def set_share(self, name:str, share:float,
+                  keep_users:bool=True):  # False: every user follows the new share (a promotion, a rollback)
+        "Change split `name`'s candidate share; users already seen keep their arm unless `keep_users` is False."
+        with self._lock:
+            self.splits[name] = replace(self.splits[name], share=share)
+            if not keep_users: self._seen = OrderedDict((k, v) for k, v in self._seen.items() if k[0] != name)
 
 # %% ../../nbs/09c_deploy_ab.ipynb #2926a1a5
 _ESCAPES = {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}  # as `files.write_jsonl`: one line for every reader
@@ -90,13 +103,17 @@ def request_row(**kw) -> dict:
             **{k: kw[k] for k in TEXT_FIELDS if k in kw}}
 
 # %% ../../nbs/09c_deploy_ab.ipynb #cd52cc69
+def last_user_text(messages:list[dict]) -> str:
+    "The content of the conversation's last user message ('' when there is none): what the adapter was asked."
+    return next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+
+# %% ../../nbs/09c_deploy_ab.ipynb #850f0305
 def text_fields(messages:list[dict],  # the request's conversation
                 answer:str|None=None,  # the served answer (None: no answer, e.g. an error)
                 region:str="US",  # the phone-number region of `scrub_pii`
                ) -> dict:
     "The request log's `input` (the last user message) and `answer`, PII-scrubbed."
-    user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
-    out = {"input": scrub_pii(user, region)[0]}
+    out = {"input": scrub_pii(last_user_text(messages), region)[0]}
     if answer is not None: out["answer"] = scrub_pii(answer, region)[0]
     return out
 

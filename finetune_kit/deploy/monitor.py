@@ -8,22 +8,45 @@ Docs: https://finetune-kit.github.io/finetune-kit/deploy_monitor.html.md"""
 from __future__ import annotations
 import json, math
 from pathlib import Path
-from ..files import KitError, md_table, read_jsonl
-from .ab import REQUEST_FIELDS
+from ..files import KitError, md_table
+from .ab import REQUEST_FIELDS, TEXT_FIELDS
+from .drift import DriftSettings, drift_plot, drift_windows, load_reference
 
 # %% auto #0
-__all__ = ['read_log', 'monitor_table', 'ab_difference', 'monitor_plot', 'monitor']
+__all__ = ['read_log_rows', 'read_log', 'monitor_table', 'ab_difference', 'monitor_plot', 'monitor_drift', 'read_decisions',
+           'canary_plot', 'monitor']
 
 # %% ../../nbs/09f_deploy_monitor.ipynb #0cb58e63
+def _num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+def _log_row(line:bytes) -> dict|None:
+    "The row a log line holds, or None for a line this server did not write whole (cut short, or foreign)."
+    try: r = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError): return None
+    if not isinstance(r, dict) or not _num(r.get("time")): return None
+    if "event" in r: return r if r["event"] == "feedback" and _num(r.get("rating")) else None
+    return r if isinstance(r.get("status"), int) and not isinstance(r["status"], bool) else None
+
+def read_log_rows(path) -> tuple[list[dict], int]:
+    "The log's request rows and feedback events, and the number of lines skipped (cut short, or not this server's)."
+    path = Path(path)
+    try: lines = path.read_bytes().split(b"\n")  # line by line: a crash mid-character spoils one line, not the file
+    except OSError as e: raise KitError(f"{path}: cannot read: {e}") from None
+    rows = [_log_row(l) for l in lines if l.strip()]
+    return [r for r in rows if r is not None], sum(r is None for r in rows)
+
+# %% ../../nbs/09f_deploy_monitor.ipynb #f5ae8057
 def read_log(path) -> tuple:
-    "`(requests, feedback)`: the log's request rows and feedback events as DataFrames."
+    "`(requests, feedback)`: the log's request rows and feedback events as DataFrames; `requests.attrs['skipped']`."
     import pandas as pd
-    rows = read_jsonl(path)
-    if not rows: raise KitError(f"{path}: the request log is empty")
-    req = pd.DataFrame([r for r in rows if "event" not in r], columns=list(REQUEST_FIELDS))
+    rows, skipped = read_log_rows(path)
+    if not rows: raise KitError(f"{path}: the request log has no rows" + (f" ({skipped} lines skipped: cut short, "
+                                "or not written by finetune-kit serve)" if skipped else ""))
+    req = pd.DataFrame([r for r in rows if "event" not in r], columns=[*REQUEST_FIELDS, *TEXT_FIELDS])
     fb = pd.DataFrame([r for r in rows if r.get("event") == "feedback"],
                       columns=["time", "request_id", "model", "adapter", "arm", "rating", "corrected"])
     for df in (req, fb): df[["adapter", "arm"]] = df[["adapter", "arm"]].fillna("-")
+    req.attrs["skipped"] = skipped
     return req, fb
 
 # %% ../../nbs/09f_deploy_monitor.ipynb #d040ac02
@@ -106,6 +129,73 @@ def monitor_plot(req, fb, table=None):
     fig.tight_layout()
     return fig
 
+# %% ../../nbs/09f_deploy_monitor.ipynb #6a221eee
+def monitor_drift(req,  # the log's requests (`read_log`)
+                  reference,  # a run folder, its adapter/, a prepared data folder, or a `drift.Reference`
+                  adapter:str|None=None,  # only requests this adapter answered (None: every request with text)
+                  settings:DriftSettings|None=None) -> dict:
+    "Drift of the log's served inputs from the training split: windows, the examples most unlike it, a summary."
+    st = settings or DriftSettings()
+    ref = reference if hasattr(reference, "texts") else load_reference(reference)
+    r = req[req["input"].notna()] if "input" in req else req.iloc[:0]
+    if adapter is not None: r = r[r["adapter"] == adapter]
+    if not len(r):
+        raise KitError("the request log holds no request text" + (f" for adapter '{adapter}'" if adapter else "")
+                       + ": serve with --log-text to log it")
+    r = r.sort_values("time", kind="stable")
+    answers = r["answer"].where(r["status"] == 200).tolist() if ref.labels is not None else None
+    windows, unlike = drift_windows(r["input"].astype(str).tolist(), ref, answers, r["time"].astype(float).tolist(),
+                                    st)
+    alarms = windows.index[windows["alarm"]].tolist()
+    fired = [t for t in ("auc", "length", "label") if f"{t}_alarm" in windows and windows[f"{t}_alarm"].any()]
+    summary = {"requests": len(r), "windows": len(windows), "alarms": len(alarms),
+               "first_alarm_request": int(windows.loc[alarms[0], "last"]) + 1 if alarms else None,
+               "tests_fired": fired, "reference": ref.source, "adapter": adapter}
+    shown = windows.drop(columns=[c for c in ("time",) if c in windows])
+    md = (f"\n## Drift from the training split ({ref.source})\n\n{len(r)} served inputs in {len(windows)} windows of "
+          f"{st.window}: {len(alarms)} alarm(s)" + (f", the first at request {summary['first_alarm_request']} "
+          f"({', '.join(fired)})" if alarms else "") + f".\n\n{md_table(shown.round(4))}\n"
+          f"\n### Served inputs most unlike the training data\n\n"
+          f"{md_table(unlike.assign(input=unlike['input'].str.slice(0, 120)).round(3).set_index('request'))}\n")
+    return {"windows": windows, "unlike": unlike, "summary": summary, "settings": st, "markdown": md}
+
+# %% ../../nbs/09f_deploy_monitor.ipynb #f92bbc41
+def read_decisions(path):
+    "A canary decisions log as a DataFrame (lines cut short or foreign skipped)."
+    import pandas as pd
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").split("\n"):
+        try: r = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError: r = None
+        if isinstance(r, dict) and _num(r.get("time")) and isinstance(r.get("action"), str): rows.append(r)
+    return pd.DataFrame(rows, columns=["time", "name", "action", "by", "step", "share", "state", "candidate", "reason",
+                                       "evidence"])
+
+# %% ../../nbs/09f_deploy_monitor.ipynb #36026b01
+def canary_plot(decisions, req=None):
+    "Each canary's set share over time, decisions marked, and (with the log's requests) the candidate's served share."
+    import matplotlib.pyplot as plt
+    import numpy as np
+    names = list(dict.fromkeys(decisions["name"]))
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 3.6), squeeze=False)
+    t0 = decisions["time"].min()
+    for ax, name in zip(axes[0], names):
+        d = decisions[decisions["name"] == name].sort_values("time")
+        x = np.r_[d["time"].to_numpy(float) - t0]
+        ax.step(x, d["share"], where="post", label="set share")
+        if req is not None and len(r := req[(req["model"] == name) & req["arm"].isin(["current", "candidate"])]):
+            k = max(len(r) // 20, 5)
+            served = (r["arm"] == "candidate").astype(float).rolling(k, min_periods=1).mean()
+            ax.plot(r["time"].to_numpy(float) - t0, served, alpha=0.6, label=f"served (last {k} requests)")
+        for _, e in d.iterrows():
+            c = {"rollback": "red", "promote": "green"}.get(e["action"], "gray")
+            ax.axvline(e["time"] - t0, color=c, ls=":" if e["by"] == "rule" else "--", alpha=0.7)
+            ax.annotate(f"{e['action']} ({e['by']})", (e["time"] - t0, e["share"]), fontsize=7, rotation=30)
+        ax.set(title=f"canary '{name}'", xlabel="time (s)", ylabel="candidate share", ylim=(-0.05, 1.1))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
 # %% ../../nbs/09f_deploy_monitor.ipynb #f6ee10ca
 def _records(df) -> list[dict]:
     return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
@@ -114,11 +204,15 @@ def _records(df) -> list[dict]:
 def monitor(log,  # the server's request log (JSON Lines)
             out_dir=None,  # where the report goes (None: `monitor/` beside the log)
             name:str|None=None,  # the A/B split to compare (None: every request with an arm)
-            n_resamples:int=2000, seed:int=0) -> dict:
-    "Read the log; write the table, the A/B difference and the plots; return them and the files."
+            n_resamples:int=2000, seed:int=0,
+            reference=None,  # drift: the adapter's run folder (or prepared data) to compare served inputs with
+            adapter:str|None=None,  # drift: only requests this adapter answered (None: every request with text)
+            drift_settings:DriftSettings|None=None) -> dict:
+    "Read the log; write the table, the A/B difference, drift (with `reference`) and the plots; return them and the files."
     import matplotlib.pyplot as plt
     log = Path(log)
     req, fb = read_log(log)
+    d = monitor_drift(req, reference, adapter, drift_settings) if reference is not None else None
     table = monitor_table(req, fb)
     has_ab = req["arm"].isin(["current", "candidate"]).any()
     ab = ab_difference(req, fb, name, n_resamples, seed) if has_ab else None
@@ -129,9 +223,27 @@ def monitor(log,  # the server's request log (JSON Lines)
     plt.close(fig)
     md = f"## Requests by adapter and arm\n\n{md_table(table.reset_index().set_index('adapter'))}\n"
     if ab is not None: md += f"\n## A/B: candidate - current (95% bootstrap interval)\n\n{md_table(ab)}\n"
+    if req.attrs.get("skipped"):
+        md += f"\n{req.attrs['skipped']} log lines skipped: cut short, or not written by finetune-kit serve.\n"
+    files = {k: out/f"monitor.{k}" for k in ("md", "json", "png")}
+    if (decisions := log.parent/"canary.jsonl").is_file() and len(dec := read_decisions(decisions)):
+        md += f"\n## Canary decisions ({decisions.name})\n\n{md_table(dec.drop(columns=['evidence']).round(3))}\n"
+        fig = canary_plot(dec, req)
+        fig.savefig(out/"canary.png", dpi=100)
+        plt.close(fig)
+        files["canary_png"] = out/"canary.png"
+    if d is not None:
+        md += d["markdown"]
+        fig = drift_plot(d["windows"], d["settings"])
+        fig.savefig(out/"drift.png", dpi=100)
+        plt.close(fig)
+        files["drift_png"] = out/"drift.png"
     (out/"monitor.md").write_text(md)
     (out/"monitor.json").write_text(json.dumps({"table": _records(table), "ab": _records(ab) if ab is not None
-                                                else None, "requests": len(req), "feedback": len(fb)}, indent=2,
-                                               default=str) + "\n")
-    return {"table": table, "ab": ab, "markdown": md,
-            "files": {k: out/f"monitor.{k}" for k in ("md", "json", "png")}}
+                                                else None, "requests": len(req), "feedback": len(fb),
+                                                "skipped_lines": req.attrs.get("skipped", 0),
+                                                "drift": None if d is None else {
+                                                    "summary": d["summary"], "windows": _records(d["windows"]),
+                                                    "unlike": _records(d["unlike"])}},
+                                               indent=2, default=str) + "\n")
+    return {"table": table, "ab": ab, "drift": d, "markdown": md, "files": files}
