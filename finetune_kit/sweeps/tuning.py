@@ -106,8 +106,8 @@ def judge_on_test(run_dir,  # the winner's run folder (a trial's, or the retrain
 
 # %% ../../nbs/06i_sweeps_tuning.ipynb #0a2bdf7c
 _NOT_IN_RECIPE = ("source", "task", "data_dir", "test_source", "text_field", "label_field", "group_field",
-                  "slice_field", "decontaminate", "run_id", "runs_dir", "run_name", "recipe", "budget", "epsilon", "tune_val_records",
-                  "eval_split", "score_steps", "score_samples", "review_samples", "report_to", "project")
+                  "slice_field", "decontaminate", "run_id", "runs_dir", "run_name", "recipe", "budget", "epsilon",
+                  "tune_val_records", "eval_split", "score_steps", "score_samples", "review_samples", "report_to", "project")
 
 def recipe_params(trial_cfg,  # the winner's resolved config
                   keys,  # the parameters the recipe sets: the task's recipe's, those given, those searched
