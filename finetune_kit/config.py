@@ -59,6 +59,8 @@ class DataConfig:
     system_prompt: str|None = _f(None, "system prompt for every record (None: the task's default)")
     # Parameters that control the split
     val_size: float = _f(0.1, "share of records for validation", ge=0, lt=1)
+    val_records: int|None = _f(None, "validation records drawn, like test_records, before max_records samples the "
+                               "training pool; overrides val_size (None: val_size of the sampled records)", ge=0)
     test_size: float = _f(0.1, "share of records for test (when test_records is None)", ge=0, lt=1)
     test_records: int|None = _f(None, "held-out test records, drawn before max_records samples the training pool "
                                 "(None: test_size of the sampled records)", ge=0)
@@ -163,6 +165,9 @@ class TuneConfig:
     "How `finetune-kit tune` searches a recipe."
     budget: str|None = _f(None, "wall-clock budget of tune's whole search, e.g. 45m, 1h, 90s")
     epsilon: float = _f(0.01, "tune picks the cheapest complete trial within this of the best validation score", ge=0)
+    tune_val_records: int = _f(200, "validation records every trial is judged on (tune passes them as val_records, "
+                                    "drawn before max_records samples the training pool), unless val_size or "
+                                    "val_records is given", ge=1)
 
 # %% ../nbs/00_config.ipynb #2fe54abd
 @dataclass
@@ -299,7 +304,7 @@ def check_param(name:str,  # a flat parameter name
 def _check_together(cfg:RunConfig, source:str="parameter") -> RunConfig:
     "`cfg`, once the limits that span parameters hold."
     d = cfg.data
-    if d.test_records is None and d.test_source is None and d.val_size + d.test_size >= 1:
+    if d.test_records is None and d.test_source is None and d.val_records is None and d.val_size + d.test_size >= 1:
         raise ConfigError(f"{source}s val_size + test_size must be below 1 (records are left to train on); "
                           f"got {d.val_size} + {d.test_size}")
     return cfg

@@ -29,7 +29,7 @@ REJECT_REASONS = {
     "bad_tags": "NER tags that are not BIO, or not one per token",
     "label_not_in_set": "a label outside the declared label set",
     "contaminated": "an exact or near copy of a record of the evaluation set",
-    "in_test_set": "an exact or near copy of a record of your own test set (test_source): removed from training",
+    "in_test_set": "an exact or near copy of a test record (test_source, or the test_records held out): removed from training",
     "over_token_budget": "the prompt alone fills the token budget, so the answer would be cut away",
     "too_large": ("a field over 131,072 characters (CSV's field limit) or nesting deeper than 100 levels: far past any "
                   "token budget"),

@@ -136,6 +136,9 @@ CASES = [
      "nosuch-org/nosuch-model: cannot load it from the Hugging Face hub"),
     (f"data prepare {FIX}/classification.jsonl --out {{d}}/o -p val_size 1.5", "parameter val_size must be in [0, 1)"),
     (f"data prepare {FIX}/classification.jsonl --out {{d}}/o -p max_chars -5", "parameter max_chars must be >= 1"),
+    (f"data prepare {FIX}/classification.jsonl --out {{d}}/o -p val_records -3", "parameter val_records must be >= 0"),
+    (f"data prepare {FIX}/classification.jsonl --out {{d}}/o -p text_field body -p label_field topic -p recipe none "
+     "-p val_records 500", "val_records 500 leaves no record to train on"),
     (f"data prepare {FIX}/classification.jsonl --out {{d}}/o -p text_field body -p label_field topic "
      "-p group_field nosuch", "group_field 'nosuch' is in none of the records"),
     (f"data prepare {FIX}/classification.jsonl --out {{d}}/o -p task nosuch", "parameter 'task' must be one of"),
@@ -268,7 +271,9 @@ CASES = [
     ("tune {d}/nosuch.jsonl --budget 45m", "nosuch.jsonl: no such file or folder"),
     ("tune bbc --budget 45m -p eval_split test", "parameter 'eval_split' is not read by `tune`"),
     ("tune bbc --budget 45m -p epsilon -1", "parameter epsilon must be >= 0"),
-    ("tune bbc --budget 45m -p val_size 0", "val_size 0: tune chooses on a validation split"),
+    ("tune bbc --budget 45m -p val_size 0", "no validation split (val_size 0 or val_records 0)"),
+    ("tune bbc --budget 45m -p val_records 0", "no validation split (val_size 0 or val_records 0)"),
+    ("tune bbc --budget 45m -p tune_val_records 0", "parameter tune_val_records must be >= 1"),
     ("tune bbc --budget 45m -p task chat -p peft_method lora -p learning_rate 1e-3 -p lora_r 8 -p num_train_epochs 1",
      "nothing to search"),
     ("tune bbc --budget 45m --parallel 0", "--parallel: must be at least 1"),

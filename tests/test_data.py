@@ -457,3 +457,50 @@ def test_test_records_are_drawn_first_and_never_reach_training(tmp_path):
     assert ids[60]["test"] == ids[200]["test"]  # the test split does not depend on the training pool's size
     texts = {json.dumps(r["prompt"]) for r in lines(tmp_path/"200"/"test.jsonl")}
     assert not texts & {json.dumps(r["prompt"]) for r in lines(tmp_path/"200"/"train.jsonl")}
+
+
+def _shared_openings(path, n=240, openings=60, seed=0):
+    "A source whose records share one of `openings` openings (about 330 characters), then differ: cut to 300 they copy each other."
+    import random
+    rng = random.Random(seed)
+    word = lambda: "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 8)))
+    heads = [" ".join(word() for _ in range(60))[:330] for _ in range(openings)]
+    with open(path, "w") as f:
+        for i in range(n):
+            k = rng.randrange(openings)
+            f.write(json.dumps({"text": heads[k] + " " + " ".join(word() for _ in range(60)), "label": "abc"[k % 3]}) + "\n")
+    return path
+
+def test_the_test_split_does_not_depend_on_max_chars(tmp_path):
+    "Cutting to 300 characters makes copies that 600 does not: the test records held out are the same either way, and no copy of one trains."
+    src = _shared_openings(tmp_path/"src.jsonl")
+    got = {}
+    for n in (300, 600):
+        info = prep(tmp_path/str(n), [str(src)], test_records=30, max_records=80, val_size=0.2, max_chars=n)
+        check_contract(tmp_path/str(n), info)
+        rows = {s: lines(tmp_path/str(n)/f"{s}.jsonl") for s in ("train", "validation", "test")}
+        got[n] = info, {s: {(r["meta"]["source"], r["meta"]["line"]) for r in v} for s, v in rows.items()}, rows
+    assert got[300][0]["counts"]["duplicates"] > got[600][0]["counts"]["duplicates"]  # the cut made copies
+    test = got[300][1]["test"]
+    assert len(test) == 30 and got[600][1]["test"] == test
+    for n in (300, 600):
+        info, by_line, rows = got[n]
+        assert not test & (by_line["train"] | by_line["validation"])  # no test record trains or validates
+        user = lambda r: r["prompt"][-1]["content"]
+        assert not {user(r) for r in rows["test"]} & {user(r) for s in ("train", "validation") for r in rows[s]}
+    assert got[300][0]["decontamination"]["in_test_set"]["exact"] > 0  # cut copies of test records removed, counted
+    assert got[300][0]["counts"]["rejected_by_reason"]["in_test_set"] == sum(got[300][0]["decontamination"]["in_test_set"].values())
+
+def test_val_records_are_drawn_before_max_records_and_leave_training_its_size(tmp_path):
+    "val_records validation records come from outside the max_records training pool, the same whatever max_records says."
+    base = {"source": "bbc", "test_records": 100, "val_records": 150, "max_chars": 200, "val_size": 0.3}
+    sp = {}
+    for n in (60, 120):
+        info = prepare_data(make_config({**base, "max_records": n}, settings=False), tmp_path/str(n))
+        check_contract(tmp_path/str(n), info)
+        sp[n] = {s: {(r["meta"]["source"], r["meta"]["line"]) for r in lines(tmp_path/str(n)/f"{s}.jsonl")}
+                 for s in ("train", "validation", "test")}
+        assert {s: len(v) for s, v in sp[n].items()} == {"train": n, "validation": 150, "test": 100}
+        assert not (sp[n]["validation"] & sp[n]["train"]) and not (sp[n]["test"] & (sp[n]["train"] | sp[n]["validation"]))
+        assert info["split"]["val_records"] == 150
+    assert sp[60]["validation"] == sp[120]["validation"] and sp[60]["test"] == sp[120]["test"]

@@ -8,7 +8,7 @@ import pandas as pd
 from typer.testing import CliRunner
 from conftest import ROOT
 from finetune_kit.cli import app
-from finetune_kit.config import check_param, flatten
+from finetune_kit.config import check_param, flatten, param_specs
 from finetune_kit.recipes import find_recipe
 from finetune_kit.sweeps.spec import SweepError
 from finetune_kit.settings import make_config
@@ -230,6 +230,26 @@ def test_with_no_complete_trial_the_furthest_is_trained_fully_or_the_budget_says
     assert recipe.params["learning_rate"] == 2e-3 and "trained to the end" in recipe.provenance["chosen_by"]
     assert recipe.provenance["test"]["value"] == 0.81 and "source" not in recipe.params
     assert "trained to the end (no trial completed)" in (d/"report.md").read_text()
+    n_val = param_specs()["tune_val_records"].default  # the trial chose on these; the recipe reproduces its splits
+    assert ran["val_records"] == n_val and recipe.params["val_records"] == n_val and "tune_val_records" not in recipe.params
+
+@pytest.mark.parametrize("given", [{}, {"val_size": 0.2}, {"val_records": 80}, {"tune_val_records": 120}])
+def test_every_trial_chooses_on_val_records_unless_the_validation_split_is_given(tmp_path, monkeypatch, given):
+    "tune passes its own `tune_val_records` to every trial as `val_records`; a val_size or val_records given wins."
+    from finetune_kit.sweeps import tuning
+    monkeypatch.chdir(ROOT)
+    (tmp_path/"tune.json").write_text(json.dumps({"calibration": CAL}))
+    seen, said = {}, []
+    def fake(spec, **kw):
+        seen.update({k: v["value"] for k, v in spec.raw["parameters"].items() if "value" in v})
+        raise KeyboardInterrupt  # the search itself is not under test
+    monkeypatch.setattr(tuning, "sweep", fake)
+    params, _ = _tune_args(tmp_path, "2h")
+    with pytest.raises(KeyboardInterrupt): tuning.tune({**params, **given}, tmp_path, say=said.append, verbose=False)
+    n = given.get("tune_val_records", param_specs()["tune_val_records"].default)
+    want = {k: given[k] for k in ("val_size", "val_records") if k in given} or {"val_records": n}
+    assert {k: seen[k] for k in ("val_size", "val_records") if k in seen} == want and "tune_val_records" not in seen
+    assert any(f"judged on {CAL['records']['validation']} validation records" in l for l in said), said
 
 
 # --- the search space ---------------------------------------------------------------------------------------------

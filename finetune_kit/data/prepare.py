@@ -99,9 +99,11 @@ def clean_and_scrub(records:list[dict],  # from `read_and_validate`
     "The records kept, every rejection so far (read order) and the changes made: `{cleaning, pii, pii_records}`."
     names, declared = _field_names(spec, d), _declared(d)
     kept, rejected, cleaning, pii, pii_records = [], [], Counter(), Counter(), 0
+    drawn = d.test_records is not None or d.val_records is not None
     for it in records:
         if "rec" in it:
             try:
+                if drawn: it["whole"] = spec.input_text(it["rec"])  # before cleaning cuts it
                 clean_record(it["rec"], spec, d.strip_html, d.max_chars, cleaning)
                 if declared is not None and spec.label is not None and (lab := spec.label(it["rec"])) not in declared:
                     raise Rejected("label_not_in_set", spec.fields[1], f"{lab!r} not in {declared}")
@@ -194,18 +196,42 @@ def _synthetic(it:dict) -> bool:
     v = (it.get("extra") or {}).get("synthetic")
     return v is True or str(v).strip().lower() in ("true", "1", "yes")
 
-def hold_out_test(items:list[dict],  # the records left after dedup and decontamination
+def _draw(pool:list[dict], spec:TaskSpec, d, n:int, what:str, seed:int) -> tuple[list[int], list[int]]:
+    "Indices into `pool` of the rest and of `n` records drawn (stratified, `group_field` groups whole)."
+    if n and n >= len(pool): raise DataError(f"{what} {n} leaves no record to train on ({len(pool)} records)")
+    groups, labels = _split_keys(pool, spec, d)
+    parts, _ = split_indices(len(pool), labels, groups, val_size=0, test_size=n, seed=seed)
+    return parts["train"], parts["test"]
+
+def hold_out_test(items:list[dict],  # the records from `clean_and_scrub` (less the user's own test records)
                   spec:TaskSpec,  # the task
-                  d,  # the run config's `DataConfig`: `test_records`
+                  d,  # the run config's `DataConfig`: `test_records`, `val_records`
                   seed:int,  # split seed
-                 ) -> tuple[list[dict], list[dict]]:
-    "With `d.test_records`, the records left for training and the test records drawn first (marked `held_out`)."
-    if d.test_records is None: return items, []
-    real, syn = [it for it in items if not _synthetic(it)], [it for it in items if _synthetic(it)]
-    groups, labels = _split_keys(real, spec, d)
-    parts, _ = split_indices(len(real), labels, groups, val_size=0, test_size=d.test_records, seed=seed)
-    held = [{**real[k], "held_out": True} for k in parts["test"]]
-    return [real[k] for k in parts["train"]] + syn, held
+                 ) -> tuple[list[dict], list[dict], list[dict], dict]:
+    "The records left, the test records (`held_out`) and validation records (`val_drawn`) drawn first, and `{rejected, in_test_set}`: the uncut copies of test records removed."
+    info = {"rejected": [], "in_test_set": {"exact": 0, "near": 0}}
+    if d.test_records is None and d.val_records is None: return items, [], [], info
+    wholes = [it.get("whole") or spec.input_text(it["rec"]) for it in items]  # the input before cleaning cut it
+    index, copy_of, first = DuplicateIndex(d.near_dup_threshold), {}, []
+    for i, look in enumerate(index.lookups(wholes)):
+        if (hit := index.find(wholes[i], look)): copy_of[i] = hit
+        elif not _synthetic(items[i]): index.add(i, wholes[i], look); first.append(i)
+    pool = [{**items[i], "cluster": i} for i in first]  # one of each copy, synthetic never: the records drawn from
+    rest, held = _draw(pool, spec, d, d.test_records or 0, "test_records", seed)
+    rest2, val = _draw([pool[k] for k in rest], spec, d, d.val_records or 0, "val_records", seed)
+    held_ix, val_ix = {first[k] for k in held}, {first[rest[k]] for k in val}
+    left, fin = [], spec.fields[0]
+    for i, it in enumerate(items):
+        if i in held_ix or i in val_ix: continue
+        if i in copy_of and copy_of[i][0] in held_ix:  # a copy of a test record: never trains
+            j, kind, sim = copy_of[i]
+            info["in_test_set"][kind] += 1
+            why = f"{kind} match ({sim}) of test record {items[j]['source']}" + (f":{items[j]['line']}" if items[j]["line"] else "")
+            info["rejected"].append(_reject_row(it["source"], it["line"], "in_test_set", _field_names(spec, d).get(fin, fin),
+                                                why, it["rec"], d.pii_scrub))
+        else: left.append(it)
+    return (left, [{**items[i], "held_out": True} for i in sorted(held_ix)],
+            [{**items[i], "val_drawn": True} for i in sorted(val_ix)], info)
 
 # %% ../../nbs/02f_data_prepare.ipynb #b8103e29
 def template_records(items:list[dict],  # the records left
@@ -270,17 +296,18 @@ def split_records(items:list[dict],  # the records left
                   d,  # the run config's `DataConfig`
                   seed:int,  # split seed
                  ) -> tuple[dict[str, list[dict]], dict]:
-    "The records of `train`, `validation` and `test` (held-out test stays test, synthetic trains), and notes."
+    "The records of `train`, `validation` and `test` (held-out test stays test, drawn validation stays validation, synthetic trains), and notes."
     syn = [it for it in items if _synthetic(it) and not it.get("held_out")]
     if syn: items = [it for it in items if not (_synthetic(it) and not it.get("held_out"))]
-    held = [it for it in items if it.get("held_out")]
+    held, val = [it for it in items if it.get("held_out")], [it for it in items if it.get("val_drawn")]
     own = held or d.test_records is not None or d.test_source  # a test split drawn first, or the user's own
-    pool = [it for it in items if not it.get("held_out")] if own else items
+    drawn = d.val_records is not None  # a validation split drawn first
+    pool = [it for it in items if not (it.get("held_out") or it.get("val_drawn"))] if own or drawn else items
     groups, labels = _split_keys(pool, spec, d)
-    test_size = 0 if pool is not items else d.test_size
-    parts, info = split_indices(len(pool), labels, groups, d.val_size, test_size, seed)
+    parts, info = split_indices(len(pool), labels, groups, 0 if drawn else d.val_size, 0 if own else d.test_size, seed)
     out = {name: [pool[k] for k in parts[name]] for name in SPLITS}
-    if pool is not items: out["test"], info["test_records"] = held, len(held)
+    if own: out["test"], info["test_records"] = held, len(held)
+    if drawn: out["validation"], info["val_records"] = val, len(val)
     if syn: out["train"] += syn; info["synthetic_in_train"] = len(syn)
     return out, info
 
@@ -350,18 +377,21 @@ def prepare_data(cfg,  # a `RunConfig`: `cfg.data` says what to prepare, `cfg.se
     items, rejected, changes = clean_and_scrub(records, spec, d)
     items, test = own_test(items, first)
     if tsrcs: check_own_test(len(test), records, first, tsrcs)
-    items, dups = dedup(items, spec, d)
-    items, contaminated, decon = decontaminate(items, spec, d, test)
-    check_training_left(items, decon, tsrcs)
-    try: items, held = hold_out_test(items, spec, d, seed)
+    try: items, held, val, copies = hold_out_test(items, spec, d, seed)  # drawn before anything a search varies
     except DataError as e:
-        if getattr(cfg, "recipe", "none") == "none": raise
+        if getattr(cfg, "recipe", "none") == "none" or not str(e).startswith("test_records"): raise
         raise DataError(f"{e}; recipe {cfg.recipe} sets test_records: pass -p test_records N, or -p recipe none") from None
+    items, dups = dedup(val + items, spec, d)  # the validation records first: kept over their copies
+    items, contaminated, decon = decontaminate(items, spec, d, test + held)
+    for k, v in copies["in_test_set"].items(): decon["in_test_set"][k] += v
+    contaminated = copies["rejected"] + contaminated
+    check_training_left(items, decon, tsrcs)
+    val, items = [it for it in items if it.get("val_drawn")], [it for it in items if not it.get("val_drawn")]
     if ratios:
         n_read = [sum(it["part"] == k for it in records) for k in range(first)]
         items, skipped, mix = mix_sources(items, srcs, ratios, d.max_records, seed, n_read)
     else: (items, skipped), mix = sample_records(items, d.max_records, seed), None
-    items = items + held + test
+    items = items + val + held + test
     template = template_records(items, spec, d)
     items, tokens, over_budget, lens = token_budget(items, tokenizer, cfg.train.max_length, seed, d.pii_scrub)
     test_over = len(test) - sum(bool(it.get("own_test")) for it in items)
@@ -384,7 +414,8 @@ def prepare_data(cfg,  # a `RunConfig`: `cfg.data` says what to prepare, `cfg.se
                 "by_type": {k: changes["pii"][k] for k in PII_TYPES if changes["pii"][k]}},
         "label_conflicts_count": len(dups["conflicts"]), "label_conflicts": dups["conflicts"][:50],
         "decontamination": decon, "tokens": tokens,
-        "split": {"seed": seed, "val_size": d.val_size, "test_size": d.test_size, "group_field": d.group_field,
+        "split": {"seed": seed, "val_size": d.val_size, "val_records": d.val_records, "test_size": d.test_size,
+                  "group_field": d.group_field,
                   **split_info},
         "mixture": mixture_report(mix, parts) if mix else None,
         "test_set": own_test_info(tsrcs, records, first, parts["test"], [spec.input_text(it["rec"]) for it in test],

@@ -57,7 +57,7 @@ def trial_order(space:dict, first:dict, seed:int=0) -> list[dict]:
 
 # %% ../../nbs/06i_sweeps_tuning.ipynb #638c22a1
 _FORCED = {"eval_split": "validation", "review_samples": 0}  # every trial: judged on validation, no review sheet
-_NOT_TRIAL = ("budget", "epsilon", "run_id", "runs_dir")  # tune's own and where its folder goes
+_NOT_TRIAL = ("budget", "epsilon", "tune_val_records", "run_id", "runs_dir")  # tune's own and where its folder goes
 
 def tune_sweep(name:str, constants:dict, space:dict, metric:str, max_iter:int) -> SweepSpec:
     "The search as a sweep: constants, the space's values, the metric to maximize, successive halving on the checkpoints among trials of one length."
@@ -107,7 +107,7 @@ def judge_on_test(run_dir,  # the winner's run folder (a trial's, or the retrain
 # %% ../../nbs/06i_sweeps_tuning.ipynb #0a2bdf7c
 _NOT_IN_RECIPE = ("source", "task", "data_dir", "test_source", "text_field", "label_field", "group_field",
                   "slice_field", "decontaminate", "run_id", "runs_dir", "run_name", "recipe", "budget", "epsilon",
-                  "eval_split", "score_steps", "score_samples", "review_samples", "report_to", "project")
+                  "tune_val_records", "eval_split", "score_steps", "score_samples", "review_samples", "report_to", "project")
 
 def recipe_params(trial_cfg,  # the winner's resolved config
                   keys,  # the parameters the recipe sets: the task's recipe's, those given, those searched
@@ -236,12 +236,17 @@ def tune(params:dict,  # flat parameters as given: source, budget, anything fixe
     cfg = make_config(params)
     budget_s, eps = parse_budget(cfg.tune.budget), cfg.tune.epsilon
     _check_sources(cfg.data.source)
-    if cfg.data.val_size <= 0: raise TuneError("val_size 0: tune chooses on a validation split; give val_size above 0")
+    val = {} if {"val_size", "val_records"} & set(params) else {"val_records": cfg.tune.tune_val_records}
+    cfg = update_config(cfg, val)  # every trial chooses on the same, large enough validation split
+    if cfg.data.val_records == 0 or (cfg.data.val_records is None and cfg.data.val_size <= 0):
+        raise TuneError("no validation split (val_size 0 or val_records 0): tune chooses on a validation split; "
+                        "give val_records or val_size above 0")
     space = tune_space(cfg.data.task, params)
     tune_dir = Path(tune_dir or Path(cfg.runs_dir)/(cfg.run_id or tune_name(cfg))).expanduser().resolve()
     name = tune_dir.name
-    key = json.loads(json.dumps({"task": cfg.data.task, "epsilon": eps, "space": space, "params": {
-        k: v for k, v in sorted(params.items()) if k not in _NOT_TRIAL}}, default=str))
+    given = {k: v for k, v in params.items() if k not in _NOT_TRIAL} | val  # what every trial is given
+    key = json.loads(json.dumps({"task": cfg.data.task, "epsilon": eps, "space": space, "params": dict(sorted(given.items()))},
+                                default=str))
     state = _read_json(tune_dir/"tune.json")
     if state.get("key", key) != key:
         old = state["key"]
@@ -252,13 +257,13 @@ def tune(params:dict,  # flat parameters as given: source, budget, anything fixe
     if state.get("finished"):
         say(f"tune {name} is finished (its test split has been used once; a new search needs a new folder)")
         spec = load_sweep(state["sweep"], name=name)
-        return _outputs(tune_dir, state, open_study(spec, None, tune_dir/"search"), spec, space, params)
+        return _outputs(tune_dir, state, open_study(spec, None, tune_dir/"search"), spec, space, given)
     state.update(key=key, name=name, source=cfg.data.source, task=cfg.data.task, budget=str(cfg.tune.budget),
                  budget_s=budget_s, epsilon=eps)
     spent0, t0 = state.get("spent_s", 0.0), time.time()
     spent = lambda: spent0 + time.time() - t0
     def save(): state["spent_s"] = round(spent(), 1); _save(tune_dir, state)
-    constants = {k: v for k, v in params.items() if k not in _NOT_TRIAL} | _FORCED
+    constants = given | _FORCED
     first, notebook = first_point(space, cfg), resolve_notebook(SweepSpec(name, "random", {}))
     try:
         save()
@@ -314,7 +319,7 @@ def tune(params:dict,  # flat parameters as given: source, budget, anything fixe
             say(f"tune {name}: judging trial {state['chosen']['trial']} once on the test split")
             state["test"] = judge_on_test(state["chosen"]["run_dir"], tune_dir/"test", cfg.eval.review_samples)
             save()
-        res = _outputs(tune_dir, state, study, spec, space, params)
+        res = _outputs(tune_dir, state, study, spec, space, given)
         state["finished"] = True
         return res
     finally: save()
