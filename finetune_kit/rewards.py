@@ -12,7 +12,7 @@ from .files import KitError
 from .tasks import get_task
 
 # %% auto #0
-__all__ = ['RewardError', 'completion_text', 'task_reward', 'import_reward', 'reward_functions']
+__all__ = ['RewardError', 'completion_text', 'record_score', 'task_reward', 'import_reward', 'reward_functions']
 
 # %% ../nbs/01d_rewards.ipynb #5ebc76c4
 class RewardError(KitError):
@@ -26,8 +26,11 @@ def completion_text(c) -> str:
     return "" if c is None else str(c)
 
 # %% ../nbs/01d_rewards.ipynb #e7f85e1d
-def _alone(row, agg, item:dict) -> float:
-    "One record's headline from its own counts."
+def record_score(row,  # one record's counts (a row of `TaskScores.counts`)
+                 agg,  # the scorer's sums -> headline function
+                 item:dict,  # the record's item (`readable` ...)
+                ) -> float:
+    "One record's headline from its own counts: 1 for nothing to find and nothing found, readably."
     if not any(row): return 1.0 if item.get("readable") else 0.0
     return float(agg(row))
 
@@ -45,7 +48,7 @@ def task_reward(task:str,  # a registered task with a scorer
         recs = [{k: v[i] for k, v in columns.items() if isinstance(v, list) and len(v) == n} for i in range(n)]
         labs = labels or (sorted({spec.label(r) for r in recs}) if spec.label is not None else None)
         _, items, counts, agg, _ = spec.get("score")(recs, outs, labs)
-        return [_alone(counts[i], agg, items[i]) for i in range(n)]
+        return [record_score(counts[i], agg, items[i]) for i in range(n)]
     reward.__name__ = f"{spec.name}_{spec.headline or 'score'}"
     return reward
 

@@ -16,3 +16,5 @@ from .baselines import *
 from .review import *
 from .vllm import *
 from .run import *
+from .pairs import *
+from .objective import *

@@ -16,8 +16,8 @@ from .generate import EvalError
 
 # %% auto #0
 __all__ = ['LABEL_STUDIO_CHOICES', 'BLIND_FORM', 'REVIEW_COLUMNS', 'prompt_text', 'answers_digest', 'make_review_sheet',
-           'review_html', 'label_studio_config', 'label_studio_tasks', 'label_studio_verdicts', 'review_rates',
-           'human_work', 'write_review', 'import_review']
+           'review_html', 'label_studio_config', 'label_studio_tasks', 'label_studio_verdicts', 'win_interval',
+           'review_rates', 'human_work', 'write_review', 'read_review_key', 'import_review']
 
 # %% ../../nbs/05d_evaluate_review.ipynb #916fdf4e
 LABEL_STUDIO_CHOICES = {"1": "Answer 1 is better", "tie": "Tie", "2": "Answer 2 is better"}
@@ -100,6 +100,16 @@ def label_studio_verdicts(export) -> pd.DataFrame:
     return pd.DataFrame([{"item": v.id, "verdict": v.decision, "comment": v.note or "", "answers": _shown_digest(v)}
                          for v in vs], columns=["item", "verdict", "comment", "answers"])
 
+# %% ../../nbs/05d_evaluate_review.ipynb #43eff941
+def win_interval(wins:int,  # judgements the tuned model won
+                 n:int,  # judgements made (ties included)
+                 confidence:float=0.95) -> list[float]:
+    "Wilson's score interval for the win rate `wins / n` (NaNs when nothing was judged)."
+    if n <= 0: return [float("nan"), float("nan")]
+    from scipy.stats import binomtest
+    ci = binomtest(wins, n).proportion_ci(confidence, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
 # %% ../../nbs/05d_evaluate_review.ipynb #8b6b6437
 def _rates(verdicts:list, key:dict) -> dict:
     "Tuned's win/tie/loss over `verdicts` (`finetune_kit.review.Verdict`), un-blinded with `key`."
@@ -119,7 +129,7 @@ def _rates(verdicts:list, key:dict) -> dict:
     n = win + tie + loss
     r = lambda x: x/n if n else float("nan")
     return {"judged": n, "blank": blank, "win": win, "tie": tie, "loss": loss,
-            "win_rate": r(win), "tie_rate": r(tie), "loss_rate": r(loss)}
+            "win_rate": r(win), "tie_rate": r(tie), "loss_rate": r(loss), "win_rate_interval": win_interval(win, n)}
 
 # %% ../../nbs/05d_evaluate_review.ipynb #269c853a
 def review_rates(verdicts:pd.DataFrame, key:dict) -> dict:
@@ -155,8 +165,9 @@ def write_review(sheet:pd.DataFrame, key:dict, folder) -> dict[str, Path]:
     return p
 
 # %% ../../nbs/05d_evaluate_review.ipynb #a3adddd5
-def _read_key(path:Path) -> dict:
-    "The review key at `path`, checked."
+def read_review_key(path) -> dict:
+    "The review key at `path`, checked: which system answered in slot 1 and slot 2 of each item."
+    path = Path(path)
     if not path.is_file():
         raise EvalError(f"{path}: no review key (pass --key, the review_key.json written with the sheet)")
     try: k = json.loads(path.read_text(encoding="utf-8"))
@@ -173,7 +184,7 @@ def import_review(sheet,  # a filled review_sheet.csv, or a Label Studio JSON ex
     "Win/tie/loss of tuned from a filled sheet (CSV) or a Label Studio export (JSON); written to `review.json`."
     sheet = Path(sheet)
     key_path = Path(key) if key else sheet.parent/"review_key.json"
-    k = _read_key(key_path)
+    k = read_review_key(key_path)
     with _as_eval_error():
         vs = studio_verdicts(sheet, BLIND_FORM) if sheet.suffix.lower() == ".json" else sheet_verdicts(sheet, BLIND_FORM)
     res = _rates(vs, k) | {"source": str(sheet)}
