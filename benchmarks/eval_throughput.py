@@ -1,5 +1,5 @@
 """Benchmark: batched greedy generation (left padding, batch 16) against one prompt at a time, with
-`finetune_kit.evaluate.generate` on SmolLM2-135M-Instruct, on short BBC classification prompts.
+`finetune_kit.engine.generate` on SmolLM2-135M-Instruct, on short BBC classification prompts.
 
     python benchmarks/eval_throughput.py [--n 32] [--batch-size 16] [--max-new-tokens 32] [--max-chars 160] [--threads N]
 
@@ -10,8 +10,7 @@ Answers end at different lengths; in a batch, `generate` drops each finished ans
 steps (one prompt at a time simply stops), so a batch does not pay for its longest answer 16 times.
 Both modes call `generate` the same way (batch_size 1 or 16), so both reuse the KV cache of the
 prompts' shared prefix (chat markup, system prompt, instruction, label list); `--no-prefix-cache`
-turns that off for both. On a CPU, `generate` also applies its two CPU measures (the faster GEMM
-orientation for few rows, a KV cache that grows without copying) in both modes alike.
+turns that off for both. On a CPU, `generate` decodes with SDPA attention in both modes alike.
 
 Both modes run in the same process on the same prompts (a warm-up call first), interleaved batch
 by batch so that load from other processes affects both alike: the ratio is like for like. Prints
@@ -61,7 +60,7 @@ def main():
     if a.threads: torch.set_num_threads(a.threads)
     from finetune_kit.settings import make_config
     from finetune_kit.models import load_model
-    from finetune_kit.evaluate import generate
+    from finetune_kit.engine import generate
     recs = bbc_prompts(a.n, a.max_chars)
     model, tok = load_model(make_config(settings=False, base_model=a.model, dtype=a.dtype, attn_implementation=a.attn),
                             progress=False)

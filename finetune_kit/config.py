@@ -16,8 +16,8 @@ from .objectives import OBJECTIVES, method_problem
 
 # %% auto #0
 __all__ = ['ConfigError', 'DataConfig', 'ModelConfig', 'AdapterConfig', 'TrainConfig', 'EvalConfig', 'TrackingConfig',
-           'RunConfig', 'ParamSpec', 'param_specs', 'range_text', 'check_param', 'update_config', 'flatten',
-           'config_to_dict', 'config_from_dict', 'save_config', 'load_config', 'seed_everything']
+           'TuneConfig', 'RunConfig', 'ParamSpec', 'param_specs', 'range_text', 'check_param', 'update_config',
+           'flatten', 'config_to_dict', 'config_from_dict', 'save_config', 'load_config', 'seed_everything']
 
 # %% ../nbs/00_config.ipynb #da072873
 class ConfigError(KitError):
@@ -156,6 +156,9 @@ class EvalConfig:
     eval_split: str = _f("test", "prepared split to evaluate on", ("test", "validation", "train"))
     bootstrap_samples: int = _f(1000, "bootstrap resamples for the 95% intervals (0: no intervals)", ge=0)
     review_samples: int = _f(50, "records on the blind human-review sheet (0: no sheet)", ge=0)
+    score_steps: int = _f(0, "score the validation split with the task's metric every N training steps, logged to "
+                          "metrics.jsonl for pruning (0: off)", ge=0)
+    score_samples: int = _f(64, "validation records scored at each of those steps (a seeded sample)", ge=1)
 
 # %% ../nbs/00_config.ipynb #f2e65e55
 @dataclass
@@ -164,6 +167,13 @@ class TrackingConfig:
     report_to: str = _f("wandb", "tracking backend", ("wandb", "mlflow", "none"))
     project: str = _f("finetune-kit", "W&B project / MLflow experiment")
     run_name: str|None = _f(None, "display name (None: the run id)")
+
+# %% ../nbs/00_config.ipynb #31912166
+@dataclass
+class TuneConfig:
+    "How `finetune-kit tune` searches a recipe."
+    budget: str|None = _f(None, "wall-clock budget of tune's whole search, e.g. 45m, 1h, 90s")
+    epsilon: float = _f(0.01, "tune picks the cheapest complete trial within this of the best validation score", ge=0)
 
 # %% ../nbs/00_config.ipynb #2fe54abd
 @dataclass
@@ -175,6 +185,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     seed: int = _f(42, "seed for python, numpy, torch and the data split", ge=0, le=2**32 - 1)
     runs_dir: str = _f("runs", "folder holding one subfolder per run")
     run_id: str|None = _f(None, "run folder name (None: timestamp, task and method)")
@@ -182,7 +193,7 @@ class RunConfig:
                      "none, or one of `finetune-kit recipes`")
 
 # %% ../nbs/00_config.ipynb #350bfbd6
-_SECTIONS = ("data", "model", "peft", "train", "eval", "tracking")
+_SECTIONS = ("data", "model", "peft", "train", "eval", "tracking", "tune")
 
 @dataclass(frozen=True)
 class ParamSpec:

@@ -13,7 +13,7 @@ from .files import KitError
 
 # %% auto #0
 __all__ = ['REJECT_REASONS', 'TASKS', 'Rejected', 'text_of', 'messages_of', 'tokens_of', 'format_entities', 'parse_entities',
-           'TaskSpec', 'register_task', 'get_task', 'flat_texts', 'rating_of']
+           'TaskSpec', 'register_task', 'get_task', 'flat_texts', 'search_values', 'rating_of']
 
 # %% ../nbs/01_tasks.ipynb #de08c45c
 REJECT_REASONS = {
@@ -169,6 +169,7 @@ class TaskSpec:
     baselines: tuple = ()  # classical systems: (train, test, seed, validation) -> (answers, about)
     plot_metrics: tuple = ()  # metrics on the comparison plot (headline first)
     recipe: str|None = None  # the recipe a run of this task takes by default (`recipes`; None: none)
+    tune_space: tuple = ()  # what `tune` searches: (flat parameter, values) pairs (`search_values`)
     preference: str|None = None  # "pairs" or "ratings": preference data, trained by a preference objective, not SFT
 
     def get(self, name:str) -> Callable|None:
@@ -214,6 +215,13 @@ def flat_texts(**roles) -> Callable:
         for f, role in roles.items(): rec[f] = fn(rec[f], f, role)
     return texts
 
+# %% ../nbs/01_tasks.ipynb #6306238b
+def search_values(**values) -> tuple:
+    "A task's `tune_space`: each flat parameter with the values `tune` tries, as a tuple of pairs (a hashable spec)."
+    return tuple((k, tuple(v)) for k, v in values.items())
+
+_TUNE = dict(peft_method=("lora", "dora"), learning_rate=(5e-4, 1e-3, 2e-3), lora_r=(8, 16, 32))
+
 # %% ../nbs/01_tasks.ipynb #a74bbc7c
 def _classification_instruction(labels, entity_types, label_prompt):
     return {"list": f"Classify the text as one of: {', '.join(labels)}.",
@@ -233,7 +241,9 @@ register_task(TaskSpec(
     score="finetune_kit.evaluate.metrics:score_classification",
     describe="finetune_kit.evaluate.metrics:describe_classification",
     baselines=("finetune_kit.evaluate.baselines:tfidf_baseline",),
-    plot_metrics=("macro_f1", "accuracy", "weighted_f1", "outside_label_rate")))
+    plot_metrics=("macro_f1", "accuracy", "weighted_f1", "outside_label_rate"),
+    tune_space=search_values(**_TUNE, num_train_epochs=(1.0, 2.0, 3.0), max_chars=(300, 600),
+                             label_prompt=("omit", "list"))))
 
 # %% ../nbs/01_tasks.ipynb #eee1f74c
 _TAG = re.compile(r"^(?:O|[BIES]-\S.*)$")
@@ -275,7 +285,8 @@ register_task(TaskSpec(
     headline="f1", has_reference=_ner_has_reference,
     score="finetune_kit.evaluate.metrics:score_ner", describe="finetune_kit.evaluate.metrics:describe_ner",
     baselines=("finetune_kit.evaluate.baselines:memorisation_baseline", "finetune_kit.evaluate.baselines:crf_baseline"),
-    plot_metrics=("f1", "precision", "recall", "unparsable_rate")))
+    plot_metrics=("f1", "precision", "recall", "unparsable_rate"),
+    tune_space=search_values(**_TUNE, num_train_epochs=(1.0, 2.0, 3.0), max_chars=(300, 600))))
 
 # %% ../nbs/01_tasks.ipynb #4949829f
 register_task(TaskSpec(
@@ -285,7 +296,8 @@ register_task(TaskSpec(
     input_text=lambda r: r["document"], answer=lambda r: r["summary"], user_text=_instructed(lambda r: r["document"]),
     system_prompt="You write short, faithful summaries.", instruction=lambda *a: "Summarize the text.",
     headline="rougeL", score="finetune_kit.evaluate.metrics:score_summaries",
-    baselines=("finetune_kit.evaluate.baselines:lead_baseline",), plot_metrics=("rougeL", "rouge1", "rouge2")))
+    baselines=("finetune_kit.evaluate.baselines:lead_baseline",), plot_metrics=("rougeL", "rouge1", "rouge2"),
+    tune_space=search_values(**_TUNE, num_train_epochs=(1.0, 2.0), max_chars=(600, 1200))))
 
 # %% ../nbs/01_tasks.ipynb #271f1748
 def _validate_instruction(d):
@@ -294,7 +306,8 @@ def _validate_instruction(d):
     return {"instruction": text_of(d, "instruction"), "input": inp, "output": text_of(d, "output")}
 
 _FREE_FORM = dict(score="finetune_kit.evaluate.metrics:score_answers",
-                  plot_metrics=("token_f1", "exact_match", "rougeL", "field_accuracy"))
+                  plot_metrics=("token_f1", "exact_match", "rougeL", "field_accuracy"),
+                  tune_space=search_values(**_TUNE, num_train_epochs=(1.0, 2.0, 3.0)))
 
 register_task(TaskSpec(
     "instruction", ("instruction", "output"), validate=_validate_instruction,

@@ -21,7 +21,7 @@ from .methods import get_method
 from .models import (detect_bf16, device_settings, end_of_turn_id, load_model, model_report, set_stop_tokens,
                                  sharding, tokenizer_hashes)
 from .adapters import save_adapter
-from .data import load_splits, prepare_data
+from .data import load_splits, parse_ratios, prepare_data, source_list
 from .tracking import RunRecorder, end_tracking, plot_training, start_tracking, wandb_logged_in
 from .trainers import check_objective, objective_trainer, plot_objective, start_model
 from .checkpoints import (RunTotals, TrainingError, TrainResult, checkpoint_folders, finished_run,
@@ -136,6 +136,25 @@ def uses_compact_loss(method:str,  # the PEFT method
     "Whether training scores with the kit's compact loss (CPU, not prompt learning) rather than TRL's own (CUDA)."
     cuda = torch.cuda.is_available() if cuda is None else cuda
     return not cuda and not get_method(method).prompt_learning
+
+# %% ../nbs/04_train.ipynb #128e18b8
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+class _EpochSeededLengthSampler(LengthGroupedSampler):
+    "`LengthGroupedSampler` whose order depends only on `seed` and the epoch (as accelerate's `SeedableRandomSampler`)."
+    def __init__(self, *args, seed:int, **kw): super().__init__(*args, **kw); self.seed, self.epoch = seed, 0
+    def set_epoch(self, epoch:int): self.epoch = epoch
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+@patch
+def _get_train_sampler(self:FinetuneTrainer, train_dataset=None):
+    "Trainer's training sampler; a length-grouped one takes its order from `data_seed` and the epoch."
+    s = SFTTrainer._get_train_sampler(self, train_dataset)
+    if type(s) is not LengthGroupedSampler: return s
+    seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+    return _EpochSeededLengthSampler(s.batch_size, lengths=s.lengths, seed=seed)
 
 # %% ../nbs/04_train.ipynb #765fd398
 def check_trainable(ds,  # a tokenized training set with `labels` (-100: no loss)
@@ -284,6 +303,7 @@ def train(cfg:RunConfig,  # the run's config
          ) -> TrainResult:
     "Fine-tune per `cfg` into a run folder (new, given, or resumed from its newest checkpoint)."
     if not resume: check_objective(cfg)  # objective, data, method, start adapter, rewards: one line before any work
+    if not (resume or cfg.data.data_dir): parse_ratios(source_list(cfg.data.source))  # a bad ratio: before any folder or model
     state, cfg, run_dir = _setup_run(cfg, run_dir, resume)
     if resume and (done := finished_run(run_dir)): return done
     if resume: checkpoint_folders(run_dir/"checkpoints")  # a folder in the way stops the resume before any work

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command: notebook cells (nbdev-test) then pytest. Slow end-to-end tests on the packaged
-# SmolLM2 run too; pass --fast to skip them while iterating.
+# The test command: notebook cells (nbdev-test) then pytest. Slow tests and cells (processes, Jupyter kernels,
+# servers, PostgreSQL, SmolLM2: see tests/conftest.py) run too; pass --fast to skip them while iterating.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}

@@ -30,7 +30,7 @@ def make_app(model=None, tokenizer=None, slow_s:float=1.5) -> FastAPI:
         if mode == "flaky" and n % 2: raise HTTPException(503, "busy")
         if mode == "slow": time.sleep(slow_s)
         if mode == "model":
-            from finetune_kit.evaluate.generate import generate
+            from finetune_kit.engine import generate
             with lock:
                 text = generate(model, tokenizer, [body["messages"]], max_new_tokens=body.get("max_tokens", 16),
                                 progress=False, temperature=body.get("temperature", 0) or 0,

@@ -11,12 +11,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 from typer.testing import CliRunner
 
-from conftest import ROOT, run_cli
+from helpers import ROOT, FIX, CLS, cli_commands, tiny_config
 from finetune_kit.cli import app
 from finetune_kit.files import KitError
 
-FIX = ROOT/"tests/fixtures/data"
-CLS = ROOT/"tests/fixtures/evaluate/cls"
 WORKBOOK = ROOT/"nbs/workbooks/finetune.ipynb"
 runner = CliRunner()
 
@@ -206,6 +204,18 @@ CASES = [
     ("sweep {d}/nonb.yaml --dir {d}/sweepdir", "nosuch/notebook.ipynb not found"),
     ("sweep {d}/lora0.yaml --parallel 0", "lora_r"),
     (f"sweep {ROOT}/sweeps/tiny.yaml --parallel 0 --dir {{d}}/sweepdir", "parallel: must be at least 1"),
+    # tune (a budget too small for one trial: tests/test_tune.py, since it needs the project's workbook)
+    ("tune bbc", "tune needs a budget: --budget 45m"),
+    ("tune bbc --budget soon", "budget 'soon': write it with its unit"),
+    ("tune bbc --budget 45", "budget '45': write it with its unit"),
+    ("tune bbc --budget 0m", "budget '0m': must be more than zero"),
+    ("tune {d}/nosuch.jsonl --budget 45m", "nosuch.jsonl: no such file or folder"),
+    ("tune bbc --budget 45m -p eval_split test", "parameter 'eval_split' is not read by `tune`"),
+    ("tune bbc --budget 45m -p epsilon -1", "parameter epsilon must be >= 0"),
+    ("tune bbc --budget 45m -p val_size 0", "val_size 0: tune chooses on a validation split"),
+    ("tune bbc --budget 45m -p task chat -p peft_method lora -p learning_rate 1e-3 -p lora_r 8 -p num_train_epochs 1",
+     "nothing to search"),
+    ("tune bbc --budget 45m --parallel 0", "--parallel: must be at least 1"),
 ]
 
 
@@ -226,8 +236,7 @@ def damaged(d:Path):
     run = d/"run"; (run/"checkpoints"/"checkpoint-4-backup").mkdir(parents=True)
     from finetune_kit.config import save_config
     from finetune_kit.settings import make_config
-    save_config(make_config({"base_model": "tiny-test", "runs_dir": str(d), "run_id": "run", "report_to": "none"},
-                            settings=False), run/"config.json")
+    save_config(tiny_config(runs_dir=str(d), run_id="run"), run/"config.json")
     from finetune_kit.evaluate import make_review_sheet, write_review
     recs = [json.loads(l) for l in (CLS/"test.jsonl").read_text().splitlines()][:6]
     sheet, key = make_review_sheet(recs, ["sport"] * 6, [r["reference"] for r in recs], 6, 0)
@@ -279,17 +288,12 @@ def test_bad_input_is_one_line_exit_2(bad_dir, cmd, says, monkeypatch):
 
 
 def test_every_command_is_in_the_table():
-    from typer.main import get_command
-    def leaves(cmd, path=()):
-        if hasattr(cmd, "commands"):
-            for name, sub in cmd.commands.items(): yield from leaves(sub, (*path, name))
-        else: yield " ".join(path)
     tried = {c.split(" --")[0].split(" -p")[0] for c, _ in CASES}
-    untried = [p for p in leaves(get_command(app)) if not any(t == p or t.startswith(p + " ") for t in tried)]
+    untried = [p for p in cli_commands(app) if not any(t == p or t.startswith(p + " ") for t in tried)]
     assert untried == [], untried
 
 
-def test_the_console_script_prints_one_line_on_stderr(bad_dir):
+def test_the_console_script_prints_one_line_on_stderr(bad_dir, run_cli):
     "The same through the installed `finetune-kit` script: stderr holds one line, stdout nothing."
     for cmd in ("sweep {d}/latin1.yaml", "data prepare {d}/utf16.jsonl --out {d}/o", "run {d}/notjson.ipynb"):
         r = run_cli(*shlex.split(cmd.format(d=bad_dir)))

@@ -14,7 +14,7 @@ from finetune_kit.data import (DataError, REJECT_REASONS, find_duplicates, forma
                                parse_entities, prepare_data, read_source, scrub_pii)
 from finetune_kit.tasks import _spans
 
-FIX = Path(__file__).parent/"fixtures"/"data"
+from helpers import FIX, lines
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +27,6 @@ def prep(out, sources, tokenizer=None, **params):
     "prepare_data on `sources` with all records kept whole unless `params` say otherwise."
     params = {"max_records": None, "max_chars": None, **params}
     return prepare_data(make_config(params, settings=False), out, tokenizer=tokenizer, sources=sources)
-
-
-def lines(p): return [json.loads(l) for l in Path(p).read_text().splitlines() if l.strip()]
 
 
 def check_contract(out, info):

@@ -1,5 +1,5 @@
 "Deployment on loopback: a real uvicorn server on 127.0.0.1 over the tiny model with two adapters."
-import json, os, signal, socket, subprocess, sys, threading, time
+import json, os, signal, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import pytest
@@ -14,28 +14,18 @@ from finetune_kit.models import load_model
 from finetune_kit.adapters import apply_peft, save_adapter
 from finetune_kit.deploy import (BackgroundServer, Engine, Router, ServeError, ServeSettings, load_adapters,
                                  load_engine, make_app, parse_split)
-from conftest import BIN, run_cli
+from conftest import starts
+from helpers import BIN, free_port, tiny_adapter, tiny_config
 
 runner = CliRunner()
 PROMPTS = ["Classify: the market rallied and shares rose", "Classify: the striker scored twice",
            "Summarize: rain is expected on Monday", "Name a colour."]
 
-def tiny_adapter(folder, seed, base="tiny-test"):
-    "A random-init LoRA (B not zero, so adapters differ from each other and from the base) saved to `folder`."
-    cfg = make_config({"base_model": str(base), "dtype": "float32", "peft_method": "lora", "lora_r": 8})
-    m, tok = load_model(cfg, progress=False)
-    pm = apply_peft(m, cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_B" in n: p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return save_adapter(pm, folder, tok)
-
 def direct_answers(adapter, prompts, max_new_tokens):
     "Each prompt answered alone by `transformers` generate on base + adapter, loaded on its own (greedy, fp32)."
     from peft import PeftModel
     from finetune_kit.models import end_of_turn_id
-    m, tok = load_model(make_config({"base_model": "tiny-test", "dtype": "float32"}), progress=False)
+    m, tok = load_model(tiny_config(dtype="float32"), progress=False)
     pm = PeftModel.from_pretrained(m, str(adapter)).eval()
     stops = sorted({end_of_turn_id(tok), *([tok.eos_token_id] if tok.eos_token_id is not None else [])})
     out = []
@@ -59,6 +49,7 @@ def loaded(adapters):
     return load_adapters("tiny-test", adapters, {"dtype": "float32"}, progress=False)
 
 @pytest.fixture
+@starts("a uvicorn server on loopback")
 def server(loaded, tmp_path):
     "A real server on a free loopback port: `server(max_batch=, max_queue=, splits=, **settings)` -> (url, engine)."
     started = []
@@ -111,12 +102,15 @@ def test_bad_requests_get_4xx_with_a_clear_message_and_the_server_keeps_serving(
             assert (r.status_code, msg in r.json()["error"]["message"]) == (status, True), (what, r.text)
         assert chat(c, "a2", PROMPTS[1], max_tokens=4).status_code == 200
         # too many concurrent requests: hold the engine's one decoding slot, fill its one queue place, ask once more
-        gate = threading.Event()
-        hook = eng.model.register_forward_pre_hook(lambda m, a: None if gate.wait(60) else None)  # None: args unchanged
+        # (`eng.running` still reads 1 for a moment after the request before: wait until the model holds this one)
+        gate, inside = threading.Event(), threading.Event()
+        def hold(module, args):  # the held request's forward waits here (returning None: its args unchanged)
+            inside.set(); gate.wait(60)
+        hook = eng.model.register_forward_pre_hook(hold)
         try:
             with ThreadPoolExecutor(2) as ex:
                 held = ex.submit(chat, c, "a1", PROMPTS[0], max_tokens=4)
-                assert _wait_for(lambda: eng.running == 1), "the first request never took the decoding slot"
+                assert inside.wait(60) and eng.running == 1, "the first request never took the decoding slot"
                 queued = ex.submit(chat, c, "a2", PROMPTS[1], max_tokens=4)
                 assert _wait_for(lambda: len(eng.pending) == 1), "the second request never reached the queue"
                 busy = chat(c, "a1", PROMPTS[2], max_tokens=4)
@@ -162,7 +156,7 @@ def test_the_ab_split_is_within_tolerance_of_the_set_share(server, tmp_path):
     logged = [r["arm"] for r in read_jsonl(tmp_path/"requests.jsonl") if r.get("model") == "support"]
     assert logged.count("candidate") == arms.count("candidate") + 5 * (arms[7] == "candidate")
 
-def test_a_feedback_record_round_trips_into_data_prepare(server, tmp_path):
+def test_a_feedback_record_round_trips_into_data_prepare(server, tmp_path, run_cli):
     url, _ = server(splits=["support=a1,a2,0.5"])
     with httpx.Client(base_url=url, timeout=120) as c:
         r1 = chat(c, "support", PROMPTS[0], max_tokens=4, user="u1").json()
@@ -227,11 +221,9 @@ def test_serve_with_vllm_dry_run_prints_the_command(adapters):
     r = runner.invoke(app, ["serve", f"a1={adapters['a1']}", "--engine", "vllm", "--ab", "x=a1,a1,0.5", "--dry-run"])
     assert r.exit_code == 2 and "--ab needs the kit's server" in r.output
 
-def _free_port():
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
-
+@pytest.mark.slow  # the serve command: a Python process with a server
 def test_the_serve_command_serves_and_monitor_reads_its_log(adapters, tmp_path):
-    port, log = _free_port(), tmp_path/"requests.jsonl"
+    port, log = free_port(), tmp_path/"requests.jsonl"
     p = subprocess.Popen([str(BIN/"finetune-kit"), "serve", f"a1={adapters['a1']}", f"a2={adapters['a2']}", "--port",
                           str(port), "--ab", "support=a1,a2,0.5", "--log", str(log), "--feedback",
                           str(tmp_path/"fb.jsonl"), "-p", "dtype", "float32"],
@@ -257,3 +249,25 @@ def test_the_serve_command_serves_and_monitor_reads_its_log(adapters, tmp_path):
     assert "## A/B: candidate - current" in r.output and (tmp_path/"monitor"/"monitor.png").is_file()
     r = runner.invoke(app, ["monitor", str(tmp_path/"nope.jsonl")])
     assert (r.exit_code, r.output) == (2, f"error: {tmp_path/'nope.jsonl'}: no such request log\n")
+
+def test_a_server_batch_and_evaluation_give_identical_greedy_answers(loaded):
+    "One engine: the server's batches (adapters and the base mixed) answer as evaluation's `generate` does, per adapter."
+    from finetune_kit.engine import generate
+    model, tok, infos, stops = loaded
+    names = ["a1", "a2", "tiny-test"]
+    eng = Engine(*loaded, "tiny-test", max_batch=12).start()
+    try:
+        with ThreadPoolExecutor(12) as ex:
+            got = list(ex.map(lambda j: eng.answer([{"role": "user", "content": PROMPTS[j[1]]}], j[0], max_tokens=10),
+                              [(n, i) for n in names for i in range(len(PROMPTS))]))
+        assert eng.stats["mixed_batches"] >= 1 and eng.stats["errors"] == 0
+    finally: eng.close()
+    msgs = [[{"role": "user", "content": p}] for p in PROMPTS]
+    want = {}
+    for n in ("a1", "a2"):
+        model.set_adapter(n)
+        want[n] = generate(model, tok, msgs, max_new_tokens=10, progress=False)
+    with model.disable_adapter(): want["tiny-test"] = generate(model, tok, msgs, max_new_tokens=10, progress=False)
+    model.set_adapter("a1")
+    assert len({tuple(w) for w in want.values()}) == 3  # the three models answer differently
+    assert [g["text"].strip() for g in got] == [a for n in names for a in want[n]]  # evaluation strips its answers

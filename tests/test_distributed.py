@@ -8,11 +8,9 @@ the shipped config, the kit's loading without a device_map, FSDP2's sharded para
 import json, os, subprocess, sys, time
 from pathlib import Path
 import pytest
-from conftest import ROOT, BIN
+from helpers import ROOT, BIN, TRAIN
 
-BASE = {"base_model": "tiny-test", "source": "bbc", "max_records": 120, "max_chars": 200, "report_to": "none",
-        "logging_steps": 1, "seed": 3, "dtype": "float32", "max_steps": 4, "save_steps": 100,
-        "per_device_train_batch_size": 4}
+BASE = {**TRAIN, "dtype": "float32", "max_steps": 4, "save_steps": 100, "per_device_train_batch_size": 4}
 SCRIPT = ROOT/"tests/dist_train.py"
 CONFIGS = ROOT/"configs/accelerate"
 pytestmark = pytest.mark.slow  # each launch starts two processes: about 40 s on two shared cores

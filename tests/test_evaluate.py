@@ -5,30 +5,20 @@ import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
-from conftest import ROOT
+from helpers import BIN, CLS, ROOT, tiny_config
 from finetune_kit.settings import make_config
 from finetune_kit.cli import app
+from finetune_kit.engine import generate
 from finetune_kit.evaluate import (OUTSIDE, LABEL_STUDIO_CHOICES, EvalError, bootstrap_intervals, classification_metrics,
-                                   comparison_table, evaluate, exact_match, generate, generate_pair, import_review,
+                                   comparison_table, evaluate, exact_match, generate_pair, import_review,
                                    json_field_metrics, label_studio_tasks, label_studio_verdicts, load_split, make_review_sheet,
                                    ner_metrics, normalize_label, perplexity, qa_metrics, review_rates, rouge_metrics,
                                    score_outputs, ship_verdict, slice_report, slice_values, tags_from_entities, tfidf_baseline,
                                    token_f1, write_review, read_jsonl)
 
-CLS = ROOT/"tests/fixtures/evaluate/cls"
 runner = CliRunner()
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    "The tiny model's matrices are too small to share: one thread is faster, and immune to a busy machine."
-    import torch
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-def cfg_for(**kw):
-    return make_config(settings=False, base_model="tiny-test", report_to="none", max_new_tokens=4, bootstrap_samples=100,
-                       review_samples=4, max_eval_samples=None, **kw)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+EVAL = {"max_new_tokens": 4, "bootstrap_samples": 100, "review_samples": 4, "max_eval_samples": None}
 
 # ---- metrics against hand-computed cases
 
@@ -263,7 +253,7 @@ def test_generation_adapter_toggle_on_one_model(tiny_peft):
 def _transformers_answers(model, tok, recs, n) -> tuple[list[str], list[list[int]]]:
     "Answers (texts and new token ids) from plain `model.generate`, one prompt at a time, with the kit's greedy settings."
     import torch
-    from finetune_kit.evaluate import greedy_config
+    from finetune_kit.engine import greedy_config
     gc, texts, ids = greedy_config(model, tok, n), [], []
     for r in recs:
         x = tok.apply_chat_template(r["prompt"], add_generation_prompt=True, return_tensors="pt", return_dict=True)
@@ -430,7 +420,7 @@ def test_rank_labels_on_cuda_matches_the_cpu(loud_peft):
 
 def test_evaluate_decode_both_scores_ranked_answers_beside_generated(loud_peft, tmp_path):
     model, tok = loud_peft
-    res = evaluate(cfg_for(decode="both"), CLS, out_dir=tmp_path, model=model, tokenizer=tok, progress=False)
+    res = evaluate(tiny_config(EVAL, decode="both"), CLS, out_dir=tmp_path, model=model, tokenizer=tok, progress=False)
     m, labels = res.metrics, ["business", "sport", "tech"]
     assert m["decode"] == "both" and {"base", "base_rank", "tuned", "tuned_rank"} <= set(m["systems"])
     assert m["tuned_rank"]["outside_label_count"] == 0 and m["base_rank"]["outside_label_count"] == 0  # always a label
@@ -441,7 +431,7 @@ def test_evaluate_decode_both_scores_ranked_answers_beside_generated(loud_peft, 
 
 def test_evaluate_writes_the_eval_folder(tiny_peft, tmp_path):
     model, tok = tiny_peft
-    res = evaluate(cfg_for(slice_field="desk"), CLS, out_dir=tmp_path, model=model, tokenizer=tok, progress=False)
+    res = evaluate(tiny_config(EVAL, slice_field="desk"), CLS, out_dir=tmp_path, model=model, tokenizer=tok, progress=False)
     names = {p.name for p in tmp_path.iterdir()}
     assert {"predictions.jsonl", "metrics.json", "report.md", "comparison.png", "confusion_base.png", "confusion_tuned.png",
             "slices.png", "review_sheet.csv", "review_sheet.html", "review_key.json", "label_studio_tasks.json"} <= names
@@ -460,7 +450,7 @@ def test_evaluate_from_precomputed_outputs_without_references(tmp_path):
     (d/"test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     (d/"data.json").write_text(json.dumps({"task": "classification", "labels": ["business", "sport", "tech"]}))
     outs = {"base": ["sport"]*12, "tuned": ["tech", "??"]*6}
-    res = evaluate(cfg_for(), d, out_dir=tmp_path/"eval", outputs=outs, progress=False)
+    res = evaluate(tiny_config(EVAL), d, out_dir=tmp_path/"eval", outputs=outs, progress=False)
     m = res.metrics
     assert m["headline"] is None and m["intervals"] == {} and "reference metrics skipped" in " ".join(m["notes"])
     assert m["tuned"]["outside_label_count"] == 6 and not m["verdict"]["ship"] and "macro_f1" not in m["base"]
@@ -470,8 +460,8 @@ def test_evaluate_from_precomputed_outputs_without_references(tmp_path):
 def test_cli_run_on_a_run_folder_finds_its_data_and_adapter(tmp_path, tiny_peft):
     from finetune_kit.runs import create_run
     model, _ = tiny_peft
-    cfg, run_dir = create_run(make_config(settings=False, base_model="tiny-test", report_to="none", runs_dir=str(tmp_path),
-                                          data_dir=str(CLS), max_new_tokens=4, bootstrap_samples=50, review_samples=3))
+    cfg, run_dir = create_run(tiny_config(runs_dir=str(tmp_path), data_dir=str(CLS), max_new_tokens=4, bootstrap_samples=50,
+                                          review_samples=3))
     model.save_pretrained(run_dir/"adapter")
     r = runner.invoke(app, ["evaluate", "run", str(run_dir), "-p", "max_eval_samples", "6", "--no-progress"])
     assert r.exit_code == 0, r.output
@@ -507,6 +497,7 @@ def test_cli_bad_input_is_one_line(tmp_path):
         r = runner.invoke(app, args)
         assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and r.output.startswith("error: "), (args, r.output)
 
+@pytest.mark.slow  # runs the page's script with node
 def test_review_html_download_gives_an_importable_sheet(tmp_path):
     "Run the page's script under node with a stub DOM: its CSV reads back through import_review."
     import shutil, subprocess
@@ -531,10 +522,10 @@ global.Blob=function(parts){csv=parts.join('')}; global.URL={createObjectURL:()=
     assert (r["judged"], r["tie"], r["blank"]) == (2, 1, 1) and r["win"] + r["loss"] == 1
     assert pd.read_csv(tmp_path/"filled.csv")["comment"][0] == 'ok, "fine"'
 
+@pytest.mark.slow  # papermill starts a Jupyter kernel
 def test_evaluate_workbook_runs_as_a_papermill_job(tmp_path):
     "The workbook's parameters reach the run: a base-model evaluation of the fixture set on the tiny model."
     import subprocess, sys
-    from conftest import BIN
     wb = ROOT/"nbs/workbooks/evaluate.ipynb"
     args = dict(base_model="tiny-test", data_dir=str(CLS), runs_dir=str(tmp_path/"runs"), run_id="wb", report_to="none",
                 max_eval_samples=5, max_new_tokens=3, bootstrap_samples=50)
@@ -588,7 +579,7 @@ def test_an_unfittable_baseline_is_a_note_and_evaluation_completes(tmp_path):
     (d/"train.jsonl").write_text("".join(json.dumps({**r, "label": "sport"}) + "\n" for r in read_jsonl(CLS/"train.jsonl")))
     (d/"test.jsonl").write_text((CLS/"test.jsonl").read_text())
     recs = read_jsonl(CLS/"test.jsonl")
-    res = evaluate(cfg_for(), d, out_dir=tmp_path/"eval", outputs={"base": ["x"] * len(recs), "tuned": [r["label"] for r in recs]},
+    res = evaluate(tiny_config(EVAL), d, out_dir=tmp_path/"eval", outputs={"base": ["x"] * len(recs), "tuned": [r["label"] for r in recs]},
                    progress=False)
     assert "baseline" not in res.systems and any("baseline tfidf unavailable" in n for n in res.metrics["notes"])
     assert res.metrics["verdict"]["prefer"] == "tuned" and (tmp_path/"eval"/"report.md").is_file()

@@ -3,43 +3,21 @@ import dataclasses, importlib.util, json, sys, types
 from pathlib import Path
 import pytest
 from typer.testing import CliRunner
-from conftest import ROOT
+from helpers import CLS, ROOT, tiny_adapter, tiny_config
 from finetune_kit.cli import app
 from finetune_kit.config import ConfigError, param_specs
 from finetune_kit.settings import make_config
-from finetune_kit.evaluate import EvalError, evaluate, generate, read_jsonl
-from finetune_kit.evaluate.generate import greedy_config, rank_labels
+from finetune_kit.engine import generate, greedy_config
+from finetune_kit.evaluate import EvalError, evaluate, read_jsonl
+from finetune_kit.evaluate.generate import rank_labels
 from finetune_kit.evaluate.run import generate_systems
 import finetune_kit.evaluate.vllm as V
 
-CLS = ROOT/"tests/fixtures/evaluate/cls"
 LABELS = ["business", "sport", "tech"]
 runner = CliRunner()
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-def cfg_for(**kw):
-    return make_config(settings=False, base_model="tiny-test", report_to="none", max_new_tokens=5, bootstrap_samples=50,
-                       review_samples=0, dtype="float32", **kw)
-
-def tiny_adapter(folder, method="lora", seed=0):
-    "A tiny LoRA adapter whose weights move the answers (random B, not zeros)."
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from finetune_kit.models import load_model
-    from finetune_kit.adapters import save_adapter
-    m, tok = load_model(cfg_for(), progress=False)
-    torch.manual_seed(seed)
-    if method == "lora": m = get_peft_model(m, LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False))
-    else:
-        from finetune_kit.adapters import apply_peft
-        m = apply_peft(m, cfg_for(peft_method=method))
-    return save_adapter(m, folder, tok)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+EVAL = {"max_new_tokens": 5, "bootstrap_samples": 50, "review_samples": 0, "dtype": "float32"}
 
 vllm_here = V.vllm_missing() is None
 
@@ -66,7 +44,7 @@ def test_backend_vllm_installed_but_no_cuda_is_an_eval_error(monkeypatch, tmp_pa
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     with pytest.raises(EvalError, match=r"^backend vllm: no CUDA device here"):
-        evaluate(cfg_for(backend="vllm"), data=CLS, out_dir=tmp_path/"eval", progress=False)
+        evaluate(tiny_config(EVAL, backend="vllm"), data=CLS, out_dir=tmp_path/"eval", progress=False)
     assert not (tmp_path/"eval").exists()
 
 # ---- requests: the transformers loop's prompt tokens, LoRA on the tuned system only, greedy sampling
@@ -74,7 +52,7 @@ def test_backend_vllm_installed_but_no_cuda_is_an_eval_error(monkeypatch, tmp_pa
 def test_generation_requests_carry_the_token_ids_the_transformers_loop_feeds_the_model(tmp_path):
     "The ids the transformers loop puts through the model's first forward for each record are the vLLM prompt's ids."
     from finetune_kit.models import load_model
-    model, tok = load_model(cfg_for(), progress=False)
+    model, tok = load_model(tiny_config(EVAL), progress=False)
     recs = read_jsonl(CLS/"test.jsonl")
     fed = []
     h = model.register_forward_pre_hook(lambda m, a, kw: fed.append(kw["input_ids"][0].tolist()) if kw.get("position_ids") is not None
@@ -86,7 +64,7 @@ def test_generation_requests_carry_the_token_ids_the_transformers_loop_feeds_the
     assert [r.index for r in reqs] == list(range(len(recs)))
 
 def test_which_systems_get_a_lora_request(tmp_path):
-    cfg, ad = cfg_for(backend="vllm"), tiny_adapter(tmp_path/"ad")
+    cfg, ad = tiny_config(EVAL, backend="vllm"), tiny_adapter(tmp_path/"ad")
     (plan,) = V.vllm_plan(cfg, ad)
     assert plan.systems == {"base": None, "tuned": str(ad)} and plan.max_lora_rank == 8
     from finetune_kit.models import load_tokenizer
@@ -107,12 +85,12 @@ def test_which_systems_get_a_lora_request(tmp_path):
     assert [(Path(p.model).name, p.systems, p.max_lora_rank) for p in plans] == [
         (Path(plans[0].model).name, {"base": None}, None), ("full", {"tuned": None}, None)]
     # adapters vLLM would refuse, named before a GPU is booked
-    with pytest.raises(EvalError, match="backend vllm: vLLM would refuse: 'tuned' is DoRA"): V.vllm_plan(cfg, tiny_adapter(tmp_path/"dora", "dora"))
-    with pytest.raises(EvalError, match="backend vllm: .*prompt_tuning"): V.vllm_plan(cfg, tiny_adapter(tmp_path/"pt", "prompt_tuning"))
+    with pytest.raises(EvalError, match="backend vllm: vLLM would refuse: 'tuned' is DoRA"): V.vllm_plan(cfg, tiny_adapter(tmp_path/"dora", method="dora"))
+    with pytest.raises(EvalError, match="backend vllm: .*prompt_tuning"): V.vllm_plan(cfg, tiny_adapter(tmp_path/"pt", method="prompt_tuning"))
 
 def test_sampling_args_are_the_greedy_config_of_the_transformers_loop():
     from finetune_kit.models import load_model
-    cfg = cfg_for()
+    cfg = tiny_config(EVAL)
     model, tok = load_model(cfg, progress=False)
     gc = greedy_config(model, tok, cfg.eval.max_new_tokens)
     sp = V.sampling_args(cfg.eval.max_new_tokens, gc.eos_token_id)
@@ -177,7 +155,7 @@ def fake_vllm(monkeypatch): return install_fake_vllm(monkeypatch)
 
 def test_vllm_backend_answers_as_the_transformers_backend_with_one_engine_for_base_and_lora(tmp_path, fake_vllm):
     recs, ad = read_jsonl(CLS/"test.jsonl"), tiny_adapter(tmp_path/"ad")
-    cfg_t = cfg_for(decode="both")
+    cfg_t = tiny_config(EVAL, decode="both")
     want, wppl, _, _ = generate_systems(cfg_t, recs, ad, progress=False, labels=LABELS)
     got, ppl, notes, timing = generate_systems(dataclasses.replace(cfg_t, eval=dataclasses.replace(cfg_t.eval, backend="vllm")),
                                                recs, ad, progress=False, labels=LABELS)
@@ -193,17 +171,17 @@ def test_vllm_backend_answers_as_the_transformers_backend_with_one_engine_for_ba
 def test_vllm_backend_full_fine_tuning_loads_the_tuned_folder_as_its_own_model(tmp_path, fake_vllm):
     from finetune_kit.testing import make_tiny_model
     recs, full = read_jsonl(CLS/"test.jsonl")[:4], make_tiny_model(tmp_path/"full", seed=1)
-    cfg = cfg_for(backend="vllm")
+    cfg = tiny_config(EVAL, backend="vllm")
     got, ppl, notes, _ = generate_systems(cfg, recs, full, progress=False)
-    want, wppl, _, _ = generate_systems(cfg_for(), recs, full, progress=False)
+    want, wppl, _, _ = generate_systems(tiny_config(EVAL), recs, full, progress=False)
     assert (got["base"], got["tuned"]) == (want["base"], want["tuned"]) and ppl == pytest.approx(wppl, rel=1e-4)
     assert [(Path(e["model"]).name, e["enable_lora"]) for e in fake_vllm.made][1:] == [("full", False)] and len(fake_vllm.made) == 2
 
 def test_vllm_backend_refuses_a_loaded_model(fake_vllm):
     from finetune_kit.models import load_model
-    model, tok = load_model(cfg_for(), progress=False)
+    model, tok = load_model(tiny_config(EVAL), progress=False)
     with pytest.raises(EvalError, match="backend vllm loads its own engine"):
-        generate_systems(cfg_for(backend="vllm"), read_jsonl(CLS/"test.jsonl")[:2], model=model, tokenizer=tok)
+        generate_systems(tiny_config(EVAL, backend="vllm"), read_jsonl(CLS/"test.jsonl")[:2], model=model, tokenizer=tok)
 
 def test_gpu_smoke_vllm_check_runs_against_the_stand_in_engine(tmp_path, monkeypatch):
     "scripts/gpu_smoke.py's vllm check, end to end on the tiny model (a real GPU runs it with vLLM itself)."

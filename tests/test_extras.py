@@ -3,7 +3,7 @@ import re, sys, tomllib, warnings
 from pathlib import Path
 from unittest import mock
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 from finetune_kit.settings import make_config
 from finetune_kit.files import KitError
 
@@ -31,6 +31,7 @@ def test_report_to_mlflow_without_mlflow_names_the_extra(tmp_path):
             assert log_tracking(cfg, tmp_path, {"systems": ["base"], "base": {"accuracy": 0.5}}, {}) is None
         assert any(INSTALL in str(x.message) for x in w)
 
+@pytest.mark.slow  # a fresh Python process
 def test_no_module_imports_mlflow_at_import_time():
     import subprocess
     code = ("import sys; sys.modules['mlflow'] = None; import finetune_kit.cli, finetune_kit.train, finetune_kit.evaluate, "

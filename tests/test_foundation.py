@@ -3,15 +3,12 @@ import json, math, subprocess, sys
 from pathlib import Path
 import pytest
 from hypothesis import assume, given, settings, strategies as st
-from conftest import ROOT, BIN, run_cli
+from helpers import ROOT, BIN, JOB, param_args
 from finetune_kit.config import ConfigError, RunConfig, load_config, param_specs, save_config, update_config, flatten
 from finetune_kit.settings import make_config, read_settings
 
 WORKBOOK = ROOT/"nbs/workbooks/finetune.ipynb"
-# the workbook end to end on the tiny model, in seconds
-TINY = {"base_model": "tiny-test", "max_records": 60, "max_steps": 2, "max_eval_samples": 6, "bootstrap_samples": 20,
-        "report_to": "none"}
-TINY_ARGS = [x for k, v in TINY.items() for x in ("-p", k, str(v))]
+TINY_ARGS = param_args(JOB)  # the workbook end to end on the tiny model, in seconds
 
 def _value(spec):
     "A hypothesis strategy of valid values for one flat parameter."
@@ -61,6 +58,7 @@ def test_settings_sit_under_explicit_parameters(tmp_path):
     ini.write_text("[finetune_kit]\nseeds = 5\n")
     with pytest.raises(ConfigError, match="unknown settings.ini setting 'seeds' \\(did you mean 'seed'\\?\\)"): read_settings(ini)
 
+@pytest.mark.slow  # papermill starts a Jupyter kernel
 def test_papermill_parameters_reach_the_run_config(tmp_path):
     "The `parameters` tag survives nbdev-clean: papermill's injected seed lands in config.json."
     nb = json.loads(WORKBOOK.read_text())
@@ -74,7 +72,7 @@ def test_papermill_parameters_reach_the_run_config(tmp_path):
     env = json.loads((cfg_file.parent/"env.json").read_text())
     assert env["packages"]["papermill"] and env["device"] in ("cpu", "cuda")
 
-def test_cli_run_puts_the_executed_notebook_in_the_run_folder(tmp_path):
+def test_cli_run_puts_the_executed_notebook_in_the_run_folder(tmp_path, run_cli):
     r = run_cli("run", WORKBOOK, "-p", "seed", "11", "-p", "runs_dir", tmp_path, "-p", "run_id", "job1", "-p", "learning_rate", "5e-4", *TINY_ARGS)
     assert r.returncode == 0, r.stderr[-2000:]
     cfg = load_config(tmp_path/"job1/config.json")
@@ -86,7 +84,7 @@ def test_cli_run_puts_the_executed_notebook_in_the_run_folder(tmp_path):
     (["-p", "learning_rat", "1e-4"], "unknown parameter 'learning_rat' (did you mean 'learning_rate'?)"),
     (["-p", "lora_r", "big"], "parameter 'lora_r' must be int, got 'big' (str)"),
 ])
-def test_cli_run_rejects_bad_parameters_before_a_kernel_starts(tmp_path, args, msg):
+def test_cli_run_rejects_bad_parameters_before_a_kernel_starts(tmp_path, args, msg, run_cli):
     r = run_cli("run", WORKBOOK, *args, "-p", "runs_dir", tmp_path)
     assert r.returncode == 2
     assert r.stderr.strip() == f"error: {msg}"
@@ -110,7 +108,7 @@ def test_tiny_model_loads_generates_and_backprops(tiny_model_dir):
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
-def test_cli_run_failing_cell_keeps_the_notebook_and_names_the_cell(tmp_path):
+def test_cli_run_failing_cell_keeps_the_notebook_and_names_the_cell(tmp_path, run_cli):
     r = run_cli("run", WORKBOOK, "-p", "runs_dir", tmp_path, "-p", "run_id", "broken", "-p", "source", str(tmp_path/"missing.jsonl"), *TINY_ARGS)
     assert r.returncode == 1
     assert "error: cell" in r.stderr and "DataError" in r.stderr and "prepare_data" in r.stderr

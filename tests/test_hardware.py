@@ -7,6 +7,8 @@ from finetune_kit.models import device_settings
 from finetune_kit.train import FinetuneTrainer, hardware_args, training_args, uses_compact_loss
 from finetune_kit.checkpoints import TrainingError
 
+from helpers import ROOT, TRAIN_SMALL, tiny_config
+
 CPU, CPU_BF16, GPU_BF16, GPU_FP16 = (False, False, 0), (False, True, 0), (True, True, 9), (True, False, 7)
 
 # device class, method -> weights dtype, 4-bit compute dtype, bf16, fp16, tf32, optim, gradient checkpointing, compact
@@ -51,7 +53,7 @@ def cuda_path_trainer(tmp_path_factory):
     from datasets import Dataset
     from finetune_kit.models import load_model
     from finetune_kit.adapters import apply_peft
-    cfg = make_config(base_model="tiny-test", max_steps=1, report_to="none", dtype="float32", settings=False)
+    cfg = tiny_config(max_steps=1, dtype="float32")
     model, tok = load_model(cfg)
     rows = [{"prompt": [{"role": "user", "content": "the team won " * (i + 1)}],
              "completion": [{"role": "assistant", "content": "sport"}]} for i in range(4)]
@@ -86,9 +88,7 @@ def test_training_stage_takes_the_loss_path_from_the_device(tmp_path, monkeypatc
     import finetune_kit.train as T
     monkeypatch.setattr(T, "uses_compact_loss", lambda method: uses_compact_loss(method, cuda=True))
     monkeypatch.setattr(FinetuneTrainer, "_compact_loss", lambda *a, **k: 1 / 0)
-    cfg = make_config({"base_model": "tiny-test", "source": "bbc", "max_records": 60, "max_chars": 120, "max_steps": 2,
-                       "save_steps": 100, "logging_steps": 1, "report_to": "none", "runs_dir": str(tmp_path)},
-                      settings=False)
+    cfg = tiny_config(TRAIN_SMALL, max_steps=2, save_steps=100, runs_dir=str(tmp_path))
     res = T.train(cfg)
     assert res.summary["steps"] == 2 and res.summary["train_loss"] > 0
 
@@ -97,7 +97,6 @@ def test_pyproject_ranges_hold_the_tested_lock():
     import tomllib
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name as canon
-    from conftest import ROOT
     proj = tomllib.loads((ROOT/"pyproject.toml").read_text())["project"]
     pins = dict(l.split("==", 1) for l in (ROOT/"constraints.txt").read_text().splitlines() if "==" in l and not l.startswith("#"))
     pins = {canon(k): v.strip() for k, v in pins.items()}
@@ -135,10 +134,10 @@ def test_flash_attention_when_installed_and_packing(monkeypatch):
     monkeypatch.setattr(M, "has_flash_attn", lambda: False)
     assert device_settings(cuda=True, bf16=True, packing=True, sharded=None).attn_implementation == "sdpa"
 
+@pytest.mark.slow  # runs scripts/gpu_smoke.py as a Python process, twice
 def test_gpu_smoke_prints_one_line_per_check():
     "Without CUDA the smoke script stops with one line (exit 2); on a CPU by request its checks run, one line each."
     import subprocess, sys
-    from conftest import ROOT
     r = subprocess.run([sys.executable, "scripts/gpu_smoke.py"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and len(r.stdout.strip().splitlines()) == 1 and "no CUDA" in r.stdout
     r = subprocess.run([sys.executable, "scripts/gpu_smoke.py", "--allow-cpu", "--model", "tiny-test", "--steps", "2",
@@ -153,7 +152,7 @@ def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype(monkeypatch):
     "FSDP-QLoRA: the 4-bit weights are stored in the compute dtype (so FSDP can shard them with the rest), no device_map."
     import torch
     from finetune_kit.models import is_4bit, load_model
-    cfg = make_config(base_model="tiny-test", peft_method="qlora", settings=False)
+    cfg = tiny_config(peft_method="qlora")
     model, _ = load_model(cfg)
     assert {p.dtype for p in model.parameters() if type(p).__name__ == "Params4bit"} == {torch.uint8}
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")

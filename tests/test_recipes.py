@@ -92,7 +92,7 @@ def test_the_experiment_workbook_names_every_parameter_as_not_set():
     for k, s in specs.items():
         assert f"{k}: " in cell and f"# {s.help}" in cell, k
 
-@pytest.mark.parametrize("name", ["finetune.ipynb", "evaluate.ipynb"])
+@pytest.mark.parametrize("name", ["finetune.ipynb", "evaluate.ipynb", "tune.ipynb"])
 def test_workbooks_restate_no_default(name):
     nb = json.loads((WORKBOOKS/name).read_text())
     cell = "".join(next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))["source"])

@@ -12,20 +12,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from typer.testing import CliRunner
 
-from conftest import ROOT, BIN, run_cli
+from helpers import CLS, FIX, ROOT, TRAIN_SMALL, lines, tiny_config
 from finetune_kit.cli import app
 from finetune_kit.config import ConfigError, check_param
 from finetune_kit.settings import make_config
 from finetune_kit.files import KitError
 
-FIX = ROOT/"tests/fixtures/data"
-CLS = ROOT/"tests/fixtures/evaluate/cls"
 runner = CliRunner()
-TINY = {"base_model": "tiny-test", "source": "bbc", "max_records": 60, "max_chars": 120, "report_to": "none",
-        "logging_steps": 1, "seed": 3, "per_device_train_batch_size": 4}
-
-
-def lines(p): return [json.loads(l) for l in Path(p).read_text().splitlines() if l.strip()]
+TINY = {**TRAIN_SMALL, "per_device_train_batch_size": 4}
 
 def snapshot(folder) -> dict:
     "Every file under `folder` with its bytes."
@@ -105,8 +99,7 @@ def _eval(cfg, out, tuned, **kw):
                     progress=False, **kw)
 
 def _eval_cfg(**kw):
-    return make_config({"base_model": "tiny-test", "report_to": "none", "bootstrap_samples": 20, "review_samples": 6,
-                        **kw}, settings=False)
+    return tiny_config(bootstrap_samples=20, review_samples=6, **kw)
 
 def test_issue_03_rerun_never_overwrites_a_filled_review_sheet_and_a_stale_sheet_is_refused(tmp_path):
     from finetune_kit.evaluate import EvalError, import_review
@@ -300,7 +293,7 @@ def test_issue_tb_listed_command_is_one_line_exit_2(tmp_path_factory, cmd, says,
 
 def _train(tmp, run_id, **kw):
     from finetune_kit.train import train
-    return train(make_config({**TINY, "runs_dir": str(tmp), "run_id": run_id, **kw}, settings=False))
+    return train(tiny_config(TINY, runs_dir=str(tmp), run_id=run_id, **kw))
 
 def _interrupt_after(run_dir, step):
     "Leave `run_dir` as a run killed after its checkpoint at `step` (later checkpoints, adapter and summary gone)."
@@ -369,6 +362,7 @@ def _flaky_sweep(tmp_path, metric="train/loss"):
     (tmp_path/"flaky.yaml").write_text(json.dumps(spec))
     return ["sweep", str(tmp_path/"flaky.yaml"), "--dir", str(tmp_path/"sweep")]
 
+@pytest.mark.slow  # each trial is a notebook job: a Jupyter kernel
 def test_issue_10_failed_trials_exit_non_zero_and_retry_failed_runs_them_again(tmp_path, monkeypatch):
     monkeypatch.setenv("FLAKY_FIXED", str(tmp_path/"fixed"))
     args = _flaky_sweep(tmp_path)

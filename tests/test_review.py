@@ -138,6 +138,7 @@ def test_one_review_module_serves_both_uses():
         assert '"annotations"' not in use.read_text() and "DictWriter" not in use.read_text(), use
 
 
+@pytest.mark.slow  # runs the page's script under node
 def test_the_queue_page_downloads_a_sheet_synth_import_reads(tmp_path):
     "The queue's page (written by `synth sheet`), its script run under node with a stand-in DOM: the download imports."
     import shutil, subprocess

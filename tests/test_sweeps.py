@@ -3,7 +3,7 @@ import json, os, signal, sqlite3, subprocess, sys, time
 from pathlib import Path
 import pytest, yaml
 from typer.testing import CliRunner
-from conftest import ROOT, BIN
+from helpers import ROOT, BIN, tiny_config
 from finetune_kit.config import param_specs
 from finetune_kit import sweeps
 from finetune_kit.sweeps import runner as sweep_runner
@@ -102,8 +102,8 @@ def test_a_dead_runners_trials_are_queued_again(tmp_path):
     spec = load_sweep({"method": "grid", "metric": {"name": "eval/loss"}, "parameters": {"lora_r": {"values": [4, 8]}}}, name="dead")
     study = open_study(spec, sweep_dir=tmp_path)
     t = study.ask(search_space(spec))
-    dead = subprocess.Popen([sys.executable, "-c", "0"]); dead.wait()
-    for k, v in {"host": sweep_runner._host(), "runner_pid": dead.pid, "runner_started": 0.0, "params": {"lora_r": t.params["lora_r"]}}.items():
+    dead_pid = 2**22 + 1  # above Linux's largest pid_max: no process has it
+    for k, v in {"host": sweep_runner._host(), "runner_pid": dead_pid, "runner_started": 0.0, "params": {"lora_r": t.params["lora_r"]}}.items():
         t.set_user_attr(k, v)
     assert recover_stale(study, say=lambda *a: None) == [t.number]
     assert study.get_trials(deepcopy=False)[t.number].state.name == "FAIL"
@@ -191,13 +191,13 @@ def test_prepare_cached_reuses_the_prepared_data():
     from finetune_kit.settings import make_config
     from finetune_kit.models import load_tokenizer
     from finetune_kit.data import prepare_cached
-    cfg = make_config(dict(base_model="tiny-test", max_records=20, seed=5), settings=False)
+    cfg = tiny_config(max_records=20, seed=5)
     tok = load_tokenizer(cfg)
     d = prepare_cached(cfg, tok)
     assert (d/"data.json").exists() and json.loads((d/"cache_key.json").read_text())["seed"] == 5
     t0 = time.time(); assert prepare_cached(cfg, tok) == d and time.time() - t0 < 5
     from finetune_kit.data import data_cache_key
-    other = make_config(dict(base_model="tiny-test", max_records=20, seed=5, max_chars=50), settings=False)
+    other = tiny_config(max_records=20, seed=5, max_chars=50)
     assert data_cache_key(other, tok) != data_cache_key(cfg, tok) and data_cache_key(cfg, tok) == data_cache_key(cfg, tok)
 
 # --- end to end on the tiny model -------------------------------------------------------------
@@ -210,6 +210,7 @@ def _states(db:Path) -> dict:
         if "no such table" in str(e): return {}
         raise
 
+@pytest.mark.slow  # a runner process and its trials' Jupyter kernels
 def test_local_sweep_resumes_after_a_kill_records_a_failing_trial_and_finishes(tmp_path, trial_env):
     """Four trials on the tiny model (two made to fail with a target module the model lacks: lora_r 0, the earlier
     way, is now refused before any trial runs); the runner is killed after the first trial finishes and started
@@ -265,6 +266,7 @@ def test_local_sweep_resumes_after_a_kill_records_a_failing_trial_and_finishes(t
     assert json.loads((sd/"best_config.json").read_text())["lora_r"] in (2, 8)
     assert (sd/"plots"/"parallel_coordinates.png").exists() and "| trial |" in (sd/"trials.md").read_text()
 
+@pytest.mark.slow  # the agent's command: `finetune-kit run`, a Jupyter kernel
 def test_a_wandb_agent_run_reaches_the_notebook_config(tmp_path, trial_env, monkeypatch):
     """Do what `wandb agent` does for one run of a sweep (its environment variables, its YAML and JSON parameter
     files and the command built by wandb's own code), with no server: the values reach the run's config.json."""

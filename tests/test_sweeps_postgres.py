@@ -1,10 +1,11 @@
 """Sweeps across machines: runner processes sharing one Optuna study on a real PostgreSQL server (a throwaway cluster
 started here from Debian's `postgresql` binaries) never repeat a trial, and a raced cap or grid point goes to the
 lower trial number."""
-import json, os, shutil, socket, subprocess, sys, tempfile, time
+import json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 import pytest
-from conftest import ROOT
+from conftest import starts
+from helpers import ROOT, free_port
 from sweep_workbook import fake_workbook, sweep_file
 from finetune_kit.sweeps import load_sweep, open_study, search_space, grid_points
 from finetune_kit.sweeps import runner as sweep_runner
@@ -18,11 +19,8 @@ def _pg_bin() -> Path|None:
     exe = shutil.which("pg_ctl")
     return Path(exe).parent if exe and (Path(exe).parent/"initdb").exists() else None
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
-
 @pytest.fixture(scope="module")
+@starts("a PostgreSQL server")
 def pg_url():
     "A PostgreSQL server in a temporary folder for this module's tests: its URL (user postgres, no password)."
     pg = _pg_bin()
@@ -36,7 +34,7 @@ def pg_url():
         except KeyError: pytest.skip("running as root and there is no postgres user to run the server as")
         os.chown(base, pw.pw_uid, pw.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = base/"data", _free_port()
+    data, port = base/"data", free_port()
     run = lambda *a: subprocess.run([*as_user, *map(str, a)], capture_output=True, text=True, timeout=120)
     r = run(pg/"initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
     assert r.returncode == 0, r.stdout + r.stderr

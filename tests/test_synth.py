@@ -11,9 +11,8 @@ from finetune_kit.data.queue import (accepted_records, current_record, import_qu
 from finetune_kit.data.synth import EndpointGenerator, LocalGenerator, synthesize
 from finetune_kit.files import read_jsonl
 
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest import run_cli  # noqa: E402
-from synth_server import LoopbackServer, make_app  # noqa: E402
+from conftest import starts
+from synth_server import LoopbackServer, make_app
 
 LABELS = ["business", "sport", "tech"]
 SEEDS = [{"text": f"Seed story {i}: the {w} made headlines across the country this week.", "label": l}
@@ -49,12 +48,14 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
+@starts("a uvicorn server on loopback")
 def server(tiny):
     "A small OpenAI-compatible app with test modes (echo, flaky, slow) that records the Authorization headers."
     with LoopbackServer(make_app(*tiny, slow_s=1.0)) as s: yield s
 
 
 @pytest.fixture(scope="module")
+@starts("the kit's server on loopback")
 def kit_server(tmp_path_factory):
     "The kit's own OpenAI-compatible server (what `finetune-kit serve` runs) over the tiny model, on loopback."
     from finetune_kit.deploy import BackgroundServer, Engine, ServeSettings, load_adapters, make_app as serve_app
@@ -150,7 +151,7 @@ def _no_secret_under(folder):
         if p.is_file(): assert SECRET.encode() not in p.read_bytes(), p
 
 
-def test_endpoint_loopback_key_never_on_disk(tmp_path, server, kit_server, monkeypatch):
+def test_endpoint_loopback_key_never_on_disk(tmp_path, server, kit_server, monkeypatch, run_cli):
     monkeypatch.setenv("FK_TEST_SYNTH_KEY", SECRET)
     # the kit's own server, its model named by its /v1/models
     gen = EndpointGenerator(kit_server.url, api_key_env="FK_TEST_SYNTH_KEY", max_new_tokens=12, timeout=60)
@@ -249,7 +250,7 @@ def test_ner_and_summarization(tmp_path):
     assert (c["kept"], c["dropped"]) == (1, {"unparsable": 1}) and c["reconciled"]
 
 
-def test_cli_local_model_and_review_cycle(tmp_path):
+def test_cli_local_model_and_review_cycle(tmp_path, run_cli):
     seeds = tmp_path/"seeds.jsonl"
     seeds.write_text("".join(json.dumps(s) + "\n" for s in SEEDS))
     r = run_cli("synth", "generate", seeds, "-o", tmp_path/"run", "-d", DESC, "--n", "3", "--max-new-tokens", "8",
@@ -273,7 +274,7 @@ def test_cli_local_model_and_review_cycle(tmp_path):
     assert r.returncode == 2 and "id 'nope' is not in" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_cli_unreachable_endpoint_is_counted_not_fatal(tmp_path):
+def test_cli_unreachable_endpoint_is_counted_not_fatal(tmp_path, run_cli):
     seeds = tmp_path/"seeds.jsonl"
     seeds.write_text("".join(json.dumps(s) + "\n" for s in SEEDS))
     r = run_cli("synth", "generate", seeds, "-o", tmp_path/"run", "-d", DESC, "--n", "2", "--endpoint",

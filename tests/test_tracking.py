@@ -3,23 +3,23 @@ reaches a `wandb agent`'s run. Checked against a loopback stand-in for the W&B s
 sends, with credentials present and WANDB_MODE unset (a logged-in worker)."""
 import json, os, subprocess, sys
 import pytest
-from conftest import ROOT
+from helpers import CLS, ROOT
 from wandb_standin import WandbStandin
 
-CLS = ROOT/"tests/fixtures/evaluate/cls"
+pytestmark = pytest.mark.slow  # each test trains in a Python process that talks to a W&B stand-in server
 
 # One training run (tiny model, report_to=wandb) and its evaluation (precomputed answers), as the experiment workbook
 # runs them: one process, the training run's config.
 SCRIPT = """
 import json, sys
-from finetune_kit.settings import make_config
+sys.path.insert(0, "tests")
+from helpers import TRAIN_SMALL, tiny_config
 from finetune_kit.train import train
 from finetune_kit.evaluate import evaluate
 from finetune_kit.files import read_jsonl
 runs, data = sys.argv[1], sys.argv[2]
-cfg = make_config({"base_model": "tiny-test", "source": "bbc", "max_records": 60, "max_chars": 120, "max_steps": 2,
-                   "save_steps": 100, "logging_steps": 1, "report_to": "wandb", "project": "kit-project",
-                   "runs_dir": runs, "run_id": "kit-run"}, settings=False)
+cfg = tiny_config(TRAIN_SMALL, max_steps=2, save_steps=100, report_to="wandb", project="kit-project", runs_dir=runs,
+                  run_id="kit-run")
 res = train(cfg)
 gold = [r["label"] for r in read_jsonl(f"{data}/test.jsonl")]
 ev = evaluate(cfg, data, out_dir=res.run_dir/"eval", outputs={"base": ["sport"]*len(gold), "tuned": gold},

@@ -3,27 +3,18 @@ import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 import torch
-from conftest import ROOT, BIN, run_cli
+from helpers import ROOT, BIN, TRAIN, TRAIN_SMALL, param_args, tiny_config
 from finetune_kit.settings import make_config
-
-BASE = {"base_model": "tiny-test", "source": "bbc", "max_records": 120, "max_chars": 200, "report_to": "none",
-        "logging_steps": 1, "seed": 3}
-
-def cfg_for(tmp_path, **kw):
-    return make_config({**BASE, "runs_dir": str(tmp_path), **kw}, settings=False)
-
-def cli_args(params: dict):
-    return [x for k, v in params.items() for x in ("-p", k, str(v))]
 
 def losses(run_dir):
     return [(r["step"], r["loss"]) for r in map(json.loads, (Path(run_dir)/"metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+def finished(tmp_path_factory, run_cli):
     "One uninterrupted CLI run of 24 steps."
     tmp = tmp_path_factory.mktemp("runs")
-    p = {**BASE, "runs_dir": tmp, "max_steps": 24, "save_steps": 4, "run_id": "straight"}
-    r = run_cli("train", *cli_args(p))
+    p = {**TRAIN, "runs_dir": tmp, "max_steps": 24, "save_steps": 4, "run_id": "straight"}
+    r = run_cli("train", *param_args(p))
     assert r.returncode == 0, r.stderr[-3000:]
     return tmp/"straight"
 
@@ -52,12 +43,13 @@ def test_generation_config_stops_at_the_templates_end_of_turn(finished):
     s = json.loads((finished/"summary.json").read_text())
     assert s["records_without_end_of_turn"] == 0
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(finished, tmp_path):
-    p = {**BASE, "runs_dir": tmp_path, "max_steps": 24, "save_steps": 4, "run_id": "killed"}
-    proc = subprocess.Popen([str(BIN/"finetune-kit"), "train", *cli_args(p)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def test_sigkill_then_resume_equals_an_uninterrupted_run(finished, tmp_path, run_cli):
+    p = {**TRAIN, "runs_dir": tmp_path, "max_steps": 24, "save_steps": 4, "run_id": "killed"}
+    proc = subprocess.Popen([str(BIN/"finetune-kit"), "train", *param_args(p)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ck = tmp_path/"killed/checkpoints"
     deadline = time.time() + 300
-    while time.time() < deadline and not (ck/"checkpoint-8").exists() and proc.poll() is None: time.sleep(0.02)
+    def saved(): return [int(c.name.split("-")[1]) for c in ck.glob("checkpoint-*")]  # (rotation deletes the old ones)
+    while time.time() < deadline and not any(n >= 8 for n in saved()) and proc.poll() is None: time.sleep(0.02)
     proc.send_signal(signal.SIGKILL); proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     done = {int(c.name.split("-")[1]) for c in ck.glob("checkpoint-*")}
@@ -68,31 +60,44 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(finished, tmp_path):
     assert resumed[24] == pytest.approx(straight[24], abs=1e-6)
     assert json.loads((tmp_path/"killed/summary.json").read_text())["steps"] == 24
 
-def test_same_manifest_gives_identical_metrics(finished, tmp_path):
-    p = {**BASE, "runs_dir": tmp_path, "max_steps": 24, "save_steps": 4, "run_id": "again"}
-    r = run_cli("train", *cli_args(p))
+def test_resume_inside_the_second_epoch_replays_the_uninterrupted_data_order(tmp_path):
+    "Resumed from a checkpoint inside its second epoch, a run trains on the batches, so gets the losses, it would have."
+    import shutil
+    from finetune_kit.train import train
+    res = train(tiny_config(TRAIN_SMALL, runs_dir=str(tmp_path), run_id="whole", max_steps=10, save_steps=4,
+                            save_total_limit=3))
+    run = tmp_path/"cut"; shutil.copytree(res.run_dir, run)  # as if killed after checkpoint-8
+    shutil.rmtree(run/"checkpoints/checkpoint-10"); shutil.rmtree(run/"adapter"); (run/"summary.json").unlink()
+    assert 1 < json.loads((run/"checkpoints/checkpoint-8/trainer_state.json").read_text())["epoch"] < 2
+    train(None, run_dir=run, resume=True)
+    assert losses(run) == losses(res.run_dir) and len(losses(run)) == 10
+
+def test_same_manifest_gives_identical_metrics(finished, tmp_path, run_cli):
+    p = {**TRAIN, "runs_dir": tmp_path, "max_steps": 24, "save_steps": 4, "run_id": "again"}
+    r = run_cli("train", *param_args(p))
     assert r.returncode == 0, r.stderr[-3000:]
     m1, m2 = (json.loads((d/"manifest.json").read_text()) for d in (finished, tmp_path/"again"))
     assert {k: v for k, v in m1.items() if k != "run_id"} == {k: v for k, v in m2.items() if k != "run_id"}
     assert m1["data_fingerprint"] and m1["chat_template_sha256"] and m1["packages"]["torch"]
     assert losses(finished) == losses(tmp_path/"again")
 
+@pytest.mark.slow  # torchrun starts two Python processes
 def test_torchrun_two_cpu_processes(tmp_path):
-    p = {**BASE, "runs_dir": tmp_path, "max_steps": 6, "save_steps": 100, "run_id": "ddp"}
+    p = {**TRAIN, "runs_dir": tmp_path, "max_steps": 6, "save_steps": 100, "run_id": "ddp"}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([str(BIN/"torchrun"), "--nproc_per_node", "2", "--master_port", "29533", "-m", "finetune_kit.cli", "train",
-                        *cli_args(p)], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+                        *param_args(p)], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     man = json.loads((tmp_path/"ddp/manifest.json").read_text())
     s = json.loads((tmp_path/"ddp/summary.json").read_text())
     assert man["world_size"] == 2 and s["world_size"] == 2 and s["steps"] == 6
     assert (tmp_path/"ddp/adapter/adapter_model.safetensors").exists()
 
-def test_secrets_never_land_in_the_run_folder(tmp_path):
+def test_secrets_never_land_in_the_run_folder(tmp_path, run_cli):
     secret = "sk-planted-0123456789abcdef"
     env = {**os.environ, "WANDB_API_KEY": secret, "HF_TOKEN": secret, "OPENAI_API_KEY": secret, "WANDB_MODE": "offline"}
-    p = {**BASE, "runs_dir": tmp_path, "max_steps": 3, "save_steps": 2, "run_id": "secret", "report_to": "wandb"}
-    r = run_cli("train", *cli_args(p), env=env)
+    p = {**TRAIN, "runs_dir": tmp_path, "max_steps": 3, "save_steps": 2, "run_id": "secret", "report_to": "wandb"}
+    r = run_cli("train", *param_args(p), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert list((tmp_path/"secret/wandb").glob("offline-run-*")), "W&B offline run expected in the run folder"
     hits = [f for f in tmp_path.rglob("*") if f.is_file() and secret.encode() in f.read_bytes()]
@@ -102,7 +107,7 @@ def test_secrets_never_land_in_the_run_folder(tmp_path):
 def test_mlflow_backend_logs_params_and_metrics(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path/'ml.db'}")
     from finetune_kit.train import train
-    res = train(cfg_for(tmp_path, max_steps=4, save_steps=100, report_to="mlflow", project="kit-test"))
+    res = train(tiny_config(TRAIN, runs_dir=str(tmp_path), max_steps=4, save_steps=100, report_to="mlflow", project="kit-test"))
     import mlflow
     exp = mlflow.get_experiment_by_name("kit-test")
     (run,) = mlflow.search_runs([exp.experiment_id], output_format="list")
@@ -120,7 +125,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
                     for p in model.parameters():
                         if p.requires_grad: p.fill_(float("nan"))
     with pytest.raises(TrainingError, match=r"step 5: loss is nan .*last checkpoint"):
-        train(cfg_for(tmp_path, max_steps=10, save_steps=4, run_id="nan"), callbacks=[Poison()])
+        train(tiny_config(TRAIN, runs_dir=str(tmp_path), max_steps=10, save_steps=4, run_id="nan"), callbacks=[Poison()])
     assert sorted(p.name for p in (tmp_path/"nan/checkpoints").glob("checkpoint-*")) == ["checkpoint-4"]
     assert not (tmp_path/"nan/adapter").exists()
 
@@ -130,7 +135,7 @@ def test_a_batch_without_loss_tokens_stops(tmp_path, tiny_model_dir):
     from finetune_kit.adapters import apply_peft
     from finetune_kit.train import FinetuneTrainer, training_args, check_trainable
     from finetune_kit.checkpoints import TrainingError
-    cfg = cfg_for(tmp_path, max_steps=1)
+    cfg = tiny_config(TRAIN, runs_dir=str(tmp_path), max_steps=1)
     model, tok = load_model(cfg)
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": "a b c"}], "completion": [{"role": "assistant", "content": "x"}]}])
     tr = FinetuneTrainer(model=apply_peft(model, cfg), args=training_args(cfg, tmp_path/"ck"), processing_class=tok, train_dataset=ds)
@@ -139,8 +144,8 @@ def test_a_batch_without_loss_tokens_stops(tmp_path, tiny_model_dir):
         tr.compute_loss(tr.model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.full_like(ids, -100)})
     with pytest.raises(TrainingError, match="training set is empty"): check_trainable(ds.select([]), 0)
 
-def test_truncation_that_cuts_every_answer_stops_before_training(tmp_path):
-    r = run_cli("train", *cli_args({**BASE, "runs_dir": tmp_path, "max_steps": 2, "max_length": 8}))
+def test_truncation_that_cuts_every_answer_stops_before_training(tmp_path, run_cli):
+    r = run_cli("train", *param_args({**TRAIN, "runs_dir": tmp_path, "max_steps": 2, "max_length": 8}))
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "training split is empty" in last and "Traceback" not in r.stderr, r.stderr[-2000:]
@@ -151,7 +156,7 @@ def test_compact_loss_equals_trls_loss(tmp_path):
     from finetune_kit.models import load_model
     from finetune_kit.adapters import apply_peft
     from finetune_kit.train import FinetuneTrainer, training_args
-    cfg = cfg_for(tmp_path, max_steps=1)
+    cfg = tiny_config(TRAIN, runs_dir=str(tmp_path), max_steps=1)
     model, tok = load_model(cfg)
     rows = [{"prompt": [{"role": "user", "content": "the team won " * (i + 1)}], "completion": [{"role": "assistant", "content": "sport"}]} for i in range(4)]
     tr = FinetuneTrainer(model=apply_peft(model, cfg), args=training_args(cfg, tmp_path/"ck", per_device_train_batch_size=4),

@@ -13,6 +13,7 @@ from .stages import stages_app
 from .synth import synth_app
 from .models import models_app
 from .deploy import deploy_app
+from .tune import tune_app
 
 # %% auto #0
 __all__ = ['app', 'version', 'main']
@@ -34,6 +35,7 @@ app.add_typer(stages_app)  # run, train, sweep at the top; data, evaluate, revie
 app.add_typer(synth_app, name="synth")
 app.add_typer(models_app, name="models")
 app.add_typer(deploy_app)  # export, serve, monitor at the top
+app.add_typer(tune_app)  # tune at the top
 
 # %% ../../nbs/08_cli.ipynb #fcaa2fbe
 def main():

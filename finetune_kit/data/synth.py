@@ -16,6 +16,7 @@ from .curate import DuplicateIndex, clean_record, find_duplicates
 from .split import record_digest
 from .queue import add_to_queue, fields_record, read_queue, record_fields
 from ..progress import progress_bar
+from ..engine import generate
 
 # %% auto #0
 __all__ = ['render_example', 'parse_example', 'synth_prompt', 'LocalGenerator', 'EndpointGenerator', 'call_with_retries',
@@ -74,7 +75,7 @@ def synth_prompt(task, description:str,  # what the task is, in a sentence or tw
 
 # %% ../../nbs/02i_data_synth.ipynb #81a5ac0a
 class LocalGenerator:
-    "Sampled answers from a local causal LM (batched, through `evaluate.generate.generate`)."
+    "Sampled answers from a local causal LM (batched, through the generation engine's `generate`)."
     def __init__(self, model, tokenizer, temperature:float=0.8, top_p:float=0.95, max_new_tokens:int=160,
                  batch_size:int=8, seed:int=0):
         self.model, self.tokenizer, self.calls = model, tokenizer, 0
@@ -83,7 +84,6 @@ class LocalGenerator:
 
     def __call__(self, prompts:list[list[dict]]) -> list:
         import torch
-        from finetune_kit.evaluate.generate import generate
         self.calls += 1
         torch.manual_seed(self.seed * 100_003 + self.calls)
         try: return generate(self.model, self.tokenizer, prompts, batch_size=self.batch_size, progress=False,

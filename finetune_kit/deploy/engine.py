@@ -6,7 +6,7 @@ Docs: https://finetune-kit.github.io/finetune-kit/deploy_engine.html.md"""
 
 # %% ../../nbs/09b_deploy_engine.ipynb #b30b5e04
 from __future__ import annotations
-import collections, contextlib, json, random, threading, time
+import collections, contextlib, json, threading, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,7 +16,7 @@ from ..settings import make_config
 from ..methods import get_method
 from ..models import end_of_turn_id, load_model
 from ..adapters import RESERVED, AdapterError, AdapterInfo, check_adapters, misfit_reason
-from ..evaluate.generate import kv_cache_of
+from ..engine import Batch, Request, decoding
 
 # %% auto #0
 __all__ = ['ServeError', 'Busy', 'load_adapters', 'Job', 'decode_batch', 'Engine', 'load_engine']
@@ -69,88 +69,27 @@ def _same_template(a:AdapterInfo, tok):
 
 # %% ../../nbs/09b_deploy_engine.ipynb #26207e32
 @dataclass
-class Job:
-    "One request for the engine."
-    ids: list[int]  # the prompt's token ids (chat template applied)
-    adapter: str|None = None  # adapter name (None: the base model)
-    max_tokens: int = 256
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    seed: int|None = None  # sampling seed (None: fresh)
-    stop: list[str] = field(default_factory=list)  # stop strings, besides the end-of-turn token
+class Job(Request):
+    "One request for the server's engine: an `engine.Request` that streams, and knows when it was queued."
     emit: Callable = lambda ev: None  # called with each event, from the engine's thread
-    cancelled: bool = False  # set when the client went away: the row leaves the batch
     queued_at: float = field(default_factory=time.perf_counter)
 
 # %% ../../nbs/09b_deploy_engine.ipynb #97a9ce4c
-def _pick(logits, jobs:list[Job], gens:list):
-    "Next token per row: greedy, or sampled at the row's temperature and top-p."
-    import torch
-    nxt = logits.argmax(-1)
-    for i, j in enumerate(jobs):
-        if j.temperature <= 0: continue
-        p = torch.softmax(logits[i].float() / j.temperature, -1)
-        if j.top_p < 1:
-            ps, idx = p.sort(descending=True)
-            keep = ps.cumsum(0) - ps < j.top_p
-            p = torch.zeros_like(p).scatter(0, idx[keep], ps[keep])
-        nxt[i] = torch.multinomial(p, 1, generator=gens[i])[0]
-    return nxt
-
-class _Row:
-    "A job's decoding state: its new ids, the text emitted so far."
-    def __init__(self, job:Job, tok):
-        self.job, self.tok, self.ids, self.sent, self.hold = job, tok, [], "", max(map(len, job.stop), default=1) - 1
-    def add(self, t:int, stop_ids) -> str|None:
-        "Take token `t`; emit what became final; the finish reason when the row is done."
-        j, reason = self.job, None
-        if t in stop_ids: reason = "stop"
-        else: self.ids.append(t)
-        text = self.tok.decode(self.ids, skip_special_tokens=True)
-        cut = min((i for s in j.stop if (i := text.find(s)) >= 0), default=-1)
-        if cut >= 0: text, reason = text[:cut], "stop"
-        if reason is None and len(self.ids) >= j.max_tokens: reason = "length"
-        upto = len(text) if reason else len(text) - self.hold
-        if not reason: upto = min(upto, len(text.rstrip("\ufffd")))  # a character still incomplete
-        if upto > len(self.sent): j.emit({"type": "token", "text": text[len(self.sent):upto]}); self.sent = text[:upto]
-        if reason: j.emit({"type": "done", "finish_reason": reason, "text": text, "completion_tokens": len(self.ids)
-                           + (reason == "stop" and cut < 0), "prompt_tokens": len(j.ids)})
-        return reason
-
-# %% ../../nbs/09b_deploy_engine.ipynb #7cee7174
 def decode_batch(model, tok, jobs:list[Job], stop_ids:list[int],
                  mixed:bool=True,  # rows may name different adapters (LoRA without DoRA)
                 ):
     "Answer `jobs` together, emitting each one's events as its tokens come."
-    import torch
+    with decoding(model): _decode(model, tok, jobs, stop_ids, mixed)
+
+def _decode(model, tok, jobs:list[Job], stop_ids:list[int], mixed:bool):
+    "`decode_batch` on a model already `decoding` (the engine's thread holds it so while it runs)."
     peft = hasattr(model, "peft_config")
-    device = next(model.parameters()).device
-    pad = tok.pad_token_id if tok.pad_token_id is not None else stop_ids[0]
-    L = max(len(j.ids) for j in jobs)
-    x = torch.tensor([[pad] * (L - len(j.ids)) + j.ids for j in jobs], device=device)
-    att = torch.tensor([[0] * (L - len(j.ids)) + [1] * len(j.ids) for j in jobs], device=device)
-    pos = (att.cumsum(-1) - 1).clamp(min=0)
-    rows = [_Row(j, tok) for j in jobs]
-    gens = [torch.Generator().manual_seed(j.seed if j.seed is not None else random.randrange(2**31)) for j in jobs]
-    names = [j.adapter or "__base__" for j in jobs]
     if peft and not mixed: _activate(model, jobs[0].adapter)
-    cache, kw, inp, stop = None, None, x, set(stop_ids)
     base_only = peft and not mixed and jobs[0].adapter is None
-    with torch.inference_mode(), (model.disable_adapter() if base_only else contextlib.nullcontext()):
-        while rows:
-            extra = {"adapter_names": names} if peft and mixed else {}
-            if cache is not None: extra[kw] = cache
-            out = model(input_ids=inp, attention_mask=att, position_ids=pos, use_cache=True, logits_to_keep=1, **extra)
-            if cache is None: cache, kw = kv_cache_of(out)
-            nxt = _pick(out.logits[:, -1], [r.job for r in rows], gens).tolist()
-            keep = [i for i, (r, t) in enumerate(zip(rows, nxt)) if r.add(t, stop) is None and not r.job.cancelled]
-            if len(keep) < len(rows):
-                if not keep: break
-                rows, gens, names = [rows[i] for i in keep], [gens[i] for i in keep], [names[i] for i in keep]
-                nxt, att, pos = [nxt[i] for i in keep], att[keep], pos[keep]
-                cache.batch_select_indices(keep)
-            att = torch.cat([att, att.new_ones(len(rows), 1)], 1)
-            inp, pos = torch.tensor(nxt, device=device)[:, None], pos[:, -1:] + 1
+    with model.disable_adapter() if base_only else contextlib.nullcontext():
+        batch = Batch(model, tok, stop_ids, mixed=peft and mixed)
+        batch.add(jobs)
+        batch.run()
 
 def _activate(model, name:str|None):
     if name is not None and model.active_adapter != name: model.set_adapter(name)
@@ -207,22 +146,32 @@ def _take(self:Engine) -> list[Job]:
             else: rest.append(j)
         self.pending.extendleft(reversed(rest))
         self.running = len(batch)
+        for j in batch: j.emit = self._counted(j.emit)
         return batch
+
+@patch
+def _counted(self:Engine, emit:Callable) -> Callable:
+    "`emit` that first counts its request out of `running` at its last event, before its client can see the answer."
+    def counted(ev:dict):
+        if ev["type"] != "token": self.running = max(self.running - 1, 0)
+        emit(ev)
+    return counted
 
 # %% ../../nbs/09b_deploy_engine.ipynb #b78d86db
 @patch
 def _loop(self:Engine):
-    while not self._stop:
-        batch = self._take()
-        if not batch: continue
-        self.stats["batches"] += 1
-        self.stats["mixed_batches"] += len({j.adapter for j in batch}) > 1
-        try: decode_batch(self.model, self.tok, batch, self.stop_ids, self.mixed)
-        except Exception as e:  # the server keeps serving: this batch's requests get the error
-            self.stats["errors"] += 1
-            for j in batch: j.emit({"type": "error", "message": f"generation failed: {one_line(e)}"})
-        self.stats["served"] += len(batch)
-        self.running = 0
+    with decoding(self.model):  # once for the thread's life, not per batch: eval, inference mode, the CPU measures
+        while not self._stop:
+            batch = self._take()
+            if not batch: continue
+            self.stats["batches"] += 1
+            self.stats["mixed_batches"] += len({j.adapter for j in batch}) > 1
+            try: _decode(self.model, self.tok, batch, self.stop_ids, self.mixed)
+            except Exception as e:  # the server keeps serving: this batch's requests get the error
+                self.stats["errors"] += 1
+                for j in batch: j.emit({"type": "error", "message": f"generation failed: {one_line(e)}"})
+            self.stats["served"] += len(batch)
+            self.running = 0
 
 @patch
 def start(self:Engine) -> Engine:

@@ -16,7 +16,7 @@ from ..models import end_of_turn_id, is_4bit, load_model, load_tokenizer, resolv
 from .. import adapters  # `adapters.merge_adapter` looked up when called (a test swaps in a broken one)
 from ..adapters import AdapterSource, adapter_source
 from ..data.folder import find_data_dir
-from ..evaluate.generate import greedy_config
+from ..engine import greedy_config
 
 # %% auto #0
 __all__ = ['GENERAL_PROBES', 'TOLERANCES', 'ExportError', 'probe_prompts', 'probe_reference', 'compare_to_reference',

@@ -16,5 +16,6 @@ from .baselines import *
 from .review import *
 from .vllm import *
 from .run import *
+from .interim import *
 from .pairs import *
 from .objective import *

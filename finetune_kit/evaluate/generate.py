@@ -1,4 +1,4 @@
-"""Greedy answers to the data stage's prompts, batched, with a shared-prefix KV cache and two CPU measures; base and tuned answers from one model; perplexity.
+"""Base and tuned answers from one model through the generation engine, rank classification over the labels, and perplexity.
 
 Docs: https://finetune-kit.github.io/finetune-kit/evaluate_generate.html.md"""
 
@@ -6,221 +6,18 @@ Docs: https://finetune-kit.github.io/finetune-kit/evaluate_generate.html.md"""
 
 # %% ../../nbs/05a_evaluate_generate.ipynb #a563c444
 from __future__ import annotations
-import contextlib, copy, functools, math
+import math
 from ..files import KitError
 from ..progress import progress_bar
+from ..engine import decoding, eos_ids, generate, kv_cache_of, prompt_learning, prompt_messages, \
+    shared_prefix, takes_steps
 
 # %% auto #0
-__all__ = ['EvalError', 'eos_ids', 'greedy_config', 'prompt_ids', 'kv_cache_of', 'generate', 'generate_pair', 'answer_ids',
-           'rank_labels', 'scored_sequences', 'perplexity']
+__all__ = ['EvalError', 'generate_pair', 'answer_ids', 'rank_labels', 'scored_sequences', 'perplexity']
 
 # %% ../../nbs/05a_evaluate_generate.ipynb #76800392
 class EvalError(KitError):
     "A problem with the evaluation's inputs that the user can fix: the message is one line."
-
-# %% ../../nbs/05a_evaluate_generate.ipynb #89959292
-def _prompt_of(p) -> list[dict]: return p["prompt"] if isinstance(p, dict) else p
-
-def eos_ids(model, tokenizer) -> list[int]:
-    "Every end-of-sequence id the generation config or the tokenizer names."
-    ids = set()
-    for e in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
-        if e is None: continue
-        ids.update(e if isinstance(e, (list, tuple)) else [e])
-    return sorted(ids)
-
-def greedy_config(model, tokenizer,
-                  max_new_tokens:int=32,  # the answer budget
-                 ):
-    "The model's generation config made greedy, with `max_new_tokens`, its eos ids and a pad id."
-    from transformers import GenerationConfig
-    gc = copy.deepcopy(getattr(model, "generation_config", None) or GenerationConfig())
-    eos = eos_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    gc.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None, max_new_tokens=max_new_tokens,
-              max_length=None, eos_token_id=eos, pad_token_id=pad)
-    return gc
-
-# %% ../../nbs/05a_evaluate_generate.ipynb #cadf7c93
-def prompt_ids(tokenizer, prompts:list) -> list[list[int]]:
-    "Each prompt's token ids: the chat template with the generation prompt, tokenized without adding special tokens."
-    texts = [tokenizer.apply_chat_template(_prompt_of(p), add_generation_prompt=True, tokenize=False) for p in prompts]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-
-# %% ../../nbs/05a_evaluate_generate.ipynb #43ad0d15
-def _common_prefix(ids:list[list[int]]) -> int:
-    "Length of the token prefix every sequence in `ids` shares, leaving each at least one token of its own."
-    n, p = min(map(len, ids)) - 1, 0
-    while p < n and all(x[p] == ids[0][p] for x in ids): p += 1
-    return p
-
-# %% ../../nbs/05a_evaluate_generate.ipynb #5a8a4134
-def kv_cache_of(out) -> tuple:
-    "The KV cache a forward returned and the keyword the model takes it back by (5.x: `cache`, 4.x: `past_key_values`)."
-    for kw in ("cache", "past_key_values"):
-        c = getattr(out, kw, None)
-        if c is not None and hasattr(c, "batch_repeat_interleave"): return c, kw
-    return None, None
-
-def _prompt_learning(model) -> bool:
-    cfg = getattr(model, "active_peft_config", None)
-    return cfg is not None and getattr(cfg, "is_prompt_learning", False)
-
-def _prefix_cache(model, prefix:list[int], device, grow:bool=True):
-    """The KV cache of `prefix` and the keyword the model takes it by (None when the model cannot share one).
-    On a CPU its layers grow in place (with `grow`), and so do those of every batch's copy."""
-    import torch
-    if _prompt_learning(model): return None, None  # virtual tokens come first
-    c, kw = kv_cache_of(model(input_ids=torch.tensor([prefix], device=device), use_cache=True))
-    return (_grow_on_cpu(c, device) if grow else c), kw
-
-# %% ../../nbs/05a_evaluate_generate.ipynb #bc3e29f6
-@contextlib.contextmanager
-def _decoding_attention(model, device):
-    "On a CPU, a model loaded with eager attention decodes with SDPA inside this block (restored after it)."
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    was = getattr(getattr(base, "config", None), "_attn_implementation", None)
-    switch = device.type == "cpu" and was == "eager" and hasattr(base, "set_attn_implementation")
-    if switch: base.set_attn_implementation("sdpa")
-    try: yield
-    finally:
-        if switch: base.set_attn_implementation(was)
-
-# %% ../../nbs/05a_evaluate_generate.ipynb #8c449517
-def _few_rows_linear(self, x):
-    "`nn.Linear.forward` computed as `(W @ x.T).T` for 2 to 256 rows (MKL runs that orientation faster there)."
-    import torch
-    m = x.numel() // x.shape[-1]
-    if not 1 < m <= 256: return torch.nn.functional.linear(x, self.weight, self.bias)
-    y = torch.mm(self.weight, x.reshape(m, x.shape[-1]).t()).t().contiguous().reshape(*x.shape[:-1], -1)
-    return y if self.bias is None else y + self.bias
-
-@contextlib.contextmanager
-def _cpu_generation(model, device):
-    "On a CPU with fp32 weights, plain `nn.Linear` layers use `_few_rows_linear` inside this block."
-    import torch, types
-    mods = [m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.dtype == torch.float32
-            and "forward" not in vars(m)] if device.type == "cpu" else []  # forwards others wrapped (accelerate) stay
-    for m in mods: m.forward = types.MethodType(_few_rows_linear, m)
-    try: yield
-    finally:
-        for m in mods: m.__dict__.pop("forward", None)
-
-# %% ../../nbs/05a_evaluate_generate.ipynb #c8472bc0
-@functools.cache
-def _growing_layer() -> tuple[type, type]:
-    "transformers' `DynamicLayer`, and `GrowingLayer`: a drop-in that appends into spare capacity, not concatenating."
-    from transformers.cache_utils import DynamicLayer
-    class GrowingLayer(DynamicLayer):
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized: self.lazy_initialization(key_states, value_states)
-            n, k = (self.keys.shape[-2] if self.keys.numel() else 0), key_states.shape[-2]
-            buf = getattr(self, "_buf", None)
-            if (buf is None or buf[0].shape[0] != key_states.shape[0] or buf[0].shape[-2] < n + k
-                or (n and self.keys.data_ptr() != buf[0].data_ptr())):  # first call, or keys replaced (repeat, reorder)
-                cap = max(2*(n + k), 64)
-                buf = tuple(t.new_empty(*t.shape[:2], cap, t.shape[-1]) for t in (key_states, value_states))
-                if n: buf[0][:, :, :n], buf[1][:, :, :n] = self.keys, self.values
-                self._buf = buf
-            buf[0][:, :, n:n+k], buf[1][:, :, n:n+k] = key_states, value_states
-            self.keys, self.values = buf[0][:, :, :n+k], buf[1][:, :, :n+k]
-            return self.keys, self.values
-    return DynamicLayer, GrowingLayer
-
-def _grow_on_cpu(cache, device):
-    "On a CPU, turn `cache`'s plain fp32 dynamic layers into growing ones, so that they grow without concatenating."
-    import torch
-    if cache is None or device.type != "cpu": return cache
-    plain, growing = _growing_layer()
-    for layer in getattr(cache, "layers", []):
-        keys = getattr(layer, "keys", None)
-        if type(layer) is plain and keys is not None and keys.dtype == torch.float32: layer.__class__ = growing
-    return cache
-
-# %% ../../nbs/05a_evaluate_generate.ipynb #6bb34038
-_GREEDY_KEYS = {"max_new_tokens", "max_length", "do_sample", "num_beams", "temperature", "top_p", "top_k", "use_cache",
-                "pad_token_id", "bos_token_id", "eos_token_id", "transformers_version", "_from_model_config"}
-
-def _own_loop_fits(model, gc) -> bool:
-    """Whether `_greedy_rows` reproduces `model.generate` for `gc`: greedy decoding and nothing else (no repetition
-    penalty, suppressed or forced tokens, ...: any setting it does not know sends `generate` to transformers'), on a
-    model whose forward takes position ids and `logits_to_keep` and has no virtual tokens."""
-    import inspect
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    takes = inspect.signature(base.forward).parameters
-    return (not _prompt_learning(model) and {"position_ids", "logits_to_keep"} <= set(takes)
-            and set(gc.to_diff_dict()) <= _GREEDY_KEYS and not gc.do_sample and (gc.num_beams or 1) == 1)
-
-# %% ../../nbs/05a_evaluate_generate.ipynb #d4ed7220
-def _greedy_rows(model, x, att, P:int, cache, kw, gc) -> list[list[int]]:
-    """Greedy new token ids for each row of the left-padded batch `x`, whose first `P` tokens are already in
-    `cache` (or none, `P=0`). A row that emits an eos id leaves the batch: later steps compute only the rows
-    still answering, instead of feeding pad tokens to finished ones as `model.generate` does."""
-    import torch
-    eos = torch.tensor(gc.eos_token_id, device=x.device)
-    pos = (att.cumsum(-1) - 1).clamp(min=0)  # position ids skip the left pads, as transformers derives them
-    rows, new = list(range(len(x))), [[] for _ in range(len(x))]
-    inp, p = x[:, P:], pos[:, P:]
-    for step in range(gc.max_new_tokens):
-        out = model(input_ids=inp, attention_mask=att, position_ids=p, use_cache=True, logits_to_keep=1,
-                    **({kw: cache} if cache is not None else {}))
-        if cache is None: cache, kw = kv_cache_of(out); _grow_on_cpu(cache, x.device)
-        nxt = out.logits[:, -1].argmax(-1).to(x.device)  # the output layer may sit on another device (device_map)
-        ended = torch.isin(nxt, eos)
-        # an eos id too, as transformers keeps it (decoding drops special ones)
-        for r, t in zip(rows, nxt.tolist()): new[r].append(t)
-        if step == gc.max_new_tokens - 1 or bool(ended.all()): break
-        if bool(ended.any()):  # drop finished rows from the batch and from every layer's cache
-            keep = (~ended).nonzero().squeeze(1)
-            rows, nxt, att, p = [rows[i] for i in keep.tolist()], nxt[keep], att[keep], p[keep]
-            cache.batch_select_indices(keep.tolist())  # a list indexes layers on any device
-        att = torch.cat([att, att.new_ones(len(rows), 1)], 1)
-        inp, p = nxt[:, None], p[:, -1:] + 1
-    return new
-
-# %% ../../nbs/05a_evaluate_generate.ipynb #1c3c9795
-def generate(model, tokenizer,
-             prompts:list,  # records (their `prompt` is used) or message lists
-             batch_size:int=16, max_new_tokens:int=32, progress:bool=True, desc:str="generate",
-             prefix_cache:bool=True,  # compute the prompts' shared leading tokens once and reuse their KV cache
-             min_prefix:int=8,  # shortest shared prefix worth caching
-             temperature:float=0.0,  # 0: greedy; above 0: sample at this temperature (seed torch for repeatable draws)
-             top_p:float=1.0,  # nucleus sampling: keep the smallest token set of this probability (with `temperature`)
-            ) -> list[str]:
-    "Greedy answers to `prompts` (sampled ones with a `temperature`), batched with left padding, in input order."
-    import torch
-    ids = prompt_ids(tokenizer, prompts)
-    if not ids: return []
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: a too-long batch fails early
-    if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token  # batches need a pad token
-    gc, out, was_training = greedy_config(model, tokenizer, max_new_tokens), [None]*len(ids), model.training
-    if temperature > 0: gc.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-    own_loop = _own_loop_fits(model, gc)  # sampling goes to transformers' `generate`
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        with torch.inference_mode(), _cpu_generation(model, device), _decoding_attention(model, device), \
-             progress_bar(total=len(ids), desc=desc, disable=not progress, leave=False) as bar:
-            P = _common_prefix(ids) if prefix_cache and len(ids) > 1 else 0
-            cache, kw = _prefix_cache(model, ids[0][:P], device) if P >= min_prefix else (None, None)
-            if cache is None: P = 0
-            for s in range(0, len(order), batch_size):
-                idx = order[s:s+batch_size]
-                suf = [ids[i][P:] for i in idx]
-                L = max(map(len, suf))
-                # left padding, after the shared prefix: [prefix][pad...][own tokens]; masked pads are skipped
-                # by the attention and by the position ids derived from the mask
-                x = torch.tensor([ids[idx[0]][:P] + [gc.pad_token_id]*(L-len(t)) + t for t in suf], device=device)
-                att = torch.tensor([[1]*P + [0]*(L-len(t)) + [1]*len(t) for t in suf], device=device)
-                c = None
-                if cache is not None: c = copy.deepcopy(cache); c.batch_repeat_interleave(len(idx))
-                if own_loop: new = _greedy_rows(model, x, att, P, c, kw, gc)
-                else: new = model.generate(input_ids=x, attention_mask=att, generation_config=gc,
-                                           **({kw: c} if c is not None else {}))[:, x.shape[1]:].tolist()
-                for i, a in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)): out[i] = a.strip()
-                bar.update(len(idx))
-    finally: model.train(was_training)
-    return out
 
 # %% ../../nbs/05a_evaluate_generate.ipynb #c60c3add
 def generate_pair(model, tokenizer, prompts:list, **kwargs) -> tuple[list[str], list[str]]:
@@ -233,7 +30,7 @@ def generate_pair(model, tokenizer, prompts:list, **kwargs) -> tuple[list[str], 
 # %% ../../nbs/05a_evaluate_generate.ipynb #2a17bdbe
 def answer_ids(tokenizer, prompts:list, labels:list[str], eos:list[int]) -> tuple[list, list]:
     "Each prompt's tokens, with the generation prompt, and each label's answer tokens after them, through end-of-turn."
-    msgs = [_prompt_of(p) for p in prompts]
+    msgs = [prompt_messages(p) for p in prompts]
     pre = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in msgs]
     full = [tokenizer.apply_chat_template(m + [{"role": "assistant", "content": l}], tokenize=False)
             for m in msgs for l in labels]
@@ -301,7 +98,7 @@ def rank_labels(model, tokenizer,
                 return_scores:bool=False,  # also return the (n_prompts, n_labels) summed log-probs
                ):
     "The likeliest label per prompt: each label scored as the whole answer, its tokens' summed log-probabilities."
-    import numpy as np, torch, inspect
+    import numpy as np, torch
     labels = list(labels)
     if not labels or len(set(labels)) < len(labels): raise EvalError(f"rank_labels needs distinct labels, got {labels}")
     scores = np.zeros((len(prompts), len(labels)))
@@ -309,33 +106,24 @@ def rank_labels(model, tokenizer,
     ids, answers = answer_ids(tokenizer, prompts, labels, eos_ids(model, tokenizer))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids(model, tokenizer)[0]
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths together, a too-long batch first
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    shared = (not _prompt_learning(model)
-              and {"position_ids", "logits_to_keep"} <= set(inspect.signature(base.forward).parameters))
-    was_training, device = model.training, next(model.parameters()).device
-    model.eval()
-    try:
-        with torch.inference_mode(), _cpu_generation(model, device), _decoding_attention(model, device), \
-             progress_bar(total=len(ids), desc=desc, disable=not progress, leave=False) as bar:
-            P = _common_prefix(ids) if shared and len(ids) > 1 else 0
-            cache, kw = _prefix_cache(model, ids[0][:P], device, grow=False) if P >= 8 else (None, None)
-            if cache is None: P = 0
-            for s in range(0, len(order), batch_size):
-                idx = order[s:s+batch_size]
-                ans, got = [answers[i] for i in idx], None
-                if shared:
-                    suf = [ids[i][P:] for i in idx]
-                    L = max(map(len, suf))
-                    x = torch.tensor([ids[idx[0]][:P] + [pad]*(L-len(t)) + t for t in suf], device=device)
-                    att = torch.tensor([[1]*P + [0]*(L-len(t)) + [1]*len(t) for t in suf], device=device)
-                    c = None
-                    if cache is not None: c = copy.deepcopy(cache); c.batch_repeat_interleave(len(idx))
-                    got = _rank_cached(model, x, att, P, c, kw, ans, pad)
-                    shared = got is not None
-                if got is None: got = _rank_full(model, [ids[i] for i in idx], ans, pad, device)
-                scores[idx] = got.double().cpu().numpy()
-                bar.update(len(idx))
-    finally: model.train(was_training)
+    shared = takes_steps(model)
+    with decoding(model) as device, progress_bar(total=len(ids), desc=desc, disable=not progress, leave=False) as bar:
+        prefix = shared_prefix(model, ids, 8) if shared else None
+        P = len(prefix.ids) if prefix else 0
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s+batch_size]
+            ans, got = [answers[i] for i in idx], None
+            if shared:
+                suf = [ids[i][P:] for i in idx]
+                L = max(map(len, suf))
+                x = torch.tensor([ids[idx[0]][:P] + [pad]*(L-len(t)) + t for t in suf], device=device)
+                att = torch.tensor([[1]*P + [0]*(L-len(t)) + [1]*len(t) for t in suf], device=device)
+                c, kw = (prefix.for_rows(len(idx)), prefix.kw) if prefix else (None, None)
+                got = _rank_cached(model, x, att, P, c, kw, ans, pad)
+                shared = got is not None
+            if got is None: got = _rank_full(model, [ids[i] for i in idx], ans, pad, device)
+            scores[idx] = got.double().cpu().numpy()
+            bar.update(len(idx))
     best = [labels[j] for j in scores.argmax(1)]
     return (best, scores) if return_scores else best
 
@@ -354,7 +142,7 @@ def _mask_to_keep(model) -> bool:
     try: from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401 (transformers 5: masks too)
     except ImportError: return False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return not _prompt_learning(model) and "logits_to_keep" in inspect.signature(base.forward).parameters
+    return not prompt_learning(model) and "logits_to_keep" in inspect.signature(base.forward).parameters
 
 def _scored_logits(model, x, att, mask, use_mask:bool):
     "Logits (n_marked, V) at `mask`'s positions of the right-padded batch `x` (B, T), only those computed."

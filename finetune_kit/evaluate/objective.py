@@ -14,7 +14,8 @@ from ..files import KitError, atomic_folder, md_table, write_jsonl
 from ..tasks import get_task
 from ..adapters import adapter_source
 from ..data.folder import find_data_dir
-from .generate import EvalError, generate
+from ..engine import generate
+from .generate import EvalError
 from .compare import bootstrap_intervals, comparison_plot, comparison_table, ship_verdict
 from .review import make_review_sheet, write_review
 from .run import free_eval_dir, load_for_eval, load_split, prediction_rows, score_systems

@@ -15,7 +15,8 @@ from ..rewards import record_score
 from ..review import one_per_item, sheet_verdicts, studio_verdicts
 from ..adapters import adapter_source
 from ..data.folder import find_data_dir
-from .generate import EvalError, generate
+from ..engine import generate
+from .generate import EvalError
 from .metrics import score_outputs
 from .review import BLIND_FORM, read_review_key
 from .run import load_for_eval, load_split

@@ -19,7 +19,8 @@ from ..models import load_model
 from ..adapters import misfit_reason
 from ..data.folder import find_data_dir
 from ..data.testset import own_test_line
-from .generate import EvalError, generate, generate_pair, perplexity, rank_labels
+from ..engine import generate
+from .generate import EvalError, generate_pair, perplexity, rank_labels
 from .vllm import check_backend, vllm_systems
 from .metrics import TaskScores, score_outputs
 from .compare import (bootstrap_intervals, comparison_plot, comparison_table, confusion_plot,

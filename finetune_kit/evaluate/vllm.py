@@ -16,7 +16,8 @@ from ..files import KitError, one_line
 from ..methods import get_method
 from ..models import is_full_checkpoint, load_tokenizer, resolve_model
 from ..adapters import max_lora_rank, vllm_loras
-from .generate import EvalError, answer_ids, eos_ids, prompt_ids, scored_sequences
+from ..engine import eos_ids, prompt_ids
+from .generate import EvalError, answer_ids, scored_sequences
 
 # %% auto #0
 __all__ = ['BACKENDS', 'SCORING_ARGS', 'vllm_missing', 'check_backend', 'EnginePlan', 'vllm_plan', 'VllmRequest',

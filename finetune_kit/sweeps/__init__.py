@@ -14,5 +14,9 @@ from .process import *
 from .runner import *
 from .results import *
 from .agents import *
-from . import agents, process, results, runner, spec, study
-__all__ = [*spec.__all__, *study.__all__, *process.__all__, *runner.__all__, *results.__all__, *agents.__all__]  # `import *`: all six
+from .budget import *
+from .frontier import *
+from .tuning import *
+from . import agents, budget, frontier, process, results, runner, spec, study, tuning
+__all__ = [*spec.__all__, *study.__all__, *process.__all__, *runner.__all__, *results.__all__, *agents.__all__,
+           *budget.__all__, *frontier.__all__, *tuning.__all__]  # `import *`: all nine

@@ -40,6 +40,7 @@ def row_key(metric:str) -> str|None:
     "The `metrics.jsonl` key that logs `metric` during training (`eval/loss` -> `eval_loss`), or None."
     parts = metric.split("/")
     if len(parts) == 2 and parts[0] == "eval": return f"eval_{parts[1]}"
+    if len(parts) == 3 and parts[0] == "eval": return f"eval_{parts[1]}_{parts[2]}"  # `evaluate.interim`'s scores
     if len(parts) == 2 and parts[0] == "train": return parts[1]
     return metric if len(parts) == 1 else None
 
@@ -151,16 +152,17 @@ def trials_table(study, spec:SweepSpec) -> "pd.DataFrame":
 def pick_cheapest(table,  # a `trials_table`
                   metric:str, goal:str="minimize",
                   within:float=0.0,  # how far from the best metric a trial may be
-                  cost:str="seconds",  # the cost column to minimize
+                  cost:str|tuple="seconds",  # the cost column to minimize, or columns compared in turn
                   relative:bool=False):  # `within` is a fraction of the best metric
-    "The cheapest complete trial (by `cost`) whose `metric` is within `within` of the best, or None."
+    "The cheapest complete trial (by `cost`, then trial number) whose `metric` is within `within` of the best, or None."
     done = table[(table["state"] == "complete") & table[metric].notna()]
     if done.empty: return None
     best = done[metric].max() if goal == "maximize" else done[metric].min()
-    tol = abs(best) * within if relative else within
+    tol = (abs(best) * within if relative else within) + 1e-9  # "within" includes its edge, whatever the rounding
     near = done[(done[metric] >= best - tol)] if goal == "maximize" else done[(done[metric] <= best + tol)]
-    key = near[cost].fillna(float("inf")) if cost in near else near["seconds"]
-    return near.loc[key.idxmin()]
+    cols = [c for c in ((cost,) if isinstance(cost, str) else cost) if c in near] or ["seconds"]
+    keys = near[cols].apply(lambda s: s.astype(float).fillna(float("inf"))).assign(_trial=near.index)
+    return near.loc[keys.sort_values([*cols, "_trial"]).index[0]]
 
 # %% ../../nbs/06c_sweeps_results.ipynb #224e11a0
 def _axis_values(s):
@@ -281,7 +283,8 @@ def _summary_line(label, row, spec, fname, has_cfg) -> str:
     return (f"**{label}**: trial {row.name}, {spec.metric} = {row[spec.metric]:.4g}, "
             f"{row['seconds'] or float('nan'):.0f} s: {params}" + (f" (`{fname}`)" if has_cfg else ""))
 
-def write_results(study, spec:SweepSpec, sweep_dir, within:float=0.01, plots:bool=True) -> SweepResult:
+def write_results(study, spec:SweepSpec, sweep_dir, within:float=0.01, plots:bool=True,
+                  cost:str|tuple="seconds") -> SweepResult:
     "Write trials.csv, trials.md, plots and the best and cheapest trials' configs into `sweep_dir`."
     sweep_dir = Path(sweep_dir)
     table = trials_table(study, spec)
@@ -290,7 +293,7 @@ def write_results(study, spec:SweepSpec, sweep_dir, within:float=0.01, plots:boo
     done = table[(table["state"] == "complete") & table[spec.metric].notna()]
     best = None if done.empty else done.loc[done[spec.metric].idxmax() if spec.goal == "maximize"
                                             else done[spec.metric].idxmin()]
-    cheap = pick_cheapest(table, spec.metric, spec.goal, within=within)
+    cheap = pick_cheapest(table, spec.metric, spec.goal, within=within, cost=cost)
     counts = table["state"].value_counts().to_dict()
     L = [f"# Sweep {spec.name}", "", f"{spec.method} search over {', '.join(f'`{p}`' for p in spec.searched)}; "
          f"metric `{spec.metric}` ({spec.goal}). Trials: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".", ""]

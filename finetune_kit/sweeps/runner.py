@@ -9,6 +9,7 @@ from __future__ import annotations
 import json, os, shutil, signal, socket, statistics, sys, time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from ..settings import find_settings, read_settings
 from .spec import SweepError, SweepSpec, grid_points, load_sweep, search_space, trial_params
 from .study import quiet_optuna, retry_trial, HEARTBEAT_S, fail_trial, heartbeat, open_study
@@ -32,6 +33,7 @@ class _Job:
     reported: int = 0
     beat: float = 0.0
     pruned: bool = False
+    stopped: str|None = None  # why the runner stopped it before its end (the budget), if it did
 
 def _host() -> str: return socket.gethostname()
 
@@ -197,6 +199,7 @@ def _finish(study, spec, job, say) -> None:
     if spec.early_terminate and not job.pruned:  # rows written after the last look, so Hyperband sees the whole run
         for v in intermediate_values(job.run_dir, spec.metric, spec.goal)[job.reported:]:
             job.reported += 1; job.trial.report(v, job.reported)
+    if job.stopped: attrs["stopped"] = job.stopped
     if job.pruned: state, attrs["outcome"] = TrialState.PRUNED, "pruned"
     elif job.proc.exitcode == 0:
         try: value, state, attrs["outcome"] = trial_metric(job.run_dir, spec.metric), TrialState.COMPLETE, "complete"
@@ -213,9 +216,19 @@ def _finish(study, spec, job, say) -> None:
         say(f"trial {t.number}: already closed by another runner (heartbeat lost?)"); return
     p = " ".join(f"{k}={v}" for k, v in t.params.items())
     if state == TrialState.COMPLETE: say(f"trial {t.number} complete: {spec.metric}={value:.4g} ({seconds:.0f}s) {p}")
+    elif job.stopped: say(f"trial {t.number} stopped ({job.stopped}) after {job.reported} evaluations ({seconds:.0f}s) {p}")
     elif state == TrialState.PRUNED: say(f"trial {t.number} pruned after {job.reported} evaluations ({seconds:.0f}s) {p}")
     else: say(f"trial {t.number} failed: {attrs['error']}"
               f" ({seconds:.0f}s; notebook kept: {job.run_dir/'notebook.ipynb'})")
+
+def _cut(study, spec, job, say, why:str):
+    "Stop a running trial for `why` (the budget's end): its evaluations so far reported, recorded as pruned, not queued again."
+    if spec.early_terminate and not job.pruned:
+        for v in intermediate_values(job.run_dir, spec.metric, spec.goal)[job.reported:]:
+            job.reported += 1; job.trial.report(v, job.reported)
+    kill_tree(job.proc.pid, job.proc)
+    job.pruned, job.stopped = True, why
+    _finish(study, spec, job, say)
 
 def _abort(study, job, reason:str):
     "Stop a running trial for `reason`, mark it stale and queue its parameters again."
@@ -262,10 +275,15 @@ def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
           max_gpu_hours:float|None=None,  # device-hours budget of the whole sweep
           sweep_dir=None,  # the sweep folder (default: <runs_dir>/sweeps/<name>)
           within:float=0.01,  # "cheapest within this distance of the best metric", for the results
+          cost:str|tuple="seconds",  # what "cheapest" counts: a cost column, or columns compared in turn
           poll:float=2.0,  # seconds between checks of running trials
           retry:bool=False,  # queue the failed trials' parameters again (`--retry-failed`)
           gpus_per_trial:int=1,  # GPUs each trial takes, disjoint from the other trials' (`--gpus-per-trial`)
-          verbose:bool=True) -> SweepResult:
+          verbose:bool=True,
+          stop_at:float|None=None,  # a hard end (`time.time()`): trials still running then are stopped, as pruned
+          should_start:Callable|None=None,  # study -> why no further trial should start, or None (`tune`'s budget)
+          on_update:Callable|None=None,  # (study, SweepResult) after each trial ends (`tune` streams its table)
+         ) -> SweepResult:
     "Run a sweep's trials locally as experiment-notebook jobs; resume it if it was interrupted; write its results."
     spec = path if isinstance(path, SweepSpec) else load_sweep(path)
     if not spec.metric: raise SweepError("metric: the local runner needs a metric (name and goal) to rank trials")
@@ -274,7 +292,7 @@ def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
     gpus, k = gpu_ids(), gpus_per_trial
     groups = gpu_groups(gpus, k)  # too few GPUs for one trial: stop before anything is written
     cap = min([c for c in (spec.run_cap, max_trials) if c] or [0]) or None
-    if spec.method != "grid" and not (cap or max_hours or max_gpu_hours):
+    if spec.method != "grid" and not (cap or max_hours or max_gpu_hours or stop_at):
         raise SweepError(f"a {spec.method} sweep never ends by itself: set run_cap in the file, "
                          "or --max-trials / --max-hours")
     say = print if verbose else (lambda *a, **k: None)
@@ -300,12 +318,19 @@ def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
         f"folder {sweep_dir}")
     try:
         while True:
+            ended = False
             for slot, job in list(jobs.items()):
                 if not _watch(study, spec, job):
-                    _finish(study, spec, job, say); del jobs[slot]
-                    write_results(study, spec, sweep_dir, within=within, plots=False)
+                    _finish(study, spec, job, say); del jobs[slot]; ended = True
+            if stop_at and time.time() >= stop_at:
+                ended, stop = ended or bool(jobs), stop or "wall-clock budget spent"
+                for slot, job in list(jobs.items()): _cut(study, spec, job, say, "the budget's end"); del jobs[slot]
+            if ended:
+                res = write_results(study, spec, sweep_dir, within=within, plots=False, cost=cost)
+                if on_update: on_update(study, res)
             while stop is None and len(jobs) < parallel:
                 stop = _budget_stop(study, spec, cap, deadline, max_gpu_hours, jobs)
+                if stop is None and should_start: stop = should_start(study)
                 if stop: break
                 slot = min(set(range(parallel)) - set(jobs))
                 job = _launch(study, spec, space, notebook, sweep_dir, slot, parallel, gpus, grid, ctx, cap, k)
@@ -324,6 +349,6 @@ def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
     finally:
         if old is not None: signal.signal(signal.SIGTERM, old)
     say(f"sweep {spec.name} stopped: {stop}")
-    res = write_results(study, spec, sweep_dir, within=within)
+    res = write_results(study, spec, sweep_dir, within=within, cost=cost)
     res.failed = {t.number: t.user_attrs.get("error", "failed") for t in failed_trials(study)}
     return res

@@ -1,0 +1,93 @@
+"The generation engine: one token-by-token loop in the package; rows that join a running batch or are cancelled."
+import ast
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT/"finetune_kit"
+
+def _drives_a_model(node) -> bool:
+    "A call of a model forward with `use_cache` (`model(...)`, `self.model(...)`), or a decoding batch's `.step()`."
+    if not isinstance(node, ast.Call): return False
+    f = node.func
+    name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+    if name == "model" and any(k.arg == "use_cache" for k in node.keywords): return True
+    return isinstance(f, ast.Attribute) and f.attr == "step" and not node.args and not node.keywords
+
+def decoding_loops(pkg:Path=PKG) -> list[str]:
+    "`file:function` of every `for`/`while` loop in the package whose body drives a model with its KV cache, step by step."
+    out = []
+    for path in sorted(pkg.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)): continue
+            for loop in ast.walk(fn):
+                if isinstance(loop, (ast.For, ast.While)) and any(_drives_a_model(n) for s in loop.body for n in ast.walk(s)):
+                    out.append(f"{path.relative_to(pkg.parent)}:{fn.name}")
+    return sorted(set(out))
+
+def test_the_package_has_one_token_by_token_loop():
+    "Evaluation, synthetic data and the server all decode through `engine.Batch.run`: no other loop feeds a model its cache."
+    assert decoding_loops() == ["finetune_kit/engine.py:run"]
+
+def test_the_loop_check_can_fail(tmp_path):
+    "A second loop, in either form the package once had (a cached forward or a batch stepped in a loop), is found."
+    pkg = tmp_path/"finetune_kit"
+    pkg.mkdir()
+    (pkg/"a.py").write_text("def greedy(model, x, c):\n    for _ in range(9):\n        x = model(input_ids=x, cache=c, use_cache=True)\n")
+    (pkg/"b.py").write_text("class S:\n    def serve(self, b):\n        while b:\n            b.step()\n")
+    (pkg/"c.py").write_text("def once(model, x):\n    return model(input_ids=x, use_cache=True)\n")  # no loop: not one
+    assert decoding_loops(pkg) == ["finetune_kit/a.py:greedy", "finetune_kit/b.py:serve"]
+
+@pytest.fixture(scope="module")
+def lora():
+    "The tiny model under a random LoRA (the bare tiny model answers every prompt alike), its tokenizer and prompts."
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from finetune_kit.engine import prompt_ids
+    from finetune_kit.files import read_jsonl
+    from finetune_kit.testing import load_tiny
+    model, tok = load_tiny()
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False))
+    return model, tok, prompt_ids(tok, read_jsonl(ROOT/"tests/fixtures/evaluate/cls/test.jsonl"))
+
+def _alone(model, tok, req):
+    from finetune_kit.engine import Batch, decoding, eos_ids
+    with decoding(model):
+        b = Batch(model, tok, eos_ids(model, tok))
+        row = b.add([req])[0]
+        b.run()
+    return row.tokens
+
+def test_rows_that_join_a_running_batch_answer_as_alone(lora):
+    "What continuous batching needs: rows added between steps decode with the others and get their own answers."
+    from finetune_kit.engine import Batch, Request, decoding, eos_ids
+    model, tok, ids = lora
+    with decoding(model):
+        b = Batch(model, tok, eos_ids(model, tok))
+        rows = b.add([Request(i, max_tokens=8) for i in ids[:3]])
+        b.step()
+        rows += b.add([Request(ids[3], max_tokens=8)])
+        b.step(); b.step()
+        rows += b.add([Request(i, max_tokens=5) for i in ids[4:6]])
+        assert len(b) == 6
+        b.run()
+    assert len(b) == 0 and [r.reason for r in rows] == ["length"] * 6
+    assert [r.tokens for r in rows] == [_alone(model, tok, Request(i, max_tokens=n)) for i, n in zip(ids[:6], [8]*4 + [5]*2)]
+
+def test_a_cancelled_row_leaves_the_batch_and_the_others_go_on(lora):
+    from finetune_kit.engine import Batch, Request, decoding, eos_ids
+    model, tok, ids = lora
+    events = []
+    def emit(ev):
+        events.append(ev)
+        if len(events) == 2: reqs[0].cancelled = True
+    reqs = [Request(ids[0], max_tokens=8, emit=emit), Request(ids[1], max_tokens=8)]
+    with decoding(model):
+        b = Batch(model, tok, eos_ids(model, tok))
+        rows = b.add(reqs)
+        sizes = [len(b)]
+        while b: b.step(); sizes.append(len(b))
+    assert rows[0].reason is None and len(rows[0].tokens) < 8 and not any(e["type"] == "done" for e in events)
+    assert sizes[0] == 2 and 1 in sizes and rows[1].tokens == _alone(model, tok, Request(ids[1], max_tokens=8))
