@@ -396,7 +396,8 @@ register_task(TaskSpec(
 
 # %% ../nbs/01_tasks.ipynb #925f5fd4
 def _validate_rating(d):
-    return {"prompt": _prompt_of(d), "completion": _answer_of(d, "completion"), "label": rating_of(d, "label")}
+    key = "rating" if "label" not in d and "rating" in d else "label"  # the server's feedback file says `rating`
+    return {"prompt": _prompt_of(d), "completion": _answer_of(d, "completion"), "label": rating_of(d, key)}
 
 register_task(TaskSpec(
     "unpaired_preference", ("prompt", "label"), validate=_validate_rating, preference="ratings",

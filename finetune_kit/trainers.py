@@ -128,9 +128,11 @@ class KitObjectiveTrainer:
         return loss
 
     def log(self, logs:dict, start_time=None):
-        if isinstance(logs.get("num_tokens"), (int, float)):  # GRPO counts tokens in its state, not here
-            self._total_train_tokens = max(getattr(self, "_total_train_tokens", 0), int(logs["num_tokens"]))
-        return super().log(logs, start_time)
+        out = super().log(logs, start_time)
+        last = self.state.log_history[-1] if self.state.log_history else {}
+        if isinstance(last.get("num_tokens"), (int, float)):  # GRPO adds its token count inside its own `log`
+            self._total_train_tokens = max(getattr(self, "_total_train_tokens", 0), int(last["num_tokens"]))
+        return out
 
     def _save_checkpoint(self, model, trial):
         if (t := getattr(self, "_run_totals", None)) is not None: self.state.stateful_callbacks[RunTotals.key] = t.now()

@@ -23,10 +23,11 @@ from .queue import *
 from .synth import *
 from .mixture import *
 from .testset import *
+from .feedback import *
 from . import (sources, packaged, curate, templates, split, card, prepare, folder, cache, queue, synth,
-                               mixture, testset)
+                               mixture, testset, feedback)
 
 # `import *` from the package gives every public name of its modules, and the shared ones above
 __all__ = ["read_jsonl", "write_jsonl", "REJECT_REASONS", "Rejected", "format_entities", "parse_entities",
            *(n for m in (sources, packaged, curate, templates, split, card, prepare, folder, cache, queue, synth, mixture,
-                         testset) for n in m.__all__)]
+                         testset, feedback) for n in m.__all__)]

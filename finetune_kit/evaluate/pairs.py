@@ -12,13 +12,12 @@ from pathlib import Path
 from ..files import KitError, write_jsonl
 from ..tasks import get_task
 from ..rewards import record_score
-from ..review import one_per_item, sheet_verdicts, studio_verdicts
 from ..adapters import adapter_source
 from ..data.folder import find_data_dir
 from ..engine import generate
 from .generate import EvalError
 from .metrics import score_outputs
-from .review import BLIND_FORM, read_review_key
+from .review import checked_verdicts, read_review_key, read_verdicts
 from .run import load_for_eval, load_split
 
 # %% auto #0
@@ -54,11 +53,12 @@ def mistake_pairs(run,  # a tuned SFT run folder (or an adapter folder with `dat
                   split:str="train",  # whose prompts (train: the test split stays unseen)
                   max_records:int|None=None,  # a seeded sample of at most this many prompts (None: all)
                   below:float=1.0,  # an answer scoring below this is a mistake
+                  params:dict|None=None,  # flat parameters over the run's own (eval_batch_size, max_new_tokens ...)
                   model=None, tokenizer=None,  # the run's model, already loaded (None: load it)
                   progress:bool=True,
                  ) -> tuple[list[dict], dict]:
     "Pairs from the SFT model's own mistakes on `split` of its data (greedy answers, the task's scorer), and the counts."
-    src = adapter_source(run)
+    src = adapter_source(run, params)
     cfg = src.cfg
     folder = find_data_dir(data or src.run_dir or run)
     records, info = load_split(folder, split, max_records, cfg.seed)
@@ -87,12 +87,7 @@ def review_pairs(sheet,  # a filled review_sheet.csv, or a Label Studio JSON exp
     "Pairs from a filled blind review: the preferred answer chosen, the other rejected; and the counts."
     sheet = Path(sheet)
     k = read_review_key(Path(key) if key else sheet.parent/"review_key.json")
-    try: vs = studio_verdicts(sheet, BLIND_FORM) if sheet.suffix.lower() == ".json" else sheet_verdicts(sheet, BLIND_FORM)
-    except KitError as e: raise EvalError(str(e)) from None
-    if (bad := next((v for v in vs if v.id not in k), None)):
-        raise EvalError(f"{bad.where}: item {bad.id!r} is not in the review key (a sheet from another evaluation?)")
-    try: vs = one_per_item(vs, BLIND_FORM)
-    except KitError as e: raise EvalError(str(e)) from None
+    vs = checked_verdicts(read_verdicts(sheet), k)
     recs = _eval_records(sheet.parent) if records is None else records
     by_item = {}
     for v in vs: by_item.setdefault(v.id, []).append(v)
@@ -104,15 +99,17 @@ def review_pairs(sheet,  # a filled review_sheet.csv, or a Label Studio JSON exp
         slot = said.pop()
         if slot == "tie": c["tie"] += 1; continue
         other, shown = "2" if slot == "1" else "1", got[0].shown or {}
+        if not (shown.get("output_1") or "").strip() or not (shown.get("output_2") or "").strip():
+            c["answers_not_shown"] += 1; continue
         prompt = recs[item]["prompt"] if item in recs else shown.get("prompt", "")
         systems[k[item][slot]] += 1
         pairs.append({"prompt": prompt, "chosen": shown.get(f"output_{slot}", ""),
                       "rejected": shown.get(f"output_{other}", ""),
                       "meta": {"from": "review", "item": item, "chosen_system": k[item][slot],
                                "rejected_system": k[item][other], "source": str(sheet)}})
-    counts = {"items": len(by_item), "pairs": len(pairs), **{x: c[x] for x in ("tie", "blank", "reviewers_disagree")},
-              "chosen_system": dict(systems)}
-    counts["reconciled"] = counts["items"] == len(pairs) + c["tie"] + c["blank"] + c["reviewers_disagree"]
+    why = ("tie", "blank", "reviewers_disagree", "answers_not_shown")
+    counts = {"items": len(by_item), "pairs": len(pairs), **{x: c[x] for x in why}, "chosen_system": dict(systems)}
+    counts["reconciled"] = counts["items"] == len(pairs) + sum(c[x] for x in why)
     return pairs, counts
 
 # %% ../../nbs/05i_evaluate_pairs.ipynb #0a1713df

@@ -17,7 +17,8 @@ from .generate import EvalError
 # %% auto #0
 __all__ = ['LABEL_STUDIO_CHOICES', 'BLIND_FORM', 'REVIEW_COLUMNS', 'prompt_text', 'answers_digest', 'make_review_sheet',
            'review_html', 'label_studio_config', 'label_studio_tasks', 'label_studio_verdicts', 'win_interval',
-           'review_rates', 'human_work', 'write_review', 'read_review_key', 'import_review']
+           'checked_verdicts', 'review_rates', 'human_work', 'write_review', 'read_review_key', 'read_verdicts',
+           'import_review']
 
 # %% ../../nbs/05d_evaluate_review.ipynb #916fdf4e
 LABEL_STUDIO_CHOICES = {"1": "Answer 1 is better", "tie": "Tie", "2": "Answer 2 is better"}
@@ -111,15 +112,21 @@ def win_interval(wins:int,  # judgements the tuned model won
     return [float(ci.low), float(ci.high)]
 
 # %% ../../nbs/05d_evaluate_review.ipynb #8b6b6437
-def _rates(verdicts:list, key:dict) -> dict:
-    "Tuned's win/tie/loss over `verdicts` (`finetune_kit.review.Verdict`), un-blinded with `key`."
+def checked_verdicts(verdicts:list,  # `finetune_kit.review.Verdict`s of a blind review
+                     key:dict,  # its review key
+                    ) -> list:
+    "`verdicts` checked against `key` (every item in it, the answers shown the ones it was made for), one per item and reviewer."
     for v in verdicts:
         at = f"{v.where}: " if v.where else ""
         if v.id not in key: raise EvalError(f"{at}item {v.id!r} is not in the review key (a sheet from another evaluation?)")
         if (sums := _shown_digest(v)) and key[v.id].get("answers", sums) != sums:
             raise EvalError(f"{at}item {v.id!r}: the sheet shows other answers than the review key was made for (a "
                             "sheet from another evaluation?): import it with the key written beside it")
-    with _as_eval_error(): verdicts = one_per_item(verdicts, BLIND_FORM)
+    with _as_eval_error(): return one_per_item(verdicts, BLIND_FORM)
+
+def _rates(verdicts:list, key:dict) -> dict:
+    "Tuned's win/tie/loss over `verdicts` (`finetune_kit.review.Verdict`), un-blinded with `key`."
+    verdicts = checked_verdicts(verdicts, key)
     win = tie = loss = blank = 0
     for v in verdicts:
         if v.decision is None: blank += 1
@@ -177,6 +184,12 @@ def read_review_key(path) -> dict:
         raise EvalError(f"{path}: not a review key (it maps each item to the systems in slots 1 and 2)")
     return k
 
+def read_verdicts(sheet) -> list:
+    "The verdicts of a filled blind sheet (CSV) or a Label Studio export (JSON); a damaged file is one line."
+    sheet = Path(sheet)
+    with _as_eval_error():
+        return studio_verdicts(sheet, BLIND_FORM) if sheet.suffix.lower() == ".json" else sheet_verdicts(sheet, BLIND_FORM)
+
 def import_review(sheet,  # a filled review_sheet.csv, or a Label Studio JSON export
                   key=None,  # the review_key.json (None: beside the sheet)
                   out=None,  # where review.json goes (None: beside the key)
@@ -185,8 +198,6 @@ def import_review(sheet,  # a filled review_sheet.csv, or a Label Studio JSON ex
     sheet = Path(sheet)
     key_path = Path(key) if key else sheet.parent/"review_key.json"
     k = read_review_key(key_path)
-    with _as_eval_error():
-        vs = studio_verdicts(sheet, BLIND_FORM) if sheet.suffix.lower() == ".json" else sheet_verdicts(sheet, BLIND_FORM)
-    res = _rates(vs, k) | {"source": str(sheet)}
+    res = _rates(read_verdicts(sheet), k) | {"source": str(sheet)}
     write_atomic(Path(out) if out else key_path.parent/"review.json", json.dumps(res, indent=1) + "\n")
     return res
