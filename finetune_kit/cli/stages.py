@@ -115,6 +115,19 @@ def evaluate_cmd(ctx:typer.Context,
     if not target.exists(): fail(f"{target}: no such run folder, data folder or file")
     cfg, data, adapter, default_out = _eval_target(target, ctx.meta["params"], adapter)
     if adapter is not None and not Path(adapter).is_dir(): fail(f"{adapter}: no such adapter folder")
+    if default_out is not None and cfg.train.objective != "sft":  # a preference run: judged against its start too
+        if adapter != target/"adapter": fail(f"{target}: a {cfg.train.objective} run is judged with its own adapter "
+                                             "(drop --adapter)")
+        from finetune_kit.evaluate import evaluate_objective
+        m = evaluate_objective(target, out_dir=out or default_out, cfg=cfg, progress=progress)
+        for n in m["notes"]: typer.echo(f"note: {n}")
+        scores = "  ".join(f"{k} {m[k][m['headline']]:.3f}" for k in ("base", "start", "tuned", "baseline") if k in m)
+        typer.echo(f"{scores}  ({m['headline']})")
+        if (d := m["intervals"].get("tuned - start")):
+            typer.echo(f"tuned - start {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] (95%, paired)")
+        typer.echo(f"verdict: {'ship' if m['verdict']['ship'] else 'do not ship'}: {m['verdict']['reason']}")
+        typer.echo(f"wrote {m['out_dir']}")
+        return
     from finetune_kit.evaluate import evaluate
     res = evaluate(cfg, data, adapter=adapter, out_dir=out or default_out, progress=progress)
     m = res.metrics
@@ -152,7 +165,9 @@ def review_import_cmd(sheet:Path = typer.Argument(..., help="filled review_sheet
     if not sheet.is_file(): fail(f"{sheet}: no such file")
     from finetune_kit.evaluate import import_review
     r = import_review(sheet, key, out)
-    typer.echo(f"tuned vs base over {r['judged']} judgments: win {r['win_rate']:.0%}  tie {r['tie_rate']:.0%}  "
+    lo, hi = r["win_rate_interval"]
+    typer.echo(f"tuned over {r['judged']} judgments: win {r['win_rate']:.0%}" +
+               (f" [{lo:.0%}, {hi:.0%}]" if r["judged"] else "") + f"  tie {r['tie_rate']:.0%}  "
                f"loss {r['loss_rate']:.0%}" + (f"  ({r['blank']} left blank)" if r["blank"] else ""))
 
 # %% ../../nbs/08b_cli_stages.ipynb #3d49aba9
