@@ -151,6 +151,7 @@ CASES = [
     ("train -p objective dpo -p task preference -p init_adapter {d}/nosuch", "init_adapter: "),
     ("train -p objective dpo -p task preference -p init_adapter {d}/empty_dir", "neither a run folder"),
     ("train -p beta -1", "parameter beta must be >= 0"),
+    ("evaluate run {d}/run --data {d}/nosuch", "--data is for a preference run"),
     ("data feedback {d}/nosuch.jsonl --out {d}/o", "nosuch.jsonl: no such feedback file"),
     ("data feedback {d}/garbage_split.jsonl --out {d}/o", "garbage_split.jsonl"),
     ("data feedback {d}/garbage_split.jsonl --out {d}", "a folder of their own"),

@@ -192,6 +192,13 @@ def test_a_feedback_record_round_trips_into_data_prepare(server, tmp_path, run_c
     assert p.returncode == 0, p.stderr
     rated = {r["meta"]["request_id"]: r["label"] for r in read_jsonl(tmp_path/"ratings"/"train.jsonl")}
     assert rated == {r1["id"]: False, r2["id"]: True, r3["id"]: False}
+    # ... and KTO trains on it: serve -> /v1/feedback -> data prepare -> train -p objective kto
+    p = run_cli("train", "-p", "objective", "kto", "-p", "task", "unpaired_preference", "-p", "data_dir",
+                tmp_path/"ratings", "-p", "base_model", "tiny-test", "-p", "max_steps", "2", "-p", "runs_dir",
+                tmp_path/"runs", "-p", "run_id", "kto", "-p", "report_to", "none", "-p", "logging_steps", "1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    logged = [json.loads(l) for l in (tmp_path/"runs"/"kto"/"metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "loss" in r] == [1, 2] and any("rewards/chosen" in r for r in logged)
 
 def test_a_corrupted_merge_fails_export_and_leaves_nothing_written(adapters, tmp_path, monkeypatch):
     import finetune_kit.adapters as M

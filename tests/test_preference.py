@@ -10,7 +10,7 @@ from helpers import BIN, CLS, ROOT, TINY, lines, param_args, tiny_adapter, tiny_
 from finetune_kit.files import write_jsonl
 from transformers import TrainerCallback
 
-LABELS = ["business", "entertainment", "politics", "sport", "tech"]
+LABELS = ["business", "entertainment", "politics", "sports", "tech"]  # the packaged BBC set's
 Q = lambda t: [{"role": "user", "content": t}]
 
 
@@ -105,10 +105,10 @@ def test_pairs_from_answers_reconcile_on_each_task():
     "Scored tasks: a wrong label, missed entities, a worse summary are mistakes; right and empty answers are counted."
     from finetune_kit.evaluate import pairs_from_answers
     cls = [{"id": str(i), "prompt": Q(t), "reference": g, "label": g} for i, (t, g) in
-           enumerate([("Shares fell", "business"), ("A late goal", "sport"), ("New phone", "tech"), ("Vote", "politics")])]
-    pairs, c = pairs_from_answers(cls, ["business", "tech", "", "sport"], "classification", LABELS)
+           enumerate([("Shares fell", "business"), ("A late goal", "sports"), ("New phone", "tech"), ("Vote", "politics")])]
+    pairs, c = pairs_from_answers(cls, ["business", "tech", "", "sports"], "classification", LABELS)
     assert (c["pairs"], c["right"], c["empty_answer"], c["reconciled"]) == (2, 1, 1, True)
-    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("sport", "tech"), ("politics", "sport")]
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("sports", "tech"), ("politics", "sports")]
     summ = [{"id": "s", "prompt": Q("Summarise: the cat sat on the mat all day"), "reference": "the cat sat all day"}]
     pairs, c = pairs_from_answers(summ, ["a dog ran"], "summarization")
     assert c["pairs"] == 1 and pairs[0]["meta"]["score"] < 1 and c["reconciled"]
@@ -145,15 +145,15 @@ def test_bad_preference_records_are_quarantined_with_reasons(tmp_path):
     good = _pairs(12)
     bad = [{"prompt": Q("2 + 2 ="), "chosen": "4", "rejected": " 4"},
            {"prompt": Q("3 + 3 ="), "chosen": "", "rejected": "5"},
-           {"prompt": Q("word " * 400), "chosen": "a", "rejected": "b"}]
+           {"prompt": Q("word " * 3000), "chosen": "a", "rejected": "b"}]
     write_jsonl(good + bad, tmp_path/"pairs.jsonl")
-    cfg = tiny_config(task="preference", source=str(tmp_path/"pairs.jsonl"), max_length=128, max_records=None)
+    cfg = tiny_config(task="preference", source=str(tmp_path/"pairs.jsonl"), max_length=512, max_records=None)
     info = prepare_data(cfg, tmp_path/"p", tokenizer="tiny-test")
     c = info["counts"]
     assert c["rejected_by_reason"] == {"same_answers": 1, "empty_field": 1, "over_token_budget": 1}
     assert c["read"] == 15 and c["reconciled"]
     why = {r["reason"]: r["detail"] for r in lines(tmp_path/"p"/"rejected.jsonl")}
-    assert "budget 128" in why["over_token_budget"] and "same answer" in why["same_answers"]
+    assert "budget 512" in why["over_token_budget"] and "same answer" in why["same_answers"]
     rated = [{"prompt": Q(f"q{i}"), "completion": "a", "label": v} for i, v in
              enumerate([True, -0.5, 0, 3, "meh", None, "good", [1]])]  # None: no rating at all
     write_jsonl(rated, tmp_path/"ratings.jsonl")
@@ -316,14 +316,20 @@ def test_sft_then_dpo_on_its_mistakes_is_judged_against_its_start(tmp_path, one_
     from finetune_kit.evaluate import mistake_pairs, write_pairs
     from finetune_kit.train import train
     common = {"runs_dir": str(tmp_path), "logging_steps": 1, "seed": 3, "max_eval_samples": 8, "bootstrap_samples": 50}
-    sft = train(tiny_config(common, data_dir=str(CLS), run_id="sft", max_steps=3, learning_rate=5e-3))
-    pairs, c = mistake_pairs(sft.run_dir, split="train", max_records=16, progress=False)
+    from finetune_kit.config import save_config
+    # the SFT run: its config and a random adapter (trained for a few steps the tiny model's greedy answers are empty,
+    # which make no pair; test_train covers SFT itself)
+    sft = tmp_path/"sft"; sft.mkdir()
+    save_config(tiny_config(common, data_dir=str(CLS), run_id="sft", dtype="float32", lora_r=8), sft/"config.json")
+    tiny_adapter(sft/"adapter", seed=1)
+    pairs, c = mistake_pairs(sft, split="train", max_records=16, progress=False)
     assert c["reconciled"] and len(pairs) == c["pairs"] > 0
     write_pairs(pairs, tmp_path/"pairs.jsonl")
     prepare_data(tiny_config(task="preference", source=str(tmp_path/"pairs.jsonl"), max_records=None, val_size=0,
                              test_size=0), tmp_path/"pairs")
     dpo = train(tiny_config(common, task="preference", data_dir=str(tmp_path/"pairs"), objective="dpo",
-                            init_adapter=str(sft.run_dir), run_id="dpo", max_steps=3, learning_rate=5e-3))
+                            init_adapter=str(sft), run_id="dpo", max_steps=3, learning_rate=5e-3, dtype="float32",
+                            lora_r=8))
     r = CliRunner().invoke(app, ["evaluate", "run", str(dpo.run_dir), "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "tuned - start" in r.output and "verdict:" in r.output

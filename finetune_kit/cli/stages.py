@@ -110,16 +110,21 @@ def evaluate_cmd(ctx:typer.Context,
                  target:Path = typer.Argument(..., help="a run folder, a prepared data folder or a JSONL split"),
                  adapter:Path|None = typer.Option(None, "--adapter", help="adapter folder (default: the run's adapter/)"),
                  out:Path|None = typer.Option(None, "--out", help="output folder (default: the run's eval/)"),
+                 judge_on:Path|None = typer.Option(None, "--data", help="a preference run: the prepared task data to judge "
+                                               "it on (default: the data of the run it started from)"),
                  progress:bool = typer.Option(True, "--progress/--no-progress", help="progress bars")):
     "Evaluate base (and tuned) on a prepared split: metrics, comparison, verdict, review sheet."
     if not target.exists(): fail(f"{target}: no such run folder, data folder or file")
     cfg, data, adapter, default_out = _eval_target(target, ctx.meta["params"], adapter)
     if adapter is not None and not Path(adapter).is_dir(): fail(f"{adapter}: no such adapter folder")
+    if judge_on is not None and (default_out is None or cfg.train.objective == "sft"):
+        fail("--data is for a preference run (an SFT run is judged on its own data; a data folder is the target)")
+    if judge_on is not None and not judge_on.exists(): fail(f"{judge_on}: no such data folder")
     if default_out is not None and cfg.train.objective != "sft":  # a preference run: judged against its start too
         if adapter != target/"adapter": fail(f"{target}: a {cfg.train.objective} run is judged with its own adapter "
                                              "(drop --adapter)")
         from finetune_kit.evaluate import evaluate_objective
-        m = evaluate_objective(target, out_dir=out or default_out, cfg=cfg, progress=progress)
+        m = evaluate_objective(target, judge_on, out_dir=out or default_out, cfg=cfg, progress=progress)
         for n in m["notes"]: typer.echo(f"note: {n}")
         scores = "  ".join(f"{k} {m[k][m['headline']]:.3f}" for k in ("base", "start", "tuned", "baseline") if k in m)
         typer.echo(f"{scores}  ({m['headline']})")
