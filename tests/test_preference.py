@@ -224,7 +224,7 @@ def test_objective_trains_and_resumes_where_it_stopped(obj, pref_data, tmp_path,
 @pytest.mark.parametrize("obj", list(OBJECTIVES))
 def test_objective_sigkill_then_resume(obj, pref_data, tmp_path, run_cli):
     "The CLI run killed after a checkpoint, resumed with `train --resume`, ends where an uninterrupted run ends."
-    p = objective_params(obj, pref_data, runs_dir=tmp_path, max_steps=16, save_steps=2)
+    p = {**TINY, **objective_params(obj, pref_data, runs_dir=tmp_path, max_steps=16, save_steps=2)}
     if obj == "grpo": p["reward_funcs"] = "task"  # the console script does not import the tests' modules
     r = run_cli("train", *param_args({**p, "run_id": "straight"}))
     assert r.returncode == 0, r.stderr[-3000:]
