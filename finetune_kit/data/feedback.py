@@ -35,7 +35,8 @@ def feedback_sets(records:list[dict],  # the server's feedback records (`feedbac
         except Rejected: good = None
         c["rated_good" if good else "rated_bad" if good is False else "unrated"] += 1
         meta = _meta(r)
-        if good is not None: sets["ratings"].append({"prompt": prompt, "completion": answer, "label": good, "meta": meta})
+        if good is not None:
+            sets["ratings"].append({"prompt": prompt, "completion": answer, "label": good, "meta": meta})
         if corr is not None:
             c["corrected"] += 1
             if corr.strip() == answer.strip(): c["correction_same_as_answer"] += 1

@@ -87,10 +87,10 @@ def feedback_record(messages:list[dict],  # the request's conversation (without 
                     rating:float,  # -1 (bad) .. 1 (good)
                     correction:str|None=None,  # the answer the user wanted
                     **meta) -> dict:
-    "Everything one rating says: prompt, served answer, rating, correction; and the `chat` record when it has an answer to learn."
+    "Everything a rating says: prompt, served answer, rating, correction; the `chat` record where there is an answer to learn."
     corrected = bool(correction and correction.strip())
     target = correction if corrected else (answer if rating > 0 else None)
-    rec = {"prompt": list(messages), "completion": answer, "rating": rating, "correction": correction if corrected else None,
-           "corrected": corrected}
+    rec = {"prompt": list(messages), "completion": answer, "rating": rating,
+           "correction": correction if corrected else None, "corrected": corrected}
     if target is not None: rec["messages"] = [*messages, {"role": "assistant", "content": target}]
     return rec | meta

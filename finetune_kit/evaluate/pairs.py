@@ -43,7 +43,8 @@ def pairs_from_answers(records:list[dict],  # prepared rows (`prompt`, `completi
         if not a.strip(): c["empty_answer"] += 1; continue
         pairs.append({"prompt": r["prompt"], "chosen": gold, "rejected": a,
                       "meta": {"from": "mistakes", "record": r.get("id"), "score": round(score, 4), "source": source}})
-    counts = {"records": len(records), "pairs": len(pairs), **{k: c[k] for k in ("right", "empty_answer", "no_reference")}}
+    counts = {"records": len(records), "pairs": len(pairs),
+              **{k: c[k] for k in ("right", "empty_answer", "no_reference")}}
     counts["reconciled"] = counts["records"] == len(pairs) + c["right"] + c["empty_answer"] + c["no_reference"]
     return pairs, counts
 
@@ -63,7 +64,8 @@ def mistake_pairs(run,  # a tuned SFT run folder (or an adapter folder with `dat
     folder = find_data_dir(data or src.run_dir or run)
     records, info = load_split(folder, split, max_records, cfg.seed)
     task = info.get("task") or records[0].get("task")
-    if get_task(task).preference: raise EvalError(f"{folder}: holds {task} data; mistakes need a task with gold answers")
+    if get_task(task).preference:
+        raise EvalError(f"{folder}: holds {task} data; mistakes need a task with gold answers")
     if model is None: model, tokenizer = load_for_eval(cfg, src.adapter_dir, progress)
     answers = generate(model, tokenizer, records, batch_size=cfg.eval.eval_batch_size,
                        max_new_tokens=cfg.eval.max_new_tokens, progress=progress, desc=f"answers on {split}")
