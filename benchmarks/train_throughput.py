@@ -69,7 +69,7 @@ def measure(side, steps, warmup, records, data_dir):
         trainer.train()
         blocks, head = linear_params(trainer.model)
     return {"side": side, "blocks": blocks, "head": head, "tokens": clock.tokens, "seconds": clock.seconds, "tokens_per_s": clock.tokens / clock.seconds,
-            "batch": trainer.args.per_device_train_batch_size, "gradient_checkpointing": trainer.args.gradient_checkpointing,
+            "batch": trainer.args.per_device_train_batch_size, "gradient_checkpointing": trainer.args.activation_checkpointing,
             "bf16": bool(trainer.args.bf16)}
 
 def main():

@@ -45,8 +45,10 @@ def apply_peft(model,  # the base model, from `load_model(cfg)`
         if not is_4bit(model):
             raise ModelError(f"peft_method={spec.name} needs the base model in 4-bit: "
                              f"load it with load_model(cfg) and peft_method={spec.name}")
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
-    elif gc and not spec.prompt_learning: model.enable_input_require_grads()
+        # checkpointing itself is the Trainer's (`activation_checkpointing`): PEFT's own call would switch it on a
+        # second time, through `gradient_checkpointing_enable`, which transformers 5.23 deprecates
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if gc and not spec.prompt_learning: model.enable_input_require_grads()
     return get_peft_model(model, pc)
 
 # %% ../nbs/03a_adapters.ipynb #82153c81
@@ -92,11 +94,13 @@ def model_key(name_or_path:str) -> str:
     p = Path(s).expanduser()
     return os.path.realpath(p) if p.is_dir() else s.lower()
 
+# %% ../nbs/03a_adapters.ipynb #08f2326c
 def builtin_name(name_or_path:str) -> str:
     "The built-in name of a model given by its folder (`.../tiny-test-v1` is `tiny-test`), else the name as given."
     k = model_key(name_or_path)
     return next((n for n in KNOWN_MODELS if model_key(n) == k), str(name_or_path))
 
+# %% ../nbs/03a_adapters.ipynb #8c05a759
 def _short(key:str) -> str: return re.sub(r"-v\d+$", "", Path(key).name.lower())
 
 def same_base(a:str, b:str) -> bool:
@@ -116,6 +120,7 @@ class AdapterSource:
     cfg: RunConfig  # the run's config (or a default one) with the given parameters applied
     run_dir: Path|None = None  # the run folder, if the source is one
 
+# %% ../nbs/03a_adapters.ipynb #e4036a49
 def _adapter_json(d:Path) -> dict:
     try: return json.loads((d/"adapter_config.json").read_text())
     except (OSError, json.JSONDecodeError): return {}
@@ -158,6 +163,7 @@ class AdapterInfo:
 
 RESERVED = ("base",)  # `model: base` asks for the base model without an adapter
 
+# %% ../nbs/03a_adapters.ipynb #1556adc9
 def adapter_info(name:str, path) -> AdapterInfo:
     "What the adapter folder (or run folder) `path` is, served as `name`."
     try: src = adapter_source(path)
@@ -238,6 +244,7 @@ def vllm_problems(a:AdapterInfo,  # from `check_adapters`
                    f"(they do on {', '.join(sorted(ok))})")
     return out
 
+# %% ../nbs/03a_adapters.ipynb #dc114417
 def max_lora_rank(infos) -> int:
     "The smallest `--max-lora-rank` vLLM accepts that covers every adapter's rank."
     r = max((a.rank or 1 for a in infos), default=1)

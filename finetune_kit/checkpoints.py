@@ -62,6 +62,7 @@ def checkpoint_damage(ck:Path) -> str|None:
         if why: return f"{p.relative_to(ck)}: {why}"
     return None
 
+# %% ../nbs/04a_checkpoints.ipynb #b60affd1
 def _step(ck:Path) -> int: return int(ck.name.split("-")[1])
 
 def checkpoint_folders(ckpt_dir:Path) -> list[Path]:
@@ -72,6 +73,7 @@ def checkpoint_folders(ckpt_dir:Path) -> list[Path]:
                             "for a checkpoint and may delete it: move it out of checkpoints/ (nothing was changed)")
     return found
 
+# %% ../nbs/04a_checkpoints.ipynb #4f5d72ba
 def latest_checkpoint(ckpt_dir) -> Path|None:
     "The newest whole checkpoint in `ckpt_dir`; newer incomplete ones are removed, damaged ones moved aside."
     ckpt_dir = Path(ckpt_dir)

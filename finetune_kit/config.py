@@ -13,6 +13,7 @@ from .files import KitError
 from .tasks import TASKS
 from .methods import METHODS
 from .objectives import OBJECTIVES, method_problem
+from .threads import WAIT_POLICIES
 
 # %% auto #0
 __all__ = ['ConfigError', 'DataConfig', 'ModelConfig', 'AdapterConfig', 'TrainConfig', 'EvalConfig', 'TrackingConfig',
@@ -72,7 +73,7 @@ class DataConfig:
 # %% ../nbs/00_config.ipynb #02bd4362
 @dataclass
 class ModelConfig:
-    "Which base model, in which precision."
+    "Which base model, and how it computes: precision, attention kernel, CPU threads."
     base_model: str = _f("smollm2-135m-instruct", "a name from `finetune-kit models list`, a local folder or a hub id")
     dtype: str = _f("auto", "weights and compute precision: auto is bf16 where the hardware computes it "
                     "(GPUs, CPUs with AVX512-BF16 or AMX), fp16 on older GPUs, else fp32",
@@ -80,6 +81,10 @@ class ModelConfig:
     attn_implementation: str = _f("auto", "attention kernel (auto: sdpa on GPUs, eager on CPUs, where it "
                                   "measured faster)", ("auto", "sdpa", "eager", "flash_attention_2"))
     trust_remote_code: bool = _f(False, "run code shipped with a hub model (off unless asked for)")
+    threads: int|None = _f(None, "CPU threads for torch and OpenMP (None: OMP_NUM_THREADS if set, else the cores this "
+                                 "process may use: its CPU affinity and cgroup quota)", ge=1)
+    omp_wait_policy: str = _f("runtime", "how idle OpenMP threads wait: runtime (the library's own: spin, then sleep) or "
+                                         "passive (sleep at once; for shared cores)", WAIT_POLICIES)
 
 # %% ../nbs/00_config.ipynb #bb492250
 @dataclass

@@ -64,6 +64,7 @@ def prompt_learning(model) -> bool:
     cfg = getattr(model, "active_peft_config", None)
     return cfg is not None and getattr(cfg, "is_prompt_learning", False)
 
+# %% ../nbs/03b_engine.ipynb #06980a4d
 def takes_steps(model) -> bool:
     "Whether the own loop can drive `model`: its forward takes position ids and `logits_to_keep`, no virtual tokens."
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -113,6 +114,7 @@ class Prefix:
         c.batch_repeat_interleave(n)
         return c
 
+# %% ../nbs/03b_engine.ipynb #7a78b9eb
 def shared_prefix(model, ids:list[list[int]],  # the prompts' token ids
                   min_len:int=8,  # shortest shared prefix worth caching
                  ) -> Prefix|None:
@@ -283,6 +285,7 @@ def step(self:Batch):
     "Give every live row its next token; rows that finish (or were cancelled) leave the batch."
     if self.rows: self._forward(self.inp, self.pos)
 
+# %% ../nbs/03b_engine.ipynb #f4eb8a67
 @patch
 def run(self:Batch) -> Batch:
     "Step until no row is left."

@@ -6,12 +6,13 @@ Docs: https://finetune-kit.github.io/finetune-kit/files.html.md"""
 
 # %% ../nbs/00b_files.ipynb #4b716fe5
 from __future__ import annotations
-import contextlib, json, math, os, shutil, tempfile
+import contextlib, glob, json, math, os, shutil, tempfile
 from pathlib import Path
 from typing import Iterable
 
 # %% auto #0
-__all__ = ['KitError', 'one_line', 'read_jsonl', 'write_jsonl', 'atomic_folder', 'md_table', 'cache_dir']
+__all__ = ['KitError', 'one_line', 'read_jsonl', 'write_jsonl', 'kit_outputs', 'check_out_folder', 'atomic_folder', 'md_table',
+           'cache_dir']
 
 # %% ../nbs/00b_files.ipynb #a47a600d
 class KitError(ValueError):
@@ -57,15 +58,33 @@ def write_jsonl(rows:Iterable[dict], path) -> Path:
 # %% ../nbs/00b_files.ipynb #b81b3a31
 _OWNED = ".kit_outputs.json"
 
-def _owned(out:Path, legacy) -> set[str]:
-    "The names a stage wrote into `out` last time (`legacy` for a folder written before the kit recorded them)."
+def kit_outputs(out,  # a folder
+                legacy:Iterable[str]=(),  # the names a stage owns in a folder written before `.kit_outputs.json`
+               ) -> set[str]:
+    "The names a stage of the kit wrote into `out` last time (`legacy` ones that exist, when it recorded none)."
+    out = Path(out)
     try: return set(json.loads((out/_OWNED).read_text()))
     except (OSError, ValueError, TypeError): return {n for n in legacy if (out/n).exists()}
 
+_PROJECT_MARKERS = ("settings.ini", "pyproject.toml")  # the kit's project file, a Python project's
+
+# %% ../nbs/00b_files.ipynb #4f71561c
+def check_out_folder(out) -> Path:
+    "`out`, unless it is a filesystem root, the home folder or a project's root: then a `KitError` naming it."
+    try: p = Path(out).expanduser().resolve()
+    except (OSError, RuntimeError) as e: raise KitError(f"{out}: cannot use this folder: {one_line(e)}") from None
+    if p == Path(p.anchor): raise KitError(f"{out}: is a filesystem root: write to a folder of its own")
+    if p == Path.home().resolve(): raise KitError(f"{out}: is the home folder: write to a folder of its own")
+    if (m := next((m for m in _PROJECT_MARKERS if (p/m).exists()), None)):
+        raise KitError(f"{out}: is a project root (it holds {m}): write to a folder inside it")
+    return p
+
+# %% ../nbs/00b_files.ipynb #7fd3a1f3
 def _clear_stale(out:Path):
-    "Remove temporary siblings of `out` left by killed processes."
-    for p in out.parent.glob(f".{out.name}.staging-*"):
-        try: os.kill(int(p.name.split("-")[1]), 0)
+    "Remove temporary siblings of `out` (`.NAME.staging-PID-xxxx`) left by killed processes."
+    prefix = f".{out.name}.staging-"
+    for p in out.parent.glob(glob.escape(prefix) + "*"):
+        try: os.kill(int(p.name[len(prefix):].split("-")[0]), 0)
         except ProcessLookupError: shutil.rmtree(p, ignore_errors=True)
         except (ValueError, IndexError, OSError): pass
 
@@ -76,7 +95,7 @@ def _remove(p:Path):
 def _move_in(tmp:Path, out:Path, last:str|None, legacy):
     "Move every file of `tmp` into `out` (`last` at the end), remove the outputs of an earlier run it did not write."
     out.mkdir(parents=True, exist_ok=True)
-    new, old = sorted(p.name for p in tmp.iterdir()), _owned(out, legacy)
+    new, old = sorted(p.name for p in tmp.iterdir()), kit_outputs(out, legacy)
     if last in new and (out/last).exists(): (out/last).unlink()
     for n in new:
         if n == last: continue
@@ -93,6 +112,7 @@ def atomic_folder(out,  # the folder to fill (created)
                  ):
     "Yield an empty temporary sibling of `out` to write into; on success its files replace the stage's files in `out`."
     out = Path(out)
+    check_out_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale(out)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-{os.getpid()}-"))

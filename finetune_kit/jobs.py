@@ -33,11 +33,21 @@ def job_params(pairs=(),  # `(NAME, VALUE)` string pairs, as `-p NAME VALUE` giv
     return params
 
 # %% ../nbs/07_jobs.ipynb #5f862daf
-def job_plan(params:dict, output=None) -> tuple[dict, Path]:
+def job_plan(params:dict,  # flat parameters
+             output=None,  # where the executed notebook goes (None: `notebook.ipynb` in the run folder)
+             notebook=None,  # the workbook (never its own output)
+            ) -> tuple[dict, Path]:
     "`params` with a `run_id` (a new one if unset), and where the executed notebook goes: `output`, else the run folder."
     cfg = make_config(params)
     params = {**params, "run_id": params.get("run_id") or new_run_id(cfg)}
-    return params, Path(output) if output else Path(cfg.runs_dir)/params["run_id"]/"notebook.ipynb"
+    out = Path(output) if output else Path(cfg.runs_dir)/params["run_id"]/"notebook.ipynb"
+    if notebook is not None and out.exists() and Path(notebook).exists() and out.samefile(notebook):
+        raise ConfigError(f"{out}: is the workbook itself: the executed copy goes to another file (--output)")
+    if os.path.lexists(out):
+        raise ConfigError(f"{out}: already exists: the executed notebook would replace it; "
+                          + ("choose another --output" if output else f"run {params['run_id']} was run before: "
+                             "choose another run_id"))
+    return params, out
 
 # %% ../nbs/07_jobs.ipynb #85dcaf61
 def check_notebook(notebook,  # the workbook to execute
@@ -63,6 +73,7 @@ def injected(params:dict) -> dict:
     "`params` as papermill injects them: a `None` the job asks for becomes `\"none\"` (a workbook's `None` means not set)."
     return {k: "none" if v is None else v for k, v in params.items()}
 
+# %% ../nbs/07_jobs.ipynb #f0071f9a
 @contextlib.contextmanager
 def _job_env():
     "Mark kernels started in this block as jobs' (they inherit the environment)."
@@ -82,7 +93,7 @@ def run_job(notebook,  # the workbook to execute
     "Execute `notebook` with papermill and `params`; return the path of the executed copy."
     import papermill as pm
     check_notebook(notebook, params)
-    params, out = job_plan(params, output)
+    params, out = job_plan(params, output, notebook)
     out.parent.mkdir(parents=True, exist_ok=True)
     with _job_env():
         pm.execute_notebook(str(notebook), str(out), parameters=injected(params), progress_bar=progress and not stream,

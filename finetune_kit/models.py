@@ -199,6 +199,7 @@ def sharding() -> str|None:
     on = lambda k: os.environ.get(k, "").strip().lower() in ("1", "true", "yes")
     return "fsdp" if on("ACCELERATE_USE_FSDP") else "deepspeed" if on("ACCELERATE_USE_DEEPSPEED") else None
 
+# %% ../nbs/03_models.ipynb #f5eae525
 def has_flash_attn() -> bool:
     "Whether the `flash_attn` package (FlashAttention 2) is installed."
     return importlib.util.find_spec("flash_attn") is not None
@@ -260,6 +261,7 @@ def is_full_checkpoint(d:Path) -> bool:
     "Whether folder `d` holds a whole fine-tuned model (a `config.json`) rather than an adapter."
     return (d/"config.json").is_file() and not (d/"adapter_config.json").is_file()
 
+# %% ../nbs/03_models.ipynb #16e64e01
 def load_model(cfg:RunConfig,  # the run config: its `model` section and `peft_method`
                adapter=None,  # a saved adapter (or full checkpoint) folder to load for inference
                progress:bool=True  # show the progress of a first-use conversion

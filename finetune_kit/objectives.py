@@ -50,6 +50,7 @@ def register_objective(spec:ObjectiveSpec, replace:bool=False) -> ObjectiveSpec:
     OBJECTIVES[spec.name] = spec
     return spec
 
+# %% ../nbs/01c_objectives.ipynb #dbcf755a
 def get_objective(name:str) -> ObjectiveSpec:
     "The registered objective `name`; an unknown name is an `ObjectiveError` listing the choices."
     if isinstance(name, ObjectiveSpec): return name

@@ -59,6 +59,7 @@ def recipe_files() -> dict[str, Path]:
     folder = Path(str(importlib.resources.files("finetune_kit")/"recipe_files"))
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
 
+# %% ../nbs/00f_recipes.ipynb #4a649e20
 def recipes() -> dict[str, Recipe]:
     "Every shipped recipe, read and checked."
     return {n: read_recipe(p) for n, p in recipe_files().items()}

@@ -153,6 +153,7 @@ def verdicts_of(rows:list[dict],  # sheet rows (`{column: value}`, as `read_shee
                            at))
     return out
 
+# %% ../nbs/03c_review.ipynb #d93088d9
 def sheet_verdicts(path, form:ReviewForm) -> list[Verdict]:
     "The verdicts of a filled CSV sheet."
     return verdicts_of(read_sheet(path, form), form, str(path))

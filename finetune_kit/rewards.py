@@ -34,6 +34,7 @@ def record_score(row,  # one record's counts (a row of `TaskScores.counts`)
     if not any(row): return 1.0 if item.get("readable") else 0.0
     return float(agg(row))
 
+# %% ../nbs/01d_rewards.ipynb #e249774d
 def task_reward(task:str,  # a registered task with a scorer
                 labels:list[str]|None=None,  # the class label set (None: the labels in each batch)
                ) -> Callable:
@@ -64,6 +65,7 @@ def import_reward(path:str) -> Callable:
     if not callable(fn): raise RewardError(f"reward function {path!r}: {mod} has no function {name}")
     return fn
 
+# %% ../nbs/01d_rewards.ipynb #0a215794
 def reward_functions(names:str,  # comma-separated: `task` (the task's scorer) and `module:function` paths
                      task:str,  # the data's task
                      labels:list[str]|None=None,  # the class label set, for `task`

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from .config import ConfigError, RunConfig, save_config
+from .threads import usable_cores
 
 # %% auto #0
 __all__ = ['capture_env', 'new_run_id', 'create_run']
@@ -31,7 +32,7 @@ def _cpu_name():
 
 # %% ../nbs/00c_runs.ipynb #359c7ef7
 _ENV_ALLOW = ("WANDB_MODE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "CUDA_VISIBLE_DEVICES",
-              "OMP_NUM_THREADS", "MLFLOW_TRACKING_URI", "HF_HOME", "PYTHONHASHSEED")
+              "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MLFLOW_TRACKING_URI", "HF_HOME", "PYTHONHASHSEED")
 
 def capture_env(cwd=None) -> dict:
     "Python, packages, git commit, devices and a few safe environment variables, as a dict."
@@ -48,7 +49,7 @@ def capture_env(cwd=None) -> dict:
         "packages": dict(sorted(pkgs.items())),
         "git_commit": commit, "git_dirty": bool(_git("status", "--porcelain", cwd=cwd)) if commit else None,
         "device": "cuda" if gpus else "cpu", "gpus": gpus, "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda,
+        "usable_cores": usable_cores(), "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda,
         "env": {k: os.environ[k] for k in _ENV_ALLOW if k in os.environ},
         "captured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

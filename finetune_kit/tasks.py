@@ -197,6 +197,7 @@ def register_task(spec:TaskSpec, replace:bool=False) -> TaskSpec:
     TASKS[spec.name] = spec
     return spec
 
+# %% ../nbs/01_tasks.ipynb #7049d1fe
 def get_task(name:str) -> TaskSpec:
     "The registered task `name`; an unknown name is a `KitError` listing the choices."
     if isinstance(name, TaskSpec): return name
@@ -220,7 +221,10 @@ def search_values(**values) -> tuple:
     "A task's `tune_space`: each flat parameter with the values `tune` tries, as a tuple of pairs (a hashable spec)."
     return tuple((k, tuple(v)) for k, v in values.items())
 
-_TUNE = dict(peft_method=("lora", "dora"), learning_rate=(5e-4, 1e-3, 2e-3), lora_r=(8, 16, 32))
+def _space(epochs:tuple, **more) -> tuple:
+    "A task's `tune_space`, its parameters in the order `tune`'s local search moves them: epochs and learning rate first."
+    return search_values(num_train_epochs=epochs, learning_rate=(5e-4, 1e-3, 2e-3), **more, peft_method=("lora", "dora"),
+                         lora_r=(8, 16, 32))
 
 # %% ../nbs/01_tasks.ipynb #a74bbc7c
 def _classification_instruction(labels, entity_types, label_prompt):
@@ -242,7 +246,7 @@ register_task(TaskSpec(
     describe="finetune_kit.evaluate.metrics:describe_classification",
     baselines=("finetune_kit.evaluate.baselines:tfidf_baseline",),
     plot_metrics=("macro_f1", "accuracy", "weighted_f1", "outside_label_rate"),
-    tune_space=search_values(**_TUNE, num_train_epochs=(1.0, 2.0, 3.0), max_chars=(300, 600),
+    tune_space=_space((1.0, 2.0, 3.0), max_chars=(300, 600),
                              label_prompt=("omit", "list"))))
 
 # %% ../nbs/01_tasks.ipynb #eee1f74c
@@ -286,7 +290,7 @@ register_task(TaskSpec(
     score="finetune_kit.evaluate.metrics:score_ner", describe="finetune_kit.evaluate.metrics:describe_ner",
     baselines=("finetune_kit.evaluate.baselines:memorisation_baseline", "finetune_kit.evaluate.baselines:crf_baseline"),
     plot_metrics=("f1", "precision", "recall", "unparsable_rate"),
-    tune_space=search_values(**_TUNE, num_train_epochs=(1.0, 2.0, 3.0), max_chars=(300, 600))))
+    tune_space=_space((1.0, 2.0, 3.0), max_chars=(300, 600))))
 
 # %% ../nbs/01_tasks.ipynb #4949829f
 register_task(TaskSpec(
@@ -297,7 +301,7 @@ register_task(TaskSpec(
     system_prompt="You write short, faithful summaries.", instruction=lambda *a: "Summarize the text.",
     headline="rougeL", score="finetune_kit.evaluate.metrics:score_summaries",
     baselines=("finetune_kit.evaluate.baselines:lead_baseline",), plot_metrics=("rougeL", "rouge1", "rouge2"),
-    tune_space=search_values(**_TUNE, num_train_epochs=(1.0, 2.0), max_chars=(600, 1200))))
+    tune_space=_space((1.0, 2.0), max_chars=(600, 1200))))
 
 # %% ../nbs/01_tasks.ipynb #271f1748
 def _validate_instruction(d):
@@ -307,7 +311,7 @@ def _validate_instruction(d):
 
 _FREE_FORM = dict(score="finetune_kit.evaluate.metrics:score_answers",
                   plot_metrics=("token_f1", "exact_match", "rougeL", "field_accuracy"),
-                  tune_space=search_values(**_TUNE, num_train_epochs=(1.0, 2.0, 3.0)))
+                  tune_space=_space((1.0, 2.0, 3.0)))
 
 register_task(TaskSpec(
     "instruction", ("instruction", "output"), validate=_validate_instruction,

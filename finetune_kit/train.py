@@ -16,12 +16,13 @@ from trl import SFTConfig, SFTTrainer
 from .config import RunConfig, ConfigError, flatten, load_config, save_config, seed_everything
 from .files import KitError, one_line
 from .progress import in_job
+from .threads import use_threads
 from .runs import capture_env, create_run
 from .methods import get_method
 from .models import (detect_bf16, device_settings, end_of_turn_id, load_model, model_report, set_stop_tokens,
                                  sharding, tokenizer_hashes)
 from .adapters import save_adapter
-from .data import load_splits, parse_ratios, prepare_data, source_list
+from .data import empty_train_reason, load_splits, parse_ratios, prepare_data, source_list
 from .tracking import RunRecorder, end_tracking, plot_training, start_tracking, wandb_logged_in
 from .trainers import check_objective, objective_trainer, plot_objective, start_model
 from .checkpoints import (RunTotals, TrainingError, TrainResult, checkpoint_folders, finished_run,
@@ -55,7 +56,7 @@ def hardware_args(cfg:RunConfig, caps=None) -> dict:
     optim = spec.cuda_optim if cuda else "adamw_torch"
     return dict(bf16=ds.mixed_precision == "bf16", fp16=ds.mixed_precision == "fp16",
                 tf32=True if cuda and major >= 8 else None, use_cpu=not cuda, optim=optim,
-                gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+                activation_checkpointing=gc, activation_checkpointing_kwargs={"use_reentrant": False} if gc else None,
                 use_liger_kernel=_liger(cfg, cuda))
 
 # %% ../nbs/04_train.ipynb #d1c39e60
@@ -72,7 +73,8 @@ def training_args(cfg:RunConfig,  # the run config
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps, per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.eval.eval_batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
-        max_length=t.max_length, warmup_steps=t.warmup_ratio, lr_scheduler_type=t.lr_scheduler_type,
+        max_length=t.max_length, lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,  # transformers 5 reads a float below 1 as a share of the steps (4.x: a count)
         weight_decay=t.weight_decay, completion_only_loss=t.completion_only_loss, packing=t.packing,
         padding_free=t.packing, train_sampling_strategy="random" if t.packing else "group_by_length",
         logging_steps=t.logging_steps, logging_first_step=True, save_strategy="steps", save_steps=t.save_steps,
@@ -175,8 +177,12 @@ def check_trainable(ds,  # a tokenized training set with `labels` (-100: no loss
             "records_without_loss": no_loss, "records_without_end_of_turn": no_eot}
 
 # %% ../nbs/04_train.ipynb #fa58562f
-def write_manifest(run_dir, cfg:RunConfig, tok, data_info:dict, model_id:str, world_size:int) -> dict:
-    "Write `manifest.json` (data fingerprint, template/tokenizer hashes, precision and why, packages, seed); return it."
+_LOAD = ("load_1m", "others_load")  # a moment's measure: in the warning's text when it matters, not in the manifest
+
+def write_manifest(run_dir, cfg:RunConfig, tok, data_info:dict, model_id:str, world_size:int,
+                   threads:dict|None=None,  # what `use_threads` did (its count and why, any warning; not the load)
+                  ) -> dict:
+    "Write `manifest.json` (data fingerprint, template/tokenizer hashes, precision and why, threads, packages, seed); return it."
     run_dir = Path(run_dir)
     env = json.loads((run_dir/"env.json").read_text()) if (run_dir/"env.json").exists() else {}
     cfg_d = {k: v for k, v in flatten(cfg).items() if k not in ("run_id", "runs_dir", "run_name", "data_dir")}
@@ -184,7 +190,8 @@ def write_manifest(run_dir, cfg:RunConfig, tok, data_info:dict, model_id:str, wo
     m = {"run_id": cfg.run_id, "seed": cfg.seed, "config_sha256": hashlib.sha256(json.dumps(cfg_d, sort_keys=True).encode()).hexdigest(),
          "data_fingerprint": data_info.get("fingerprint"), "base_model": model_id, **tokenizer_hashes(tok),
          "precision": {"weights": ds.dtype, "mixed_precision": ds.mixed_precision, "reason": ds.reason},
-         "world_size": world_size, "python": env.get("python"), "packages": env.get("packages", {})}
+         "world_size": world_size, "threads": {k: v for k, v in (threads or {}).items() if k not in _LOAD} or None,
+         "python": env.get("python"), "packages": env.get("packages", {})}
     (run_dir/"manifest.json").write_text(json.dumps(m, indent=2) + "\n")
     return m
 
@@ -268,7 +275,7 @@ def _peak_memory_mb() -> dict:
     return out
 
 def _save_results(trainer, tok, cfg:RunConfig, run_dir:Path, train_loss:float, seconds:float, data_info:dict,
-                  checks:dict, world_size:int) -> dict:
+                  checks:dict, world_size:int, threads:dict|None=None) -> dict:
     "Save the adapter and generation config; write `summary.json`, `manifest.json` and the curve; return the summary."
     adapter_dir, model = run_dir/"adapter", trainer.accelerator.unwrap_model(trainer.model)
     if not sharding(): save_adapter(model, adapter_dir, tok)  # sharded: `trainer.save_model` on every rank did
@@ -281,7 +288,7 @@ def _save_results(trainer, tok, cfg:RunConfig, run_dir:Path, train_loss:float, s
                "trainable_pct": report.get("trainable_pct"),
                **{k: round(v, 1) for k, v in _peak_memory_mb().items()}, **checks}
     (run_dir/"summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_manifest(run_dir, cfg, tok, data_info, str(cfg.model.base_model), world_size)
+    write_manifest(run_dir, cfg, tok, data_info, str(cfg.model.base_model), world_size, threads)
     plot_training(run_dir)
     return summary
 
@@ -304,14 +311,19 @@ def train(cfg:RunConfig,  # the run's config
     "Fine-tune per `cfg` into a run folder (new, given, or resumed from its newest checkpoint)."
     if not resume: check_objective(cfg)  # objective, data, method, start adapter, rewards: one line before any work
     if not (resume or cfg.data.data_dir): parse_ratios(source_list(cfg.data.source))  # a bad ratio: before any folder or model
+    asked = (cfg.model.threads, cfg.model.omp_wait_policy) if cfg is not None else None  # None: resume, the run's own
+    threads = use_threads(*asked) if asked else None  # before torch's threads are recorded in env.json; warns when shared
     state, cfg, run_dir = _setup_run(cfg, run_dir, resume)
+    if (cfg.model.threads, cfg.model.omp_wait_policy) != asked:  # a resumed run's own setting
+        threads = use_threads(cfg.model.threads, cfg.model.omp_wait_policy, warn=asked is None)
     if resume and (done := finished_run(run_dir)): return done
     if resume: checkpoint_folders(run_dir/"checkpoints")  # a folder in the way stops the resume before any work
     seed_everything(cfg.seed)
     model, tok = load_model(cfg)
     splits, data_info = _prepare(cfg, run_dir, tok, state)
     n = len(splits["train"])
-    if n == 0: raise TrainingError(f"{run_dir/'data'}: the training split is empty: nothing to train on")
+    if n == 0: raise TrainingError(f"{cfg.data.data_dir or run_dir/'data'}: the training split is empty: "
+                                   f"{empty_train_reason(data_info)}")
     model = start_model(model, cfg, total_steps=total_steps(n, cfg, state.num_processes))
     extra = {"data_fingerprint": data_info.get("fingerprint")}
     backend = start_tracking(cfg, run_dir, extra) if state.is_main_process else "none"
@@ -337,7 +349,7 @@ def train(cfg:RunConfig,  # the run's config
     if sharding(): trainer.save_model(str(run_dir/"adapter"))  # every rank: the shards are gathered, rank 0 writes
     if state.is_main_process:
         summary = _save_results(trainer, tok, cfg, run_dir, *totals.whole(out.training_loss, seconds), data_info,
-                                checks, state.num_processes)
+                                checks, state.num_processes, threads)
         if not sft: plot_objective(run_dir, cfg.train.objective)
         if backend != "none": end_tracking(backend)
         _print_summary(run_dir, summary)
@@ -377,6 +389,7 @@ class TextProgress(TrainerCallback):
 
 from fastcore.basics import patch
 
+# %% ../nbs/04_train.ipynb #c77a4ee4
 @patch
 def add_callback(self:FinetuneTrainer, callback):
     "`Trainer.add_callback`; inside a job's kernel (`progress.in_job`) the Trainer's HTML progress table is `TextProgress`."

@@ -144,6 +144,7 @@ class KitObjectiveTrainer:
         if "ref" in getattr(m, "peft_config", {}): m.delete_adapter("ref")  # TRL's frozen reference copy
         return out
 
+# %% ../nbs/04c_trainers.ipynb #0e5c8644
 @functools.cache
 def kit_trainer(cls:type) -> type:
     "TRL trainer class `cls` with `KitObjectiveTrainer`'s additions."

@@ -46,9 +46,11 @@ def run_cli():
     return _run_cli
 
 @pytest.fixture
-def one_torch_thread():
+def one_torch_thread(monkeypatch):
     "The tiny model's matrices are too small to share: one thread is faster, and immune to a busy machine."
     import torch
+    for k in ("MKL_NUM_THREADS", "FINETUNE_KIT_THREADS"): monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what a stage's `threads.use_threads` reads when `threads` is not set
     n = torch.get_num_threads(); torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)

@@ -4,7 +4,7 @@ records (quarantining the ones it cannot read) or raises the kit's one-line `Dat
 
 `CASES` is the table: (command line with `{d}` for the folder of damaged files, what the error line must contain).
 """
-import csv, json, os, shlex, subprocess
+import csv, gzip, io, json, os, shlex, subprocess, zipfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,11 @@ def _notebook(tagged:bool) -> str:
     cell = {"cell_type": "code", "execution_count": None, "metadata": {"tags": ["parameters"]} if tagged else {},
             "outputs": [], "source": "seed = 1"}
     return json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+
+def _zipped(name:str, data:bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z: z.writestr(name, data)
+    return buf.getvalue()
 
 def _sweep(**over) -> str:
     s = {"method": "grid", "metric": {"name": "train/loss", "goal": "minimize"},
@@ -62,6 +67,10 @@ FILES = {  # name -> bytes of a damaged (or otherwise unusable) file
     "small.jsonl": "".join(json.dumps({"text": f"record {i} about {w}", "label": "ab"[i % 2]}) + "\n"
                            for i, w in enumerate("cats dogs birds fish frogs snakes mice owls".split())).encode(),
     "unusable.jsonl": b'{"text": " ", "label": "a"}\n{"txt": "no text field"}\n',
+    "empty.jsonl": b"",
+    "header_only.csv": b"text,label\n",
+    "archive.jsonl": _zipped("inner.jsonl", b'{"text": "zipped", "label": "a"}\n'),
+    "cut.jsonl.gz": gzip.compress(b'{"text": "cut short", "label": "a"}\n' * 20)[:30],
 }
 
 # `{d}`: the folder holding FILES and the folders made by `damaged`
@@ -82,6 +91,8 @@ CASES = [
     (f"run {WORKBOOK} --params-json {{d}}/params_latin1.json", "params_latin1.json: cannot read parameters"),
     (f"run {WORKBOOK} --params-json {{d}}/params_range.json", "parameter lora_r must be >= 1"),
     (f"run {WORKBOOK} -p seed", "-p needs NAME VALUE"),
+    ("run {d}/tagged.ipynb -o {d}/tagged.ipynb", "tagged.ipynb: is the workbook itself"),
+    (f"run {WORKBOOK} -o {{d}}/afile", "afile: already exists: the executed notebook would replace it"),
     # train
     ("train -p learning_rate nan", "parameter learning_rate must be a finite number"),
     ("train -p recipe cpu-clasification", "unknown recipe 'cpu-clasification': choose one of"),
@@ -122,6 +133,20 @@ CASES = [
     (f"data prepare {FIX}/classification.jsonl --out {{d}}/afile", "afile"),
     ("data prepare {d}/prepared/train.jsonl --out {d}/prepared", "would replace this source"),
     ("data prepare {d}/small.jsonl --out {d}/prepared -p test_source {d}/prepared/train.jsonl", "would replace this source"),
+    # data prepare: empty, compressed and looping sources, fields no record has, nothing kept, folders not the kit's (issue 24)
+    ("data prepare {d}/empty.jsonl --out {d}/o", "empty.jsonl: the file is empty"),
+    ("data prepare {d}/header_only.csv --out {d}/o", "header_only.csv: holds no records"),
+    ("data prepare {d}/loop.jsonl --out {d}/o", "loop.jsonl: a symlink loop"),
+    ("data prepare {d}/archive.jsonl --out {d}/o", "archive.jsonl: is a zip archive, not a data file"),
+    ("data prepare {d}/cut.jsonl.gz --out {d}/o", "cut.jsonl.gz: a damaged gzip file"),
+    ("data prepare {d}/unusable.jsonl --out {d}/o", "no record was kept of 2 read (rejected: "),
+    ("data prepare {d}/small.jsonl --out {d}/o -p text_field contnet", "no record has the field 'contnet' (text_field)"),
+    ("data prepare {d}/small.jsonl --out {d}/o -p label_field lable", "did you mean 'label' (-p label_field label)?"),
+    ("data prepare {d}/small.jsonl --out {d}/o -p task ner", "no record has the field 'tokens' (task ner's input"),
+    ("data prepare {d}/small.jsonl --out {d}/mine", "holds card.md, train.jsonl, which the kit did not write"),
+    ("data prepare {d}/small.jsonl --out {d}/proj", "proj: is a project root (it holds settings.ini)"),
+    ("data prepare {d}/small.jsonl --out {d}/o --tokenizer nosuch-org/nosuch-model",
+     "tokenizer nosuch-org/nosuch-model: cannot load it"),
     # data prepare: sources mixed by ratio, the user's own test set (issue 23)
     ("data prepare {d}/small.jsonl:abc --out {d}/o", "small.jsonl:abc: the ratio after the last ':' must be a positive"),
     ("data prepare :0.5 {d}/small.jsonl:0.5 --out {d}/o", "source :0.5: no file or set before the ratio"),
@@ -205,6 +230,13 @@ CASES = [
     ("serve a={d}/empty_dir --max-batch 0", "empty_dir: neither a run folder"),
     ("synth generate {d}/nosuch.jsonl -o {d}/s -d x", "nosuch.jsonl: no such file"),
     ("synth generate {d}/utf16.jsonl -o {d}/s -d x", "utf16.jsonl: the file looks like UTF-16"),
+    ("synth generate {d}/empty.jsonl -o {d}/s -d x", "empty.jsonl: the file is empty"),
+    ("synth generate {d}/small.jsonl -o {d}/s -d x --shots 0", "Invalid value for '--shots'"),
+    ("synth generate {d}/small.jsonl -o {d}/s -d x --temperature -1", "Invalid value for '--temperature'"),
+    ("synth generate {d}/small.jsonl -o {d}/s -d x --top-p 0", "Invalid value for '--top-p'"),
+    ("synth generate {d}/small.jsonl -o {d}/s -d x --n 0", "Invalid value for '--n'"),
+    ("synth generate {d}/small.jsonl -o {d}/s_down -d x --n 2 --endpoint http://127.0.0.1:9 --max-retries 0 "
+     "--no-progress", "http://127.0.0.1:9/v1/chat/completions: no answer to any of the 2 prompts (ConnectError"),
     ("synth sheet {d}/nosuch", "nosuch: no review.jsonl"),
     ("synth import {d}/nosuch {d}/x.csv", "nosuch: no review.jsonl"),
     ("synth accepted {d}/nosuch -o {d}/a.jsonl", "nosuch: no review.jsonl"),
@@ -250,6 +282,10 @@ def damaged(d:Path):
     "Write FILES and the damaged folders into `d`."
     for name, b in FILES.items(): (d/name).write_bytes(b)
     (d/"empty_dir").mkdir()
+    (d/"loop.jsonl").symlink_to("loop.jsonl")
+    (d/"tagged.ipynb").write_text(_notebook(True))
+    (d/"mine").mkdir(); (d/"mine"/"train.jsonl").write_text('{"my": "own"}\n'); (d/"mine"/"card.md").write_text("# mine\n")
+    (d/"proj").mkdir(); (d/"proj"/"settings.ini").write_text("[finetune_kit]\n")
     (d/"afile").write_text("a file where the output folder should go\n")
     (d/"prepared").mkdir(); (d/"prepared"/"train.jsonl").write_bytes((FIX/"classification.jsonl").read_bytes())
     (d/"damaged_data").mkdir()

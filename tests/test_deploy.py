@@ -131,6 +131,22 @@ def test_every_request_is_logged_with_status(server, tmp_path):
     assert [(r["model"], r["adapter"], r["status"]) for r in rows] == [("a1", "a1", 200), ("nope", None, 404)]
     assert rows[0]["latency_s"] > 0 and rows[0]["completion_tokens"] >= 1 and rows[0]["prompt_tokens"] > 1
 
+def test_request_text_is_logged_only_when_asked_and_scrubbed(server, tmp_path):
+    secret = "Classify: mail jane.doe@example.com about card 4111 1111 1111 1111"
+    url, _ = server()
+    with httpx.Client(base_url=url, timeout=120) as c: assert chat(c, "a1", secret, max_tokens=3).status_code == 200
+    off = read_jsonl(tmp_path/"requests.jsonl")
+    assert len(off) == 1 and "input" not in off[0] and "answer" not in off[0]  # off by default
+    (tmp_path/"requests.jsonl").unlink()
+    url, _ = server(log_text=True)
+    with httpx.Client(base_url=url, timeout=120) as c:
+        r = chat(c, "a1", secret, max_tokens=3).json()
+        assert chat(c, "nope", secret).status_code == 404
+    rows = read_jsonl(tmp_path/"requests.jsonl")
+    assert [r["input"] for r in rows] == ["Classify: mail <EMAIL> about card <CARD>"] * 2
+    from finetune_kit.data.curate import scrub_pii
+    assert rows[0]["answer"] == scrub_pii(r["choices"][0]["message"]["content"])[0] and "answer" not in rows[1]
+
 def test_an_adapter_trained_on_another_base_is_refused_at_load_with_both_names(adapters, tmp_path):
     from finetune_kit.testing import make_tiny_model
     wide = make_tiny_model(tmp_path/"tiny-wide", hidden_size=96)

@@ -36,10 +36,37 @@ def test_hardware_arguments_per_device_class(caps, method, weights, compute, bf1
     ds = device_settings(cuda=cuda, bf16=has_bf16, local_rank=0, full=method == "full", sharded=None)
     hw = hardware_args(cfg, caps=caps)
     assert (ds.dtype, ds.compute_dtype, ds.mixed_precision) == (weights, compute, "bf16" if bf16 else "fp16" if fp16 else "no")
-    assert (hw["bf16"], hw["fp16"], hw["tf32"], hw["optim"], hw["gradient_checkpointing"], hw["use_cpu"]) == \
+    assert (hw["bf16"], hw["fp16"], hw["tf32"], hw["optim"], hw["activation_checkpointing"], hw["use_cpu"]) == \
         (bf16, fp16, tf32, optim, gc, not cuda)
     assert ds.device_map == ({"": 0} if cuda else None)
     assert uses_compact_loss(method, cuda=cuda) == compact
+
+def test_training_args_use_no_deprecated_name(tmp_path):
+    "transformers 5.23 renamed `gradient_checkpointing*` to `activation_checkpointing*`; `warmup_steps` below 1 is a share."
+    import warnings
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", category=FutureWarning)
+        warnings.filterwarnings("error", category=DeprecationWarning, module="(transformers|trl|peft|accelerate)")
+        for method in ("lora", "qlora"):
+            for gc in (None, True, False):
+                cfg = make_config(peft_method=method, gradient_checkpointing=gc, warmup_ratio=0.1, settings=False)
+                args = training_args(cfg, tmp_path)
+                assert args.activation_checkpointing is (method == "qlora" if gc is None else gc)
+                assert args.activation_checkpointing_kwargs == ({"use_reentrant": False} if args.activation_checkpointing
+                                                                else None)
+    assert args.get_warmup_steps(200) == 20  # 10% of 200 steps, not int(0.1) == 0 steps
+
+@pytest.mark.parametrize("caps,method", [r[:2] for r in TABLE], ids=[f"{i}-{r[1]}" for i, r in enumerate(TABLE)])
+def test_thread_settings_leave_the_hardware_rule_alone(caps, method):
+    "Each device class and method gets the same precision, optimizer and checkpointing whatever the thread settings."
+    cuda, has_bf16, _ = caps
+    picks = []
+    for threads in ({}, {"threads": 1, "omp_wait_policy": "passive"}, {"threads": 64}):
+        cfg = make_config(peft_method=method, settings=False, **threads)
+        ds = device_settings(cfg.model.dtype, cfg.model.attn_implementation, cuda=cuda, bf16=has_bf16, local_rank=0,
+                             full=method == "full", sharded=None)
+        picks.append((hardware_args(cfg, caps=caps), ds))
+    assert picks[0] == picks[1] == picks[2]
 
 @pytest.mark.parametrize("sharded", ["fsdp", "deepspeed"])
 def test_no_device_map_under_fsdp_or_zero(sharded, monkeypatch):

@@ -44,7 +44,7 @@ def test_a_registered_method_is_a_parameter_value_and_trains(loha, tmp_path):
                        "runs_dir": str(tmp_path)}, settings=False)
     assert training_args(cfg, tmp_path/"ck").learning_rate == 2e-3
     hw = hardware_args(cfg, caps=(True, True, 9))
-    assert (hw["gradient_checkpointing"], hw["optim"]) == (False, "adamw_torch_fused")
+    assert (hw["activation_checkpointing"], hw["optim"]) == (False, "adamw_torch_fused")
     assert uses_compact_loss("loha", cuda=False) is True
     res = train(cfg)
     assert res.summary["steps"] == 2 and res.summary["train_loss"] > 0 and res.summary["trainable"] > 0

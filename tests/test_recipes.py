@@ -1,5 +1,5 @@
 "Recipes: every entry point resolves the same config for the same recipe and parameters; recipe files are checked."
-import json, typing
+import json, re, typing
 from pathlib import Path
 import pytest
 from typer.testing import CliRunner
@@ -130,3 +130,20 @@ def test_config_json_records_the_recipe_and_the_resolved_values(tmp_path):
     saved = json.loads((run_dir/"config.json").read_text())
     assert saved["recipe"] == "cpu-ner" and saved["train"]["num_train_epochs"] == 3.0
     assert saved["data"]["test_records"] == find_recipe("cpu-ner").params["test_records"]
+
+def test_train_then_evaluate_run_is_the_main_job(tmp_path, run_cli):
+    "`train` followed by `evaluate run RUN` resolves the workbook job's config and gives its figures (same seed)."
+    from helpers import JOB, param_args
+    p, env = {**JOB, "recipe": "none", "max_chars": 200, "max_steps": 3, "runs_dir": tmp_path}, {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    r = run_cli("run", WORKBOOKS/"finetune.ipynb", *param_args({**p, "run_id": "job"}), env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for args in (["train", *param_args({**p, "run_id": "cli"})], ["evaluate", "run", tmp_path/"cli"]):
+        r = run_cli(*args, env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+    cfg = {k: json.loads((tmp_path/k/"config.json").read_text()) for k in ("job", "cli")}
+    assert {**cfg["job"], "run_id": "cli"} == cfg["cli"]
+    m = {k: json.loads((tmp_path/k/"eval/metrics.json").read_text()) for k in ("job", "cli")}
+    for key in ("n", "systems", "base", "tuned", "baseline", "intervals"): assert m["job"][key] == m["cli"][key], key
+    untimed = lambda v: {**v, "reason": re.sub(r"\([^()]* s to fit, [^()]* ms per record\)", "", v["reason"])}  # costs differ
+    assert untimed(m["job"]["verdict"]) == untimed(m["cli"]["verdict"])
+    assert m["job"]["tuned"]["perplexity"] != m["job"]["base"]["perplexity"]  # training changed the model: a real comparison

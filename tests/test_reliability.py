@@ -202,7 +202,8 @@ def test_issue_08_nan_and_infinity_never_reach_the_splits(tmp_path):
     from finetune_kit.data import prepare_data
     src = tmp_path/"n.jsonl"
     src.write_text('{"text": "alpha beta gamma", "label": "a", "score": NaN}\n'
-                   '{"text": "delta epsilon zeta", "label": "b", "score": Infinity, "w": -Infinity}\n')
+                   '{"text": "delta epsilon zeta", "label": "b", "score": Infinity, "w": -Infinity}\n'
+                   '{"text": "eta theta iota", "label": "a"}\n')  # one clean record: nothing kept is an error now
     prepare_data(make_config({"val_size": 0, "test_size": 0, "max_records": None}, settings=False), tmp_path/"o",
                  sources=[src])
     text = (tmp_path/"o/train.jsonl").read_text()

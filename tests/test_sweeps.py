@@ -94,7 +94,8 @@ def test_gpu_assignment(monkeypatch):
     gpus = gpu_ids()
     assert gpus == ["2", "3"] and [worker_env(i, 2, gpus)["CUDA_VISIBLE_DEVICES"] for i in range(2)] == ["2", "3"]
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert worker_env(0, 2, [])["OMP_NUM_THREADS"] == str(max(1, os.cpu_count() // 2))
+    from finetune_kit.threads import usable_cores
+    assert worker_env(0, 2, [])["OMP_NUM_THREADS"] == str(max(1, usable_cores() // 2))
 
 # --- runner mechanics without notebooks -----------------------------------------------------------
 
@@ -191,7 +192,7 @@ def test_prepare_cached_reuses_the_prepared_data():
     from finetune_kit.settings import make_config
     from finetune_kit.models import load_tokenizer
     from finetune_kit.data import prepare_cached
-    cfg = tiny_config(max_records=20, seed=5)
+    cfg = tiny_config(max_records=20, max_chars=200, seed=5)
     tok = load_tokenizer(cfg)
     d = prepare_cached(cfg, tok)
     assert (d/"data.json").exists() and json.loads((d/"cache_key.json").read_text())["seed"] == 5

@@ -220,13 +220,12 @@ def test_retries_counted(tmp_path, server):
     c = info["counts"]
     assert c["failed"] == 0 and c["generated"] == 4 and c["errors"] == 4 and c["retries"] == 4 and c["timeouts"] == 0
     gen = EndpointGenerator(server.url + "/slow", max_new_tokens=12, timeout=0.2, concurrency=2)
-    info = synthesize("classification", DESC, SEEDS, gen, tmp_path/"slow", n=2, batch_size=2, max_retries=1,
-                      retry_wait=0, progress=False)
-    c = info["counts"]
-    assert (c["failed"], c["generated"], c["timeouts"], c["errors"], c["tries"]) == (2, 0, 4, 4, 4)
-    check_counts(c)
+    with pytest.raises(DataError, match="/slow/v1/chat/completions: no answer to any of the 2 prompts .*Timeout"):
+        synthesize("classification", DESC, SEEDS, gen, tmp_path/"slow", n=2, batch_size=2, max_retries=1, retry_wait=0,
+                   progress=False)  # nothing answered at all: one line (issue 24), the failures kept for a rerun
     rows = read_jsonl(tmp_path/"slow"/"generated.jsonl")
     assert all(r["output"] is None and "Timeout" in r["error"] for r in rows)
+    assert [(r["tries"], r["timeouts"], r["errors"]) for r in rows] == [(2, 2, 2)] * 2
 
 
 def test_ner_and_summarization(tmp_path):
@@ -274,13 +273,16 @@ def test_cli_local_model_and_review_cycle(tmp_path, run_cli):
     assert r.returncode == 2 and "id 'nope' is not in" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_cli_unreachable_endpoint_is_counted_not_fatal(tmp_path, run_cli):
+def test_cli_unreachable_endpoint_fails_in_one_line(tmp_path, run_cli):
+    "Nothing listening: exit 2 and one line naming the endpoint (issue 24; it was exit 0 with every prompt failed)."
     seeds = tmp_path/"seeds.jsonl"
     seeds.write_text("".join(json.dumps(s) + "\n" for s in SEEDS))
     r = run_cli("synth", "generate", seeds, "-o", tmp_path/"run", "-d", DESC, "--n", "2", "--endpoint",
                 "http://127.0.0.1:9", "--max-retries", "1", "--timeout", "2", "--no-progress")
-    assert r.returncode == 0, r.stderr
-    assert "failed 2, errors 4" in r.stdout and r.stderr.startswith("warning: 2 prompts got no answer"), r.stderr
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: http://127.0.0.1:9/v1/chat/completions: no answer to any of the 2 prompts "
+                               "(ConnectError"), r.stderr
+    assert [x["errors"] for x in read_jsonl(tmp_path/"run"/"generated.jsonl")] == [2, 2]  # kept: a rerun asks again
 
 
 def test_concurrent_writers_lose_nothing(tmp_path):

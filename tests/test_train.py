@@ -77,7 +77,9 @@ def test_same_manifest_gives_identical_metrics(finished, tmp_path, run_cli):
     r = run_cli("train", *param_args(p))
     assert r.returncode == 0, r.stderr[-3000:]
     m1, m2 = (json.loads((d/"manifest.json").read_text()) for d in (finished, tmp_path/"again"))
-    assert {k: v for k, v in m1.items() if k != "run_id"} == {k: v for k, v in m2.items() if k != "run_id"}
+    calm = lambda m: {k: v for k, v in m.items() if k != "run_id"} | {  # the load at start is the machine's, not the run's
+        "threads": {k: v for k, v in m["threads"].items() if k not in ("load_1m", "others_load", "warning")}}
+    assert calm(m1) == calm(m2)
     assert m1["data_fingerprint"] and m1["chat_template_sha256"] and m1["packages"]["torch"]
     assert losses(finished) == losses(tmp_path/"again")
 
@@ -148,7 +150,8 @@ def test_truncation_that_cuts_every_answer_stops_before_training(tmp_path, run_c
     r = run_cli("train", *param_args({**TRAIN, "runs_dir": tmp_path, "max_steps": 2, "max_length": 8}))
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "training split is empty" in last and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert last.startswith("error: ") and ("training split is empty" in last or "no record was kept" in last) \
+        and "Traceback" not in r.stderr, r.stderr[-2000:]  # data prepare now fails first when nothing is kept
 
 def test_compact_loss_equals_trls_loss(tmp_path):
     "Projecting only the labelled positions gives TRL's loss value, so the speed-up changes no numbers."

@@ -10,6 +10,7 @@ from conftest import ROOT
 from finetune_kit.cli import app
 from finetune_kit.config import check_param, flatten
 from finetune_kit.recipes import find_recipe
+from finetune_kit.sweeps.spec import SweepError
 from finetune_kit.settings import make_config
 from finetune_kit.tasks import TASKS
 from finetune_kit.evaluate import score_callback, score_key
@@ -152,6 +153,32 @@ def test_the_planner_queues_untried_points_that_fit_and_never_repeats_one():
     done = _study([(p, "PRUNED", {"outcome": "pruned"}) for p in order])
     assert Planner(order, secs, time.time() + 10_000)(done) == "every point of the search space has a trial"
 
+def test_the_planner_walks_from_the_best_trial_to_its_neighbours_epochs_first():
+    "WNUT-16's case: every one-epoch trial scores 0; the walk reaches three epochs in two steps, not by chance."
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import create_trial
+    space = dict(tune_space("ner", {}))
+    assert list(space)[:2] == ["num_train_epochs", "learning_rate"]
+    first = {k: v[0] for k, v in space.items()} | {"num_train_epochs": 1.0, "learning_rate": 2e-3}
+    order = trial_order(space, first, 42)
+    secs = lambda p: 60.0 * p["num_train_epochs"]
+    s = optuna.create_study(direction="maximize")
+    def run(p, value):
+        s.add_trial(create_trial(params=p, value=value, user_attrs={"outcome": "complete", "seconds": secs(p)},
+                                 distributions={k: CategoricalDistribution(v) for k, v in space.items()}))
+    def next_point():
+        assert Planner(order, secs, time.time() + 10_000, space)(s) is None
+        t = s.get_trials()[-1]
+        return t.system_attrs["fixed_params"]
+    run(first, 0.0)
+    two = next_point()
+    assert two == {**first, "num_train_epochs": 2.0}
+    s = optuna.create_study(direction="maximize"); run(first, 0.0); run(two, 0.29)  # two epochs scored better
+    assert next_point() == {**first, "num_train_epochs": 3.0}
+    s = optuna.create_study(direction="maximize"); run(first, 0.0); run(two, 0.0)  # a tie: the earliest is the best
+    assert next_point() == {**first, "learning_rate": 1e-3}  # first's next neighbour (epochs 2 is claimed)
+
 def _fake_search(pruned_lr=2e-3):
     "A stand-in for the sweep runner: one trial, pruned by Hyperband after two checkpoints, and nothing else."
     def fake(spec, **kw):
@@ -248,7 +275,7 @@ def test_checkpoint_scores_are_what_the_pruner_reads(tmp_path):
 def test_a_tunes_hyperband_stops_a_trial_that_trails_at_its_first_checkpoint(tmp_path):
     "The sweep `tune` writes prunes on the checkpoint scores: after a finished trial, a weaker first checkpoint stops."
     spec = tune_sweep("hb", {"source": "bbc"}, {"learning_rate": (5e-4, 1e-3, 2e-3)}, M, 2)  # one Hyperband bracket
-    assert spec.early_terminate == {"type": "hyperband", "eta": 3, "min_iter": 1, "max_iter": 2}
+    assert spec.early_terminate == {"type": "hyperband", "eta": 3, "min_iter": 1, "max_iter": 2, "compare": "same_length"}
     study = open_study(spec, None, tmp_path)
     space = search_space(spec)
     first = study.ask(space)
@@ -342,3 +369,23 @@ def test_tune_on_the_tiny_model_resumes_after_a_kill_and_writes_a_recipe(tmp_pat
     again = subprocess.run([sys.executable, "-m", "finetune_kit.cli", "tune", "bbc", "--budget", "6m", *TINY, *where],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "is finished" in again.stdout and f"chosen: trial {chosen.name}" in again.stdout
+
+def test_pruning_compares_a_trial_only_with_trials_of_its_own_length():
+    "A 3-epoch trial's learning rate is still high where a 2-epoch trial's has decayed: its early score is not judged against it."
+    import optuna
+    from finetune_kit.sweeps.study import _pruner
+    s = optuna.create_study(direction="maximize", pruner=_pruner(load_sweep(
+        {"method": "random", "metric": {"name": "m", "goal": "maximize"}, "parameters": {"num_train_epochs": {"values": [2.0, 3.0]}},
+         "early_terminate": {"type": "hyperband", "min_iter": 1, "max_iter": 6, "eta": 3, "compare": "same_length"}}).early_terminate))
+    def run(epochs, scores):
+        s.enqueue_trial({"num_train_epochs": epochs}); t = s.ask(); t.suggest_categorical("num_train_epochs", [2.0, 3.0])
+        for step, v in enumerate(scores, 1):
+            t.report(v, step)
+            if t.should_prune(): s.tell(t, state=optuna.trial.TrialState.PRUNED); return "pruned"
+        s.tell(t, scores[-1]); return "complete"
+    assert run(2.0, [0.5, 0.6]) == "complete"
+    assert run(3.0, [0.0, 0.1, 0.4]) == "complete"   # behind the 2-epoch trial at every step, and not pruned
+    assert run(2.0, [0.1, 0.2]) == "pruned"           # behind a trial of its own length: pruned at its first checkpoint
+    with pytest.raises(SweepError, match="early_terminate.compare: must be all or same_length"):
+        load_sweep({"method": "random", "metric": {"name": "m", "goal": "maximize"}, "parameters": {"lora_r": {"values": [8]}},
+                    "early_terminate": {"type": "hyperband", "min_iter": 1, "compare": "some"}})

@@ -15,6 +15,7 @@ from ..settings import make_config, read_settings
 from ..recipes import find_recipe
 from ..files import KitError, one_line
 from ..jobs import job_params
+from ..threads import use_threads
 
 # %% auto #0
 __all__ = ['ALL_PARAMS', 'fail', 'KitGroup', 'stage_params', 'param_help', 'KitCommand', 'reads', 'typer_app']
@@ -123,12 +124,20 @@ class KitCommand(TyperCommand):
             if k not in names: raise ConfigError(f"parameter '{k}' is not read by `{command}` (see --help)")
         return params
 
+    def _threads_first(self, params:dict):
+        "A command that computes takes its threads before it imports torch (OpenMP reads its environment once, as torch loads)."
+        if "threads" not in stage_params(self.reads, self.skips): return
+        try: m = make_config(params).model
+        except KitError: return  # the command itself says what is wrong with its parameters
+        use_threads(m.threads, m.omp_wait_policy, warn=False)  # the stage warns about shared cores when it starts
+
     def invoke(self, ctx):
         try:
-            if self.reads: ctx.meta["params"] = self._given(ctx)
+            if self.reads: ctx.meta["params"] = self._given(ctx); self._threads_first(ctx.meta["params"])
             return super().invoke(ctx)
         except KitError as e: fail(one_line(e))
 
+# %% ../../nbs/08a_cli_core.ipynb #f8f9bdb1
 def reads(*reads, skips=()) -> type:
     "A `KitCommand` class for a command that reads the parameters `reads` (sections or names) less `skips`."
     return type("KitCommand", (KitCommand,), {"reads": reads, "skips": skips})

@@ -58,7 +58,8 @@ def _serve_base(params:dict, adapters:dict) -> str:
     return make_config(params).model.base_model
 
 # %% ../../nbs/08e_cli_deploy.ipynb #dfdd01f6
-@deploy_app.command("serve", cls=reads("base_model", "dtype", "attn_implementation", "trust_remote_code", "runs_dir"))
+@deploy_app.command("serve", cls=reads("base_model", "dtype", "attn_implementation", "trust_remote_code", "threads",
+                                       "omp_wait_policy", "runs_dir"))
 def serve_cmd(ctx:typer.Context,
               adapters:list[str]|None = typer.Argument(None, help="adapters to serve: NAME=PATH (an adapter or run "
                                                        "folder; clients ask for NAME)"),
@@ -76,7 +77,11 @@ def serve_cmd(ctx:typer.Context,
               max_body_kb:int = typer.Option(1000, "--max-body-kb", help="larger request bodies get 413"),
               log:Path|None = typer.Option(None, "--log", help="request log (default: <runs_dir>/serve/requests.jsonl)"),
               feedback:Path|None = typer.Option(None, "--feedback", help="every rating with its answer and correction "
-                                                "(default: <runs_dir>/serve/feedback.jsonl)")):
+                                                "(default: <runs_dir>/serve/feedback.jsonl)"),
+              log_text:bool = typer.Option(False, "--log-text/--no-log-text", help="also log each request's last user "
+                                           "message and the answer, PII-scrubbed (for drift and retraining)"),
+              retention_days:float|None = typer.Option(None, "--text-retention-days", help="logged text older than "
+                                                       "this is dropped from the log (default: 30)")):
     "Serve the base model and named adapters over an OpenAI-compatible API (or build vLLM's command for them)."
     from finetune_kit.deploy import (Router, ServeSettings, load_engine, make_app, parse_split, run_vllm, serve,
                                      vllm_command)
@@ -96,14 +101,17 @@ def serve_cmd(ctx:typer.Context,
     settings = ServeSettings(max_body_bytes=max_body_kb * 1000, max_prompt_tokens=max_prompt_tokens,
                              max_tokens=max_tokens, default_max_tokens=min(256, max_tokens),
                              request_log=str(log or runs/"requests.jsonl"),
-                             feedback_file=str(feedback or runs/"feedback.jsonl"))
+                             feedback_file=str(feedback or runs/"feedback.jsonl"), log_text=log_text,
+                             **({} if retention_days is None else {"text_retention_days": retention_days}))
+    if settings.text_retention_days <= 0: fail(f"--text-retention-days must be above 0; got {retention_days:g}")
     eng = load_engine(base, named, {k: v for k, v in params.items() if k not in ("base_model", "runs_dir")},
                       max_batch, max_queue)
     try: app_ = make_app(eng, settings, router)
     except KitError: eng.close(); raise
     typer.echo(f"serving {base}" + (f" with adapters {', '.join(named)}" if named else "")
                + f" on http://{host}:{port}/v1 (chat/completions, models; /health; /v1/feedback)")
-    typer.echo(f"request log {settings.request_log}; feedback {settings.feedback_file}")
+    typer.echo(f"request log {settings.request_log}" + (f" with text (PII-scrubbed, kept {settings.text_retention_days:g} "
+               "days)" if settings.log_text else "") + f"; feedback {settings.feedback_file}")
     serve(app_, host, port, log_level="warning")
 
 # %% ../../nbs/08e_cli_deploy.ipynb #df4d0214

@@ -33,6 +33,7 @@ def models_list_cmd():
     for name, desc in KNOWN_MODELS.items(): typer.echo(f"{name}\n  {desc}\n  {_model_status(name)}")
     typer.echo("Any local checkpoint folder or hub id (org/name) works as well.")
 
+# %% ../../nbs/08d_cli_models.ipynb #3b702fff
 @models_app.command("pull", cls=KitCommand)
 def models_pull_cmd(name:str = typer.Argument(..., help="a built-in name, a hub id or a local folder")):
     "Make a model ready offline: convert a built-in model, or download a hub model to the hub cache."
@@ -44,6 +45,7 @@ def models_pull_cmd(name:str = typer.Argument(..., help="a built-in name, a hub 
         except Exception as e: fail(f"{name}: cannot download ({type(e).__name__}: {one_line(e)})")
     typer.echo(path)
 
+# %% ../../nbs/08d_cli_models.ipynb #3509579b
 @models_app.command("info", cls=reads("trust_remote_code"))
 def models_info_cmd(ctx:typer.Context,
                     name:str = typer.Argument(..., help="a built-in name, a hub id or a local folder")):

@@ -37,6 +37,7 @@ def feedback_cmd(src:Path = typer.Argument(..., help="the server's feedback file
     typer.echo(f"wrote {out}: next `finetune-kit data prepare {out/'pairs.jsonl'} -p task preference --out ...` "
                f"(or ratings.jsonl with -p task unpaired_preference, chat.jsonl with -p task chat)")
 
+# %% ../../nbs/08h_cli_pairs.ipynb #2914b1fd
 @data_app.command("review-pairs", cls=KitCommand)
 def review_pairs_cmd(sheet:Path = typer.Argument(..., help="a filled review_sheet.csv, or a Label Studio JSON export"),
                      out:Path = typer.Option(..., "--out", "-o", help="the pairs file to write (JSON Lines)"),
@@ -53,6 +54,7 @@ def review_pairs_cmd(sheet:Path = typer.Argument(..., help="a filled review_shee
     _echo_counts(c)
     typer.echo(f"wrote {out} ({len(pairs)} pairs; chosen from {c['chosen_system']})")
 
+# %% ../../nbs/08h_cli_pairs.ipynb #471ae62d
 @data_app.command("mistakes", cls=reads("eval_batch_size", "max_new_tokens", "seed"))
 def mistakes_cmd(ctx:typer.Context,
                  run:Path = typer.Argument(..., help="a tuned SFT run folder"),

@@ -39,7 +39,7 @@ def run_cmd(ctx:typer.Context,
     "Execute a workbook as a papermill job; the stages' progress streams here."
     check_notebook(notebook, ctx.meta["params"])
     from papermill.exceptions import PapermillExecutionError
-    params, out = job_plan(ctx.meta["params"], output)
+    params, out = job_plan(ctx.meta["params"], output, notebook)
     try: run_job(notebook, params, output)
     except PapermillExecutionError as e:
         typer.echo(f"error: cell {e.exec_count} failed: {e.ename}: {e.evalue}", err=True)
@@ -69,11 +69,13 @@ def prepare_cmd(ctx:typer.Context,
                                                           "or packaged sets (bbc, wnut16, aclsum)"),
                 out:Path = typer.Option(..., "--out", "-o", help="folder to write"),
                 tokenizer:str|None = typer.Option(None, "--tokenizer", help="model whose tokenizer measures token "
-                                                  "lengths (e.g. smollm2-135m-instruct, tiny-test)")):
+                                                  "lengths (e.g. smollm2-135m-instruct, tiny-test)"),
+                overwrite:bool = typer.Option(False, "--overwrite", help="replace files in OUT the kit did not write "
+                                              "(your own train.jsonl, card.md, ...)")):
     "Prepare SRC... into OUT: train/validation/test.jsonl, rejected.jsonl, data.json and card.md."
     from finetune_kit.data import prepare_data
     cfg = make_config({**ctx.meta["params"], "source": ",".join(src)})
-    try: info = prepare_data(cfg, out, tokenizer=tokenizer, sources=list(src))
+    try: info = prepare_data(cfg, out, tokenizer=tokenizer, sources=list(src), overwrite=overwrite)
     except OSError as e: fail(f"{getattr(e, 'filename', None) or out}: {e.strerror or e}")
     c, s = info["counts"], info["counts"]["splits"]
     typer.echo(f"prepared {out}: {s['train']} train, {s['validation']} validation, {s['test']} test; "
@@ -87,7 +89,6 @@ def prepare_cmd(ctx:typer.Context,
     if (mx := info.get("mixture")):
         typer.echo("mixture (asked -> got): " + ", ".join(f"{p['source']} {p['asked']:.2f} -> {p['got']:.2f}"
                                                          for p in mx["parts"]))
-    if not c["kept"]: typer.echo("warning: no record was kept; see the rejections above", err=True)
     for w in info.get("warnings", []): typer.echo(f"warning: {w}", err=True)
     if "dvc" in info: typer.echo(f"dvc: {info['dvc']}")
     typer.echo(f"fingerprint {info['fingerprint']}")
@@ -161,6 +162,7 @@ def review_make_cmd(ctx:typer.Context, eval_dir:Path = typer.Argument(..., help=
     p = write_review(sheet, key, eval_dir)
     typer.echo(f"wrote {p['csv']} and {p['html']} ({len(sheet)} items); key: {p['key']}")
 
+# %% ../../nbs/08b_cli_stages.ipynb #8c4036ae
 @review_app.command("import", cls=KitCommand)
 def review_import_cmd(sheet:Path = typer.Argument(..., help="filled review_sheet.csv, or a Label Studio JSON export"),
                       key:Path|None = typer.Option(None, "--key", help="review_key.json (default: beside the sheet)"),

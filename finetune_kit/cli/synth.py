@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 from .core import KitCommand, fail, reads, typer_app
 from ..settings import make_config
+from ..threads import use_threads
 
 # %% auto #0
 __all__ = ['synth_app', 'synth_generate_cmd', 'synth_sheet_cmd', 'synth_import_cmd', 'synth_accepted_cmd']
@@ -24,7 +25,7 @@ def _seed_records(src:str, cfg) -> list[dict]:
     from finetune_kit.data.packaged import PACKAGED, read_packaged
     from finetune_kit.tasks import Rejected
     d, out = cfg.data, []
-    if src not in PACKAGED and not Path(src).exists(): fail(f"{src}: no such file, folder or packaged set")
+    if src not in PACKAGED and not (Path(src).exists() or Path(src).is_symlink()): fail(f"{src}: no such file, folder or packaged set")
     for raw in (read_packaged(src) if src in PACKAGED else read_source(src)):
         if raw["reason"]: continue
         try: out.append(validate_record(raw["data"], d.task, d.text_field, d.label_field))
@@ -38,24 +39,26 @@ def synth_generate_cmd(
     seeds:str = typer.Argument(..., help="seed examples: a file (.jsonl .csv ...), a label folder or a packaged set"),
     out:Path = typer.Option(..., "--out", "-o", help="the run folder (an existing one resumes)"),
     description:str = typer.Option(..., "--description", "-d", help="the task in a sentence or two"),
-    n:int = typer.Option(100, "--n", help="prompts in all (a resumed run adds what is missing)"),
-    max_seeds:int|None = typer.Option(None, "--max-seeds", help="draw this many seeds (with the seed; default: all)"),
-    shots:int = typer.Option(3, "--shots", help="seed examples per prompt"),
-    batch_size:int = typer.Option(8, "--batch-size", help="prompts per generator call (and per save)"),
-    temperature:float = typer.Option(0.8, "--temperature", help="sampling temperature"),
-    top_p:float = typer.Option(0.95, "--top-p", help="nucleus sampling mass"),
-    max_new_tokens:int = typer.Option(160, "--max-new-tokens", help="answer budget"),
+    n:int = typer.Option(100, "--n", min=1, help="prompts in all (a resumed run adds what is missing)"),
+    max_seeds:int|None = typer.Option(None, "--max-seeds", min=3, help="draw this many seeds (with the seed; default: all)"),
+    shots:int = typer.Option(3, "--shots", min=1, help="seed examples per prompt"),
+    batch_size:int = typer.Option(8, "--batch-size", min=1, help="prompts per generator call (and per save)"),
+    temperature:float = typer.Option(0.8, "--temperature", min=0.0, help="sampling temperature"),
+    top_p:float = typer.Option(0.95, "--top-p", min=0.0, max=1.0, help="nucleus sampling mass"),
+    max_new_tokens:int = typer.Option(160, "--max-new-tokens", min=1, help="answer budget"),
     endpoint:str|None = typer.Option(None, "--endpoint", help="an OpenAI-compatible server's URL (default: the local "
                                      "base_model)"),
     endpoint_model:str|None = typer.Option(None, "--endpoint-model", help="the model name sent to the endpoint "
                                            "(default: the first it lists at /v1/models)"),
     api_key_env:str|None = typer.Option(None, "--api-key-env", help="environment variable holding the endpoint's key"),
-    timeout:float = typer.Option(60.0, "--timeout", help="seconds per endpoint request"),
-    max_retries:int = typer.Option(2, "--max-retries", help="further tries of a failed prompt"),
-    min_chars:int = typer.Option(20, "--min-chars", help="shortest kept input"),
-    max_chars:int = typer.Option(2000, "--max-chars", help="longest kept input"),
+    timeout:float = typer.Option(60.0, "--timeout", min=0.0, help="seconds per endpoint request"),
+    max_retries:int = typer.Option(2, "--max-retries", min=0, help="further tries of a failed prompt"),
+    min_chars:int = typer.Option(20, "--min-chars", min=0, help="shortest kept input"),
+    max_chars:int = typer.Option(2000, "--max-chars", min=1, help="longest kept input"),
     progress:bool = typer.Option(True, "--progress/--no-progress", help="progress bar")):
     "Generate candidates from SEEDS into OUT and queue the kept ones for review (review.jsonl)."
+    for name, v in (("--top-p", top_p), ("--timeout", timeout)):  # Typer's ranges are closed; these exclude 0
+        if v == 0: fail(f"Invalid value for '{name}': 0 is not in the range x>0.")
     import random
     from finetune_kit.data.synth import EndpointGenerator, LocalGenerator, synthesize
     cfg = make_config(ctx.meta["params"])
@@ -66,6 +69,7 @@ def synth_generate_cmd(
                                          timeout, concurrency=batch_size)
     else:
         from finetune_kit.models import load_model
+        use_threads(cfg.model.threads, cfg.model.omp_wait_policy)  # warns when the cores are shared
         model, tok = load_model(cfg, progress=progress)
         gen = LocalGenerator(model, tok, temperature, top_p, max_new_tokens, batch_size, cfg.seed)
     info = synthesize(cfg.data.task, description, recs, gen, out, n=n, shots=shots, batch_size=batch_size,
@@ -77,12 +81,13 @@ def synth_generate_cmd(
                f"  (failed {c['failed']}, errors {c['errors']}, timeouts {c['timeouts']}, retries {c['retries']})")
     if c["dropped"]: typer.echo("dropped: " + ", ".join(f"{k} {v}" for k, v in c["dropped"].items()))
     if c["failed"]:
-        typer.echo(f"warning: {c['failed']} prompts got no answer after retries; most common error: "
-                   f"{next(iter(info['errors']))}", err=True)
+        typer.echo(f"warning: {c['failed']} prompts got no answer after retries (a rerun asks them again); most common "
+                   f"error: {next(iter(info['errors']))}", err=True)
     q = info["queue"]
     typer.echo(f"review queue {out/'review.jsonl'}: {q['added']} new; " +
                ", ".join(f"{k} {q.get(k, 0)}" for k in ("pending", "accepted", "edited", "rejected")))
 
+# %% ../../nbs/08c_cli_synth.ipynb #981771b3
 def _synth_settings(run:Path) -> dict:
     if not (run/"review.jsonl").is_file(): fail(f"{run}: no review.jsonl (run `finetune-kit synth generate` first)")
     p = run/"synth.json"
@@ -99,6 +104,7 @@ def synth_sheet_cmd(run:Path = typer.Argument(..., help="a synth run folder"),
     typer.echo(f"wrote {p['csv']}, {p['html']} and {p['label_studio']} ({n} items); "
                f"Label Studio config: {p['label_studio_config']}")
 
+# %% ../../nbs/08c_cli_synth.ipynb #8a6f53c5
 @synth_app.command("import", cls=KitCommand)
 def synth_import_cmd(run:Path = typer.Argument(..., help="a synth run folder"),
                      sheet:Path = typer.Argument(..., help="a filled review.csv, or a Label Studio JSON export")):
@@ -110,6 +116,7 @@ def synth_import_cmd(run:Path = typer.Argument(..., help="a synth run folder"),
     ch = fn(run/"review.jsonl", sheet)
     typer.echo("imported: " + (", ".join(f"{k} {v}" for k, v in sorted(ch.items())) or "nothing"))
 
+# %% ../../nbs/08c_cli_synth.ipynb #66a6d6d3
 @synth_app.command("accepted", cls=KitCommand)
 def synth_accepted_cmd(run:Path = typer.Argument(..., help="a synth run folder"),
                        out:Path = typer.Option(..., "--out", "-o", help="the JSONL file to write"),
@@ -119,5 +126,3 @@ def synth_accepted_cmd(run:Path = typer.Argument(..., help="a synth run folder")
     from finetune_kit.data.queue import write_accepted
     _synth_settings(run)
     typer.echo(f"wrote {write_accepted(run/'review.jsonl', out, force)} records to {out}")
-
-

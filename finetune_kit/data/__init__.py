@@ -10,6 +10,7 @@ __all__ = []
 # %% ../../nbs/02_data.ipynb #ca46cd9f
 from ..files import read_jsonl, write_jsonl
 from ..tasks import REJECT_REASONS, Rejected, format_entities, parse_entities
+from .raw import *
 from .sources import *
 from .packaged import *
 from .curate import *
@@ -24,10 +25,11 @@ from .synth import *
 from .mixture import *
 from .testset import *
 from .feedback import *
-from . import (sources, packaged, curate, templates, split, card, prepare, folder, cache, queue, synth,
-                               mixture, testset, feedback)
+from .checks import *
+from . import (raw, sources, packaged, curate, templates, split, card, prepare, folder, cache, queue, synth,
+                               mixture, testset, checks, feedback)
 
 # `import *` from the package gives every public name of its modules, and the shared ones above
 __all__ = ["read_jsonl", "write_jsonl", "REJECT_REASONS", "Rejected", "format_entities", "parse_entities",
-           *(n for m in (sources, packaged, curate, templates, split, card, prepare, folder, cache, queue, synth, mixture,
-                         testset, feedback) for n in m.__all__)]
+           *(n for m in (raw, sources, packaged, curate, templates, split, card, prepare, folder, cache, queue, synth, mixture,
+                         testset, checks, feedback) for n in m.__all__)]

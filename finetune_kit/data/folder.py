@@ -8,15 +8,17 @@ Docs: https://finetune-kit.github.io/finetune-kit/data_folder.html.md"""
 from __future__ import annotations
 import functools, inspect, json
 from pathlib import Path
-from ..files import atomic_folder, read_jsonl
+from ..files import atomic_folder, check_out_folder, kit_outputs, read_jsonl
 from .sources import DataError
 from .packaged import PACKAGED
 from .mixture import parse_ratios
 from .testset import only_in_test_warnings
+from .checks import check_kept, data_warnings
 from ..config import load_config
 
 # %% auto #0
-__all__ = ['SPLITS', 'source_list', 'label_warnings', 'writes_whole_folder', 'load_splits', 'find_data_dir', 'dvc_add']
+__all__ = ['SPLITS', 'source_list', 'foreign_outputs', 'label_warnings', 'writes_whole_folder', 'load_splits', 'find_data_dir',
+           'dvc_add']
 
 # %% ../../nbs/02j_data_folder.ipynb #f611039d
 _OUTPUTS = ("train.jsonl", "validation.jsonl", "test.jsonl", "rejected.jsonl", "duplicates.jsonl", "data.json",
@@ -30,16 +32,32 @@ def source_list(sources) -> list:
         return [list(sources)] if sources and all(isinstance(x, dict) for x in sources) else list(sources)
     return [sources]
 
+# %% ../../nbs/02j_data_folder.ipynb #5e5388cd
 def _check_outside(cfg, out:Path, srcs:list):
     "A `DataError` when a source (training, test or decontamination) is a file `prepare_data` writes into `out`."
     owned = {(out/f).resolve() for f in _OUTPUTS}
     others = [x.strip() for x in f"{cfg.data.decontaminate or ''},{cfg.data.test_source or ''}".split(",") if x.strip()]
     for s in [*parse_ratios(srcs)[0], *others]:
         if not isinstance(s, (str, Path)) or (isinstance(s, str) and s in PACKAGED): continue
-        if (p := Path(s).expanduser()).resolve() in owned:
+        try: where = (p := Path(s).expanduser()).resolve()
+        except (OSError, RuntimeError): continue  # a symlink loop: reading it says so, in one line
+        if where in owned:
             raise DataError(f"{p}: preparing into {out} would replace this source with the prepared {p.name}: "
                             "write to another folder (--out)")
 
+def _prepared_before(out:Path) -> bool:
+    "Whether `out` holds a data.json the kit wrote (a folder prepared before the kit recorded its outputs)."
+    try: info = json.loads((out/"data.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError): return False
+    return isinstance(info, dict) and {"fingerprint", "counts"} <= info.keys()
+
+def foreign_outputs(out) -> list[str]:
+    "The files in `out` that `prepare_data` would write and the kit did not write there: a person's own."
+    out = Path(out)
+    mine = kit_outputs(out, _OUTPUTS if _prepared_before(out) else ())
+    return sorted(n for n in _OUTPUTS if (out/n).exists() and n not in mine)
+
+# %% ../../nbs/02j_data_folder.ipynb #7a5abb99
 def label_warnings(info:dict) -> list[str]:
     "Warnings for labels or entity types in `info` (data.json) that differ only in case or spacing."
     out = []
@@ -50,6 +68,7 @@ def label_warnings(info:dict) -> list[str]:
                 "map them to one spelling (or set label_set)" for g in groups.values() if len(g) > 1]
     return out
 
+# %% ../../nbs/02j_data_folder.ipynb #30c2c172
 def writes_whole_folder(prepare):
     "`prepare` (as `prepare_data`) writing into a temporary sibling of its folder, moved into place when it ends."
     sig = inspect.signature(prepare)
@@ -59,10 +78,15 @@ def writes_whole_folder(prepare):
         cfg, out, sources = ba.arguments["cfg"], Path(ba.arguments["out_dir"]), ba.arguments["sources"]
         _check_outside(cfg, out, source_list(sources if sources is not None else cfg.data.source))
         if out.exists() and not out.is_dir(): raise DataError(f"{out}: is a file, not a folder to prepare into")
-        with atomic_folder(out, last="data.json", legacy=_OUTPUTS) as tmp:
+        check_out_folder(out)
+        if not ba.arguments["overwrite"] and (theirs := foreign_outputs(out)):
+            raise DataError(f"{out}: holds {', '.join(theirs)}, which the kit did not write: prepare into another folder, "
+                            "or pass --overwrite (overwrite=True) to replace them")
+        with atomic_folder(out, last="data.json", legacy=_OUTPUTS if _prepared_before(out) else ()) as tmp:
             ba.arguments["out_dir"] = tmp
             info = prepare(*ba.args, **ba.kwargs)
-            if (w := label_warnings(info) + only_in_test_warnings(info)):
+            check_kept(info, tmp)
+            if (w := label_warnings(info) + only_in_test_warnings(info) + data_warnings(info)):
                 info["warnings"] = w
                 (tmp/"data.json").write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
                 with (tmp/"card.md").open("a") as f: f.write("\n## Warnings\n\n" + "".join(f"- {x}\n" for x in w))

@@ -40,6 +40,7 @@ def load_bbc() -> list[dict]:
     "BBC News articles as `{text, label, meta}` records (labels: the five folder names)."
     return _good(read_folder(packaged_path("bbc")))
 
+# %% ../../nbs/02k_data_packaged.ipynb #1c6ef355
 def load_wnut16() -> list[dict]:
     "WNUT-16 tweets as `{tokens, tags, meta}` NER records (BIO tags, ten entity types)."
     return _good(read_conll(packaged_path("wnut16")))

@@ -11,17 +11,17 @@ from collections import Counter
 from pathlib import Path
 from ..files import one_line, read_jsonl, write_jsonl
 from ..tasks import Rejected, TaskSpec
-from .sources import DataError, task_spec, read_source, screen_record, validate_record
+from .sources import DataError, task_spec, read_source, screen_record, validate_record, missing_detail
 from .packaged import PACKAGED, read_packaged
 from .curate import PII_TYPES, DuplicateIndex, clean_record, scrub_pii, scrub_record
 from .templates import token_counts, make_prompt, make_template, render_chats
 from .split import fingerprint, record_digest, split_indices
 from .card import write_card
+from .checks import check_fields, named_tokenizer
 from .folder import SPLITS, dvc_add, label_warnings, source_list, writes_whole_folder
 from .mixture import mix_sources, mixture_report, parse_ratios, sample_records
 from .testset import (check_own_test, check_training_left, only_in_test, own_test, own_test_info,
                                        own_test_sources)
-from ..models import load_tokenizer
 
 # %% auto #0
 __all__ = ['TOKEN_SAMPLE', 'read_and_validate', 'clean_and_scrub', 'dedup', 'decontaminate', 'hold_out_test', 'template_records',
@@ -76,8 +76,8 @@ def read_and_validate(sources:list,  # paths, packaged set names, `datasets` obj
             it["data"] = data
             try: it["rec"] = validate_record(data, spec, d.text_field, d.label_field)
             except Rejected as e:
-                field = names.get(e.field, e.field)
-                it["rejected"] = _reject_row(raw["source"], raw["line"], e.reason, field, e.detail, data, d.pii_scrub)
+                f = names.get(e.field, e.field); why = e.detail or missing_detail(raw, f)  # a CSV's `NaN` named
+                it["rejected"] = _reject_row(raw["source"], raw["line"], e.reason, f, why, data, d.pii_scrub)
                 continue
             except Exception as e:  # a record no check foresaw: quarantined, never the end of the run
                 it["rejected"] = _reject_row(raw["source"], raw["line"], "unreadable_record", None,
@@ -337,16 +337,16 @@ def prepare_data(cfg,  # a `RunConfig`: `cfg.data` says what to prepare, `cfg.se
                  out_dir,  # the folder to write (created)
                  tokenizer=None,  # a tokenizer (or a model name for `models.load_tokenizer`) for token stats
                  sources=None,  # override `cfg.data.source`: paths, packaged names, `datasets` objects or list of dicts
+                 overwrite:bool=False,  # replace files in `out_dir` the kit did not write (a user's own train.jsonl)
                 ) -> dict:
     "Prepare what `cfg.data` names into `out_dir` (splits, rejected.jsonl, data.json, card.md); data.json's content."
     d, seed, spec = cfg.data, cfg.seed, task_spec(cfg.data.task)
     srcs, ratios = parse_ratios(source_list(sources if sources is not None else d.source))
     if not srcs: raise DataError("no data source given")
     tsrcs, first = own_test_sources(d), len(srcs)
-    if isinstance(tokenizer, str):
-        tokenizer = load_tokenizer(tokenizer)
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    tokenizer, out = named_tokenizer(tokenizer), Path(out_dir)  # `out_dir`: the staging folder `writes_whole_folder` made
     records = read_and_validate(srcs + tsrcs, spec, d)
+    check_fields(records, spec, d, srcs + tsrcs)
     items, rejected, changes = clean_and_scrub(records, spec, d)
     items, test = own_test(items, first)
     if tsrcs: check_own_test(len(test), records, first, tsrcs)

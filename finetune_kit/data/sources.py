@@ -6,22 +6,20 @@ Docs: https://finetune-kit.github.io/finetune-kit/data_sources.html.md"""
 
 # %% ../../nbs/02a_data_sources.ipynb #a2bdc2d9
 from __future__ import annotations
-import csv, importlib.util, json, math
+import csv, importlib.util, json, math, os
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Iterator
 from ..files import KitError, one_line
+from .raw import DataError, raw_record, source_bytes, source_path, symlink_loop
+from .raw import text_bytes, wide_encoding
 from ..tasks import TASKS, Rejected, TaskSpec, get_task
 
 # %% auto #0
-__all__ = ['TASK_FIELDS', 'MAX_FIELD_CHARS', 'MAX_DEPTH', 'DataError', 'task_spec', 'read_jsonl_raw', 'read_json', 'read_csv',
-           'read_parquet', 'read_hf', 'read_folder', 'read_conll', 'read_source', 'TaskTable', 'validate_record',
-           'screen_record']
-
-# %% ../../nbs/02a_data_sources.ipynb #ace57b10
-class DataError(KitError):
-    "A data source that cannot be read at all: the message is one line naming the file and the cause."
+__all__ = ['NA_CELLS', 'TASK_FIELDS', 'MAX_FIELD_CHARS', 'MAX_DEPTH', 'task_spec', 'read_jsonl_raw', 'read_json',
+           'missing_detail', 'read_csv', 'read_parquet', 'read_hf', 'read_folder', 'read_conll', 'read_source',
+           'TaskTable', 'validate_record', 'screen_record']
 
 # %% ../../nbs/02a_data_sources.ipynb #71a85779
 def task_spec(task) -> TaskSpec:
@@ -30,41 +28,11 @@ def task_spec(task) -> TaskSpec:
     except KitError as e: raise DataError(str(e)) from None
 
 # %% ../../nbs/02a_data_sources.ipynb #1d2e0ebb
-def _raw(source, line, data=None, reason=None, field=None, detail=None) -> dict:
-    return {"source": str(source), "line": line, "data": data, "reason": reason, "field": field, "detail": detail}
-
 def _decode(b:bytes) -> str: return b.decode("utf-8-sig")
-
-def _read_bytes(path:Path) -> bytes:
-    try: return path.read_bytes()
-    except OSError as e: raise DataError(f"{path}: cannot read file: {e.strerror or e}") from None
-
-def _wide_encoding(b:bytes) -> str|None:
-    "'UTF-16' or 'UTF-32' when `b` starts as text in one (a byte-order mark, or NUL in every other byte), else None."
-    head, enc = b[:4096], None
-    if head[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"): enc, codec = "UTF-32", "utf-32"
-    elif head[:2] in (b"\xff\xfe", b"\xfe\xff"): enc, codec = "UTF-16", "utf-16"
-    elif len(head) >= 16:
-        even, odd = head[0::2].count(0) / len(head[0::2]), head[1::2].count(0) / len(head[1::2])
-        if min(even, odd) <= 0.1 and max(even, odd) >= 0.9:
-            enc, codec = "UTF-16", "utf-16-le" if odd > even else "utf-16-be"
-    if enc is None: return None
-    try: text = head.decode(codec)
-    except UnicodeDecodeError as e:  # a character cut at the end of the head is fine, other damage is not
-        if e.start < len(head) - 8: return None
-        text = head[:e.start].decode(codec)
-    return enc if text.strip() and all(ch.isprintable() or ch in "\t\r\n" for ch in text) else None
-
-def _text_bytes(path:Path) -> bytes:
-    "A text file's bytes; a `DataError` with the fix when it is UTF-16 or UTF-32."
-    b = _read_bytes(path)
-    if (enc := _wide_encoding(b)):
-        raise DataError(f"{path}: the file looks like {enc} text; save it as UTF-8 (e.g. iconv -f {enc} -t UTF-8)")
-    return b
 
 def _failed(path, line, e:BaseException, field=None) -> dict:
     "The raw record for a record whose reading raised `e` unexpectedly."
-    return _raw(path, line, reason="unreadable_record", field=field, detail=f"{type(e).__name__}: {one_line(e, 200)}")
+    return raw_record(path, line, reason="unreadable_record", field=field, detail=f"{type(e).__name__}: {one_line(e, 200)}")
 
 # %% ../../nbs/02a_data_sources.ipynb #8ec348f1
 def _shape(obj, max_depth:int=100) -> tuple[int, tuple, str|None]:
@@ -89,18 +57,18 @@ def _shape(obj, max_depth:int=100) -> tuple[int, tuple, str|None]:
 def _json_line(path:Path, i:int, b:bytes) -> dict:
     "The raw record of JSON Lines line `i` (bytes `b`)."
     try: s = _decode(b)
-    except UnicodeDecodeError as e: return _raw(path, i, reason="undecodable_bytes", detail=f"byte {e.start}")
+    except UnicodeDecodeError as e: return raw_record(path, i, reason="undecodable_bytes", detail=f"byte {e.start}")
     try: obj = json.loads(s)
-    except RecursionError: return _raw(path, i, reason="too_large", detail="nested too deeply to parse")
-    except ValueError as e: return _raw(path, i, reason="invalid_json", detail=str(e).split(":")[0])
-    if not isinstance(obj, dict): return _raw(path, i, reason="not_an_object", detail=type(obj).__name__)
-    if (at := _shape(obj)[2]): return _raw(path, i, reason="invalid_json", detail=f"{at}: NaN/Infinity is not JSON")
-    return _raw(path, i, obj)
+    except RecursionError: return raw_record(path, i, reason="too_large", detail="nested too deeply to parse")
+    except ValueError as e: return raw_record(path, i, reason="invalid_json", detail=str(e).split(":")[0])
+    if not isinstance(obj, dict): return raw_record(path, i, reason="not_an_object", detail=type(obj).__name__)
+    if (at := _shape(obj)[2]): return raw_record(path, i, reason="invalid_json", detail=f"{at}: NaN/Infinity is not JSON")
+    return raw_record(path, i, obj)
 
 def read_jsonl_raw(path) -> Iterator[dict]:
     "Raw records from a JSON Lines file, one per non-blank line; a line that does not parse is one with a reason."
     path = Path(path)
-    for i, b in enumerate(_text_bytes(path).splitlines(), 1):
+    for i, b in enumerate(text_bytes(path).splitlines(), 1):
         if not b.strip(): continue
         try: r = _json_line(path, i, b)
         except Exception as e: r = _failed(path, i, e)
@@ -110,7 +78,7 @@ def read_jsonl_raw(path) -> Iterator[dict]:
 def read_json(path) -> Iterator[dict]:
     "Raw records from a JSON file holding an array of objects (or an object with one such array)."
     path = Path(path)
-    try: obj = json.loads(_decode(_text_bytes(path)))
+    try: obj = json.loads(_decode(text_bytes(path)))
     except UnicodeDecodeError as e: raise DataError(f"{path}: not UTF-8 (byte {e.start})") from None
     except ValueError as e: raise DataError(f"{path}: not valid JSON ({e})") from None
     except RecursionError: raise DataError(f"{path}: nested too deeply to parse") from None
@@ -120,9 +88,9 @@ def read_json(path) -> Iterator[dict]:
         obj = arrays[0]
     if not isinstance(obj, list): raise DataError(f"{path}: expected a JSON array of records, got {type(obj).__name__}")
     for i, r in enumerate(obj, 1):
-        if not isinstance(r, dict): yield _raw(path, i, reason="not_an_object", detail=type(r).__name__)
-        elif (at := _shape(r)[2]): yield _raw(path, i, reason="invalid_json", detail=f"{at}: NaN/Infinity is not JSON")
-        else: yield _raw(path, i, r)
+        if not isinstance(r, dict): yield raw_record(path, i, reason="not_an_object", detail=type(r).__name__)
+        elif (at := _shape(r)[2]): yield raw_record(path, i, reason="invalid_json", detail=f"{at}: NaN/Infinity is not JSON")
+        else: yield raw_record(path, i, r)
 
 # %% ../../nbs/02a_data_sources.ipynb #9bf60882
 def _lines(data:bytes, bad:dict) -> list[str]:
@@ -164,12 +132,31 @@ def _swallowed(row, start:int, end:int, n:int, delimiter:str) -> bool:
     return isinstance(row, csv.Error) or len(row) != n or (delimiter == "\t" and any("\n" in c and "\t" in c
                                                                                       for c in row))
 
+NA_CELLS = frozenset({"NaN", "nan", "-NaN", "-nan", "NA", "N/A", "n/a", "<NA>", "#N/A", "#N/A N/A", "#NA", "NULL", "null",
+                      "None", "-1.#IND", "1.#IND", "-1.#QNAN", "1.#QNAN"})  # pandas.read_csv's (less the empty cell)
+
+def _cells(path:Path, line:int, header:list[str], row:list[str]) -> dict:
+    "The raw record of a table row; a cell holding a missing-value marker is None (the markers kept in `missing`)."
+    data = dict(zip(header, row))
+    na = {k: v for k, v in data.items() if v.strip() in NA_CELLS}
+    r = raw_record(path, line, {k: None if k in na else v for k, v in data.items()})
+    if na: r["missing"] = na
+    return r
+
+def missing_detail(raw:dict,  # a raw record
+                   field:str|None,  # the source's name of a field found missing
+                  ) -> str|None:
+    "Why `field` is missing when its table cell held a missing-value marker such as `NaN` (else None)."
+    v = (raw.get("missing") or {}).get(field)
+    return None if v is None else f"the cell holds {v.strip()!r}, which marks a missing value"
+
+# %% ../../nbs/02a_data_sources.ipynb #9b3a0af4
 def read_csv(path, delimiter:str|None=None) -> Iterator[dict]:
     "Raw records from a CSV (or, with a `.tsv` name or `delimiter='\\t'`, TSV) file with a header row."
     path = Path(path)
     delimiter = delimiter or ("\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
     bad = {}
-    lines = _lines(_text_bytes(path), bad)
+    lines = _lines(text_bytes(path), bad)
     header, first = _csv_header(path, lines, delimiter, bad)
     n, limit = len(header), csv.field_size_limit()
     while first is not None:
@@ -177,17 +164,17 @@ def read_csv(path, delimiter:str|None=None) -> Iterator[dict]:
         for start, end, row in rows:
             big = isinstance(row, csv.Error) and "field limit" in str(row)
             if _swallowed(row, start, end, n, delimiter) and not big:
-                yield _raw(path, start, reason="malformed_row", detail=f"a quote opened on line {start} is not closed "
+                yield raw_record(path, start, reason="malformed_row", detail=f"a quote opened on line {start} is not closed "
                            "where its row ends (it would swallow the lines after it): check the quoting")
                 first = start; break  # read again from the next line
             if isinstance(row, csv.Error):
-                yield _raw(path, end, reason="too_large" if big else "malformed_row",
+                yield raw_record(path, end, reason="too_large" if big else "malformed_row",
                            detail=f"a field over {limit:,} characters" if big else str(row)); continue
             if (b := [k for k in range(start, end + 1) if k in bad]):
-                yield _raw(path, end, reason="undecodable_bytes", detail=f"line {b[0]}, byte {bad[b[0]]}"); continue
+                yield raw_record(path, end, reason="undecodable_bytes", detail=f"line {b[0]}, byte {bad[b[0]]}"); continue
             if not any(c.strip() for c in row): continue
-            if len(row) != n: yield _raw(path, end, reason="malformed_row", detail=f"{len(row)} cells, header has {n}")
-            else: yield _raw(path, end, dict(zip(header, row)))
+            if len(row) != n: yield raw_record(path, end, reason="malformed_row", detail=f"{len(row)} cells, header has {n}")
+            else: yield _cells(path, end, header, row)
 
 # %% ../../nbs/02a_data_sources.ipynb #c9995087
 def read_parquet(path) -> Iterator[dict]:
@@ -201,7 +188,7 @@ def read_parquet(path) -> Iterator[dict]:
         for batch in pf.iter_batches(batch_size=4096):
             for r in batch.to_pylist():
                 i += 1
-                yield _raw(path, i, r)
+                yield raw_record(path, i, r)
     except (OSError, ValueError, ArithmeticError, NotImplementedError) as e:  # pyarrow's errors subclass these
         raise DataError(f"{path}: cannot read Parquet past row {i}: {one_line(e)}") from None
 
@@ -224,46 +211,53 @@ def read_hf(ds, name:str="dataset") -> Iterator[dict]:
         return
     conv = _class_label_names(ds)
     for i, r in enumerate(ds, 1):
-        if not isinstance(r, dict): yield _raw(name, i, reason="not_an_object", detail=type(r).__name__); continue
+        if not isinstance(r, dict): yield raw_record(name, i, reason="not_an_object", detail=type(r).__name__); continue
         r = dict(r)
         for col, fn in conv.items():
             if r.get(col) is not None: r[col] = fn(r[col])
-        yield _raw(name, i, r)
+        yield raw_record(name, i, r)
 
 # %% ../../nbs/02a_data_sources.ipynb #b9f4cd80
 _TEXT_EXT = {".txt", ".text", ".md", ""}
 
+def _kit_folder(p:Path) -> bool:
+    "Whether `p` is a folder the kit wrote (a prepared data set): never a label of a label folder."
+    return (p/".kit_outputs.json").exists() or ((p/"data.json").is_file() and (p/"card.md").is_file())
+
 def read_folder(path) -> Iterator[dict]:
     "Raw `{text, label}` records from `path/<label>/<file>.txt` (files sorted by name)."
     path = Path(path)
-    try: subs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    try: subs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "_")) and not _kit_folder(p))
     except OSError as e: raise DataError(f"{path}: cannot read folder: {e.strerror or e}") from None
     if not subs: raise DataError(f"{path}: expected one subfolder per label holding text files")
     for sub in subs:
-        try: files = sorted(p for p in sub.iterdir()
-                            if p.is_file() and p.suffix.lower() in _TEXT_EXT and not p.name.startswith("."))
+        try: files = sorted(p for p in sub.iterdir() if (p.is_file() or p.is_symlink() and not p.is_dir())
+                            and p.suffix.lower() in _TEXT_EXT and not p.name.startswith("."))
         except OSError as e: raise DataError(f"{sub}: cannot read folder: {e.strerror or e}") from None
         for f in files:
-            b = _read_bytes(f)
+            if not f.is_file():
+                yield raw_record(f, None, reason="unreadable_record", field="text",
+                           detail="a symlink loop" if symlink_loop(f) else "a symlink to a file that does not exist"); continue
+            b = source_bytes(f)
             try: text = _decode(b)
             except UnicodeDecodeError as e:
-                enc = _wide_encoding(b)
-                yield _raw(f, None, reason="undecodable_bytes", field="text",
+                enc = wide_encoding(b)
+                yield raw_record(f, None, reason="undecodable_bytes", field="text",
                            detail=f"{enc} text: save it as UTF-8" if enc else f"byte {e.start}"); continue
-            yield _raw(f, None, {"text": text, "label": sub.name})
+            yield raw_record(f, None, {"text": text, "label": sub.name})
 
 # %% ../../nbs/02a_data_sources.ipynb #63db5968
 def read_conll(path) -> Iterator[dict]:
     "Raw `{tokens, tags}` records from a CoNLL-style token/tag file."
     path = Path(path)
-    lines = _text_bytes(path).splitlines()
+    lines = text_bytes(path).splitlines()
     widths = Counter(len(b.split()) for b in lines if b.strip() and not b.startswith(b"-DOCSTART-"))
     width = widths.most_common(1)[0][0] if widths else 2
     toks, tags, start, err = [], [], None, None
     def flush():
         if start is None: return None
-        if err: return _raw(path, start, reason=err[0], field="tokens", detail=err[1])
-        return _raw(path, start, {"tokens": toks, "tags": tags})
+        if err: return raw_record(path, start, reason=err[0], field="tokens", detail=err[1])
+        return raw_record(path, start, {"tokens": toks, "tags": tags})
     for i, b in enumerate(lines, 1):
         if not b.strip() or b.startswith(b"-DOCSTART-"):
             if (r := flush()): yield r
@@ -283,28 +277,40 @@ _READERS = {".jsonl": read_jsonl_raw, ".ndjson": read_jsonl_raw, ".json": read_j
             ".tsv": read_csv, ".tab": read_csv, ".parquet": read_parquet, ".pq": read_parquet, ".conll": read_conll,
             ".bio": read_conll, ".iob": read_conll}
 
+_COMPRESSED_EXT = (".gz", ".bz2", ".xz")
+
 def _looks_conll(path:Path) -> bool:
-    head = [l for l in _read_bytes(path)[:4096].splitlines()[:20] if l.strip()]
+    head = [l for l in source_bytes(path)[:4096].splitlines()[:20] if l.strip()]
     return bool(head) and all(len(l.split()) in (2, 3, 4) for l in head[:-1] or head)
 
-def read_source(src, name:str|None=None) -> Iterator[dict]:
-    "Raw records from a file, folder, `datasets` object or list of dicts."
+def _records(src, name) -> Iterator[dict]:
+    "The raw records of `src` (see `read_source`), before the check that there is one."
     if isinstance(src, (list, tuple)):
         for i, r in enumerate(src, 1):
-            if isinstance(r, dict): yield _raw(name or "records", i, r)
-            else: yield _raw(name or "records", i, reason="not_an_object", detail=type(r).__name__)
+            if isinstance(r, dict): yield raw_record(name or "records", i, r)
+            else: yield raw_record(name or "records", i, reason="not_an_object", detail=type(r).__name__)
         return
     if not isinstance(src, (str, Path)): yield from read_hf(src, name or "dataset"); return
-    p = Path(src).expanduser()
-    if not p.exists(): raise DataError(f"{p}: no such file or folder")
+    p = source_path(src)
     if p.is_dir(): yield from read_folder(p); return
-    reader = _READERS.get(p.suffix.lower())
-    if reader is None and p.suffix.lower() in (".txt", "") and _looks_conll(p): reader = read_conll
+    ext = Path(p.stem).suffix.lower() if p.suffix.lower() in _COMPRESSED_EXT else p.suffix.lower()
+    reader = _READERS.get(ext)
+    if reader is None and ext in (".txt", "") and _looks_conll(p): reader = read_conll
     if reader is None:
-        raise DataError(f"{p}: unknown format '{p.suffix}' "
+        raise DataError(f"{p}: unknown format '{ext}' "
                         "(use .jsonl, .json, .csv, .tsv, .parquet, .conll or a folder)")
     try: yield from reader(p)
     except MemoryError: raise DataError(f"{p}: too large to read into memory") from None
+
+def read_source(src, name:str|None=None) -> Iterator[dict]:
+    "Raw records from a file, folder, `datasets` object or list of dicts; a source with none is a `DataError`."
+    n = 0
+    for r in _records(src, name):
+        n += 1; yield r
+    if not n:
+        what = name or (str(Path(src).expanduser()) if isinstance(src, (str, Path)) else "records")
+        raise DataError(f"{what}: holds no records")
+
 
 # %% ../../nbs/02a_data_sources.ipynb #f52e6053
 class TaskTable(Mapping):

@@ -14,6 +14,19 @@ from .sources import DataError
 __all__ = ['split_indices', 'record_digest', 'fingerprint']
 
 # %% ../../nbs/02d_data_split.ipynb #101ad0d7
+def _once(lab, notes:list):
+    "A mask of the records whose label occurs once in `lab` (None when none does, or all do), noted in `notes`."
+    import numpy as np
+    from collections import Counter
+    cnt = Counter(lab.tolist())
+    once = np.array([cnt[l] == 1 for l in lab.tolist()])
+    if not once.any() or (~once).sum() < 2: return None
+    rare = sorted((str(l) for l, c in cnt.items() if c == 1))
+    note = (f"label{'s' if len(rare) > 1 else ''} with a single record ({', '.join(rare[:5])}"
+            f"{', ...' if len(rare) > 5 else ''}) kept in train; the others stratified")
+    if note not in notes: notes.append(note)
+    return once
+
 def split_indices(n:int,  # number of records
                   labels:list|None=None,  # one label per record to stratify by (None: no stratification)
                   groups:list|None=None,  # one group id per record; a group stays in one split
@@ -45,9 +58,14 @@ def split_indices(n:int,  # number of records
                 tr, te = next(sp.split(ix, lab, grp))
             return ix[tr], ix[te]
         if lab is not None:
-            try: return tuple(train_test_split(ix, test_size=frac, stratify=lab, random_state=seed))
+            whole, once = ix, _once(lab, info["notes"])  # a label seen once cannot be stratified: it trains
+            alone, ix, lab = (ix[once], ix[~once], lab[~once]) if once is not None else (ix[:0], ix, lab)
+            try:
+                tr, te = train_test_split(ix, test_size=frac, stratify=lab, random_state=seed)
+                return np.concatenate([tr, alone]), te
             except ValueError as e:
-                info["stratified"] = False; info["notes"].append(f"not stratified: {e}")
+                info["stratified"], ix = False, whole
+                if (note := f"not stratified: {e}") not in info["notes"]: info["notes"].append(note)
         return tuple(train_test_split(ix, test_size=frac, random_state=seed))
     rest, test = cut(np.arange(n), test_size)
     train, val = cut(rest, val_size / (1 - test_frac)) if val_size else (rest, rest[:0])

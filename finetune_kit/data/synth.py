@@ -27,6 +27,7 @@ def render_example(rec:dict, task) -> str:
     "A canonical record as `Field: value` lines (the format the generator reads and writes)."
     return "\n".join(f"{k.capitalize()}: {v}" for k, v in record_fields(rec, task).items())
 
+# %% ../../nbs/02i_data_synth.ipynb #24037f08
 def parse_example(text:str, task,
                   given:dict|None=None,  # fields the prompt fixed (e.g. the label asked for), used when unwritten
                  ) -> dict|None:
@@ -263,6 +264,17 @@ def _append(path:Path, rows:list[dict]):
     with path.open("a", encoding="utf-8") as f:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)); f.flush(); os.fsync(f.fileno())
 
+def _retried(new:dict, old:dict|None) -> dict:
+    "A prompt's new row, counting the tries, errors and timeouts of its earlier failed row too."
+    return new if old is None else {**new, **{k: new[k] + old.get(k, 0) for k in ("tries", "errors", "timeouts")}}
+
+def _no_answer(generator, rows:list[dict]) -> str:
+    "The one line for a generator that answered none of `rows`' prompts."
+    where = (getattr(generator, "describe", dict)() or {}).get("url") or "the generator"
+    err = Counter(r["error"] for r in rows).most_common(1)[0][0]
+    return (f"{where}: no answer to any of the {len(rows)} prompts ({err}); nothing was generated: rerun when it "
+            "answers (prompts that failed are asked again)")
+
 def _write_json(path:Path, obj):
     "Write `obj` as indented JSON to `path`, whole or not at all."
     tmp = path.with_name(f".{path.name}.tmp")
@@ -295,6 +307,8 @@ def synthesize(task, description:str,  # the task in a sentence or two (the prom
         try: canon.append(validate_record({f: v for f, v in s.items() if f != "meta"}, spec))
         except Rejected as e: raise DataError(f"seed {k}: {e}") from None
     if len(canon) < 3: raise DataError(f"synthetic data needs at least 3 seed examples; got {len(canon)}")
+    for name, v, low in (("n", n, 1), ("shots", shots, 1), ("batch_size", batch_size, 1), ("max_retries", max_retries, 0)):
+        if v < low: raise DataError(f"{name} must be at least {low}; got {v}")
     if spec.label is not None and labels is None: labels = sorted({spec.label(r) for r in canon})
     settings = _settings(spec, description, canon, labels, shots, seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -305,14 +319,18 @@ def synthesize(task, description:str,  # the task in a sentence or two (the prom
             raise DataError(f"{out} holds a synthetic run with other settings ({diff}): use a new folder")
     else: _write_json(out/"synth.json", {"settings": settings})  # before any row, so a resumed run is checked
     gen_path = out/"generated.jsonl"
-    rows = _load_rows(gen_path)
-    with progress_bar(total=n, desc="synth", disable=not progress, initial=min(len(rows), n)) as bar:
-        for start in range(len(rows), n, batch_size):
-            idx = list(range(start, min(start + batch_size, n)))
+    done = {r["i"]: r for r in _load_rows(gen_path)}  # each prompt's last row: a prompt asked again is appended again
+    todo, answered = [i for i in range(n) if done.get(i, {}).get("output") is None], 0
+    with progress_bar(total=n, desc="synth", disable=not progress, initial=n - len(todo)) as bar:
+        for start in range(0, len(todo), batch_size):
+            idx = todo[start:start + batch_size]
             made = [synth_prompt(spec, description, canon, i, shots, labels, seed) for i in idx]
             res = call_with_retries(generator, [m for m, _, _ in made], max_retries, retry_wait)
-            new = [{"i": i, "seeds": p, "target": t, **r} for i, (_, p, t), r in zip(idx, made, res)]
-            _append(gen_path, new); rows += new; bar.update(len(new))
+            new = [_retried({"i": i, "seeds": p, "target": t, **r}, done.get(i)) for i, (_, p, t), r in zip(idx, made, res)]
+            _append(gen_path, new); done.update((r["i"], r) for r in new); bar.update(len(new))
+            if not (answered := answered + sum(r["output"] is not None for r in new)):
+                raise DataError(_no_answer(generator, new))
+    rows = [done[i] for i in sorted(done)]
     kept, counts, drops = filter_generated(rows, spec, canon, labels, min_chars, max_chars, near_dup_threshold)
     counts.update(tries=sum(r["tries"] for r in rows), errors=sum(r["errors"] for r in rows),
                   timeouts=sum(r["timeouts"] for r in rows), retries=sum(r["tries"] - 1 for r in rows))

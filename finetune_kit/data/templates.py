@@ -89,6 +89,7 @@ def token_counts(tokenizer, prompts:list[str], fulls:list[str], batch:int=4096) 
     n = len(prompts)
     return lens[:n], [lens[n + i] + (lens[i] if rest[i] is not None else 0) for i in range(n)]
 
+# %% ../../nbs/02c_data_templates.ipynb #64950bd1
 def token_lengths(examples:list[dict],  # records with `prompt` and `completion` messages
                   tokenizer,  # a tokenizer with a chat template
                  ) -> tuple[list[int], list[int]]:

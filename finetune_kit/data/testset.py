@@ -47,6 +47,7 @@ def check_own_test(left:int,  # test records left (after cleaning, or after the 
     what = ", ".join(f"{k} {v}" for k, v in why.most_common()) or "the sources hold no records"
     raise DataError(f"test_source {', '.join(map(str, sources))} yields no test record ({len(read)} read; {what})")
 
+# %% ../../nbs/02m_data_testset.ipynb #a8117626
 def check_training_left(items:list[dict],  # training records left after decontamination
                         decon:dict,  # `decontaminate`'s report
                         sources:list,  # the test sources
@@ -85,6 +86,7 @@ def only_in_test(info:dict,  # data.json's content (`label_counts`, `entity_coun
         if (c := info.get(key)): out[kind] = sorted(set(c.get("test", {})) - set(c.get("train", {})))
     return out
 
+# %% ../../nbs/02m_data_testset.ipynb #f533e369
 def only_in_test_warnings(info:dict,  # data.json's content
                      ) -> list[str]:
     "Warnings for labels or entity types only the test split has."

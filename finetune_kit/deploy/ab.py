@@ -6,14 +6,16 @@ Docs: https://finetune-kit.github.io/finetune-kit/deploy_ab.html.md"""
 
 # %% ../../nbs/09c_deploy_ab.ipynb #fb0601a2
 from __future__ import annotations
-import hashlib, json, os, random, threading, time
+import hashlib, json, os, random, tempfile, threading, time
 from dataclasses import dataclass
 from pathlib import Path
+from fastcore.basics import patch
 from ..files import KitError
+from ..data.curate import scrub_pii
 
 # %% auto #0
-__all__ = ['ARMS', 'REQUEST_FIELDS', 'Split', 'parse_split', 'sticky_unit', 'Router', 'JsonlLog', 'request_row',
-           'feedback_record']
+__all__ = ['ARMS', 'REQUEST_FIELDS', 'TEXT_FIELDS', 'Split', 'parse_split', 'sticky_unit', 'Router', 'JsonlLog', 'request_row',
+           'text_fields', 'feedback_record']
 
 # %% ../../nbs/09c_deploy_ab.ipynb #7bf54a1f
 ARMS = ("current", "candidate")
@@ -26,6 +28,7 @@ class Split:
     candidate: str  # the adapter on trial
     share: float  # the candidate's share of requests, 0..1
 
+# %% ../../nbs/09c_deploy_ab.ipynb #97d0276e
 def parse_split(spec:str) -> Split:
     "A `Split` from `NAME=CURRENT,CANDIDATE,SHARE` (e.g. `support=v1,v2,0.1`)."
     name, eq, rest = spec.partition("=")
@@ -43,6 +46,7 @@ def sticky_unit(name:str, user:str) -> float:
     h = hashlib.sha256(f"{name}\x00{user}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64
 
+# %% ../../nbs/09c_deploy_ab.ipynb #db341fbb
 class Router:
     "Routes a request's model name to an adapter and an arm, by the splits."
     def __init__(self, splits=(), seed:int|None=None):
@@ -76,10 +80,49 @@ class JsonlLog:
 REQUEST_FIELDS = ("time", "id", "model", "adapter", "arm", "user", "status", "error", "latency_s", "ttft_s",
                   "prompt_tokens", "completion_tokens", "finish_reason", "stream")
 
+TEXT_FIELDS = ("input", "answer")  # written only when the server logs text (`ServeSettings.log_text`)
+
 def request_row(**kw) -> dict:
-    "A request-log row: every field of `REQUEST_FIELDS` (None where not given), `time` now unless given."
-    if bad := set(kw) - set(REQUEST_FIELDS): raise KitError(f"unknown request-log fields: {', '.join(sorted(bad))}")
-    return {k: kw.get(k, time.time() if k == "time" else None) for k in REQUEST_FIELDS}
+    "A request-log row: every field of `REQUEST_FIELDS` (None where not given), `time` now unless given; `TEXT_FIELDS` when given."
+    if bad := set(kw) - set(REQUEST_FIELDS) - set(TEXT_FIELDS):
+        raise KitError(f"unknown request-log fields: {', '.join(sorted(bad))}")
+    return {**{k: kw.get(k, time.time() if k == "time" else None) for k in REQUEST_FIELDS},
+            **{k: kw[k] for k in TEXT_FIELDS if k in kw}}
+
+# %% ../../nbs/09c_deploy_ab.ipynb #cd52cc69
+def text_fields(messages:list[dict],  # the request's conversation
+                answer:str|None=None,  # the served answer (None: no answer, e.g. an error)
+                region:str="US",  # the phone-number region of `scrub_pii`
+               ) -> dict:
+    "The request log's `input` (the last user message) and `answer`, PII-scrubbed."
+    user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+    out = {"input": scrub_pii(user, region)[0]}
+    if answer is not None: out["answer"] = scrub_pii(answer, region)[0]
+    return out
+
+# %% ../../nbs/09c_deploy_ab.ipynb #649e6409
+@patch
+def purge_text(self:JsonlLog, max_age_s:float,  # rows older than this lose their `TEXT_FIELDS`
+               now:float|None=None) -> int:
+    "Drop the text of rows older than `max_age_s` (the file rewritten whole, under the log's lock); rows changed."
+    cutoff, n = (time.time() if now is None else now) - max_age_s, 0
+    with self._lock:
+        try: lines = self.path.read_text(encoding="utf-8").split("\n")
+        except FileNotFoundError: return 0
+        out = []
+        for line in lines:
+            try: row = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError: row = None
+            if (isinstance(row, dict) and isinstance(row.get("time"), (int, float)) and row["time"] < cutoff
+                    and any(k in row for k in TEXT_FIELDS)):
+                for k in TEXT_FIELDS: row.pop(k, None)
+                line, n = json.dumps(row, ensure_ascii=False, default=str).translate(_ESCAPES), n + 1
+            out.append(line)
+        if n:  # whole or not at all: a temporary file renamed into place
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as f: f.write("\n".join(out))
+            os.replace(tmp, self.path)
+    return n
 
 # %% ../../nbs/09c_deploy_ab.ipynb #2d7b554d
 def feedback_record(messages:list[dict],  # the request's conversation (without the answer)

@@ -13,6 +13,7 @@ from typing import Callable
 from fastcore.basics import patch
 from ..files import KitError, one_line
 from ..settings import make_config
+from ..threads import use_threads
 from ..methods import get_method
 from ..models import end_of_turn_id, load_model
 from ..adapters import RESERVED, AdapterError, AdapterInfo, check_adapters, misfit_reason
@@ -25,6 +26,7 @@ __all__ = ['ServeError', 'Busy', 'load_adapters', 'Job', 'decode_batch', 'Engine
 class ServeError(KitError):
     "A server that cannot start as asked (a bad adapter, base or setting): the message is one line."
 
+# %% ../../nbs/09b_deploy_engine.ipynb #656ae266
 class Busy(Exception):
     "The engine's queue is full: the request should be retried later (HTTP 429)."
 
@@ -43,7 +45,9 @@ def load_adapters(base_model:str, adapters:dict|None=None, params:dict|None=None
     if params["attn_implementation"] == "auto": params["attn_implementation"] = "sdpa"
     try: infos = check_adapters(base_model, adapters or {})
     except AdapterError as e: raise ServeError(str(e)) from None
-    model, tok = load_model(make_config({k: v for k, v in params.items() if v is not None}), progress=progress)
+    cfg = make_config({k: v for k, v in params.items() if v is not None})
+    use_threads(cfg.model.threads, cfg.model.omp_wait_policy)  # warns when the cores are shared
+    model, tok = load_model(cfg, progress=progress)
     tok.padding_side = "left"
     for i, a in enumerate(infos.values()):
         _same_template(a, tok)
@@ -182,6 +186,7 @@ def start(self:Engine) -> Engine:
         self._thread.start()
     return self
 
+# %% ../../nbs/09b_deploy_engine.ipynb #7c74aa7a
 @patch
 def close(self:Engine):
     "Stop the decoding thread (waiting jobs are dropped)."
@@ -205,7 +210,7 @@ def answer(self:Engine, messages:list[dict], model:str|None=None, timeout:float=
 # %% ../../nbs/09b_deploy_engine.ipynb #7ffed343
 def load_engine(base_model:str,  # a built-in name, a folder or a hub id
                 adapters:dict|None=None,  # name -> adapter folder or run folder
-                params:dict|None=None,  # flat model parameters: dtype, attn_implementation, trust_remote_code
+                params:dict|None=None,  # flat model parameters: dtype, attn_implementation, trust_remote_code, threads, omp_wait_policy
                 max_batch:int=8, max_queue:int=64, progress:bool=True) -> Engine:
     "A started `Engine` for `base_model` and the named `adapters`."
     model, tok, infos, stops = load_adapters(base_model, adapters, params, progress)

@@ -175,6 +175,7 @@ class ExportResult:
     out: Path
     report: dict = field(default_factory=dict)
 
+# %% ../../nbs/09a_deploy_export.ipynb #2dbb0a47
 def _fail(msg:str, report:dict) -> ExportError:
     e = ExportError(msg); e.report = report
     return e

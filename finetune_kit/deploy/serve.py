@@ -11,7 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from .ab import JsonlLog, Router, feedback_record, request_row
+from .ab import JsonlLog, Router, feedback_record, request_row, text_fields
 from .engine import Busy, Engine, Job, ServeError
 from ..files import one_line
 from ..tasks import Rejected, messages_of
@@ -30,6 +30,8 @@ class ServeSettings:
     request_log: str|None = None  # JSON Lines file of every request and feedback (None: no log)
     feedback_file: str|None = None  # JSON Lines file of every rating: answer, correction, SFT record (None: none kept)
     recent: int = 10_000  # answered requests kept in memory for feedback to refer to
+    log_text: bool = False  # also log each request's last user message and the answer, PII-scrubbed (`ab.text_fields`)
+    text_retention_days: float = 30.0  # logged text older than this is dropped from the log (checked hourly)
 
 # %% ../../nbs/09d_deploy_serve.ipynb #aaa3b562
 class APIError(Exception):
@@ -150,8 +152,14 @@ def make_app(engine:Engine,  # a started engine
     fb_file = JsonlLog(settings.feedback_file) if settings.feedback_file else None
     recent, app = _Recent(settings.recent), FastAPI(title="finetune-kit", docs_url=None, redoc_url=None)
 
+    observers, purged = [], [0.0]  # observers: called with every logged row and feedback event (a canary's rule)
     def record(**kw):
-        if log: log.append(request_row(**kw))
+        row = request_row(**kw)
+        if log:
+            log.append(row)
+            if row["time"] - purged[0] > 3600:  # retention: at the first row, then hourly
+                purged[0] = row["time"]; log.purge_text(settings.text_retention_days * 86_400)
+        for f in observers: f(row)
 
     @app.exception_handler(APIError)
     async def _api_error(request, e:APIError):
@@ -167,7 +175,7 @@ def make_app(engine:Engine,  # a started engine
     async def models(): return {"object": "list", "data": _models(engine, router)}
 
     app.state.engine, app.state.settings, app.state.router, app.state.recent = engine, settings, router, recent
-    app.state.record, app.state.log, app.state.feedback_file = record, log, fb_file
+    app.state.record, app.state.log, app.state.feedback_file, app.state.observers = record, log, fb_file, observers
     app.add_api_route("/v1/chat/completions", _chat_endpoint(app), methods=["POST"])
     app.add_api_route("/v1/feedback", _feedback_endpoint(app), methods=["POST"])
     return app
@@ -199,7 +207,8 @@ def _chat_endpoint(app):
             except Busy as e: raise APIError(429, str(e), type="rate_limit_error", code="server_busy") from None
         except APIError as e:
             record(id=rid, model=req.get("model"), adapter=adapter, arm=arm, user=req.get("user"), status=e.status,
-                   error=e.message, latency_s=round(time.perf_counter() - t0, 4), stream=req.get("stream"))
+                   error=e.message, latency_s=round(time.perf_counter() - t0, 4), stream=req.get("stream"),
+                   **(text_fields(req["messages"]) if settings.log_text and req else {}))
             raise
         served = adapter or engine.base_name
         headers = {"x-adapter": served, "x-arm": arm or ""}
@@ -207,7 +216,8 @@ def _chat_endpoint(app):
             record(id=rid, model=req["model"], adapter=served, arm=arm, user=req["user"], status=status, error=error,
                    latency_s=round(time.perf_counter() - t0, 4), ttft_s=ttft, prompt_tokens=len(ids),
                    completion_tokens=(done or {}).get("completion_tokens"),
-                   finish_reason=(done or {}).get("finish_reason"), stream=req["stream"])
+                   finish_reason=(done or {}).get("finish_reason"), stream=req["stream"],
+                   **(text_fields(req["messages"], (done or {}).get("text")) if settings.log_text else {}))
             if done and status == 200:
                 recent.put(rid, {"messages": req["messages"], "answer": done["text"], "model": req["model"],
                                  "adapter": served, "arm": arm})
@@ -256,6 +266,7 @@ async def _stream(rid, req, created, q, job, done_row, t0):
 # %% ../../nbs/09d_deploy_serve.ipynb #0d0deb8c
 def _feedback_endpoint(app):
     settings, recent, record_fb, log = app.state.settings, app.state.recent, app.state.feedback_file, app.state.log
+    observers = app.state.observers
 
     async def feedback(request:Request):
         obj = _json_body(await _read_body(request, settings.max_body_bytes))
@@ -274,8 +285,10 @@ def _feedback_endpoint(app):
         rec = feedback_record(r["messages"], r["answer"], rating, corr, request_id=rid, model=r["model"],
                               adapter=r["adapter"], arm=r["arm"])
         if record_fb is not None: record_fb.append(rec)
-        if log: log.append({"event": "feedback", "time": time.time(), "request_id": rid, "model": r["model"],
-                            "adapter": r["adapter"], "arm": r["arm"], "rating": rating, "corrected": bool(corr)})
+        ev = {"event": "feedback", "time": time.time(), "request_id": rid, "model": r["model"], "adapter": r["adapter"],
+              "arm": r["arm"], "rating": rating, "corrected": bool(corr)}
+        if log: log.append(ev)
+        for f in observers: f(ev)
         return {"id": f"fb-{secrets.token_hex(8)}", "object": "feedback", "request_id": rid,
                 "kept": record_fb is not None, "training_record": "messages" in rec and record_fb is not None}
     return feedback
@@ -287,6 +300,7 @@ def serve(app, host:str="127.0.0.1", port:int=8000, log_level:str="info"):
     try: uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_keep_alive=30)
     finally: app.state.engine.close()
 
+# %% ../../nbs/09d_deploy_serve.ipynb #e8b90339
 class BackgroundServer:
     "The app served by uvicorn from a background thread (port 0: a free one); `url`, `close()`; a context manager."
     def __init__(self, app, host:str="127.0.0.1", port:int=0):

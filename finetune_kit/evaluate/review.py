@@ -52,6 +52,7 @@ def answers_digest(output_1, output_2) -> str:
     norm = lambda s: " ".join(str(s).split())
     return hashlib.sha256(f"{norm(output_1)}\x1f{norm(output_2)}".encode()).hexdigest()[:12]
 
+# %% ../../nbs/05d_evaluate_review.ipynb #98136ae7
 def make_review_sheet(records:list[dict], base:list[str], tuned:list[str], n:int|None=50,
                       seed:int=42) -> tuple[pd.DataFrame, dict]:
     "A blind sheet of `n` sampled records (two answers in random order), and the key `{item: {'1': system, '2': ...}}`."
@@ -184,12 +185,14 @@ def read_review_key(path) -> dict:
         raise EvalError(f"{path}: not a review key (it maps each item to the systems in slots 1 and 2)")
     return k
 
+# %% ../../nbs/05d_evaluate_review.ipynb #ed97bcaa
 def read_verdicts(sheet) -> list:
     "The verdicts of a filled blind sheet (CSV) or a Label Studio export (JSON); a damaged file is one line."
     sheet = Path(sheet)
     with _as_eval_error():
         return studio_verdicts(sheet, BLIND_FORM) if sheet.suffix.lower() == ".json" else sheet_verdicts(sheet, BLIND_FORM)
 
+# %% ../../nbs/05d_evaluate_review.ipynb #77e6e4b6
 def import_review(sheet,  # a filled review_sheet.csv, or a Label Studio JSON export
                   key=None,  # the review_key.json (None: beside the sheet)
                   out=None,  # where review.json goes (None: beside the key)

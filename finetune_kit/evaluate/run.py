@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 from ..config import RunConfig, load_config
 from ..runs import create_run
+from ..threads import use_threads
 from ..files import KitError, atomic_folder, md_table, one_line, read_jsonl, write_jsonl
 from ..tracking import import_mlflow, wandb_run_args
 from ..tasks import get_task
@@ -389,6 +390,7 @@ def evaluate(cfg:RunConfig,
              progress:bool=True) -> EvalResult:
     "Generate on `cfg.eval.eval_split`, score base (and tuned, and a baseline), compare, and write the eval folder."
     if (model is None) != (tokenizer is None): raise EvalError("pass both model and tokenizer, or neither")
+    threads = use_threads(cfg.model.threads, cfg.model.omp_wait_policy)  # warns when the cores are shared
     run_dir = Path(cfg.runs_dir)/cfg.run_id if cfg.run_id else None
     data = data or cfg.data.data_dir or run_dir
     if data is None: raise EvalError("no data to evaluate: pass a prepared data folder (or set data_dir)")
@@ -422,7 +424,7 @@ def evaluate(cfg:RunConfig,
                "headline": systems["base"].headline, "systems": list(systems),
                **{k: dict(s.metrics) for k, s in systems.items()},
                "intervals": cmp["intervals"], "verdict": cmp["verdict"], "warning": cmp["warning"],
-               "baselines": baselines, "cost": costs, "decode": ev.decode if labels else "generate",
+               "baselines": baselines, "cost": costs, "threads": threads, "decode": ev.decode if labels else "generate",
                "slices": cmp["slice_flag"] or None, "notes": notes + more + ([cmp["warning"]] if cmp["warning"] else []),
                "unreadable_examples": {k: _unreadable(records, outs[k], systems[k]) for k in ("base", "tuned")
                                        if outs.get(k) is not None},

@@ -38,6 +38,7 @@ def vllm_missing(installed:bool|None=None,  # vllm importable (None: look)
         cuda = torch.cuda.is_available()
     return None if cuda else "no CUDA device here (torch.cuda.is_available() is False); vLLM generates on GPUs only"
 
+# %% ../../nbs/05g_evaluate_vllm.ipynb #a804b38b
 def check_backend(backend:str, **kw) -> None:
     "An `EvalError` naming the `backend` parameter when that backend cannot run here; `kw` go to `vllm_missing`."
     if backend not in BACKENDS: raise EvalError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
@@ -53,6 +54,7 @@ class EnginePlan:
     systems: dict = field(default_factory=dict)  # system name -> LoRA adapter folder, or None (the model itself)
     max_lora_rank: int|None = None  # with an adapter: vLLM's `max_lora_rank` (None: LoRA off)
 
+# %% ../../nbs/05g_evaluate_vllm.ipynb #8f447dd6
 def vllm_plan(cfg:RunConfig,
               adapter=None,  # adapter or run folder, or a full fine-tuning checkpoint (None: base only)
              ) -> list[EnginePlan]:
@@ -77,6 +79,7 @@ class VllmRequest:
     lora: tuple|None = None  # (lora_name, lora_int_id, lora_path): `vllm.lora.request.LoRARequest`'s arguments
     score_from: int|None = None  # scoring requests: the first token whose log-probability counts
 
+# %% ../../nbs/05g_evaluate_vllm.ipynb #25dac3ba
 def _lora_specs(systems:dict) -> dict:
     "Each system with an adapter folder -> `(name, id, path)`, ids from 1 (vLLM's id 0 means no adapter)."
     return {s: (s, i, str(p)) for i, (s, p) in enumerate(((s, p) for s, p in systems.items() if p), 1)}
@@ -88,6 +91,7 @@ def generation_requests(tokenizer, records:list,
     ids, specs = prompt_ids(tokenizer, records), _lora_specs(systems)
     return [VllmRequest(s, i, x, specs.get(s)) for s in systems for i, x in enumerate(ids)]
 
+# %% ../../nbs/05g_evaluate_vllm.ipynb #0f0f7b47
 def sampling_args(max_new_tokens:int,  # the answer budget, `max_new_tokens` of the run config
                   eos_ids:list[int],  # end-of-sequence ids, `generate.greedy_config`'s
                   repetition_penalty:float|None=None,  # the model's generation config's, which `generate` applies too
@@ -105,6 +109,7 @@ def ranking_requests(tokenizer, records:list, labels:list[str], systems:dict, eo
     return [VllmRequest(s, i, p + a, specs.get(s), len(p)) for s in systems
             for i, (p, row) in enumerate(zip(ids, answers)) for a in row]
 
+# %% ../../nbs/05g_evaluate_vllm.ipynb #16fe0bcf
 def perplexity_requests(tokenizer, items:list, systems:dict) -> list[VllmRequest]:
     "Per system and item, its tokens and the first scored one (the completion after the prompt)."
     seqs, specs = scored_sequences(tokenizer, items), _lora_specs(systems)
@@ -112,6 +117,7 @@ def perplexity_requests(tokenizer, items:list, systems:dict) -> list[VllmRequest
 
 SCORING_ARGS = dict(temperature=0.0, max_tokens=1, prompt_logprobs=1)  # `vllm.SamplingParams` keywords
 
+# %% ../../nbs/05g_evaluate_vllm.ipynb #4c422a3b
 def summed_logprob(prompt_logprobs:list,  # vLLM's: per position a {token id: Logprob} dict (None at position 0)
                    r:VllmRequest) -> tuple[float, int]:
     "The summed log-probability of `r`'s tokens from `r.score_from` on, and how many tokens that is."

@@ -15,7 +15,7 @@ from .process import error_line, gpu_ids, kill_tree, trial_main, worker_env
 
 # %% auto #0
 __all__ = ['CAL_STEPS', 'CAL_RECORDS', 'TuneError', 'parse_budget', 'minutes', 'run_trial_job', 'measure', 'calibrate',
-           'trial_seconds', 'judging_seconds', 'refuse_short_budget', 'Planner']
+           'trial_seconds', 'judging_seconds', 'refuse_short_budget', 'neighbours', 'Planner']
 
 # %% ../../nbs/06g_sweeps_budget.ipynb #3577dd1d
 class TuneError(SweepError):
@@ -37,6 +37,7 @@ def parse_budget(budget) -> float:
     if s <= 0: raise TuneError(f"budget '{budget}': must be more than zero")
     return s
 
+# %% ../../nbs/06g_sweeps_budget.ipynb #8f58556d
 def minutes(s:float) -> str:
     "Seconds as a reader says them: `45 s`, `4.2 min`, `1 h 05 min`."
     if s < 90: return f"{s:.0f} s"
@@ -95,6 +96,7 @@ def measure(run_dir,  # a finished calibration run folder
     out["fixed_s"] = round(max(wall - s["train_seconds"] - ev, 0.0), 2)
     return out
 
+# %% ../../nbs/06g_sweeps_budget.ipynb #a0d3f50a
 def calibrate(notebook,  # the trial workbook
               params:dict,  # the first trial's flat parameters
               run_dir,  # the calibration's run folder (replaced)
@@ -129,6 +131,7 @@ def trial_seconds(cal:dict,  # from `measure`
     if score_steps: ev += math.ceil(steps / score_steps) * min(cfg.eval.score_samples, n["validation"]) * cal["tuned_ms"] / 1000
     return cal["fixed_s"] + train + ev
 
+# %% ../../nbs/06g_sweeps_budget.ipynb #4f1114a6
 def judging_seconds(cal:dict, cfg:RunConfig) -> float:
     "The winner's one evaluation on the test split, estimated: loading the model, base and tuned answers, baselines."
     n = min(cal["records"]["test"], cfg.eval.max_eval_samples or cal["records"]["test"])
@@ -153,12 +156,28 @@ def refuse_short_budget(budget:str,  # the budget as given
 # %% ../../nbs/06g_sweeps_budget.ipynb #dc9894e3
 def _key(p:dict) -> str: return json.dumps(p, sort_keys=True, default=str)
 
+def neighbours(point:dict,  # a point of `space`
+               space:dict,  # parameter -> its values, the parameters in the order to move them
+              ) -> list[dict]:
+    "The points one step from `point`: each parameter in turn moved to the next value up, then down (a word, such as a method's name: to each other value)."
+    out = []
+    for k, vals in space.items():
+        vals = list(vals)
+        if point.get(k) not in vals: continue
+        i = vals.index(point[k])
+        ordered = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
+        steps = [j for j in (i + 1, i - 1) if 0 <= j < len(vals)] if ordered else [j for j in range(len(vals)) if j != i]
+        out += [{**point, k: vals[j]} for j in steps]
+    return out
+
+# %% ../../nbs/06g_sweeps_budget.ipynb #fd4c84ae
 class Planner:
-    "The runner's `should_start`: queue the next untried point whose estimate fits before `stop_at`, or say why none does."
+    "The runner's `should_start`: queue the next untried point (the best trial's neighbours first, then the order) whose estimate fits before `stop_at`, or say why none does."
     def __init__(self, order:list[dict],  # every point of the search space, in the order to try them
                  seconds:Callable,  # point -> its estimated trial seconds
-                 stop_at:float):  # the search's end (`time.time()`)
-        self.order, self.seconds, self.stop_at, self._est = order, seconds, stop_at, {}
+                 stop_at:float,  # the search's end (`time.time()`)
+                 space:dict|None=None):  # the search space: given, the best complete trial's `neighbours` go first
+        self.order, self.seconds, self.stop_at, self.space, self._est = order, seconds, stop_at, space, {}
 
     def estimate(self, p:dict) -> float:
         "`seconds(p)`, computed once per point."
@@ -185,6 +204,11 @@ class Planner:
         claimed = {_key(t.params) for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED,
                    TrialState.RUNNING) or (t.state == TrialState.FAIL and "outcome" in t.user_attrs)}
         todo = [p for p in self.order if _key(p) not in claimed]
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        if self.space is not None and done:  # around the best complete trial first (ties: the earliest)
+            best = (max if study.direction.name == "MAXIMIZE" else min)(done, key=lambda t: t.value)
+            near = [p for p in neighbours(best.params, self.space) if _key(p) not in claimed]
+            todo = near + [p for p in todo if p not in near]
         if not todo: return "every point of the search space has a trial"
         for p in todo:
             if self.estimate(p) * f <= left:

@@ -118,6 +118,7 @@ def held_out_overlap(winner_dir:Path, table, search:Path) -> int:
     for rid in table["run_id"].dropna(): seen |= keys(search/"trials"/rid, "validation")
     return len(test & seen)
 
+# %% ../../nbs/06h_sweeps_frontier.ipynb #01b788c4
 def search_cost(table, state:dict) -> dict:
     "What the search cost: trials run, complete, pruned, stopped at the budget's end, failed; minutes of each part."
     s, stopped = table["state"], table["state"].eq("pruned") & table["stopped"].notna()
@@ -133,6 +134,7 @@ def ci_text(d:dict) -> str:
     if d.get("value") is None: return "none"
     return f"{d['value']:.3f}" + (f" [{d['low']:.3f}, {d['high']:.3f}]" if _num(d.get("low")) is not None else "")
 
+# %% ../../nbs/06h_sweeps_frontier.ipynb #b28def34
 def tune_report(state:dict,  # the tune's state (`tune.json`): calibration, plan, choice, test, cost, budget
                 table, space:dict, metric:str,
                 chosen,  # the chosen trial's row
@@ -152,7 +154,7 @@ def tune_report(state:dict,  # the tune's state (`tune.json`): calibration, plan
          f"search; {overlap} of them sat in a trial's validation split.", "",
          f"**Search**: {plan['points']} points over {', '.join(f'`{k}`' for k in space)}; each trial judged on the "
          f"validation split (`{metric}`) and scored on {plan['score_samples']} validation records every "
-         f"{plan['score_steps']} steps for Hyperband; budget {state['budget']}.", "",
+         f"{plan['score_steps']} steps for successive halving among trials of the same length; budget {state['budget']}.", "",
          f"**Rule** (fixed before the search): the cheapest complete trial (fewest training tokens, then seconds) "
          f"within {state['epsilon']:g} of the best validation {h}.", "",
          f"**Chosen**: trial {ch['trial']} (" + ", ".join(f"{k}={chosen[k]}" for k in space) + ")"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json, os, shutil, signal, sys, time
 from pathlib import Path
 from ..jobs import run_job
+from ..threads import choose_threads, thread_env
 from .spec import SweepError
 
 # %% auto #0
@@ -46,14 +47,14 @@ def worker_env(slot:int,  # the worker: 0 .. parallel-1
                gpus:list[str],  # the visible GPUs
                gpus_per_trial:int=1,  # GPUs each trial takes
               ) -> dict:
-    "Environment for worker `slot`: its own GPUs (`gpus_per_trial` of them), or its share of the CPU threads."
+    "Environment for worker `slot`: its own GPUs (`gpus_per_trial` of them), or its share of the CPU threads (`threads.choose_threads`)."
     if gpus:
         groups = gpu_groups(gpus, gpus_per_trial)
         return {"CUDA_VISIBLE_DEVICES": ",".join(groups[slot % len(groups)])}
-    env = {"TOKENIZERS_PARALLELISM": "false"}
-    if "OMP_NUM_THREADS" not in os.environ:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(parallel, 1)))
-    return env
+    total, why = choose_threads()  # OMP_NUM_THREADS if set, else the usable cores
+    n, parallel = max(1, total // max(parallel, 1)), max(parallel, 1)
+    return {"TOKENIZERS_PARALLELISM": "false"} | thread_env(n, why=why if parallel == 1 else
+                                                            f"{why}: {total} shared by {parallel} trials")
 
 # %% ../../nbs/06f_sweeps_process.ipynb #d68def77
 def die_with_parent(parent:int):
@@ -65,6 +66,7 @@ def die_with_parent(parent:int):
         except (OSError, AttributeError): pass
     if os.getppid() != parent: os._exit(1)
 
+# %% ../../nbs/06f_sweeps_process.ipynb #17f06a21
 def trial_main(notebook:str, params:dict, log:str, env:dict, parent:int):
     "A trial process: run the notebook job with `params`, logging to `log`; exit status 0 on success."
     os.setsid()
@@ -103,6 +105,7 @@ def kill_tree(pid:int|None, proc=None):
         try: q.kill()
         except psutil.Error: pass
 
+# %% ../../nbs/06f_sweeps_process.ipynb #2a52e0b1
 def process_alive(pid, started) -> bool:
     "Whether process `pid`, started at `started` (seconds since the epoch), still runs."
     import psutil
@@ -118,6 +121,7 @@ def error_line(log:Path) -> str:
     if errs: return errs[-1][len("error:"):].strip()[:300]
     return (lines[-1] if lines else "the trial process ended without output")[:300]
 
+# %% ../../nbs/06f_sweeps_process.ipynb #3b3089cb
 def failed_cell(notebook) -> str|None:
     "The source of the cell whose output is an error in an executed notebook, or None."
     try: nb = json.loads(Path(notebook).read_text())

@@ -66,6 +66,7 @@ def logged_metric_names() -> list[str]:
             + [f"eval_{k}" for k in EVAL_ROW_KEYS] + list(TRAIN_ROW_KEYS) + list(SUMMARY_KEYS)
             + [f"eval/{s}/{m}" for s in ("tuned", "base", "baseline") for m in EVAL_METRICS])
 
+# %% ../../nbs/06c_sweeps_results.ipynb #828cccad
 def check_metric_name(metric:str) -> str:
     "`metric` when a trial logs it; else a `SweepError` naming the closest names."
     import difflib, re
@@ -270,6 +271,7 @@ class SweepResult:
         p = self.sweep_dir/"trials.md"
         return p.read_text() if p.exists() else ""
 
+# %% ../../nbs/06c_sweeps_results.ipynb #a5144162
 def trials_markdown(table) -> str:
     "A trials table as a markdown table: floats to four significant digits, missing values blank."
     import pandas as pd
@@ -278,6 +280,7 @@ def trials_markdown(table) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
     return md_table(table.astype(object).map(show))
 
+# %% ../../nbs/06c_sweeps_results.ipynb #bafe4bc5
 def _summary_line(label, row, spec, fname, has_cfg) -> str:
     params = ", ".join(f"{p}={row[p]}" for p in spec.searched)
     return (f"**{label}**: trial {row.name}, {spec.metric} = {row[spec.metric]:.4g}, "

@@ -96,6 +96,7 @@ def failed_trials(study) -> list:
     return [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("outcome") == "failed"
             and t.number not in again]
 
+# %% ../../nbs/06b_sweeps_runner.ipynb #663c9219
 def retry_failed(study, say=print) -> list[int]:
     "Queue the parameters of every failed trial again (once each); their trial numbers."
     out = [t.number for t in failed_trials(study)]
@@ -256,6 +257,7 @@ def resolve_notebook(spec:SweepSpec) -> Path:
     if s is not None and (s.parent/p).exists(): return (s.parent/p).resolve()
     raise SweepError(f"command: notebook {spec.notebook} not found (from {Path.cwd()} or the project root)")
 
+# %% ../../nbs/06b_sweeps_runner.ipynb #a065b0f0
 def default_sweep_dir(spec:SweepSpec) -> Path:
     "`<runs_dir>/sweeps/<name>`, with `runs_dir` from `settings.ini`."
     return Path(read_settings().get("runs_dir") or "runs")/"sweeps"/spec.name

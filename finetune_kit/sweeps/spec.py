@@ -44,7 +44,7 @@ _TOP = ("method", "metric", "parameters", "early_terminate", "run_cap", "command
 _TOP_UNSUPPORTED = {"metrics": "one metric per sweep: use `metric`", "scheduler": "custom schedulers are not supported",
                     "job": "W&B Launch jobs are not supported", "image_uri": "W&B Launch images are not supported"}
 _METRIC_KEYS = ("name", "goal", "target", "impute", "impute_while_running")
-_HYPERBAND_KEYS = ("type", "min_iter", "max_iter", "s", "eta", "strict")
+_HYPERBAND_KEYS = ("type", "min_iter", "max_iter", "s", "eta", "strict", "compare")  # compare: the kit's own (below)
 _RESERVED = ("run_id", "runs_dir")
 _FLAG_MACROS = ("${args}", "${args_no_hyphens}", "${args_no_boolean_flags}", "${args_no_equals}", "${args_json}",
                 "${args_append_hydra}", "${args_override_hydra}")
@@ -194,6 +194,8 @@ def _check_hyperband(e) -> dict|None:
     for k in ("s", "eta"):
         if k in e and not _num(e[k]): raise SweepError(f"early_terminate.{k}: must be a number")
     if e.get("eta", 3) <= 1: raise SweepError("early_terminate.eta: must be above 1")
+    if e.get("compare", "all") not in ("all", "same_length"):
+        raise SweepError(f"early_terminate.compare: must be all or same_length, got {e['compare']!r}")
     if "min_iter" not in e and not ("max_iter" in e and "s" in e):
         raise SweepError("early_terminate: needs min_iter, or max_iter and s")
     return {"type": "hyperband", "eta": 3, **e}

@@ -11,8 +11,8 @@ from pathlib import Path
 from .spec import SweepError, SweepSpec
 
 # %% auto #0
-__all__ = ['HEARTBEAT_S', 'GRACE_S', 'quiet_optuna', 'shown_url', 'storage_url', 'retry_trial', 'open_study', 'heartbeat',
-           'fail_trial']
+__all__ = ['HEARTBEAT_S', 'GRACE_S', 'LENGTH_PARAMS', 'quiet_optuna', 'shown_url', 'storage_url', 'retry_trial',
+           'SameLengthPruner', 'open_study', 'heartbeat', 'fail_trial']
 
 # %% ../../nbs/06e_sweeps_study.ipynb #191e4461
 HEARTBEAT_S, GRACE_S = 30, 180  # a running trial's heartbeat interval; silence after which another runner fails it
@@ -44,6 +44,7 @@ def shown_url(url:str) -> str:
     try: return make_url(url).render_as_string(hide_password=True)
     except Exception: return url.split("://", 1)[0] + "://..."
 
+# %% ../../nbs/06e_sweeps_study.ipynb #8431c1a2
 def storage_url(storage:str|None, sweep_dir=None) -> str:
     "The study's storage: `storage` (a bare `postgresql://` gets the installed driver), else SQLite in `sweep_dir`."
     if not storage: return f"sqlite:///{(Path(sweep_dir)/'study.db').resolve()}"
@@ -95,12 +96,30 @@ def _sampler(spec:SweepSpec):
 
 # %% ../../nbs/06e_sweeps_study.ipynb #62497f52
 def _pruner(et:dict|None):
-    "Optuna's Hyperband pruner for W&B's `early_terminate` settings (none: no pruning)."
+    "Optuna's Hyperband pruner for W&B's `early_terminate` settings (none: no pruning; `compare: same_length`: successive halving among trials of one length)."
     import optuna
     if not et: return optuna.pruners.NopPruner()
     eta = et.get("eta", 3)
     lo = et.get("min_iter") or max(1, int(et["max_iter"] / eta ** et["s"]))
+    if et.get("compare") == "same_length":
+        return SameLengthPruner(optuna.pruners.SuccessiveHalvingPruner(min_resource=lo, reduction_factor=eta))
     return optuna.pruners.HyperbandPruner(min_resource=lo, max_resource=et.get("max_iter", "auto"), reduction_factor=eta)
+
+LENGTH_PARAMS = ("num_train_epochs", "max_steps")  # the parameters that set how long a trial trains
+
+def _length(t) -> tuple: return tuple(t.params.get(k) for k in LENGTH_PARAMS)
+
+class _SameLength:
+    "A study seen through a filter: its trials of one length only (everything else is the study's own)."
+    def __init__(self, study, length): self._study, self._length = study, length
+    def get_trials(self, deepcopy=True, states=None):
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if _length(t) == self._length]
+    def __getattr__(self, name): return getattr(self._study, name)
+
+class SameLengthPruner:
+    "`inner` (a successive-halving pruner) deciding among the trials of the trial's own length only."
+    def __init__(self, inner): self.inner = inner
+    def prune(self, study, trial) -> bool: return self.inner.prune(_SameLength(study, _length(trial)), trial)
 
 # %% ../../nbs/06e_sweeps_study.ipynb #a5e72022
 _STORAGES = weakref.WeakKeyDictionary()  # study -> the storage object `open_study` opened for it
@@ -140,6 +159,7 @@ def heartbeat(study, number:int) -> bool:
     except NotImplementedError: return False
     return True
 
+# %% ../../nbs/06e_sweeps_study.ipynb #f41d4517
 def fail_trial(study, number:int, reason:str) -> bool:
     "Mark running trial `number` (whichever runner started it) failed, as stale for `reason`; False if it had ended."
     import optuna

@@ -47,6 +47,7 @@ def first_point(space:dict, cfg) -> dict:
     flat = flatten(cfg)
     return {k: flat[k] if flat[k] in v else v[0] for k, v in space.items()}
 
+# %% ../../nbs/06i_sweeps_tuning.ipynb #d830f4ba
 def trial_order(space:dict, first:dict, seed:int=0) -> list[dict]:
     "Every point of `space` once: `first`, then the others in a random order seeded by `seed`."
     points = [dict(zip(space, vals)) for vals in itertools.product(*space.values())]
@@ -59,10 +60,11 @@ _FORCED = {"eval_split": "validation", "review_samples": 0}  # every trial: judg
 _NOT_TRIAL = ("budget", "epsilon", "run_id", "runs_dir")  # tune's own and where its folder goes
 
 def tune_sweep(name:str, constants:dict, space:dict, metric:str, max_iter:int) -> SweepSpec:
-    "The search as a sweep: constants, the space's values, the metric to maximize, Hyperband on the checkpoints."
+    "The search as a sweep: constants, the space's values, the metric to maximize, successive halving on the checkpoints among trials of one length."
     params = {**{k: {"value": v} for k, v in constants.items()}, **{k: {"values": list(v)} for k, v in space.items()}}
     return load_sweep({"method": "random", "metric": {"name": metric, "goal": "maximize"}, "parameters": params,
-                       "early_terminate": {"type": "hyperband", "min_iter": 1, "max_iter": max(1, max_iter), "eta": 3}},
+                       "early_terminate": {"type": "hyperband", "min_iter": 1, "max_iter": max(1, max_iter), "eta": 3,
+                                           "compare": "same_length"}},
                       name=name)
 
 # %% ../../nbs/06i_sweeps_tuning.ipynb #c4201c7a
@@ -75,6 +77,7 @@ def choose_trial(table,  # a trials table (`trials_table` or `tune_table`)
     "The rule: the cheapest complete trial (`TUNE_COST`) within `epsilon` of the best validation score; None if none completed."
     return pick_cheapest(table, metric, "maximize", within=epsilon, cost=TUNE_COST)
 
+# %% ../../nbs/06i_sweeps_tuning.ipynb #6d71889e
 def furthest_trial(table):
     "With no complete trial: the pruned one that got furthest (most checkpoints, then best last score); None if none."
     p = table[(table["state"] == "pruned") & (table["checkpoints"] > 0)]
@@ -120,6 +123,7 @@ def tune_name(cfg) -> str:
     stems = [Path(re.sub(r":[0-9.]+$", "", str(s))).stem for s in source_list(cfg.data.source)]
     return f"tune-{cfg.data.task}-" + (re.sub(r"[^A-Za-z0-9._+-]+", "-", "+".join(stems)).strip("-.")[:40] or "data")
 
+# %% ../../nbs/06i_sweeps_tuning.ipynb #ac846134
 def given_params(ns:dict) -> dict:
     "The flat parameters a workbook sets in `ns` (its `globals()`): every run-config name that is not None."
     specs = param_specs()
@@ -287,7 +291,7 @@ def tune(params:dict,  # flat parameters as given: source, budget, anything fixe
             stream = TableStream(spec, search, spec.metric, say); stream(study)
             def update(study, res): stream(study, res); save()  # the minutes spent survive a killed runner
             sweep(spec, parallel=parallel, max_trials=max_trials, sweep_dir=search, within=eps, cost=TUNE_COST,
-                  stop_at=stop_at, should_start=Planner(order, est, stop_at), on_update=update, verbose=verbose)
+                  stop_at=stop_at, should_start=Planner(order, est, stop_at, space), on_update=update, verbose=verbose)
             table = tune_table(study, spec, search)
             if (row := choose_trial(table, spec.metric, eps)) is not None:
                 state["chosen"] = {"trial": int(row.name), "run_dir": str(search/"trials"/row["run_id"]), "retrained": False}
