@@ -306,38 +306,82 @@ def test_dpo_reference_is_the_model_it_started_from_without_a_second_copy(start,
 
 # --- SFT, then DPO on its mistakes, judged against where it started ----------------------------------------------
 
+# an SFT recipe on the tiny model and the classification fixture that ends with a model that answers, and errs: it
+# says `sport` to every article (a shorter or gentler run leaves its greedy answers empty, which make no pair)
+SFT = {"data_dir": str(CLS), "num_train_epochs": 6, "learning_rate": 1e-2, "per_device_train_batch_size": 4,
+       "dtype": "float32", "lora_r": 8, "logging_steps": 1, "seed": 3}
+DPO = {"task": "preference", "objective": "dpo", "max_steps": 3, "learning_rate": 5e-3, "dtype": "float32",
+       "lora_r": 8, "logging_steps": 1, "seed": 3}
+
+def _check_judged_against_start(dpo_dir, sft_dir, n:int):
+    "`evaluate run`'s record of a DPO run: base, start (the SFT adapter) and tuned on the SFT data's test split."
+    m = json.loads((Path(dpo_dir)/"eval"/"metrics.json").read_text())
+    assert m["objective"] == "dpo" and m["systems"][:3] == ["base", "start", "tuned"] and m["n"] == n
+    assert Path(m["data"]).resolve() == CLS.resolve() and m["split"] == "test"  # the SFT data's test split
+    iv = m["intervals"]["tuned - start"]
+    assert iv["low"] <= iv["value"] <= iv["high"]
+    assert {"base", "start", "tuned"} <= {k for k in m["intervals"]}
+    rows = lines(Path(dpo_dir)/"eval"/"predictions.jsonl")
+    assert len(rows) == n and all({"base_output", "start_output", "tuned_output"} <= set(r) for r in rows)
+    from finetune_kit.evaluate import mistake_pairs  # the start is the SFT run's own model: its answers on the test
+    pairs, c = mistake_pairs(sft_dir, split="test", progress=False)  # split are the start's, wrong and right alike
+    wrong = {p["meta"]["record"]: p["rejected"] for p in pairs}
+    start = {r["id"]: r["start_output"] for r in rows}
+    assert c["reconciled"] and set(wrong) & set(start)  # the start errs on some of the judged articles
+    assert all(start[i] == a for i, a in wrong.items() if i in start)
+    return m
+
 def test_sft_then_dpo_on_its_mistakes_is_judged_against_its_start(tmp_path, one_torch_thread):
-    """The tutorial's path on the tiny model: SFT, pairs from its wrong answers on the training split, the pairs
-    prepared, DPO from the SFT adapter, and `evaluate run` on the DPO run: base, start and tuned on the SFT data's
-    test split, with the paired interval of tuned - start and the verdict against the start."""
+    """The tutorial's path on the tiny model: a real SFT run, pairs from its wrong answers on the training split
+    (gold chosen, its answer rejected), the pairs prepared, DPO from the SFT adapter, and `evaluate run` on the DPO
+    run: base, start and tuned on the SFT data's test split, the paired interval of tuned - start, the verdict."""
     from typer.testing import CliRunner
     from finetune_kit.cli import app
     from finetune_kit.data import prepare_data
     from finetune_kit.evaluate import mistake_pairs, write_pairs
     from finetune_kit.train import train
-    common = {"runs_dir": str(tmp_path), "logging_steps": 1, "seed": 3, "max_eval_samples": 8, "bootstrap_samples": 50}
-    from finetune_kit.config import save_config
-    # the SFT run: its config and a random adapter (trained for a few steps the tiny model's greedy answers are empty,
-    # which make no pair; test_train covers SFT itself)
-    sft = tmp_path/"sft"; sft.mkdir()
-    save_config(tiny_config(common, data_dir=str(CLS), run_id="sft", dtype="float32", lora_r=8), sft/"config.json")
-    tiny_adapter(sft/"adapter", seed=1)
-    pairs, c = mistake_pairs(sft, split="train", max_records=16, progress=False)
-    assert c["reconciled"] and len(pairs) == c["pairs"] > 0
+    common = {"runs_dir": str(tmp_path), "max_eval_samples": 8, "bootstrap_samples": 50}
+    sft = train(tiny_config(common, SFT, run_id="sft"))
+    pairs, c = mistake_pairs(sft.run_dir, split="train", max_records=16, progress=False)
+    assert c["reconciled"] and c["records"] == 16 and c["pairs"] + c["right"] + c["empty_answer"] == 16
+    assert len(pairs) == c["pairs"] > 0
+    train_ids = {r["id"] for r in lines(CLS/"train.jsonl")}
+    assert all(p["chosen"] != p["rejected"] for p in pairs)
+    assert {p["chosen"] for p in pairs} <= {r["label"] for r in lines(CLS/"train.jsonl")}  # gold answers chosen
+    assert {p["meta"]["record"] for p in pairs} <= train_ids  # only training prompts, never the test split
     write_pairs(pairs, tmp_path/"pairs.jsonl")
     prepare_data(tiny_config(task="preference", source=str(tmp_path/"pairs.jsonl"), max_records=None, val_size=0,
                              test_size=0), tmp_path/"pairs")
-    dpo = train(tiny_config(common, task="preference", data_dir=str(tmp_path/"pairs"), objective="dpo",
-                            init_adapter=str(sft), run_id="dpo", max_steps=3, learning_rate=5e-3, dtype="float32",
-                            lora_r=8))
+    dpo = train(tiny_config(common, DPO, data_dir=str(tmp_path/"pairs"), init_adapter=str(sft.run_dir),
+                            run_id="dpo"))
+    assert json.loads((dpo.run_dir/"config.json").read_text())["train"]["init_adapter"] == str(sft.run_dir)
     r = CliRunner().invoke(app, ["evaluate", "run", str(dpo.run_dir), "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "tuned - start" in r.output and "verdict:" in r.output
-    m = json.loads((dpo.run_dir/"eval"/"metrics.json").read_text())
-    assert m["objective"] == "dpo" and m["systems"][:3] == ["base", "start", "tuned"] and m["n"] == 8
-    assert Path(m["data"]).resolve() == CLS.resolve() and m["split"] == "test"  # the SFT data's test split
-    iv = m["intervals"]["tuned - start"]
-    assert iv["low"] <= iv["value"] <= iv["high"]
-    assert {"base", "start", "tuned"} <= {k for k in m["intervals"]}
-    rows = lines(dpo.run_dir/"eval"/"predictions.jsonl")
-    assert len(rows) == 8 and all({"base_output", "start_output", "tuned_output"} <= set(r) for r in rows)
+    _check_judged_against_start(dpo.run_dir, sft.run_dir, 8)
+
+def test_sft_then_dpo_through_the_commands_a_user_types(tmp_path, run_cli):
+    """The same path as the console script's commands: `train` (SFT), `data mistakes`, `data prepare -p task
+    preference`, `train -p objective dpo -p init_adapter`, `evaluate run`; each says what it did and exits 0."""
+    runs = tmp_path/"runs"
+    ok = lambda r: r.returncode == 0 or pytest.fail(r.stdout[-2000:] + r.stderr[-3000:])
+    ok(run_cli("train", *param_args({**TINY, **SFT, "runs_dir": runs, "run_id": "sft"})))
+    r = run_cli("data", "mistakes", runs/"sft", "--out", tmp_path/"pairs.jsonl", "--max-records", 16, "--no-progress")
+    ok(r)
+    assert "records 16, pairs " in r.stdout and f"wrote {tmp_path/'pairs.jsonl'}" in r.stdout
+    n_pairs = len(lines(tmp_path/"pairs.jsonl"))
+    assert n_pairs > 0
+    r = run_cli("data", "mistakes", runs/"sft", "--out", tmp_path/"pairs.jsonl", "--no-progress")
+    assert r.returncode == 2 and len(lines(tmp_path/"pairs.jsonl")) == n_pairs  # never over a file without --force
+    r = run_cli("data", "prepare", tmp_path/"pairs.jsonl", "--out", tmp_path/"pairs", "--tokenizer", "tiny-test",
+                *param_args({"task": "preference", "val_size": 0, "test_size": 0}))
+    ok(r)
+    assert f"prepared {tmp_path/'pairs'}: {n_pairs} train" in r.stdout
+    ok(run_cli("train", *param_args({**TINY, **DPO, "runs_dir": runs, "run_id": "dpo", "data_dir": tmp_path/"pairs",
+                                     "init_adapter": runs/"sft"})))
+    assert (runs/"dpo"/"objective_curve.png").is_file()
+    r = run_cli("evaluate", "run", runs/"dpo", "--no-progress", *param_args({"max_eval_samples": 8,
+                                                                            "bootstrap_samples": 50}))
+    ok(r)
+    assert "tuned - start" in r.stdout and "verdict:" in r.stdout
+    _check_judged_against_start(runs/"dpo", runs/"sft", 8)
