@@ -12,6 +12,7 @@ from pathlib import Path
 from .files import KitError
 from .tasks import TASKS
 from .methods import METHODS
+from .objectives import OBJECTIVES, method_problem
 from .threads import WAIT_POLICIES
 
 # %% auto #0
@@ -104,7 +105,7 @@ class AdapterConfig:
 class TrainConfig:
     "How to train (names as in transformers' TrainingArguments and TRL's SFTConfig)."
     learning_rate: float|None = _f(None, "peak learning rate (None: the method's measured default, "
-                                         "e.g. 1e-3 for LoRA, 5e-5 for full)", gt=0)
+                                         "e.g. 1e-3 for LoRA, 5e-5 for full, times the objective's scale)", gt=0)
     num_train_epochs: float = _f(1.0, "epochs over the training split", gt=0)
     max_steps: int = _f(-1, "stop after this many optimizer steps (-1: use epochs)", ge=1, also=(-1,))
     per_device_train_batch_size: int = _f(8, "sequences per device per micro-batch", ge=1)
@@ -127,6 +128,21 @@ class TrainConfig:
     neftune_noise_alpha: float|None = _f(None, "NEFTune embedding noise (None: off)", gt=0)
     use_liger_kernel: bool = _f(False, "Liger's fused Triton kernels on CUDA (pip install 'finetune-kit[liger]'); "
                                        "ignored on CPU")
+    # Parameters that choose the objective (preference tuning)
+    objective: str = _f("sft", "what training minimises: sft (gold answers), dpo or orpo (preference pairs), kto "
+                               "(answers rated good or bad, or pairs), grpo (the task's score on sampled answers)",
+                        OBJECTIVES)
+    init_adapter: str|None = _f(None, "start from this tuned adapter (a run or adapter folder), e.g. the SFT run a "
+                                      "preference objective continues (None: a new adapter)")
+    beta: float|None = _f(None, "dpo, kto, grpo: how strongly the policy is held to its reference; orpo: the weight "
+                                "of the odds-ratio loss (None: the objective's default)", ge=0)
+    num_generations: int = _f(4, "grpo: answers sampled per prompt (per_device_train_batch_size x "
+                                 "gradient_accumulation_steps must divide by it)", ge=2)
+    max_completion_length: int|None = _f(None, "grpo: tokens per sampled answer (None: max_new_tokens)", ge=1)
+    temperature: float = _f(1.0, "grpo: sampling temperature", gt=0)
+    reward_funcs: str = _f("task", "grpo rewards: task (the task's scorer: exact label, entity F1, ROUGE-L, token F1) "
+                                   "and/or comma-separated module:function import paths")
+
 
 # %% ../nbs/00_config.ipynb #ab631eee
 @dataclass
@@ -307,6 +323,12 @@ def _check_together(cfg:RunConfig, source:str="parameter") -> RunConfig:
     if d.test_records is None and d.test_source is None and d.val_records is None and d.val_size + d.test_size >= 1:
         raise ConfigError(f"{source}s val_size + test_size must be below 1 (records are left to train on); "
                           f"got {d.val_size} + {d.test_size}")
+    t = cfg.train
+    if (why := method_problem(t.objective, cfg.peft.peft_method)): raise ConfigError(why)
+    if t.objective == "grpo" and (t.per_device_train_batch_size * t.gradient_accumulation_steps) % t.num_generations:
+        raise ConfigError(f"{source}s per_device_train_batch_size x gradient_accumulation_steps "
+                          f"({t.per_device_train_batch_size} x {t.gradient_accumulation_steps}) must divide by "
+                          f"num_generations ({t.num_generations}): grpo samples that many answers per prompt")
     return cfg
 
 # %% ../nbs/00_config.ipynb #c241bfa2

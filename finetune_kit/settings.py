@@ -92,7 +92,9 @@ def make_config(params:dict|None=None,  # flat parameters
         base = update_config(base, read_settings(None if settings is True else settings), source="setting")
     cfg = update_config(base, params, coerce=coerce)  # checks the parameters, and says which task and recipe
     if not settings and "recipe" not in params: return _own_test_set(dataclasses.replace(cfg, recipe="none"), params)
-    recipe = find_recipe(cfg.recipe, cfg.data.task)
+    # a task's own recipe is an SFT recipe: a preference objective takes `auto` as none (its own defaults)
+    auto_off = cfg.recipe == "auto" and cfg.train.objective != "sft"
+    recipe = None if auto_off else find_recipe(cfg.recipe, cfg.data.task)
     if recipe is None: return _own_test_set(dataclasses.replace(cfg, recipe="none"), params)
     cfg = update_config(update_config(base, recipe.params, source=f"recipe {recipe.name} parameter"), params, coerce=coerce)
     name = recipe.name if recipe.path.parent.name == "recipe_files" else str(recipe.path)

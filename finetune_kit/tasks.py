@@ -13,7 +13,7 @@ from .files import KitError
 
 # %% auto #0
 __all__ = ['REJECT_REASONS', 'TASKS', 'Rejected', 'text_of', 'messages_of', 'tokens_of', 'format_entities', 'parse_entities',
-           'TaskSpec', 'register_task', 'get_task', 'flat_texts', 'search_values']
+           'TaskSpec', 'register_task', 'get_task', 'flat_texts', 'search_values', 'rating_of']
 
 # %% ../nbs/01_tasks.ipynb #de08c45c
 REJECT_REASONS = {
@@ -30,6 +30,8 @@ REJECT_REASONS = {
     "label_not_in_set": "a label outside the declared label set",
     "contaminated": "an exact or near copy of a record of the evaluation set",
     "in_test_set": "an exact or near copy of a test record (test_source, or the test_records held out): removed from training",
+    "same_answers": "a preference pair whose chosen and rejected answers are the same text",
+    "bad_rating": "a rating that is not a boolean or a number from -1 to 1 (0 is neutral: neither good nor bad)",
     "over_token_budget": "the prompt alone fills the token budget, so the answer would be cut away",
     "too_large": ("a field over 131,072 characters (CSV's field limit) or nesting deeper than 100 levels: far past any "
                   "token budget"),
@@ -168,6 +170,7 @@ class TaskSpec:
     plot_metrics: tuple = ()  # metrics on the comparison plot (headline first)
     recipe: str|None = None  # the recipe a run of this task takes by default (`recipes`; None: none)
     tune_space: tuple = ()  # what `tune` searches: (flat parameter, values) pairs (`search_values`)
+    preference: str|None = None  # "pairs" or "ratings": preference data, trained by a preference objective, not SFT
 
     def get(self, name:str) -> Callable|None:
         "The callable behind attribute `name`, importing a `'module:function'` name."
@@ -339,23 +342,69 @@ register_task(TaskSpec(
     **_FREE_FORM))
 
 # %% ../nbs/01_tasks.ipynb #8542ff44
-def _validate_prompt_completion(d):
+def _prompt_of(d:dict):
+    "The record's prompt: a string, or messages ending with a user turn."
     p = _get(d, "prompt")
-    p = messages_of(p, "prompt", last="user") if isinstance(p, list) else text_of(d, "prompt")
-    c = _get(d, "completion")
-    if isinstance(c, list):
-        role = c[0].get("role", c[0].get("from")) if len(c) == 1 and isinstance(c[0], dict) else None
-        if role not in ("assistant", "gpt", "bot", "model"):
-            raise Rejected("bad_role_order", "completion", "expected one assistant message")
-        c = _get(c[0], "content") if "content" in c[0] else _get(c[0], "value")
-        if not isinstance(c, str): raise Rejected("wrong_type", "completion", f"expected text, got {type(c).__name__}")
-        if not c.strip(): raise Rejected("empty_field", "completion")
-    else: c = text_of(d, "completion")
-    return {"prompt": p, "completion": c}
+    return messages_of(p, "prompt", last="user") if isinstance(p, list) else text_of(d, "prompt")
+
+def _answer_of(d:dict, key:str) -> str:
+    "An answer field: a string, or a list holding one assistant message."
+    c = _get(d, key)
+    if not isinstance(c, list): return text_of(d, key)
+    role = c[0].get("role", c[0].get("from")) if len(c) == 1 and isinstance(c[0], dict) else None
+    if role not in ("assistant", "gpt", "bot", "model"):
+        raise Rejected("bad_role_order", key, "expected one assistant message")
+    c = _get(c[0], "content") if "content" in c[0] else _get(c[0], "value")
+    if not isinstance(c, str): raise Rejected("wrong_type", key, f"expected text, got {type(c).__name__}")
+    if not c.strip(): raise Rejected("empty_field", key)
+    return c
+
+def _validate_prompt_completion(d): return {"prompt": _prompt_of(d), "completion": _answer_of(d, "completion")}
+
+def _prompt_text(r) -> str:
+    return r["prompt"] if isinstance(r["prompt"], str) else _conversation_text(r["prompt"], len(r["prompt"]))
 
 register_task(TaskSpec(
     "prompt_completion", ("prompt", "completion"), validate=_validate_prompt_completion,
     texts=_message_texts("prompt", "completion"),
-    input_text=lambda r: (r["prompt"] if isinstance(r["prompt"], str)
-                          else _conversation_text(r["prompt"], len(r["prompt"]))),
-    answer=lambda r: r["completion"], user_text=lambda r, t: r["prompt"], **_FREE_FORM))
+    input_text=_prompt_text, answer=lambda r: r["completion"], user_text=lambda r, t: r["prompt"], **_FREE_FORM))
+
+# %% ../nbs/01_tasks.ipynb #58d5ae71
+_YES, _NO = ("true", "yes", "good", "up", "desirable"), ("false", "no", "bad", "down", "undesirable")
+
+def rating_of(d:dict, key:str="label") -> bool:
+    "Whether a rating says good: a boolean, a number from -1 to 1 by its sign, or a word (`true`, `bad`, ...)."
+    v = _get(d, key)
+    if isinstance(v, str):
+        s = v.strip().lower()
+        if s in _YES or s in _NO: return s in _YES
+        try: v = float(s)
+        except ValueError: raise Rejected("bad_rating", key, f"{v!r} is not a boolean or a number") from None
+    if isinstance(v, bool): return v
+    if not isinstance(v, (int, float)) or v != v: raise Rejected("bad_rating", key, f"{type(v).__name__} {v!r}")
+    if not -1 <= v <= 1: raise Rejected("bad_rating", key, f"{v} is outside -1..1")
+    if v == 0: raise Rejected("bad_rating", key, "0 is neutral: neither good nor bad")
+    return v > 0
+
+# %% ../nbs/01_tasks.ipynb #d8f1b0a7
+def _validate_pair(d):
+    rec = {"prompt": _prompt_of(d), "chosen": _answer_of(d, "chosen"), "rejected": _answer_of(d, "rejected")}
+    if rec["chosen"].strip() == rec["rejected"].strip():
+        raise Rejected("same_answers", "rejected", "chosen and rejected are the same answer")
+    return rec
+
+register_task(TaskSpec(
+    "preference", ("prompt", "chosen"), validate=_validate_pair, preference="pairs",
+    texts=_message_texts("prompt", "chosen", "rejected"), input_text=_prompt_text, answer=lambda r: r["chosen"],
+    user_text=lambda r, t: r["prompt"], row_fields=("chosen", "rejected"), extra_inputs=("rejected",)))
+
+# %% ../nbs/01_tasks.ipynb #925f5fd4
+def _validate_rating(d):
+    key = "rating" if "label" not in d and "rating" in d else "label"  # the server's feedback file says `rating`
+    return {"prompt": _prompt_of(d), "completion": _answer_of(d, "completion"), "label": rating_of(d, key)}
+
+register_task(TaskSpec(
+    "unpaired_preference", ("prompt", "label"), validate=_validate_rating, preference="ratings",
+    texts=_message_texts("prompt", "completion"), input_text=_prompt_text, answer=lambda r: r["completion"],
+    user_text=lambda r, t: r["prompt"], label=lambda r: "desirable" if r["label"] else "undesirable",
+    row_fields=("label",), extra_inputs=("completion",)))

@@ -21,9 +21,10 @@ from .runs import capture_env, create_run
 from .methods import get_method
 from .models import (detect_bf16, device_settings, end_of_turn_id, load_model, model_report, set_stop_tokens,
                                  sharding, tokenizer_hashes)
-from .adapters import apply_peft, save_adapter
+from .adapters import save_adapter
 from .data import empty_train_reason, load_splits, parse_ratios, prepare_data, source_list
 from .tracking import RunRecorder, end_tracking, plot_training, start_tracking, wandb_logged_in
+from .trainers import check_objective, objective_trainer, plot_objective, start_model
 from .checkpoints import (CHECKSUMS, RunTotals, TrainingError, TrainingInterrupted, TrainResult,
                                       checkpoint_folders, finished_run, resume_point, write_checksums)
 
@@ -266,8 +267,8 @@ def total_steps(n_train:int, cfg:RunConfig, world_size:int=1) -> int:
     return math.ceil(t.num_train_epochs * max(batches // t.gradient_accumulation_steps, 1))
 
 # %% ../nbs/04_train.ipynb #aaf7109d
-def _make_trainer(cfg:RunConfig, model, tok, splits, run_dir:Path, backend:str, callbacks) -> FinetuneTrainer:
-    "The `FinetuneTrainer` for a run: its arguments, datasets and callbacks."
+def _make_trainer(cfg:RunConfig, model, tok, splits, run_dir:Path, backend:str, callbacks, data_info:dict|None=None):
+    "The run's trainer (`FinetuneTrainer`, or the objective's TRL trainer): its arguments, datasets and callbacks."
     args = training_args(cfg, run_dir/"checkpoints")
     train_ds, eval_ds = splits["train"], splits.get("validation")
     if args.eval_strategy == "no" or eval_ds is None or not len(eval_ds): eval_ds = None
@@ -277,6 +278,7 @@ def _make_trainer(cfg:RunConfig, model, tok, splits, run_dir:Path, backend:str, 
     if (cb := get_method(cfg.peft.peft_method).callback) is not None: cbs.append(cb())
     if cfg.train.early_stopping_patience is not None and eval_ds is not None:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    if cfg.train.objective != "sft": return objective_trainer(cfg, model, tok, splits, args, cbs, data_info or {})
     cols = lambda d: [c for c in d.column_names if c not in ("prompt", "completion")]
     trainer = FinetuneTrainer(model=model, args=args, processing_class=tok, callbacks=cbs,
                               train_dataset=train_ds.remove_columns(cols(train_ds)),
@@ -348,6 +350,7 @@ def train(cfg:RunConfig,  # the run's config
           callbacks=()  # more `TrainerCallback`s
          ) -> TrainResult:
     "Fine-tune per `cfg` into a run folder (new, given, or resumed from its newest checkpoint)."
+    if not resume: check_objective(cfg)  # objective, data, method, start adapter, rewards: one line before any work
     if not (resume or cfg.data.data_dir): parse_ratios(source_list(cfg.data.source))  # a bad ratio: before any folder or model
     asked = (cfg.model.threads, cfg.model.omp_wait_policy) if cfg is not None else None  # None: resume, the run's own
     threads = use_threads(*asked) if asked else None  # before torch's threads are recorded in env.json; warns when shared
@@ -364,13 +367,16 @@ def train(cfg:RunConfig,  # the run's config
         n = len(splits["train"])
         if n == 0: raise TrainingError(f"{cfg.data.data_dir or run_dir/'data'}: the training split is empty: "
                                        f"{empty_train_reason(data_info)}")
-        model = apply_peft(model, cfg, total_steps=total_steps(n, cfg, state.num_processes))
+        model = start_model(model, cfg, total_steps=total_steps(n, cfg, state.num_processes))
         extra = {"data_fingerprint": data_info.get("fingerprint")}
         backend = start_tracking(cfg, run_dir, extra) if state.is_main_process else "none"
-        trainer = _make_trainer(cfg, model, tok, splits, run_dir, backend, callbacks)
+        trainer = _make_trainer(cfg, model, tok, splits, run_dir, backend, callbacks, data_info)
         totals = RunTotals.attach(trainer)
-        checks = check_trainable(trainer.train_dataset, end_of_turn_id(tok), cfg.train.completion_only_loss)
-        if state.is_main_process:
+        sft = cfg.train.objective == "sft"
+        checks = check_trainable(trainer.train_dataset, end_of_turn_id(tok), cfg.train.completion_only_loss) if sft \
+            else {"records": len(trainer.train_dataset)}
+        if state.is_main_process and not sft: print(f"{checks['records']} training records for {cfg.train.objective}")
+        elif state.is_main_process:
             cut = checks["records_without_end_of_turn"]
             print(f"{checks['records']} training records, {checks['loss_token_share']:.1%} of tokens carry loss"
                   + (f", {cut} cut before their end of turn" if cut else ""))
@@ -388,6 +394,7 @@ def train(cfg:RunConfig,  # the run's config
         if state.is_main_process:
             whole = totals.final or totals.whole(out.training_loss, seconds)  # the closing log row's figures
             summary = _save_results(trainer, tok, cfg, run_dir, *whole, data_info, checks, state.num_processes, threads)
+            if not sft: plot_objective(run_dir, cfg.train.objective)
             if backend != "none": end_tracking(backend)
             _print_summary(run_dir, summary)
     return TrainResult(run_dir, run_dir/"adapter", summary)

@@ -11,7 +11,7 @@ from finetune_kit.config import param_specs
 runner = CliRunner()
 
 @pytest.mark.parametrize("cmd,present,absent", [
-    (["data", "prepare"], ["task [classification|ner|summarization|instruction|chat|prompt_completion]",
+    (["data", "prepare"], ["task [classification|ner|summarization|instruction|chat|prompt_completion|preference|unpaired_preference]",
                            "label_prompt [list|omit|describe]", "max_length INTEGER", "seed INTEGER", "pii_scrub BOOLEAN"],
      ["lora_r", "learning_rate", "report_to", "data_dir"]),
     (["evaluate", "run"], ["eval_split [test|validation|train]", "report_to [wandb|mlflow|none]", "base_model TEXT",
@@ -50,6 +50,7 @@ READS = {
     "models info": {"trust_remote_code"},
     "tune": set(SPECS) - {"source", "eval_split"},  # every trial's parameters; the source is an argument, eval_split refused
     "synth generate": section("model") | {"seed", "task", "label_set", "near_dup_threshold", "text_field", "label_field"},
+    "data mistakes": {"eval_batch_size", "max_new_tokens", "seed"},  # the SFT model answers its training prompts
 }
 
 def help_params(cmd:str) -> set[str]:

@@ -134,6 +134,8 @@ REASON_CASES = {  # reason: (fixture or builder, task, params, line, field)
     "in_test_set": (None, "classification", {}, 1, "text"),
     "too_large": (None, "classification", {}, 2, None),
     "unreadable_record": (None, "classification", {}, 2, None),
+    "same_answers": ("same_answers.jsonl", "preference", {}, 2, "rejected"),
+    "bad_rating": ("bad_rating.jsonl", "unpaired_preference", {}, 2, "label"),
 }
 
 def test_every_reason_has_a_case(): assert set(REASON_CASES) == set(REJECT_REASONS)

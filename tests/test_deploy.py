@@ -183,10 +183,13 @@ def test_a_feedback_record_round_trips_into_data_prepare(server, tmp_path, run_c
               c.post("/v1/feedback", json={"request_id": r3["id"], "rating": -1})]  # nothing to learn: no record
         missing = c.post("/v1/feedback", json={"request_id": "chatcmpl-nope", "rating": 1})
         bad = c.post("/v1/feedback", json={"request_id": r1["id"], "rating": 5})
-    assert [f.json()["training_record"] for f in fb] == [True, True, False]
+    assert [f.json()["training_record"] for f in fb] == [True, True, False]  # an SFT record: an answer to learn
+    assert all(f.json()["kept"] for f in fb)  # every rating is kept whole (KTO, DPO pairs)
     assert (missing.status_code, bad.status_code) == (404, 400) and "from -1" in bad.json()["error"]["message"]
     recs = read_jsonl(tmp_path/"feedback.jsonl")
-    assert len(recs) == 2
+    assert [(r["request_id"], r["rating"], r["correction"]) for r in recs] == [(r1["id"], -1, "business"),
+                                                                             (r2["id"], 1, None), (r3["id"], -1, None)]
+    assert [r["completion"] for r in recs] == [r["choices"][0]["message"]["content"] for r in (r1, r2, r3)]
     p = run_cli("data", "prepare", tmp_path/"feedback.jsonl", "--out", tmp_path/"data", "-p", "task", "chat",
                 "-p", "val_size", "0", "-p", "test_size", "0", "-p", "pii_scrub", "no")
     assert p.returncode == 0, p.stderr
@@ -196,8 +199,22 @@ def test_a_feedback_record_round_trips_into_data_prepare(server, tmp_path, run_c
     served = clean_text(r2["choices"][0]["message"]["content"])[0]  # the tiny random model's answer, as cleaned
     assert got == {r1["id"]: (PROMPTS[0], "business"), r2["id"]: (PROMPTS[1], served)}
     assert {r["meta"]["request_id"]: r["meta"]["rating"] for r in train} == {r1["id"]: -1, r2["id"]: 1}
+    assert json.loads((tmp_path/"data"/"data.json").read_text())["counts"]["rejected_by_reason"] == {"missing_field": 1}
     log = read_jsonl(tmp_path/"requests.jsonl")
     assert sum(r.get("event") == "feedback" for r in log) == 3  # every rating is logged, records or not
+    # the same file is KTO's data as it is: every served answer with its rating
+    p = run_cli("data", "prepare", tmp_path/"feedback.jsonl", "--out", tmp_path/"ratings", "-p", "task",
+                "unpaired_preference", "-p", "val_size", "0", "-p", "test_size", "0", "-p", "pii_scrub", "no")
+    assert p.returncode == 0, p.stderr
+    rated = {r["meta"]["request_id"]: r["label"] for r in read_jsonl(tmp_path/"ratings"/"train.jsonl")}
+    assert rated == {r1["id"]: False, r2["id"]: True, r3["id"]: False}
+    # ... and KTO trains on it: serve -> /v1/feedback -> data prepare -> train -p objective kto
+    p = run_cli("train", "-p", "objective", "kto", "-p", "task", "unpaired_preference", "-p", "data_dir",
+                tmp_path/"ratings", "-p", "base_model", "tiny-test", "-p", "max_steps", "2", "-p", "runs_dir",
+                tmp_path/"runs", "-p", "run_id", "kto", "-p", "report_to", "none", "-p", "logging_steps", "1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    logged = [json.loads(l) for l in (tmp_path/"runs"/"kto"/"metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "loss" in r] == [1, 2] and any("rewards/chosen" in r for r in logged)
 
 def test_a_corrupted_merge_fails_export_and_leaves_nothing_written(adapters, tmp_path, monkeypatch):
     import finetune_kit.adapters as M

@@ -9,7 +9,7 @@ from helpers import BIN, CLS, ROOT, tiny_config
 from finetune_kit.settings import make_config
 from finetune_kit.cli import app
 from finetune_kit.engine import generate
-from finetune_kit.evaluate import (OUTSIDE, LABEL_STUDIO_CHOICES, EvalError, bootstrap_intervals, classification_metrics,
+from finetune_kit.evaluate import (OUTSIDE, LABEL_STUDIO_CHOICES, EvalError, win_interval, bootstrap_intervals, classification_metrics,
                                    comparison_table, evaluate, exact_match, generate_pair, import_review,
                                    json_field_metrics, label_studio_tasks, label_studio_verdicts, load_split, make_review_sheet,
                                    ner_metrics, normalize_label, perplexity, qa_metrics, review_rates, rouge_metrics,
@@ -475,7 +475,9 @@ def test_cli_run_on_a_run_folder_finds_its_data_and_adapter(tmp_path, tiny_peft)
     r = runner.invoke(app, ["review", "import", str(tmp_path/"filled.csv"), "--key", str(run_dir/"eval/review_key.json")])
     key = json.loads((run_dir/"eval/review_key.json").read_text())
     wins = sum(key[it][v] == "tuned" for it, v in zip(sheet["item"], sheet["verdict"]) if v != "tie")
-    assert r.exit_code == 0 and f"over 3 judgments: win {wins/3:.0%}  tie 33%  loss {(2-wins)/3:.0%}" in r.output, r.output
+    lo, hi = win_interval(wins, 3)  # Wilson's interval of the win rate
+    assert r.exit_code == 0 and (f"over 3 judgments: win {wins/3:.0%} [{lo:.0%}, {hi:.0%}]  tie 33%  loss {(2-wins)/3:.0%}"
+                                 in r.output), r.output
     assert json.loads((run_dir/"eval/review.json").read_text())["win"] == wins
 
 def test_cli_adapter_that_does_not_fit_is_one_line(tmp_path):

@@ -14,6 +14,7 @@ from .synth import synth_app
 from .models import models_app
 from .deploy import deploy_app
 from .tune import tune_app
+from . import pairs  # noqa: F401 (registers data feedback, data review-pairs, data mistakes)
 
 # %% auto #0
 __all__ = ['app', 'version', 'main']

@@ -107,7 +107,7 @@ def serve_cmd(ctx:typer.Context,
               max_tokens:int = typer.Option(512, "--max-tokens", help="most new tokens a request may ask for"),
               max_body_kb:int = typer.Option(1000, "--max-body-kb", help="larger request bodies get 413"),
               log:Path|None = typer.Option(None, "--log", help="request log (default: <runs_dir>/serve/requests.jsonl)"),
-              feedback:Path|None = typer.Option(None, "--feedback", help="training records from feedback "
+              feedback:Path|None = typer.Option(None, "--feedback", help="every rating with its answer and correction "
                                                 "(default: <runs_dir>/serve/feedback.jsonl)"),
               log_text:bool = typer.Option(False, "--log-text/--no-log-text", help="also log each request's last user "
                                            "message and the answer, PII-scrubbed (for drift and retraining)"),

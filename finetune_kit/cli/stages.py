@@ -116,13 +116,31 @@ def evaluate_cmd(ctx:typer.Context,
                  out:Path|None = typer.Option(None, "--out", help="output folder (default: the run's eval/)"),
                  overwrite:bool = typer.Option(False, "--overwrite", help="replace the evaluation an existing --out "
                                                "folder holds (never review work or other files)"),
+                 judge_on:Path|None = typer.Option(None, "--data", help="a preference run: the prepared task data to judge "
+                                               "it on (default: the data of the run it started from)"),
                  progress:bool = typer.Option(True, "--progress/--no-progress", help="progress bars")):
     "Evaluate base (and tuned) on a prepared split: metrics, comparison, verdict, review sheet."
     if not target.exists(): fail(f"{target}: no such run folder, data folder or file")
     cfg, data, adapter, default_out = _eval_target(target, ctx.meta["params"], adapter)
     if adapter is not None and not Path(adapter).is_dir(): fail(f"{adapter}: no such adapter folder")
+    if judge_on is not None and (default_out is None or cfg.train.objective == "sft"):
+        fail("--data is for a preference run (an SFT run is judged on its own data; a data folder is the target)")
+    if judge_on is not None and not judge_on.exists(): fail(f"{judge_on}: no such data folder")
     from finetune_kit.evaluate import check_out_dir, evaluate
     if out is not None: check_out_dir(out, overwrite)  # used as named, or refused: never redirected
+    if default_out is not None and cfg.train.objective != "sft":  # a preference run: judged against its start too
+        if adapter != target/"adapter": fail(f"{target}: a {cfg.train.objective} run is judged with its own adapter "
+                                             "(drop --adapter)")
+        from finetune_kit.evaluate import evaluate_objective
+        m = evaluate_objective(target, judge_on, out_dir=out or default_out, cfg=cfg, progress=progress)
+        for n in m["notes"]: typer.echo(f"note: {n}")
+        scores = "  ".join(f"{k} {m[k][m['headline']]:.3f}" for k in ("base", "start", "tuned", "baseline") if k in m)
+        typer.echo(f"{scores}  ({m['headline']})")
+        if (d := m["intervals"].get("tuned - start")):
+            typer.echo(f"tuned - start {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] (95%, paired)")
+        typer.echo(f"verdict: {'ship' if m['verdict']['ship'] else 'do not ship'}: {m['verdict']['reason']}")
+        typer.echo(f"wrote {m['out_dir']}")
+        return
     res = evaluate(cfg, data, adapter=adapter, out_dir=out or default_out, progress=progress)
     m = res.metrics
     for n in m["notes"]: typer.echo(f"note: {n}")
@@ -160,7 +178,9 @@ def review_import_cmd(sheet:Path = typer.Argument(..., help="filled review_sheet
     if not sheet.is_file(): fail(f"{sheet}: no such file")
     from finetune_kit.evaluate import import_review
     r = import_review(sheet, key, out)
-    typer.echo(f"tuned vs base over {r['judged']} judgments: win {r['win_rate']:.0%}  tie {r['tie_rate']:.0%}  "
+    lo, hi = r["win_rate_interval"]
+    typer.echo(f"tuned over {r['judged']} judgments: win {r['win_rate']:.0%}" +
+               (f" [{lo:.0%}, {hi:.0%}]" if r["judged"] else "") + f"  tie {r['tie_rate']:.0%}  "
                f"loss {r['loss_rate']:.0%}" + (f"  ({r['blank']} left blank)" if r["blank"] else ""))
 
 # %% ../../nbs/08b_cli_stages.ipynb #3d49aba9

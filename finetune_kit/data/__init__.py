@@ -24,11 +24,12 @@ from .queue import *
 from .synth import *
 from .mixture import *
 from .testset import *
+from .feedback import *
 from .checks import *
 from . import (raw, sources, packaged, curate, templates, split, card, prepare, folder, cache, queue, synth,
-                               mixture, testset, checks)
+                               mixture, testset, checks, feedback)
 
 # `import *` from the package gives every public name of its modules, and the shared ones above
 __all__ = ["read_jsonl", "write_jsonl", "REJECT_REASONS", "Rejected", "format_entities", "parse_entities",
            *(n for m in (raw, sources, packaged, curate, templates, split, card, prepare, folder, cache, queue, synth, mixture,
-                         testset, checks) for n in m.__all__)]
+                         testset, checks, feedback) for n in m.__all__)]

@@ -146,9 +146,11 @@ def feedback_record(messages:list[dict],  # the request's conversation (without 
                     answer:str,  # what the server answered
                     rating:float,  # -1 (bad) .. 1 (good)
                     correction:str|None=None,  # the answer the user wanted
-                    **meta) -> dict|None:
-    "The training record feedback makes (a `chat` record), or None when it gives no answer to learn from."
-    target = correction if correction and correction.strip() else (answer if rating > 0 else None)
-    if target is None: return None
-    return {"messages": [*messages, {"role": "assistant", "content": target}], "rating": rating,
-            "corrected": target is correction, **meta}
+                    **meta) -> dict:
+    "Everything a rating says: prompt, served answer, rating, correction; the `chat` record where there is an answer to learn."
+    corrected = bool(correction and correction.strip())
+    target = correction if corrected else (answer if rating > 0 else None)
+    rec = {"prompt": list(messages), "completion": answer, "rating": rating,
+           "correction": correction if corrected else None, "corrected": corrected}
+    if target is not None: rec["messages"] = [*messages, {"role": "assistant", "content": target}]
+    return rec | meta

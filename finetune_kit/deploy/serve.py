@@ -28,7 +28,7 @@ class ServeSettings:
     max_tokens: int = 512  # most new tokens a request may ask for (more: 400)
     default_max_tokens: int = 256  # when a request does not say
     request_log: str|None = None  # JSON Lines file of every request and feedback (None: no log)
-    feedback_file: str|None = None  # JSON Lines file of training records from feedback (None: none kept)
+    feedback_file: str|None = None  # JSON Lines file of every rating: answer, correction, SFT record (None: none kept)
     recent: int = 10_000  # answered requests kept in memory for feedback to refer to
     log_text: bool = False  # also log each request's last user message and the answer, PII-scrubbed (`ab.text_fields`)
     text_retention_days: float = 30.0  # logged text older than this is dropped from the log (checked hourly)
@@ -296,13 +296,13 @@ def _feedback_endpoint(app):
                                           f"{settings.recent} answers)", param="request_id", code="request_not_found")
         rec = feedback_record(r["messages"], r["answer"], rating, corr, request_id=rid, model=r["model"],
                               adapter=r["adapter"], arm=r["arm"])
-        if rec is not None and record_fb is not None: record_fb.append(rec)
+        if record_fb is not None: record_fb.append(rec)
         ev = {"event": "feedback", "time": time.time(), "request_id": rid, "model": r["model"], "adapter": r["adapter"],
               "arm": r["arm"], "rating": rating, "corrected": bool(corr)}
         if log: log.append(ev)
         for f in observers: f(ev)
         return {"id": f"fb-{secrets.token_hex(8)}", "object": "feedback", "request_id": rid,
-                "training_record": rec is not None and record_fb is not None}
+                "kept": record_fb is not None, "training_record": "messages" in rec and record_fb is not None}
     return feedback
 
 # %% ../../nbs/09d_deploy_serve.ipynb #df70c263

@@ -17,3 +17,5 @@ from .review import *
 from .vllm import *
 from .run import *
 from .interim import *
+from .pairs import *
+from .objective import *

@@ -16,8 +16,9 @@ from .generate import EvalError
 
 # %% auto #0
 __all__ = ['LABEL_STUDIO_CHOICES', 'BLIND_FORM', 'REVIEW_COLUMNS', 'prompt_text', 'answers_digest', 'make_review_sheet',
-           'review_html', 'label_studio_config', 'label_studio_tasks', 'label_studio_verdicts', 'review_rates',
-           'human_work', 'write_review', 'import_review']
+           'review_html', 'label_studio_config', 'label_studio_tasks', 'label_studio_verdicts', 'win_interval',
+           'checked_verdicts', 'review_rates', 'human_work', 'write_review', 'read_review_key', 'read_verdicts',
+           'import_review']
 
 # %% ../../nbs/05d_evaluate_review.ipynb #916fdf4e
 LABEL_STUDIO_CHOICES = {"1": "Answer 1 is better", "tie": "Tie", "2": "Answer 2 is better"}
@@ -101,16 +102,32 @@ def label_studio_verdicts(export) -> pd.DataFrame:
     return pd.DataFrame([{"item": v.id, "verdict": v.decision, "comment": v.note or "", "answers": _shown_digest(v)}
                          for v in vs], columns=["item", "verdict", "comment", "answers"])
 
+# %% ../../nbs/05d_evaluate_review.ipynb #43eff941
+def win_interval(wins:int,  # judgements the tuned model won
+                 n:int,  # judgements made (ties included)
+                 confidence:float=0.95) -> list[float]:
+    "Wilson's score interval for the win rate `wins / n` (NaNs when nothing was judged)."
+    if n <= 0: return [float("nan"), float("nan")]
+    from scipy.stats import binomtest
+    ci = binomtest(wins, n).proportion_ci(confidence, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
 # %% ../../nbs/05d_evaluate_review.ipynb #8b6b6437
-def _rates(verdicts:list, key:dict) -> dict:
-    "Tuned's win/tie/loss over `verdicts` (`finetune_kit.review.Verdict`), un-blinded with `key`."
+def checked_verdicts(verdicts:list,  # `finetune_kit.review.Verdict`s of a blind review
+                     key:dict,  # its review key
+                    ) -> list:
+    "`verdicts` checked against `key` (every item in it, the answers shown the ones it was made for), one per item and reviewer."
     for v in verdicts:
         at = f"{v.where}: " if v.where else ""
         if v.id not in key: raise EvalError(f"{at}item {v.id!r} is not in the review key (a sheet from another evaluation?)")
         if (sums := _shown_digest(v)) and key[v.id].get("answers", sums) != sums:
             raise EvalError(f"{at}item {v.id!r}: the sheet shows other answers than the review key was made for (a "
                             "sheet from another evaluation?): import it with the key written beside it")
-    with _as_eval_error(): verdicts = one_per_item(verdicts, BLIND_FORM)
+    with _as_eval_error(): return one_per_item(verdicts, BLIND_FORM)
+
+def _rates(verdicts:list, key:dict) -> dict:
+    "Tuned's win/tie/loss over `verdicts` (`finetune_kit.review.Verdict`), un-blinded with `key`."
+    verdicts = checked_verdicts(verdicts, key)
     win = tie = loss = blank = 0
     for v in verdicts:
         if v.decision is None: blank += 1
@@ -120,7 +137,7 @@ def _rates(verdicts:list, key:dict) -> dict:
     n = win + tie + loss
     r = lambda x: x/n if n else float("nan")
     return {"judged": n, "blank": blank, "win": win, "tie": tie, "loss": loss,
-            "win_rate": r(win), "tie_rate": r(tie), "loss_rate": r(loss)}
+            "win_rate": r(win), "tie_rate": r(tie), "loss_rate": r(loss), "win_rate_interval": win_interval(win, n)}
 
 # %% ../../nbs/05d_evaluate_review.ipynb #269c853a
 def review_rates(verdicts:pd.DataFrame, key:dict) -> dict:
@@ -156,8 +173,9 @@ def write_review(sheet:pd.DataFrame, key:dict, folder) -> dict[str, Path]:
     return p
 
 # %% ../../nbs/05d_evaluate_review.ipynb #a3adddd5
-def _read_key(path:Path) -> dict:
-    "The review key at `path`, checked."
+def read_review_key(path) -> dict:
+    "The review key at `path`, checked: which system answered in slot 1 and slot 2 of each item."
+    path = Path(path)
     if not path.is_file():
         raise EvalError(f"{path}: no review key (pass --key, the review_key.json written with the sheet)")
     try: k = json.loads(path.read_text(encoding="utf-8"))
@@ -167,6 +185,14 @@ def _read_key(path:Path) -> dict:
         raise EvalError(f"{path}: not a review key (it maps each item to the systems in slots 1 and 2)")
     return k
 
+# %% ../../nbs/05d_evaluate_review.ipynb #ed97bcaa
+def read_verdicts(sheet) -> list:
+    "The verdicts of a filled blind sheet (CSV) or a Label Studio export (JSON); a damaged file is one line."
+    sheet = Path(sheet)
+    with _as_eval_error():
+        return studio_verdicts(sheet, BLIND_FORM) if sheet.suffix.lower() == ".json" else sheet_verdicts(sheet, BLIND_FORM)
+
+# %% ../../nbs/05d_evaluate_review.ipynb #77e6e4b6
 def import_review(sheet,  # a filled review_sheet.csv, or a Label Studio JSON export
                   key=None,  # the review_key.json (None: beside the sheet)
                   out=None,  # where review.json goes (None: beside the key)
@@ -174,9 +200,7 @@ def import_review(sheet,  # a filled review_sheet.csv, or a Label Studio JSON ex
     "Win/tie/loss of tuned from a filled sheet (CSV) or a Label Studio export (JSON); written to `review.json`."
     sheet = Path(sheet)
     key_path = Path(key) if key else sheet.parent/"review_key.json"
-    k = _read_key(key_path)
-    with _as_eval_error():
-        vs = studio_verdicts(sheet, BLIND_FORM) if sheet.suffix.lower() == ".json" else sheet_verdicts(sheet, BLIND_FORM)
-    res = _rates(vs, k) | {"source": str(sheet)}
+    k = read_review_key(key_path)
+    res = _rates(read_verdicts(sheet), k) | {"source": str(sheet)}
     write_atomic(Path(out) if out else key_path.parent/"review.json", json.dumps(res, indent=1) + "\n")
     return res
