@@ -6,7 +6,7 @@ Docs: https://finetune-kit.github.io/finetune-kit/deploy_gguf.html.md"""
 
 # %% ../../nbs/09a1_deploy_gguf.ipynb #759cc95e
 from __future__ import annotations
-import json, os, shutil, subprocess, sys, tempfile, time
+import contextlib, io, json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 from ..files import cache_dir
 from ..methods import get_method
@@ -170,14 +170,15 @@ def _field(reader, key:str):
     f = reader.fields.get(key)
     return None if f is None else f.contents()
 
-def gguf_check(folder, gguf_name:str, merged, quant:str) -> dict:
+def gguf_check(folder, gguf_name:str, merged, quant:str, progress:bool=True) -> dict:
     "Load `folder/gguf_name` back with transformers and check it against `merged` (a `Merged` still holding its model)."
     import torch
     from gguf import GGUFReader
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
     folder = Path(folder)
-    back = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_name, dtype=torch.float32,
-                                                quantization_config=GgufConfig(dequantize=True)).eval()
+    with contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO()):  # its own tqdm bar
+        back = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_name, dtype=torch.float32,
+                                                    quantization_config=GgufConfig(dequantize=True)).eval()
     weights = weight_check(back, merged.model, quant)
     check = compare_to_reference(back, merged.ref, GGUF_TOLERANCES[quant])
     del back
@@ -227,7 +228,7 @@ def _export_gguf(source, out, quant, params, probes, n_probes, max_new_tokens, p
             m.model.save_pretrained(hf, safe_serialization=True)  # fp32: the converter casts to `quant` itself
             m.tok.save_pretrained(hf)
             conv = convert_to_gguf(hf, tmp/name, quant, name=out.name)
-        check = gguf_check(tmp, name, m, quant)
+        check = gguf_check(tmp, name, m, quant, progress)
         m.model = None
         parts = chat_template_parts(m.tok)
         stops = list(dict.fromkeys(m.tok.convert_ids_to_tokens(i) for i in m.gc.eos_token_id))
