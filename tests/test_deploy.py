@@ -442,3 +442,22 @@ def test_the_openai_client_chats_streams_and_lists_models(server):
         client.chat.completions.create(model="gpt-5", messages=msgs)
     with pytest.raises(openai.BadRequestError, match="context"):
         client.chat.completions.create(model="a1", messages=msgs, max_tokens=2000)
+
+def test_the_openai_client_retrieves_a_model_and_an_unknown_id_is_openai_s_404(adapters, server):
+    openai = pytest.importorskip("openai")
+    url, _ = server(splits=["support=a1,a2,0.5"])
+    client = openai.OpenAI(base_url=url + "/v1", api_key="not-needed", max_retries=0)
+    listed = {m.id: m.model_dump(exclude={"created"}) for m in client.models.list()}
+    assert list(listed) == ["tiny-test", "a1", "a2", "support"]
+    for name, want in listed.items():  # each one as the list shows it
+        assert client.models.retrieve(name).model_dump(exclude={"created"}) == want
+    a1 = client.models.retrieve("a1")
+    assert (a1.object, a1.owned_by, a1.model_extra["parent"], a1.model_extra["root"]) == (
+        "model", "finetune-kit", "tiny-test", str(adapters["a1"]))
+    for unknown in ("gpt-5", "tiny-test/a1"):  # a slash (sent as %2F) reaches the same route
+        with pytest.raises(openai.NotFoundError, match="does not exist") as e: client.models.retrieve(unknown)
+        assert (e.value.status_code, e.value.code, e.value.param, e.value.type) == (
+            404, "model_not_found", "model", "invalid_request_error")
+    r = httpx.get(url + "/v1/models/gpt-5")
+    assert r.status_code == 404 and list(r.json()) == ["error"]
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}

@@ -22,19 +22,32 @@ deploy_app = typer_app()  # export, serve and monitor: merged into the root comm
 def export_cmd(ctx:typer.Context,
                source:Path = typer.Argument(..., help="a run folder or an adapter folder"),
                out:Path = typer.Option(..., "--out", "-o", help="the folder to create (an export never overwrites)"),
-               dtype:str = typer.Option("auto", "--dtype", help="weights of the export: auto (the base checkpoint's), "
-                                        "float32, bfloat16 or float16"),
+               fmt:str = typer.Option("safetensors", "--format", help="safetensors (a transformers checkpoint) or "
+                                      "gguf (one file for llama.cpp and Ollama, with a Modelfile)"),
+               dtype:str|None = typer.Option(None, "--dtype", help="safetensors weights: auto (the base checkpoint's, "
+                                             "the default), float32, bfloat16 or float16"),
+               quant:str|None = typer.Option(None, "--quant", help="GGUF type: f32, f16 (the default), bf16 or q8_0"),
                probes:Path|None = typer.Option(None, "--probes", help="JSONL of probe prompts (default: the run's "
                                                "prepared data, then general prompts)"),
                progress:bool = typer.Option(True, "--progress/--no-progress", help="progress bars")):
     "Merge an adapter into its base; the standalone model is kept only if it matches base + adapter."
-    from finetune_kit.deploy import export_model
-    r = export_model(source, out, dtype, ctx.meta["params"], probes, progress=progress).report
+    from finetune_kit.deploy import export_gguf, export_model
+    if fmt not in ("safetensors", "gguf"): fail(f"--format {fmt!r}: choose safetensors or gguf")
+    if fmt == "gguf" and dtype is not None: fail("--dtype is for --format safetensors; a GGUF export takes --quant")
+    if fmt == "safetensors" and quant is not None: fail("--quant is for --format gguf; a safetensors export takes --dtype")
+    if fmt == "gguf":
+        r = export_gguf(source, out, **({"quant": quant} if quant else {}), params=ctx.meta["params"], probes=probes,
+                        progress=progress).report
+        kind, turn = r["quant"], f"end of turn {r['end_of_turn']['end_of_turn']} in the file's tokenizer and template"
+    else:
+        r = export_model(source, out, **({"dtype": dtype} if dtype else {}), params=ctx.meta["params"], probes=probes,
+                         progress=progress).report
+        kind, turn = r["dtype"], (f"end of turn {r['end_of_turn']['end_of_turn']} in tokenizer, chat template and "
+                                  f"generation config")
     ties = f" ({len(r['near_ties'])} near ties)" if r["near_ties"] else ""
     typer.echo(f"checked on {r['probes']} probes: logits within {r['rel_diff']:.1e} of the logit scale of base + "
-               f"adapter (tolerance {r['tolerance']:g} for {r['dtype']}); greedy answers agree on "
-               f"{r['greedy_agree']}/{r['probes']}{ties}; end of turn {r['end_of_turn']['end_of_turn']} in tokenizer, "
-               f"chat template and generation config")
+               f"adapter (tolerance {r['tolerance']:g} for {kind}); greedy answers agree on "
+               f"{r['greedy_agree']}/{r['probes']}{ties}; {turn}")
     typer.echo(f"wrote {out}")
 
 # %% ../../nbs/08e_cli_deploy.ipynb #a4d750cf

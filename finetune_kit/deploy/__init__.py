@@ -9,6 +9,7 @@ __all__ = []
 
 # %% ../../nbs/09_deploy.ipynb #1676ddf6
 from .export import *
+from .gguf import *
 from .engine import *
 from .ab import *
 from .serve import *

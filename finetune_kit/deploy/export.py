@@ -20,7 +20,8 @@ from ..engine import greedy_config
 
 # %% auto #0
 __all__ = ['GENERAL_PROBES', 'TOLERANCES', 'ExportError', 'probe_prompts', 'probe_reference', 'compare_to_reference',
-           'end_of_turn_check', 'ExportResult', 'export_model']
+           'end_of_turn_check', 'ExportResult', 'export_source', 'Merged', 'merge_for_export', 'export_model',
+           'hf_bars']
 
 # %% ../../nbs/09a_deploy_export.ipynb #b9457f40
 class ExportError(KitError):
@@ -180,6 +181,35 @@ def _fail(msg:str, report:dict) -> ExportError:
     e = ExportError(msg); e.report = report
     return e
 
+def export_source(source, params:dict|None=None) -> AdapterSource:
+    "`adapter_source(source, params)`, its refusal an `ExportError`."
+    try: return adapter_source(source, params)
+    except KitError as e: raise ExportError(str(e)) from None
+
+@dataclass
+class Merged:
+    "An adapter merged into its base (fp32), with what an export's check needs."
+    model: object  # the merged transformers model
+    tok: object  # the tokenizer to export
+    gc: object  # the generation config to export (stops on every end-of-turn token)
+    prompts: list  # the probe conversations
+    ref: list  # `probe_reference` of base + adapter on `prompts`
+
+def merge_for_export(src:AdapterSource, probes=None, n_probes:int=8, max_new_tokens:int=16,
+                     progress:bool=True) -> Merged:
+    "Load base + adapter in fp32, record the probes' reference, then merge: what every export format starts from."
+    cfg = update_config(src.cfg, {"dtype": "float32"})
+    try: model, _ = load_model(cfg, adapter=src.adapter_dir, progress=progress)
+    except (OSError, RuntimeError, ValueError) as e: raise ExportError(f"{src.adapter_dir}: cannot load: {one_line(e)}")
+    if not get_method(src.peft_method).mergeable: _merge(model)  # refuses, saying why, before any work
+    model = _dequantized(model)
+    tok, gc = _tokenizer_and_gc(src, model)
+    prompts = probe_prompts(probes or src.run_dir or src.adapter_dir, n_probes)
+    ref = probe_reference(model, tok, prompts, gc.eos_token_id, max_new_tokens)
+    merged = _merge(model)
+    merged.generation_config = gc
+    return Merged(merged, tok, gc, prompts, ref)
+
 def export_model(source,  # a run folder or an adapter folder
                  out,  # the folder to create (must not exist)
                  dtype:str="auto",  # weights of the export: auto (the base checkpoint's), float32, bfloat16, float16
@@ -189,10 +219,10 @@ def export_model(source,  # a run folder or an adapter folder
                  max_new_tokens:int=16,  # answer length the greedy check covers
                  progress:bool=True) -> ExportResult:
     "Merge the adapter of `source` into its base and save it to `out`, kept only if it passes the check."
-    with _hf_bars(progress): return _export(source, out, dtype, params, probes, n_probes, max_new_tokens, progress)
+    with hf_bars(progress): return _export(source, out, dtype, params, probes, n_probes, max_new_tokens, progress)
 
 @contextlib.contextmanager
-def _hf_bars(on:bool):
+def hf_bars(on:bool):
     "transformers' own progress bars (loading, saving weights) off for the block unless `on`, as they were after."
     from transformers.utils import logging as hf
     was = hf.is_progress_bar_enabled()
@@ -207,28 +237,18 @@ def _export(source, out, dtype, params, probes, n_probes, max_new_tokens, progre
     from transformers import AutoModelForCausalLM
     t0, out = time.time(), Path(out)
     if out.exists(): raise ExportError(f"{out} already exists; choose a new --out (an export never overwrites)")
-    try: src = adapter_source(source, params)
-    except KitError as e: raise ExportError(str(e)) from None
+    src = export_source(source, params)
     dtype = _base_dtype(src.base_model) if dtype == "auto" else dtype
     if dtype not in TOLERANCES: raise ExportError(f"dtype {dtype!r}: choose auto, {', '.join(TOLERANCES)}")
-    cfg = update_config(src.cfg, {"dtype": "float32"})
-    try: model, _ = load_model(cfg, adapter=src.adapter_dir, progress=progress)
-    except (OSError, RuntimeError, ValueError) as e: raise ExportError(f"{src.adapter_dir}: cannot load: {one_line(e)}")
-    if not get_method(src.peft_method).mergeable: _merge(model)  # refuses, saying why, before any work
-    model = _dequantized(model)
-    tok, gc = _tokenizer_and_gc(src, model)
-    ref = probe_reference(model, tok, probe_prompts(probes or src.run_dir or src.adapter_dir, n_probes), gc.eos_token_id,
-                          max_new_tokens)
-    merged = _merge(model)
-    merged.generation_config = gc
+    m = merge_for_export(src, probes, n_probes, max_new_tokens, progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
-        merged.to(getattr(torch, dtype)).save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        del merged, model
+        m.model.to(getattr(torch, dtype)).save_pretrained(tmp, safe_serialization=True)
+        m.tok.save_pretrained(tmp)
+        m.model = None  # free it before the copy from disk loads
         back = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()  # as a user loads it, upcast
-        check = compare_to_reference(back, ref, TOLERANCES[dtype])
+        check = compare_to_reference(back, m.ref, TOLERANCES[dtype])
         eot = end_of_turn_check(tmp)
         report = {"source": str(source), "base_model": src.base_model, "peft_method": src.peft_method, "dtype": dtype,
                   **{k: v for k, v in check.items() if k != "ok"}, "end_of_turn": eot, "ok": check["ok"] and eot["ok"],
@@ -245,3 +265,4 @@ def _export(source, out, dtype, params, probes, n_probes, max_new_tokens, progre
         os.rename(tmp, out)
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(out, report)
+

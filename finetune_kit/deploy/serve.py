@@ -1,4 +1,4 @@
-"""An OpenAI-compatible HTTP server (FastAPI + uvicorn) over the engine: `/v1/chat/completions` with streaming, `/v1/models`, `/health` and `/v1/feedback`; bounded queue and request size; A/B routing; every request logged.
+"""An OpenAI-compatible HTTP server (FastAPI + uvicorn) over the engine: `/v1/chat/completions` with streaming, `/v1/models` (and `/v1/models/{id}`), `/health` and `/v1/feedback`; bounded queue and request size; A/B routing; every request logged.
 
 Docs: https://finetune-kit.github.io/finetune-kit/deploy_serve.html.md"""
 
@@ -184,6 +184,14 @@ def make_app(engine:Engine,  # a started engine
 
     @app.get("/v1/models")
     async def models(): return {"object": "list", "data": _models(engine, router)}
+
+    @app.get("/v1/models/{model_id:path}")  # `:path`: a base model's id may hold slashes (the client sends them as %2F)
+    async def model(model_id:str):
+        ms = _models(engine, router)
+        for m in ms:
+            if m["id"] == model_id: return m
+        raise APIError(404, f"the model '{model_id}' does not exist here; models: {', '.join(m['id'] for m in ms)}",
+                       param="model", code="model_not_found")
 
     app.state.engine, app.state.settings, app.state.router, app.state.recent = engine, settings, router, recent
     app.state.record, app.state.log, app.state.feedback_file, app.state.observers = record, log, fb_file, observers
