@@ -123,6 +123,7 @@ def monitor_cmd(ctx:typer.Context,
                                              "request with an arm)"),
                 resamples:int = typer.Option(2000, "--resamples", help="bootstrap resamples for the A/B intervals")):
     "Latency, throughput, error and feedback rates per adapter and arm, and the A/B difference, from a request log."
+    if resamples < 1: fail(f"--resamples: must be at least 1 (bootstrap resamples for the intervals), got {resamples}")
     if not log.is_file(): fail(f"{log}: no such request log")
     from finetune_kit.deploy import monitor
     m = monitor(log, out, name, resamples, make_config(ctx.meta["params"]).seed)

@@ -14,7 +14,7 @@ from ..files import KitError, one_line, read_jsonl
 from ..methods import ModelError, get_method
 from ..models import end_of_turn_id, is_4bit, load_model, load_tokenizer, resolve_model
 from .. import adapters  # `adapters.merge_adapter` looked up when called (a test swaps in a broken one)
-from ..adapters import AdapterSource, adapter_source
+from ..adapters import AdapterSource, adapter_source, misfit_reason, same_base, trained_on
 from ..data.folder import find_data_dir
 from ..engine import greedy_config
 
@@ -213,7 +213,12 @@ def _export(source, out, dtype, params, probes, n_probes, max_new_tokens, progre
     if dtype not in TOLERANCES: raise ExportError(f"dtype {dtype!r}: choose auto, {', '.join(TOLERANCES)}")
     cfg = update_config(src.cfg, {"dtype": "float32"})
     try: model, _ = load_model(cfg, adapter=src.adapter_dir, progress=progress)
-    except (OSError, RuntimeError, ValueError) as e: raise ExportError(f"{src.adapter_dir}: cannot load: {one_line(e)}")
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        made = None if isinstance(e, KitError) else trained_on(src.adapter_dir)
+        if made and not same_base(made, src.base_model):  # the adapter's own base, and the one it was put on
+            raise ExportError(f"{src.adapter_dir} was trained on {made}, not on {src.base_model}: it does not fit "
+                              f"({misfit_reason(e)}); export it with -p base_model {made}") from None
+        raise ExportError(f"{src.adapter_dir}: cannot load on {src.base_model}: {misfit_reason(e)}") from None
     if not get_method(src.peft_method).mergeable: _merge(model)  # refuses, saying why, before any work
     model = _dequantized(model)
     tok, gc = _tokenizer_and_gc(src, model)

@@ -117,6 +117,8 @@ def monitor(log,  # the server's request log (JSON Lines)
             n_resamples:int=2000, seed:int=0) -> dict:
     "Read the log; write the table, the A/B difference and the plots; return them and the files."
     import matplotlib.pyplot as plt
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
+        raise KitError(f"n_resamples: must be at least 1 (bootstrap resamples), got {n_resamples}")
     log = Path(log)
     req, fb = read_log(log)
     table = monitor_table(req, fb)
