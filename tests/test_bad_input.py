@@ -268,6 +268,11 @@ CASES = [
     (f"sweep {ROOT}/sweeps/tiny.yaml --within nan --dir {{d}}/sweepdir", "--within: must be a number >= 0"),
     ("sweep {d}/rouge_for_cls.yaml --dir {d}/sweepdir", "no trial of task classification logs 'eval/tuned/rougeL'"),
     ("sweep {d}/nosuch_model.yaml --dir {d}/sweepdir", "parameters.base_model.values[1]: nosuch-model: unknown model"),
+    # output folders that are a project's root (issue 24: `--out /` was accepted)
+    ("synth generate {d}/small.jsonl -o {d}/proj -d x --endpoint http://127.0.0.1:9", "proj: is a project root"),
+    ("monitor {d}/one_request.jsonl --out {d}/proj", "proj: is a project root"),
+    (f"sweep {ROOT}/sweeps/tiny.yaml --dir {{d}}/proj", "proj: is a project root"),
+    ("tune bbc --budget 45m --dir {d}/proj", "proj: is a project root"),
     # tune (a budget too small for one trial: tests/test_tune.py, since it needs the project's workbook)
     ("tune bbc", "tune needs a budget: --budget 45m"),
     ("tune bbc --budget soon", "budget 'soon': write it with its unit"),

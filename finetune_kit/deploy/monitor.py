@@ -8,7 +8,7 @@ Docs: https://finetune-kit.github.io/finetune-kit/deploy_monitor.html.md"""
 from __future__ import annotations
 import json, math
 from pathlib import Path
-from ..files import KitError, md_table, read_jsonl
+from ..files import KitError, check_out_folder, md_table, read_jsonl
 from .ab import REQUEST_FIELDS
 
 # %% auto #0
@@ -124,7 +124,7 @@ def monitor(log,  # the server's request log (JSON Lines)
     table = monitor_table(req, fb)
     has_ab = req["arm"].isin(["current", "candidate"]).any()
     ab = ab_difference(req, fb, name, n_resamples, seed) if has_ab else None
-    out = Path(out_dir) if out_dir else log.parent/"monitor"
+    out = check_out_folder(Path(out_dir) if out_dir else log.parent/"monitor")
     out.mkdir(parents=True, exist_ok=True)
     fig = monitor_plot(req, fb, table)
     fig.savefig(out/"monitor.png", dpi=100)

@@ -10,7 +10,7 @@ import json, math, os, shutil, signal, socket, statistics, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
-from ..files import KitError, one_line
+from ..files import KitError, check_out_folder, one_line
 from ..models import check_model_name
 from ..settings import find_settings, make_config, read_settings
 from .spec import SweepError, SweepSpec, grid_points, load_sweep, search_space, trial_params
@@ -349,7 +349,7 @@ def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
         raise SweepError(f"a {spec.method} sweep never ends by itself: set run_cap in the file, "
                          "or --max-trials / --max-hours")
     say = print if verbose else (lambda *a, **k: None)
-    sweep_dir = Path(sweep_dir or default_sweep_dir(spec)).resolve()
+    sweep_dir = check_out_folder(Path(sweep_dir or default_sweep_dir(spec)))  # not /, ~ or a project's root
     sweep_dir.mkdir(parents=True, exist_ok=True)
     notebook, space = resolve_notebook(spec), search_space(spec)
     study = open_study(spec, storage, sweep_dir, say=say)
