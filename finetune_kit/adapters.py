@@ -19,8 +19,8 @@ from .testing import tiny_model_path
 # %% auto #0
 __all__ = ['RESERVED', 'VLLM_MAX_LORA_RANKS', 'VLLM_LORA_MODULES', 'AdapterError', 'adapter_numel', 'check_adapter_fits',
            'apply_peft', 'save_adapter', 'merge_adapter', 'model_key', 'builtin_name', 'same_base', 'AdapterSource',
-           'adapter_source', 'AdapterInfo', 'adapter_info', 'check_adapters', 'misfit_reason', 'vllm_problems',
-           'max_lora_rank', 'vllm_loras']
+           'adapter_source', 'AdapterInfo', 'adapter_info', 'check_adapters', 'misfit_reason', 'trained_on',
+           'vllm_problems', 'max_lora_rank', 'vllm_loras']
 
 # %% ../nbs/03a_adapters.ipynb #85e3d0cb
 class AdapterError(KitError):
@@ -251,7 +251,11 @@ def misfit_reason(e:BaseException) -> str:
         return f"{len(hits)} weights have other shapes, e.g. {name}: adapter {a}, model {b}"
     return one_line(e)
 
-
+# %% ../nbs/03a_adapters.ipynb #4059cc07
+def trained_on(adapter_dir) -> str|None:
+    "The base model an adapter folder names in its adapter_config.json (its built-in name where it is one), or None."
+    base = _adapter_json(Path(adapter_dir)).get("base_model_name_or_path")
+    return builtin_name(base) if base else None
 
 # %% ../nbs/03a_adapters.ipynb #c9a8860d
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks

@@ -15,11 +15,11 @@ from .methods import ModelError, get_method
 from .testing import tiny_model_path
 
 # %% auto #0
-__all__ = ['SMOLLM2', 'KNOWN_MODELS', 'SMOLLM2_PIP', 'smollm2_gguf', 'convert_gguf', 'resolve_model', 'model_status',
-           'pull_model', 'hub_errors', 'load_tokenizer', 'end_of_turn_id', 'set_stop_tokens', 'tokenizer_hashes',
-           'detect_bf16', 'DeviceSettings', 'sharding', 'has_flash_attn', 'device_settings', 'check_4bit',
-           'is_full_checkpoint', 'load_model', 'is_4bit', 'linear_module_names', 'target_modules', 'adapter_size_mb',
-           'model_report', 'model_info']
+__all__ = ['SMOLLM2', 'KNOWN_MODELS', 'SMOLLM2_PIP', 'smollm2_gguf', 'convert_gguf', 'check_model_name', 'resolve_model',
+           'model_status', 'pull_model', 'hub_errors', 'load_tokenizer', 'end_of_turn_id', 'set_stop_tokens',
+           'tokenizer_hashes', 'detect_bf16', 'DeviceSettings', 'sharding', 'has_flash_attn', 'device_settings',
+           'check_4bit', 'is_full_checkpoint', 'load_model', 'is_4bit', 'linear_module_names', 'target_modules',
+           'adapter_size_mb', 'model_report', 'model_info']
 
 # %% ../nbs/03_models.ipynb #56e19c47
 SMOLLM2 = "smollm2-135m-instruct"
@@ -84,23 +84,31 @@ def convert_gguf(gguf,  # the GGUF file
 # %% ../nbs/03_models.ipynb #bd692664
 def _looks_like_path(s:str) -> bool: return s.startswith((".", "/", "~")) or "\\" in s or s.count("/") > 1
 
-def resolve_model(name_or_path:str,  # a name from `KNOWN_MODELS`, a checkpoint folder or a hub id
-                  progress:bool=True  # show the progress of a first-use conversion
-                 ) -> str:
-    "A local folder or hub id for `name_or_path`: a known name (converted/built on first use), a folder, or a hub id."
+def check_model_name(name_or_path:str) -> str:
+    "`name_or_path` if it can name a model (a known name, a checkpoint folder, a hub id), else a `ModelError` saying why; nothing is built or fetched."
     s = str(name_or_path)
-    if s == SMOLLM2: return str(convert_gguf(smollm2_gguf(), cache_dir("models")/SMOLLM2, progress=progress))
-    if s == "tiny-test":
-        return str(tiny_model_path())
+    if s in KNOWN_MODELS: return s
     p = Path(s).expanduser()
     if p.is_dir():
         if not (p/"config.json").is_file() and not (p/"adapter_config.json").is_file():
             raise ModelError(f"{s}: folder has no config.json (not a transformers checkpoint)")
-        return str(p)
+        return s
     if "/" in s and not _looks_like_path(s): return s  # a hub id: org/name
     hint = "no such folder" if _looks_like_path(s) else "unknown model name"
     raise ModelError(f"{s}: {hint}; known names: {', '.join(KNOWN_MODELS)}; "
                      "or pass a local checkpoint folder (./path) or a hub id (org/name)")
+
+# %% ../nbs/03_models.ipynb #966fd3e2
+def resolve_model(name_or_path:str,  # a name from `KNOWN_MODELS`, a checkpoint folder or a hub id
+                  progress:bool=True  # show the progress of a first-use conversion
+                 ) -> str:
+    "A local folder or hub id for `name_or_path`: a known name (converted/built on first use), a folder, or a hub id."
+    s = check_model_name(name_or_path)
+    if s == SMOLLM2: return str(convert_gguf(smollm2_gguf(), cache_dir("models")/SMOLLM2, progress=progress))
+    if s == "tiny-test":
+        return str(tiny_model_path())
+    p = Path(s).expanduser()
+    return str(p) if p.is_dir() else s  # a folder, else a hub id
 
 # %% ../nbs/03_models.ipynb #b069dbb0
 def model_status(name:str) -> str:

@@ -168,6 +168,7 @@ class TaskSpec:
     describe: str|Callable|None = None  # (outputs, labels, parse=None) -> (metrics, items), no reference
     baselines: tuple = ()  # classical systems: (train, test, seed, validation) -> (answers, about)
     plot_metrics: tuple = ()  # metrics on the comparison plot (headline first)
+    metrics: tuple = ()  # every metric its scorer reports per system (a sweep's metric is checked against them)
     recipe: str|None = None  # the recipe a run of this task takes by default (`recipes`; None: none)
     tune_space: tuple = ()  # what `tune` searches: (flat parameter, values) pairs (`search_values`)
     preference: str|None = None  # "pairs" or "ratings": preference data, trained by a preference objective, not SFT
@@ -246,6 +247,8 @@ register_task(TaskSpec(
     describe="finetune_kit.evaluate.metrics:describe_classification",
     baselines=("finetune_kit.evaluate.baselines:tfidf_baseline",),
     plot_metrics=("macro_f1", "accuracy", "weighted_f1", "outside_label_rate"),
+    metrics=("accuracy", *(f"{a}_{m}" for a in ("macro", "micro", "weighted") for m in ("precision", "recall", "f1")),
+             "outside_label_rate", "outside_label_count"),
     tune_space=_space((1.0, 2.0, 3.0), max_chars=(300, 600),
                              label_prompt=("omit", "list"))))
 
@@ -290,6 +293,7 @@ register_task(TaskSpec(
     score="finetune_kit.evaluate.metrics:score_ner", describe="finetune_kit.evaluate.metrics:describe_ner",
     baselines=("finetune_kit.evaluate.baselines:memorisation_baseline", "finetune_kit.evaluate.baselines:crf_baseline"),
     plot_metrics=("f1", "precision", "recall", "unparsable_rate"),
+    metrics=("f1", "precision", "recall", "unmatched_entities", "unparsable_count", "unparsable_rate"),
     tune_space=_space((1.0, 2.0, 3.0), max_chars=(300, 600))))
 
 # %% ../nbs/01_tasks.ipynb #4949829f
@@ -301,6 +305,7 @@ register_task(TaskSpec(
     system_prompt="You write short, faithful summaries.", instruction=lambda *a: "Summarize the text.",
     headline="rougeL", score="finetune_kit.evaluate.metrics:score_summaries",
     baselines=("finetune_kit.evaluate.baselines:lead_baseline",), plot_metrics=("rougeL", "rouge1", "rouge2"),
+    metrics=("rougeL", "rouge1", "rouge2", "exact_match", "token_f1"),
     tune_space=_space((1.0, 2.0), max_chars=(600, 1200))))
 
 # %% ../nbs/01_tasks.ipynb #271f1748
@@ -311,6 +316,8 @@ def _validate_instruction(d):
 
 _FREE_FORM = dict(score="finetune_kit.evaluate.metrics:score_answers",
                   plot_metrics=("token_f1", "exact_match", "rougeL", "field_accuracy"),
+                  metrics=("token_f1", "exact_match", "rougeL", "field_accuracy", "field_error_rate", "unparsable_count",
+                           "unparsable_rate"),
                   tune_space=_space((1.0, 2.0, 3.0)))
 
 register_task(TaskSpec(

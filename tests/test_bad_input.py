@@ -54,6 +54,10 @@ FILES = {  # name -> bytes of a damaged (or otherwise unusable) file
     "badmetric.yaml": _sweep(metric={"name": "eval/tuned/f1_macro", "goal": "maximize"}).encode(),
     "nonb.yaml": _sweep(command=["finetune-kit", "run", "nosuch/notebook.ipynb", "--params-json",
                                  "${args_json_file}"]).encode(),
+    "rouge_for_cls.yaml": _sweep(metric={"name": "eval/tuned/rougeL", "goal": "maximize"},
+                                 parameters={"lora_r": {"values": [2]}, "task": {"value": "classification"}}).encode(),
+    "nosuch_model.yaml": _sweep(parameters={"lora_r": {"values": [2]},
+                                            "base_model": {"values": ["tiny-test", "nosuch-model"]}}).encode(),
     "params_list.json": b"[1, 2]",
     "params_bad.json": b"{seed: 3}",
     "params_latin1.json": '{"run_id": "caf\xe9"}'.encode("latin-1"),
@@ -283,6 +287,8 @@ CASES = [
     ("canary pin", "canary pin: name the canary"),
     ("canary status --url http://127.0.0.1:9", "cannot reach the server at http://127.0.0.1:9"),
     ("serve a={d}/empty_dir --canary b=c", "'b' is not a served adapter"),
+    ("monitor {d}/one_request.jsonl --resamples 0", "--resamples: must be at least 1"),
+    ("monitor {d}/one_request.jsonl --resamples -1", "--resamples: must be at least 1"),
     # sweep
     ("sweep {d}/nosuch.yaml", "nosuch.yaml: cannot read sweep file"),
     ("sweep {d}", "cannot read sweep file"),
@@ -296,6 +302,19 @@ CASES = [
     ("sweep {d}/nonb.yaml --dir {d}/sweepdir", "nosuch/notebook.ipynb not found"),
     ("sweep {d}/lora0.yaml --parallel 0", "lora_r"),
     (f"sweep {ROOT}/sweeps/tiny.yaml --parallel 0 --dir {{d}}/sweepdir", "parallel: must be at least 1"),
+    # sweep: budgets out of range, a metric the task never logs, an unknown built-in model (issue 24)
+    (f"sweep {ROOT}/sweeps/tiny.yaml --max-trials 0 --dir {{d}}/sweepdir", "--max-trials: must be at least 1"),
+    (f"sweep {ROOT}/sweeps/tiny.yaml --max-hours -1 --dir {{d}}/sweepdir", "--max-hours: must be a number above 0"),
+    (f"sweep {ROOT}/sweeps/tiny.yaml --max-gpu-hours nan --dir {{d}}/sweepdir", "--max-gpu-hours: must be a number above"),
+    (f"sweep {ROOT}/sweeps/tiny.yaml --within -1 --dir {{d}}/sweepdir", "--within: must be a number >= 0"),
+    (f"sweep {ROOT}/sweeps/tiny.yaml --within nan --dir {{d}}/sweepdir", "--within: must be a number >= 0"),
+    ("sweep {d}/rouge_for_cls.yaml --dir {d}/sweepdir", "no trial of task classification logs 'eval/tuned/rougeL'"),
+    ("sweep {d}/nosuch_model.yaml --dir {d}/sweepdir", "parameters.base_model.values[1]: nosuch-model: unknown model"),
+    # output folders that are a project's root (issue 24: `--out /` was accepted)
+    ("synth generate {d}/small.jsonl -o {d}/proj -d x --endpoint http://127.0.0.1:9", "proj: is a project root"),
+    ("monitor {d}/one_request.jsonl --out {d}/proj", "proj: is a project root"),
+    (f"sweep {ROOT}/sweeps/tiny.yaml --dir {{d}}/proj", "proj: is a project root"),
+    ("tune bbc --budget 45m --dir {d}/proj", "proj: is a project root"),
     # tune (a budget too small for one trial: tests/test_tune.py, since it needs the project's workbook)
     ("tune bbc", "tune needs a budget: --budget 45m"),
     ("tune bbc --budget soon", "budget 'soon': write it with its unit"),
@@ -364,6 +383,8 @@ def damaged(d:Path):
     (d/"synth_plain"/"review.jsonl").write_text('{"text": "a record", "label": "sport"}\n')
     (d/"synth_dup.csv").write_text("id,status,note,text,label\nc0,accept,,candidate number 0,sport\n"
                                    "c0,reject,,candidate number 0,sport\n")
+    (d/"one_request.jsonl").write_text(json.dumps({"time": 1.0, "status": 200, "latency_s": 0.1, "model": "a",
+                                                    "adapter": "a", "arm": "-", "completion_tokens": 3}) + "\n")
     (d/"synth_word.csv").write_text("id,status,note,text,label\nc1,maybe,,candidate number 1,sport\n")
 
 

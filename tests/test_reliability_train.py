@@ -21,12 +21,6 @@ TINY = {"base_model": "tiny-test", "source": "bbc", "max_records": 60, "max_char
 CLS_P = ["-p", "text_field", "body", "-p", "label_field", "topic"]
 
 
-# Tests of issue 24's items in this area that another branch fixes (the sweep, export and monitor items): kept here as
-# they were written, expected to fail on this branch until those fixes merge; drop the mark when they do.
-_elsewhere = lambda what: pytest.mark.xfail(reason=f"issue 24: the {what} item is fixed on another branch", strict=False)
-OTHERS_EXPORT, OTHERS_SWEEP, OTHERS_MONITOR = _elsewhere("export"), _elsewhere("sweep"), _elsewhere("monitor")
-
-
 def rows(p): return [json.loads(l) for l in Path(p).read_text().splitlines() if l.strip()]
 
 def snapshot(folder) -> dict:
@@ -207,7 +201,6 @@ def test_r2_an_unknown_hub_model_without_hub_access_is_one_line(tmp_path, monkey
 
 # --- export against another base ---------------------------------------------------------------------------------
 
-@OTHERS_EXPORT
 def test_r2_export_against_another_base_names_both_bases_in_one_line(tmp_path):
     import torch
     from finetune_kit.adapters import apply_peft, save_adapter
@@ -224,7 +217,6 @@ def test_r2_export_against_another_base_names_both_bases_in_one_line(tmp_path):
 
 # --- sweeps: budgets, a fixed sweep file, the failure count, the metric for the task, unknown models -----------------
 
-@OTHERS_SWEEP
 @pytest.mark.parametrize("opt,says", [
     (["--max-trials", "0"], "--max-trials: must be at least 1"),
     (["--max-trials", "-2"], "--max-trials: must be at least 1"),
@@ -241,7 +233,6 @@ def test_r2_sweep_budgets_out_of_range_are_refused_before_anything_runs(tmp_path
     assert says in line, line
     assert not (tmp_path/"sw").exists()
 
-@OTHERS_SWEEP
 def test_r2_pick_cheapest_never_raises_on_an_empty_neighbourhood():
     import pandas as pd
     from finetune_kit.sweeps import pick_cheapest
@@ -269,12 +260,11 @@ def _seed_sweep(tmp_path, seed:int, metric="train/loss", **params):
     (tmp_path/"seeded.yaml").write_text(json.dumps(spec))
     return ["sweep", str(tmp_path/"seeded.yaml"), "--dir", str(tmp_path/"sweep")]
 
-@OTHERS_SWEEP
 @pytest.mark.slow  # its trials are notebook jobs (kernels)
 def test_r2_retry_failed_after_fixing_the_sweep_file_runs_the_failed_trials_with_the_fix(tmp_path):
     args = _seed_sweep(tmp_path, seed=1)
     r = cli(*args)
-    assert r.exit_code == 1 and "error: 2 of 2 trials failed (trial 0: cell 2 failed: RuntimeError: seed 1 is cursed)" \
+    assert r.exit_code == 1 and "error: 2 of 2 trials failed (trial 0: cell 3 failed: RuntimeError: seed 1 is cursed)" \
         in r.output, r.output
     r = cli(*args, "--retry-failed")  # the cause is not fixed: both trials fail again, and the count says all failed
     assert r.exit_code == 1 and "error: 2 of 2 trials failed" in r.output, r.output
@@ -283,7 +273,6 @@ def test_r2_retry_failed_after_fixing_the_sweep_file_runs_the_failed_trials_with
     assert r.exit_code == 0, r.output
     assert "failed before: queued again" in r.output and "best: trial" in r.output and "train/loss = 0.2" in r.output
 
-@OTHERS_SWEEP
 @pytest.mark.slow  # its trials are notebook jobs (kernels)
 def test_r2_a_changed_sweep_file_is_refused_once_a_trial_finished_with_the_old_one(tmp_path):
     args = _seed_sweep(tmp_path, seed=2)
@@ -292,7 +281,23 @@ def test_r2_a_changed_sweep_file_is_refused_once_a_trial_finished_with_the_old_o
     line = one_error_line(cli(*args))
     assert "parameters.seed" in line and "trials 0, 1 finished" in line, line
 
-@OTHERS_SWEEP
+def test_r2_failures_outside_a_fixed_sweep_file_s_space_are_neither_retried_nor_counted():
+    "A fixed file may change the searched values: only the failures still in its space are run again and counted."
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState, create_trial
+    from finetune_kit.sweeps import failed_trials, retry_failed
+    old = {"lora_r": CategoricalDistribution([2, 4])}
+    study = optuna.create_study()
+    for r in (2, 4):
+        study.add_trial(create_trial(params={"lora_r": r}, distributions=old, state=TrialState.FAIL,
+                                     user_attrs={"outcome": "failed", "error": "boom"}))
+    new = {"lora_r": CategoricalDistribution([4, 8])}
+    assert [t.params["lora_r"] for t in failed_trials(study, new)] == [4]
+    assert retry_failed(study, say=lambda *a: None, space=new) == [1]
+    assert [t.system_attrs["fixed_params"] for t in study.get_trials(states=(TrialState.WAITING,))] == [{"lora_r": 4}]
+    assert failed_trials(study, new) == [] and [t.number for t in failed_trials(study)] == [0]
+
 def test_r2_a_metric_the_task_never_logs_stops_the_sweep_before_any_trial(tmp_path):
     args = _seed_sweep(tmp_path, seed=2, metric="eval/tuned/rougeL")
     line = one_error_line(cli(*args))
@@ -302,12 +307,34 @@ def test_r2_a_metric_the_task_never_logs_stops_the_sweep_before_any_trial(tmp_pa
                                                                                       "summarization"]})
     assert "task classification" in one_error_line(cli(*args))
 
-@OTHERS_SWEEP
 def test_r2_an_unknown_built_in_model_in_a_sweep_stops_it_before_any_trial(tmp_path):
     args = _seed_sweep(tmp_path, seed=2, base_model={"values": ["tiny-test", "nosuch-model"]})
     line = one_error_line(cli(*args))
     assert "parameters.base_model.values[1]" in line and "nosuch-model: unknown model name" in line, line
     assert not (tmp_path/"sweep").exists()
+
+
+# --- output folders: never a filesystem root, the home folder or a project's root ------------------------------
+
+def test_r2_every_output_folder_refuses_the_home_folder_and_a_project_root(tmp_path, monkeypatch):
+    "Checked on stand-ins (a home folder and a project under tmp_path): a regression must not write into / or ~."
+    home, proj = tmp_path/"home", tmp_path/"proj"
+    home.mkdir(); proj.mkdir(); (proj/"settings.ini").write_text("[finetune_kit]\n")
+    monkeypatch.setenv("HOME", str(home))
+    seeds = tmp_path/"seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"text": f"seed text number {i}", "label": "ab"[i % 2]}) + "\n" for i in range(6)))
+    log = tmp_path/"requests.jsonl"
+    log.write_text(json.dumps({"time": 1.0, "status": 200, "latency_s": 0.1, "model": "a", "adapter": "a", "arm": "-",
+                               "completion_tokens": 3}) + "\n")
+    commands = [["synth", "generate", seeds, "-d", "x", "--endpoint", "http://127.0.0.1:9", "--max-retries", "0",
+                 "--no-progress", "-o"], ["monitor", log, "--out"], ["sweep", ROOT/"sweeps/tiny.yaml", "--dir"],
+                ["tune", "bbc", "--budget", "45m", "--dir"]]
+    for cmd in commands:
+        for folder, says in ((home, "is the home folder"), (proj, "is a project root (it holds settings.ini)")):
+            line = one_error_line(cli(*cmd, folder))
+            assert str(folder) in line and says in line, (cmd, line)
+    assert [p for p in home.iterdir() if not p.name.startswith(".")] == []  # (libraries' caches: ~/.cache, ~/.config)
+    assert [p.name for p in proj.iterdir()] == ["settings.ini"]
 
 
 # --- evaluation: no intervals said as such; an explicit --out is never redirected ---------------------------------
@@ -354,7 +381,6 @@ def test_r2_a_redirected_evaluation_never_replaces_an_earlier_one(tmp_path):
 
 # --- monitor ---------------------------------------------------------------------------------------------------
 
-@OTHERS_MONITOR
 @pytest.mark.parametrize("n", ["-1", "0"])
 def test_r2_monitor_refuses_a_resample_count_below_1(tmp_path, n):
     log = tmp_path/"requests.jsonl"

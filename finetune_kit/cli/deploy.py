@@ -198,6 +198,7 @@ def monitor_cmd(ctx:typer.Context,
                 window:int|None = typer.Option(None, "--window", help="drift: served requests per window "
                                                "(default: 100)")):
     "Latency, throughput, error and feedback rates per adapter and arm, the A/B difference and drift, from a request log."
+    if resamples < 1: fail(f"--resamples: must be at least 1 (bootstrap resamples for the intervals), got {resamples}")
     if not log.is_file(): fail(f"{log}: no such request log")
     if drift is not None and not drift.exists(): fail(f"--drift {drift}: no such run, adapter or data folder")
     from finetune_kit.deploy import DriftSettings, monitor

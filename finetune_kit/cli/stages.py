@@ -204,7 +204,8 @@ def sweep_cmd(
                                 help="report the cheapest trial whose metric is within this of the best"),
     retry_failed:bool = typer.Option(False, "--retry-failed", help="run the failed trials' parameters again")):
     "Run a hyperparameter sweep: trials are experiment-notebook jobs, resumable, in parallel; or hand it to W&B agents."
-    from finetune_kit.sweeps import load_sweep, register_wandb, sweep, trials_markdown
+    from finetune_kit.sweeps import check_budgets, load_sweep, register_wandb, sweep, trials_markdown
+    check_budgets(max_trials, max_hours, max_gpu_hours, within, flags=True)  # before anything is read or written
     spec = load_sweep(sweep_file)
     if use_wandb:
         reg = register_wandb(spec, max_trials)
@@ -225,6 +226,6 @@ def sweep_cmd(
     for k in ("csv", "md", "best_config", "cheapest_config"):
         if k in res.files: typer.echo(f"wrote {res.files[k]}")
     if res.failed:
-        n, (first, why) = len(res.table), next(iter(res.failed.items()))
+        n, (first, why) = res.ran or len(res.table), next(iter(res.failed.items()))
         fail(f"{len(res.failed)} of {n} trials failed (trial {first}: {one_line(why, 200)}); "
              "fix the cause and rerun with --retry-failed", code=1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import concurrent.futures, hashlib, json, math, os, random, re, time
 from collections import Counter
 from pathlib import Path
-from ..files import KitError, read_jsonl, write_jsonl
+from ..files import KitError, check_out_folder, read_jsonl, write_jsonl
 from ..tasks import Rejected
 from .sources import DataError, task_spec, validate_record
 from .curate import DuplicateIndex, clean_record, find_duplicates
@@ -311,6 +311,7 @@ def synthesize(task, description:str,  # the task in a sentence or two (the prom
         if v < low: raise DataError(f"{name} must be at least {low}; got {v}")
     if spec.label is not None and labels is None: labels = sorted({spec.label(r) for r in canon})
     settings = _settings(spec, description, canon, labels, shots, seed)
+    check_out_folder(out)  # never a filesystem root, the home folder or a project's root
     out.mkdir(parents=True, exist_ok=True)
     if (out/"synth.json").exists():
         old = json.loads((out/"synth.json").read_text())["settings"]

@@ -14,7 +14,7 @@ from ..files import KitError, one_line, read_jsonl
 from ..methods import ModelError, get_method
 from ..models import end_of_turn_id, is_4bit, load_model, load_tokenizer, resolve_model
 from .. import adapters  # `adapters.merge_adapter` looked up when called (a test swaps in a broken one)
-from ..adapters import AdapterSource, adapter_source
+from ..adapters import AdapterSource, adapter_source, misfit_reason, same_base, trained_on
 from ..data.folder import find_data_dir
 from ..engine import greedy_config
 
@@ -186,6 +186,7 @@ def export_source(source, params:dict|None=None) -> AdapterSource:
     try: return adapter_source(source, params)
     except KitError as e: raise ExportError(str(e)) from None
 
+# %% ../../nbs/09a_deploy_export.ipynb #55ce0cab
 @dataclass
 class Merged:
     "An adapter merged into its base (fp32), with what an export's check needs."
@@ -195,12 +196,18 @@ class Merged:
     prompts: list  # the probe conversations
     ref: list  # `probe_reference` of base + adapter on `prompts`
 
+# %% ../../nbs/09a_deploy_export.ipynb #bc943763
 def merge_for_export(src:AdapterSource, probes=None, n_probes:int=8, max_new_tokens:int=16,
                      progress:bool=True) -> Merged:
     "Load base + adapter in fp32, record the probes' reference, then merge: what every export format starts from."
     cfg = update_config(src.cfg, {"dtype": "float32"})
     try: model, _ = load_model(cfg, adapter=src.adapter_dir, progress=progress)
-    except (OSError, RuntimeError, ValueError) as e: raise ExportError(f"{src.adapter_dir}: cannot load: {one_line(e)}")
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        made = None if isinstance(e, KitError) else trained_on(src.adapter_dir)
+        if made and not same_base(made, src.base_model):  # the adapter's own base, and the one it was put on
+            raise ExportError(f"{src.adapter_dir} was trained on {made}, not on {src.base_model}: it does not fit "
+                              f"({misfit_reason(e)}); export it with -p base_model {made}") from None
+        raise ExportError(f"{src.adapter_dir}: cannot load on {src.base_model}: {misfit_reason(e)}") from None
     if not get_method(src.peft_method).mergeable: _merge(model)  # refuses, saying why, before any work
     model = _dequantized(model)
     tok, gc = _tokenizer_and_gc(src, model)
@@ -210,6 +217,7 @@ def merge_for_export(src:AdapterSource, probes=None, n_probes:int=8, max_new_tok
     merged.generation_config = gc
     return Merged(merged, tok, gc, prompts, ref)
 
+# %% ../../nbs/09a_deploy_export.ipynb #e6021198
 def export_model(source,  # a run folder or an adapter folder
                  out,  # the folder to create (must not exist)
                  dtype:str="auto",  # weights of the export: auto (the base checkpoint's), float32, bfloat16, float16
@@ -221,6 +229,7 @@ def export_model(source,  # a run folder or an adapter folder
     "Merge the adapter of `source` into its base and save it to `out`, kept only if it passes the check."
     with hf_bars(progress): return _export(source, out, dtype, params, probes, n_probes, max_new_tokens, progress)
 
+# %% ../../nbs/09a_deploy_export.ipynb #2c40fe59
 @contextlib.contextmanager
 def hf_bars(on:bool):
     "transformers' own progress bars (loading, saving weights) off for the block unless `on`, as they were after."
@@ -265,4 +274,3 @@ def _export(source, out, dtype, params, probes, n_probes, max_new_tokens, progre
         os.rename(tmp, out)
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(out, report)
-

@@ -8,7 +8,7 @@ Docs: https://finetune-kit.github.io/finetune-kit/deploy_monitor.html.md"""
 from __future__ import annotations
 import json, math
 from pathlib import Path
-from ..files import KitError, md_table
+from ..files import KitError, check_out_folder, md_table, read_jsonl
 from .ab import REQUEST_FIELDS, TEXT_FIELDS
 from .drift import DriftSettings, drift_plot, drift_windows, load_reference
 
@@ -210,13 +210,15 @@ def monitor(log,  # the server's request log (JSON Lines)
             drift_settings:DriftSettings|None=None) -> dict:
     "Read the log; write the table, the A/B difference, drift (with `reference`) and the plots; return them and the files."
     import matplotlib.pyplot as plt
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
+        raise KitError(f"n_resamples: must be at least 1 (bootstrap resamples), got {n_resamples}")
     log = Path(log)
     req, fb = read_log(log)
     d = monitor_drift(req, reference, adapter, drift_settings) if reference is not None else None
     table = monitor_table(req, fb)
     has_ab = req["arm"].isin(["current", "candidate"]).any()
     ab = ab_difference(req, fb, name, n_resamples, seed) if has_ab else None
-    out = Path(out_dir) if out_dir else log.parent/"monitor"
+    out = check_out_folder(Path(out_dir) if out_dir else log.parent/"monitor")
     out.mkdir(parents=True, exist_ok=True)
     fig = monitor_plot(req, fb, table)
     fig.savefig(out/"monitor.png", dpi=100)

@@ -12,12 +12,14 @@ from pathlib import Path
 from ..config import flatten, load_config
 from ..files import cache_dir
 from ..files import md_table
+from ..tasks import get_task
 from .spec import SweepError, SweepSpec
 
 # %% auto #0
 __all__ = ['TRAIN_ROW_KEYS', 'EVAL_ROW_KEYS', 'SUMMARY_KEYS', 'EVAL_METRICS', 'COST_COLUMNS', 'row_key', 'logged_metric_names',
-           'check_metric_name', 'trial_metric', 'intermediate_values', 'trial_cost', 'trials_table', 'pick_cheapest',
-           'plot_sweep', 'trial_config', 'SweepResult', 'trials_markdown', 'write_results']
+           'check_metric_name', 'check_metric_for_task', 'trial_metric', 'intermediate_values', 'trial_cost',
+           'trials_table', 'pick_cheapest', 'plot_sweep', 'trial_config', 'SweepResult', 'trials_markdown',
+           'write_results']
 
 # %% ../../nbs/06c_sweeps_results.ipynb #df6f8e39
 def _read_json(p:Path) -> dict:
@@ -77,6 +79,15 @@ def check_metric_name(metric:str) -> str:
     close = difflib.get_close_matches(str(metric), names, n=3, cutoff=0.6)
     hint = f"did you mean {' or '.join(close)}?" if close else "e.g. eval/loss, train/loss or eval/tuned/macro_f1"
     raise SweepError(f"metric.name: no trial logs '{metric}' ({hint})")
+
+# %% ../../nbs/06c_sweeps_results.ipynb #8f7f4b42
+def check_metric_for_task(metric:str, task:str) -> str:
+    "`metric` when a trial of `task` logs it; else a `SweepError` listing the task's metrics (a task that lists none: no check)."
+    parts, spec = str(metric).split("/"), get_task(task)
+    if len(parts) != 3 or parts[0] != "eval" or not spec.metrics: return metric
+    if parts[2] in spec.metrics or parts[2] in ("n", "perplexity", "mean_output_chars"): return metric
+    raise SweepError(f"metric.name: no trial of task {task} logs '{metric}' (its evaluation reports "
+                     f"{', '.join(spec.metrics)}; e.g. eval/tuned/{spec.headline or spec.metrics[0]})")
 
 # %% ../../nbs/06c_sweeps_results.ipynb #21e79b6b
 def trial_metric(run_dir, metric:str) -> float:
@@ -157,10 +168,11 @@ def pick_cheapest(table,  # a `trials_table`
                   relative:bool=False):  # `within` is a fraction of the best metric
     "The cheapest complete trial (by `cost`, then trial number) whose `metric` is within `within` of the best, or None."
     done = table[(table["state"] == "complete") & table[metric].notna()]
-    if done.empty: return None
+    if done.empty or not within >= 0 or not math.isfinite(within): return None  # no neighbourhood: none is cheapest
     best = done[metric].max() if goal == "maximize" else done[metric].min()
     tol = (abs(best) * within if relative else within) + 1e-9  # "within" includes its edge, whatever the rounding
     near = done[(done[metric] >= best - tol)] if goal == "maximize" else done[(done[metric] <= best + tol)]
+    if near.empty: return None  # a best that is not finite
     cols = [c for c in ((cost,) if isinstance(cost, str) else cost) if c in near] or ["seconds"]
     keys = near[cols].apply(lambda s: s.astype(float).fillna(float("inf"))).assign(_trial=near.index)
     return near.loc[keys.sort_values([*cols, "_trial"]).index[0]]
@@ -267,6 +279,7 @@ class SweepResult:
     files: dict = field(default_factory=dict)
     figures: dict = field(default_factory=dict)
     failed: dict = field(default_factory=dict)  # trial number -> error, for failed trials no later trial retried
+    ran: int = 0  # trials whose outcome stands: complete, pruned or failed, none of them run again since
     def _repr_markdown_(self):
         p = self.sweep_dir/"trials.md"
         return p.read_text() if p.exists() else ""

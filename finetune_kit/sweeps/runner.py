@@ -6,19 +6,22 @@ Docs: https://finetune-kit.github.io/finetune-kit/sweeps_runner.html.md"""
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #0021a905
 from __future__ import annotations
-import json, os, shutil, signal, socket, statistics, sys, time
+import json, math, os, shutil, signal, socket, statistics, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
-from ..settings import find_settings, read_settings
+from ..files import KitError, check_out_folder, one_line
+from ..models import check_model_name
+from ..settings import find_settings, make_config, read_settings
 from .spec import SweepError, SweepSpec, grid_points, load_sweep, search_space, trial_params
 from .study import quiet_optuna, retry_trial, HEARTBEAT_S, fail_trial, heartbeat, open_study
-from .results import (SweepResult, check_metric_name, intermediate_values, trial_cost, trial_metric,
-                                         write_results)
+from .results import (SweepResult, check_metric_for_task, check_metric_name,
+                                         intermediate_values, trial_cost, trial_metric, write_results)
 from .process import error_line, failed_cell, gpu_groups, gpu_ids, kill_tree, process_alive, worker_env
 
 # %% auto #0
-__all__ = ['recover_stale', 'failed_trials', 'retry_failed', 'resolve_notebook', 'default_sweep_dir', 'sweep']
+__all__ = ['recover_stale', 'failed_trials', 'retry_failed', 'resolve_notebook', 'default_sweep_dir', 'check_budgets',
+           'check_sweep_names', 'sweep']
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #692699dd
 @dataclass
@@ -88,19 +91,35 @@ def _budget_stop(study, spec, cap, deadline, max_gpu_hours, jobs) -> str|None:
     return None
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #d8f58686
-def failed_trials(study) -> list:
+def _fits(space:dict, params:dict) -> bool:
+    "Whether `params` is a point of the search `space` (a failure under an older sweep file may not be)."
+    from optuna.distributions import CategoricalDistribution
+    if set(params) != set(space): return False
+    for k, d in space.items():
+        v = params[k]
+        if isinstance(d, CategoricalDistribution):
+            if v not in d.choices: return False
+        elif not (isinstance(v, (int, float)) and d.low <= v <= d.high): return False
+    return True
+
+def failed_trials(study,
+                  space:dict|None=None,  # the sweep's search space: failures outside it (an older file's) left out
+                 ) -> list:
     "The failed trials that no later trial runs again."
     from optuna.trial import TrialState
     trials = study.get_trials(deepcopy=False)
     again = _retried(trials)
     return [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("outcome") == "failed"
-            and t.number not in again]
+            and t.number not in again and (space is None or _fits(space, t.params))]
 
 # %% ../../nbs/06b_sweeps_runner.ipynb #663c9219
-def retry_failed(study, say=print) -> list[int]:
+def retry_failed(study, say=print,
+                 space:dict|None=None,  # the sweep's search space: failures outside it (an older file's) stay as they are
+                ) -> list[int]:
     "Queue the parameters of every failed trial again (once each); their trial numbers."
-    out = [t.number for t in failed_trials(study)]
-    for t in failed_trials(study): retry_trial(study, t)
+    failed = failed_trials(study, space)
+    out = [t.number for t in failed]
+    for t in failed: retry_trial(study, t)
     if out: say(f"trials {', '.join(map(str, out))} failed before: queued again")
     return out
 
@@ -269,6 +288,38 @@ def _main_thread() -> bool:
 
 def _interrupt(*args): raise KeyboardInterrupt
 
+def check_budgets(max_trials:int|None=None, max_hours:float|None=None, max_gpu_hours:float|None=None,
+                  within:float|None=None,
+                  flags:bool=False):  # name them as command-line options (`--max-trials`)
+    "A sweep's budgets and `within` checked: a `SweepError` naming the first out of range (None: not given)."
+    name = (lambda n: "--" + n.replace("_", "-")) if flags else (lambda n: n)
+    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if max_trials is not None and not (isinstance(max_trials, int) and max_trials >= 1):
+        raise SweepError(f"{name('max_trials')}: must be at least 1, got {max_trials}")
+    for n, v in (("max_hours", max_hours), ("max_gpu_hours", max_gpu_hours)):
+        if v is not None and not (num(v) and v > 0): raise SweepError(f"{name(n)}: must be a number above 0, got {v}")
+    if within is not None and not (num(within) and within >= 0):
+        raise SweepError(f"{name('within')}: must be a number >= 0 (how far from the best metric), got {within}")
+
+# %% ../../nbs/06b_sweeps_runner.ipynb #e4c432b0
+def _sweep_tasks(spec:SweepSpec) -> list[str]:
+    "The tasks a sweep's trials run: its `task` values, else the task of its constants (none when that cannot be read)."
+    b = spec.parameters.get("task")
+    if b is not None: return [str(v) for v in (b.get("values") or [b.get("value")]) if v is not None]
+    try: return [make_config(dict(spec.constants)).data.task]
+    except KitError: return []  # a trial says what is wrong with its parameters
+
+def check_sweep_names(spec:SweepSpec):
+    "Before any trial: the metric is one the sweep's tasks log, and every base model it names is a model."
+    for task in _sweep_tasks(spec): check_metric_for_task(spec.metric, task)
+    b = spec.parameters.get("base_model")
+    if b is None: return
+    vals = [("value", b["value"])] if "value" in b else [(f"values[{i}]", v) for i, v in enumerate(b.get("values", []))]
+    for where, v in vals:
+        try: check_model_name(v)
+        except KitError as e: raise SweepError(f"parameters.base_model.{where}: {one_line(e)}") from None
+
+# %% ../../nbs/06b_sweeps_runner.ipynb #298449f5
 def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
           parallel:int=1,  # trials at once on this host (at most one per set of `gpus_per_trial` GPUs)
           storage:str|None=None,  # Optuna storage: RDB URL shared by hosts, or a journal file (default: SQLite)
@@ -287,9 +338,11 @@ def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
           on_update:Callable|None=None,  # (study, SweepResult) after each trial ends (`tune` streams its table)
          ) -> SweepResult:
     "Run a sweep's trials locally as experiment-notebook jobs; resume it if it was interrupted; write its results."
+    check_budgets(max_trials, max_hours, max_gpu_hours, within)
     spec = path if isinstance(path, SweepSpec) else load_sweep(path)
     if not spec.metric: raise SweepError("metric: the local runner needs a metric (name and goal) to rank trials")
     check_metric_name(spec.metric)  # before any trial has run
+    check_sweep_names(spec)
     if parallel < 1: raise SweepError("parallel: must be at least 1")
     gpus, k = gpu_ids(), gpus_per_trial
     groups = gpu_groups(gpus, k)  # too few GPUs for one trial: stop before anything is written
@@ -298,14 +351,14 @@ def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
         raise SweepError(f"a {spec.method} sweep never ends by itself: set run_cap in the file, "
                          "or --max-trials / --max-hours")
     say = print if verbose else (lambda *a, **k: None)
-    sweep_dir = Path(sweep_dir or default_sweep_dir(spec)).resolve()
+    sweep_dir = check_out_folder(Path(sweep_dir or default_sweep_dir(spec)))  # not /, ~ or a project's root
     sweep_dir.mkdir(parents=True, exist_ok=True)
     notebook, space = resolve_notebook(spec), search_space(spec)
-    study = open_study(spec, storage, sweep_dir)
+    study = open_study(spec, storage, sweep_dir, say=say)
     if spec.raw: (sweep_dir/"sweep.json").write_text(json.dumps(spec.raw, indent=1, default=str) + "\n")
     recover_stale(study, say)
-    if retry: retry_failed(study, say)
-    elif (before := failed_trials(study)):
+    if retry: retry_failed(study, say, space)
+    elif (before := failed_trials(study, space)):
         say(f"note: trials {', '.join(str(t.number) for t in before)} failed before; --retry-failed runs them again")
     grid, ctx = grid_points(spec) if spec.method == "grid" else None, _mp_context()
     if k > 1 and parallel > len(groups):
@@ -352,5 +405,6 @@ def sweep(path,  # sweep file (W&B format), or a loaded `SweepSpec` / dict
         if old is not None: signal.signal(signal.SIGTERM, old)
     say(f"sweep {spec.name} stopped: {stop}")
     res = write_results(study, spec, sweep_dir, within=within, cost=cost)
-    res.failed = {t.number: t.user_attrs.get("error", "failed") for t in failed_trials(study)}
+    res.failed = {t.number: t.user_attrs.get("error", "failed") for t in failed_trials(study, space)}
+    res.ran = int(res.table["state"].isin(["complete", "pruned"]).sum()) + len(res.failed)
     return res

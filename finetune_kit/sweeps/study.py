@@ -129,7 +129,8 @@ def _search_key(spec:SweepSpec) -> dict:
     return json.loads(json.dumps(key, default=str))
 
 @quiet_optuna
-def open_study(spec:SweepSpec, storage:str|None=None, sweep_dir=None):
+def open_study(spec:SweepSpec, storage:str|None=None, sweep_dir=None,
+               say=None):  # where a note goes (None: print)
     "The sweep's Optuna study (created or loaded): SQLite in `sweep_dir` by default, an RDB URL, or a journal file."
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -142,10 +143,38 @@ def open_study(spec:SweepSpec, storage:str|None=None, sweep_dir=None):
     key, stored = _search_key(spec), study.user_attrs.get("sweep")
     if stored is None: study.set_user_attr("sweep", key)
     elif stored != key:
-        diff = [k for k in key if key[k] != stored.get(k)]
-        raise SweepError(f"sweep '{spec.name}' in {shown_url(url)} was started with another {', '.join(diff)}: "
-                         "give the sweep another name (name:) or use another sweep folder / --storage")
+        diff = ", ".join(_changed(stored, key))
+        used = _used(study)
+        if used:
+            raise SweepError(f"sweep '{spec.name}' in {shown_url(url)}: its file changed ({diff}) since {used} "
+                             "with the old one: give the sweep another name (name:) or use another sweep folder / "
+                             "--storage")
+        study.set_user_attr("sweep", key)  # only failed (or stale) trials so far: the fixed file applies from now on
+        (say or print)(f"note: the sweep file changed ({diff}); no trial finished with the old one, so the new one "
+                       "applies (--retry-failed runs the failed trials again with it)")
     return study
+
+def _changed(old:dict, new:dict) -> list[str]:
+    "The keys of the sweep that differ between two search keys (`parameters.<name>` for a parameter)."
+    out = []
+    for k in new:
+        if new[k] == old.get(k): continue
+        if k != "parameters": out.append(k); continue
+        a, b = old.get(k) or {}, new[k]
+        out += [f"parameters.{p}" for p in [*b, *(p for p in a if p not in b)] if a.get(p) != b.get(p)]
+    return out
+
+def _used(study) -> str|None:
+    "What of the study ran with its file: `trials 0, 1 finished` (complete or pruned) or a running trial, else None."
+    from optuna.trial import TrialState
+    ts = study.get_trials(deepcopy=False)
+    done = [t.number for t in ts if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    running = [t.number for t in ts if t.state == TrialState.RUNNING]
+    said = lambda ns, one, many: f"{'trial' if len(ns) == 1 else 'trials'} {', '.join(map(str, ns))} " + \
+        (one if len(ns) == 1 else many)
+    parts = ([said(done, "finished", "finished")] if done else []) + \
+        ([said(running, "is running", "are running")] if running else [])
+    return " and ".join(parts) or None
 
 # %% ../../nbs/06e_sweeps_study.ipynb #096ab0c1
 def _db_id(store, study, number:int) -> int:

@@ -10,6 +10,7 @@ import itertools, json, math, random, re, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from ..config import check_param, flatten, load_config, param_specs, update_config
+from ..files import check_out_folder
 from ..settings import make_config
 from ..recipes import find_recipe, write_recipe
 from ..tasks import get_task
@@ -242,7 +243,7 @@ def tune(params:dict,  # flat parameters as given: source, budget, anything fixe
         raise TuneError("no validation split (val_size 0 or val_records 0): tune chooses on a validation split; "
                         "give val_records or val_size above 0")
     space = tune_space(cfg.data.task, params)
-    tune_dir = Path(tune_dir or Path(cfg.runs_dir)/(cfg.run_id or tune_name(cfg))).expanduser().resolve()
+    tune_dir = check_out_folder(Path(tune_dir or Path(cfg.runs_dir)/(cfg.run_id or tune_name(cfg))))  # not /, ~, a root
     name = tune_dir.name
     given = {k: v for k, v in params.items() if k not in _NOT_TRIAL} | val  # what every trial is given
     key = json.loads(json.dumps({"task": cfg.data.task, "epsilon": eps, "space": space, "params": dict(sorted(given.items()))},
