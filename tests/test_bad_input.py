@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 from typer.testing import CliRunner
 
-from helpers import ROOT, FIX, CLS, cli_commands, tiny_config
+from helpers import ROOT, FIX, CLS, cli_commands, tiny_adapter, tiny_config
 from finetune_kit.cli import app
 from finetune_kit.files import KitError
 
@@ -75,6 +75,11 @@ FILES = {  # name -> bytes of a damaged (or otherwise unusable) file
     "header_only.csv": b"text,label\n",
     "archive.jsonl": _zipped("inner.jsonl", b'{"text": "zipped", "label": "a"}\n'),
     "cut.jsonl.gz": gzip.compress(b'{"text": "cut short", "label": "a"}\n' * 20)[:30],
+    # preference data (issue 26) in which no record is left: each quarantined with its reason
+    "pairs_same.jsonl": b'{"prompt": "a?", "chosen": "x", "rejected": "x"}\n{"prompt": "b?", "chosen": "y", "rejected": " y "}\n',
+    "pairs_empty.jsonl": b'{"prompt": "a?", "chosen": "", "rejected": "x"}\n',
+    "pairs_long.jsonl": json.dumps({"prompt": "word " * 300, "chosen": "x", "rejected": "y"}).encode() + b"\n",
+    "ratings_bad.jsonl": b'{"prompt": "a?", "completion": "x", "label": "meh"}\n{"prompt": "b?", "completion": "y", "label": 7}\n',
 }
 
 # `{d}`: the folder holding FILES and the folders made by `damaged`
@@ -193,6 +198,35 @@ CASES = [
     ("train -p objective dpo -p task preference -p init_adapter {d}/nosuch", "init_adapter: "),
     ("train -p objective dpo -p task preference -p init_adapter {d}/empty_dir", "neither a run folder"),
     ("train -p beta -1", "parameter beta must be >= 0"),
+    # each objective: data it does not train on, a method it cannot serve, a start adapter that does not fit
+    ("train -p objective dpo -p task unpaired_preference", "the data's task unpaired_preference holds ratings: train it "
+                                                           "with objective kto"),
+    ("train -p objective dpo -p task preference -p peft_method adalora", "objective dpo cannot train peft_method adalora"),
+    ("train -p objective dpo -p task preference -p init_adapter {d}/lora_adapter -p base_model smollm2-135m-instruct",
+     "was trained on tiny-test, not on base_model smollm2-135m-instruct"),
+    ("train -p objective kto -p source bbc", "objective kto trains on unpaired_preference (prompt, completion, label) or "
+                                             "preference"),
+    ("train -p objective kto -p task unpaired_preference -p peft_method adalora",
+     "objective kto cannot train peft_method adalora"),
+    ("train -p objective kto -p task unpaired_preference -p init_adapter {d}/lora_adapter -p base_model tiny-test "
+     "-p peft_method dora",
+     "is a lora adapter: pass -p peft_method lora"),
+    ("train -p objective orpo -p source bbc", "objective orpo trains on preference (prompt, chosen, rejected)"),
+    ("train -p objective orpo -p task unpaired_preference", "holds ratings: train it with objective kto"),
+    ("train -p objective orpo -p task preference -p init_adapter {d}/run", "init_adapter: "),
+    ("train -p objective grpo -p task preference", "objective grpo trains on a task with gold answers"),
+    ("train -p objective grpo -p num_generations 1", "parameter num_generations must be >= 2"),
+    ("train -p objective grpo -p max_completion_length 0", "parameter max_completion_length must be >= 1"),
+    ("train -p objective grpo -p temperature 0", "parameter temperature must be > 0"),
+    ("train -p objective grpo -p init_adapter {d}/lora_adapter -p base_model smollm2-135m-instruct",
+     "was trained on tiny-test"),
+    # preference data with nothing left: every record quarantined, the reasons counted
+    ("data prepare {d}/pairs_same.jsonl --out {d}/o -p task preference", "rejected: same_answers 2"),
+    ("data prepare {d}/pairs_empty.jsonl --out {d}/o -p task preference", "rejected: empty_field 1"),
+    ("data prepare {d}/ratings_bad.jsonl --out {d}/o -p task unpaired_preference", "rejected: bad_rating 2"),
+    ("data prepare {d}/pairs_long.jsonl --out {d}/o -p task preference -p max_length 64 --tokenizer tiny-test",
+     "rejected: over_token_budget 1"),
+    ("data prepare {d}/pairs_same.jsonl --out {d}/o -p task unpaired_preference", "no record has the field 'label'"),
     ("evaluate run {d}/run --data {d}/nosuch", "--data is for a preference run"),
     ("data feedback {d}/nosuch.jsonl --out {d}/o", "nosuch.jsonl: no such feedback file"),
     ("data feedback {d}/garbage_split.jsonl --out {d}/o", "garbage_split.jsonl"),
@@ -354,6 +388,7 @@ def damaged(d:Path):
     from finetune_kit.config import save_config
     from finetune_kit.settings import make_config
     save_config(tiny_config(runs_dir=str(d), run_id="run"), run/"config.json")
+    tiny_adapter(d/"lora_adapter", seed=1)  # a LoRA adapter on tiny-test: a start for the preference objectives
     from finetune_kit.evaluate import make_review_sheet, write_review
     recs = [json.loads(l) for l in (CLS/"test.jsonl").read_text().splitlines()][:6]
     sheet, key = make_review_sheet(recs, ["sport"] * 6, [r["reference"] for r in recs], 6, 0)

@@ -318,6 +318,8 @@ def _check_judged_against_start(dpo_dir, sft_dir, n:int):
     m = json.loads((Path(dpo_dir)/"eval"/"metrics.json").read_text())
     assert m["objective"] == "dpo" and m["systems"][:3] == ["base", "start", "tuned"] and m["n"] == n
     assert Path(m["data"]).resolve() == CLS.resolve() and m["split"] == "test"  # the SFT data's test split
+    assert Path(m["start_adapter"]).resolve().is_relative_to(Path(sft_dir).resolve())  # its path, beside its metrics
+    assert f"started from `{m['start_adapter']}`" in (Path(dpo_dir)/"eval"/"report.md").read_text()
     iv = m["intervals"]["tuned - start"]
     assert iv["low"] <= iv["value"] <= iv["high"]
     assert {"base", "start", "tuned"} <= {k for k in m["intervals"]}

@@ -83,7 +83,7 @@ def _report(m:dict, table:pd.DataFrame) -> str:
     "report.md of an objective's evaluation."
     v, head = m["verdict"], m["headline"]
     L = [f"# {m['objective']} run judged on {m['task']} {m['split']} ({m['n']} records)", "",
-         f"Tuned adapter `{m['adapter']}`, started from `{m['start']}`; data `{m['data']}`.", "",
+         f"Tuned adapter `{m['adapter']}`, started from `{m['start_adapter']}`; data `{m['data']}`.", "",
          f"**Verdict: {'SHIP' if v.get('ship') else 'do not ship'}**" + (f" (prefer {v['prefer']})"
          if not v.get("ship") and v.get("prefer") else "") + f": {v['reason']}.", "", f"Headline metric: `{head}`.", "",
          "## Metrics", "", md_table(table), ""]
@@ -135,7 +135,8 @@ def evaluate_objective(run,  # a run trained with a preference objective
             key = {i: {s: ("start" if w == "base" else w) for s, w in k.items()} for i, k in key.items()}
             review = {k: p.name for k, p in write_review(sheet, key, tmp).items()}
         m = {"objective": cfg.train.objective, "task": task, "split": ev.eval_split, "n": len(records),
-             "data": str(find_data_dir(data)), "adapter": str(run/"adapter"), "start": str(start) if start else None,
+             "data": str(find_data_dir(data)), "adapter": str(run/"adapter"),
+             "start_adapter": str(start) if start else None,
              "base_model": cfg.model.base_model, "headline": systems["base"].headline, "systems": list(systems),
              **{k: dict(s.metrics) for k, s in systems.items()}, "intervals": cmp["intervals"],
              "verdict": cmp["verdict"], "baselines": baselines, "cost": timing, "notes": notes,
