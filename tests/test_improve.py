@@ -179,3 +179,15 @@ def test_improve_job_without_usable_feedback_says_so_in_one_line(production, ser
     assert "1 lines skipped" in err[0] and "nothing registered" in err[0]
     after = (runs/"canaries.jsonl").read_bytes() if (runs/"canaries.jsonl").exists() else None
     assert after == before and not (runs/"nothing/adapter").exists()
+
+
+def test_serve_reads_a_registry_without_an_entry_for_the_name_as_one_line(tmp_path):
+    from typer.testing import CliRunner
+    from finetune_kit.cli import app
+    from finetune_kit.deploy.improve import register_canary
+    reg = tmp_path/"canaries.jsonl"
+    register_canary(reg, {"name": "other", "adapter": str(tmp_path/"cand/adapter")})
+    (tmp_path/"prod").mkdir()
+    r = CliRunner().invoke(app, ["serve", f"prod={tmp_path/'prod'}", "--canary", f"prod={reg}"])
+    assert r.exit_code == 2 and f"{reg} registers no candidate for 'prod'" in r.output and r.output.count("\n") == 1, \
+        r.output
