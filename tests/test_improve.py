@@ -191,3 +191,35 @@ def test_serve_reads_a_registry_without_an_entry_for_the_name_as_one_line(tmp_pa
     r = CliRunner().invoke(app, ["serve", f"prod={tmp_path/'prod'}", "--canary", f"prod={reg}"])
     assert r.exit_code == 2 and f"{reg} registers no candidate for 'prod'" in r.output and r.output.count("\n") == 1, \
         r.output
+
+
+@pytest.mark.slow
+def test_a_candidate_worse_on_the_frozen_test_set_is_not_registered(tmp_path, one_torch_thread):
+    """A production adapter that learned something (the tiny model answering 'sport' to every article: macro-F1 above
+    zero on its test split) and feedback whose 'corrections' teach it nonsense at a high learning rate: the candidate
+    loses the task, the rule says worse, nothing is exported or registered, and the job's record says why."""
+    from finetune_kit.deploy.ab import feedback_record
+    from finetune_kit.deploy.improve import improve_plan, judge_candidate, prepare_feedback, register_candidate
+    from finetune_kit.runs import create_run
+    from finetune_kit.train import train
+    from helpers import CLS
+    prod = train(tiny_config({"data_dir": str(CLS), "num_train_epochs": 6, "learning_rate": 1e-2,
+                              "per_device_train_batch_size": 4, "dtype": "float32", "lora_r": 8, "seed": 3},
+                             runs_dir=str(tmp_path/"runs"), run_id="prod")).run_dir
+    fb = tmp_path/"feedback.jsonl"
+    fb.write_text("".join(json.dumps(feedback_record(r["prompt"], r["reference"], -1, "zq " * 12, request_id=f"r{i}"))
+                          + "\n" for i, r in enumerate(lines(CLS/"train.jsonl"))))
+    plan = improve_plan({"production": str(prod), "feedback_file": str(fb), "runs_dir": str(tmp_path/"runs"),
+                         "run_id": "worse", "learning_rate": 5e-2, "num_train_epochs": 3, "val_size": 0,
+                         "test_size": 0.2, "max_new_tokens": 4, "bootstrap_samples": 200, "report_to": "none"})
+    cfg, run_dir = create_run(plan.cfg)
+    info = prepare_feedback(plan, tokenizer="tiny-test")
+    train(cfg, run_dir=run_dir)
+    judged = judge_candidate(plan)
+    out = register_candidate(plan, judged, info)
+    f = out["frozen_test"]
+    assert f["production"] > 0 and f["candidate"] < f["production"] and f["ci_low"] < -cfg.eval.ship_margin, f
+    assert out["registered"] is None and out["reason"].startswith("not registered: candidate - production")
+    assert "worse than production beyond the margin" in out["reason"] and out["export"] is None
+    assert not (tmp_path/"runs/canaries.jsonl").exists() and not (run_dir/"export").exists()
+    print(json.dumps(f, indent=1))
