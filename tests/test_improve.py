@@ -223,3 +223,34 @@ def test_a_candidate_worse_on_the_frozen_test_set_is_not_registered(tmp_path, on
     assert "worse than production beyond the margin" in out["reason"] and out["export"] is None
     assert not (tmp_path/"runs/canaries.jsonl").exists() and not (run_dir/"export").exists()
     print(json.dumps(f, indent=1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective,task", [("dpo", "preference"), ("kto", "unpaired_preference")])
+def test_a_preference_objective_learns_from_the_feedback_it_can_use(objective, task, tmp_path, one_torch_thread):
+    """DPO takes the corrections over the answers they corrected, KTO every rated answer; the held-out feedback is
+    judged on its wanted answers (the correction; an answer rated good), and the candidate is registered."""
+    from finetune_kit.deploy.ab import feedback_record
+    from finetune_kit.deploy.improve import improve_plan, judge_candidate, prepare_feedback, register_candidate
+    from finetune_kit.runs import create_run
+    from finetune_kit.train import train
+    from helpers import CLS
+    prod = train(tiny_config({"data_dir": str(CLS), "max_steps": 2, "dtype": "float32", "lora_r": 8, "seed": 3},
+                             runs_dir=str(tmp_path/"runs"), run_id="prod")).run_dir
+    fb = tmp_path/"feedback.jsonl"
+    fb.write_text("".join(json.dumps(feedback_record(r["prompt"], "sport", 1 if i % 3 == 0 else -1,
+                                                     None if i % 3 == 0 else r["reference"])) + "\n"
+                          for i, r in enumerate(lines(CLS/"train.jsonl"))))
+    plan = improve_plan({"production": str(prod), "feedback_file": str(fb), "runs_dir": str(tmp_path/"runs"),
+                         "run_id": objective, "objective": objective, "max_steps": 2, "val_size": 0, "test_size": 0.3,
+                         "per_device_train_batch_size": 4, "max_new_tokens": 4, "bootstrap_samples": 50,
+                         "report_to": "none"})
+    assert plan.cfg.data.task == task and plan.cfg.train.init_adapter == str(prod/"adapter")
+    cfg, run_dir = create_run(plan.cfg)
+    info = prepare_feedback(plan, tokenizer="tiny-test")
+    assert info["task"] == task and info["counts"]["splits"]["train"] > 0
+    train(cfg, run_dir=run_dir)
+    out = register_candidate(plan, judge_candidate(plan), info)
+    held = [r for r in lines(run_dir/"data/test.jsonl") if task == "preference" or r["label"] is True]
+    assert out["held_out_feedback"]["n"] == len(held) > 0
+    assert out["registered"]["version"] == 1 and out["registered"]["objective"] == objective

@@ -31,7 +31,7 @@ def recipes_cmd(verbose:bool = typer.Option(False, "--verbose", "-v", help="each
     typer.echo(md_table([[r[c] for c in cols] for r in rows], cols))
 
 # %% ../../nbs/08b_cli_stages.ipynb #4fac4bda
-@stages_app.command("run", cls=reads(*ALL_PARAMS, "improve"))
+@stages_app.command("run", cls=reads(*ALL_PARAMS))
 def run_cmd(ctx:typer.Context,
             notebook:Path = typer.Argument(..., help="workbook to execute, e.g. nbs/workbooks/finetune.ipynb"),
             output:Path|None = typer.Option(None, "--output", "-o",
