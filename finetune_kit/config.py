@@ -17,8 +17,9 @@ from .threads import WAIT_POLICIES
 
 # %% auto #0
 __all__ = ['ConfigError', 'DataConfig', 'ModelConfig', 'AdapterConfig', 'TrainConfig', 'EvalConfig', 'TrackingConfig',
-           'TuneConfig', 'RunConfig', 'ParamSpec', 'param_specs', 'range_text', 'check_param', 'update_config',
-           'flatten', 'config_to_dict', 'config_from_dict', 'save_config', 'load_config', 'seed_everything']
+           'TuneConfig', 'ImproveConfig', 'RunConfig', 'ParamSpec', 'param_specs', 'range_text', 'check_param',
+           'update_config', 'flatten', 'config_to_dict', 'config_from_dict', 'save_config', 'load_config',
+           'seed_everything']
 
 # %% ../nbs/00_config.ipynb #da072873
 class ConfigError(KitError):
@@ -185,6 +186,23 @@ class TuneConfig:
                                     "drawn before max_records samples the training pool), unless val_size or "
                                     "val_records is given", ge=1)
 
+# %% ../nbs/00_config.ipynb #be702a0c
+@dataclass
+class ImproveConfig:
+    "What `improve` retrains from and where it registers the candidate."
+    production: str|None = _f(None, "improve: the production run (or its adapter/ folder) the candidate starts from and "
+                                    "is judged against, on that run's own test split")
+    feedback_file: str|None = _f(None, "improve: the server's feedback file (serve --feedback): corrections and rated "
+                                       "answers become training records")
+    new_data: str|None = _f(None, "improve: more records to train on with the feedback, in the objective's form "
+                                  "(sft: prompt and completion; dpo, orpo: pairs; kto: rated answers), as source")
+    canary_registry: str|None = _f(None, "improve: the registry the candidate is added to as the next canary "
+                                         "(None: canaries.jsonl in runs_dir)")
+    canary_name: str|None = _f(None, "improve: the served adapter name the candidate replaces (None: the production "
+                                     "run's folder name)")
+    min_feedback_records: int = _f(1, "improve: fewest usable training records the feedback must give; fewer: the job "
+                                      "stops and registers nothing", ge=1)
+
 # %% ../nbs/00_config.ipynb #2fe54abd
 @dataclass
 class RunConfig:
@@ -196,6 +214,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    improve: ImproveConfig = field(default_factory=ImproveConfig)
     seed: int = _f(42, "seed for python, numpy, torch and the data split", ge=0, le=2**32 - 1)
     runs_dir: str = _f("runs", "folder holding one subfolder per run")
     run_id: str|None = _f(None, "run folder name (None: timestamp, task and method)")
@@ -203,7 +222,7 @@ class RunConfig:
                      "none, or one of `finetune-kit recipes`")
 
 # %% ../nbs/00_config.ipynb #350bfbd6
-_SECTIONS = ("data", "model", "peft", "train", "eval", "tracking", "tune")
+_SECTIONS = ("data", "model", "peft", "train", "eval", "tracking", "tune", "improve")
 
 @dataclass(frozen=True)
 class ParamSpec:

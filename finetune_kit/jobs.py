@@ -11,11 +11,11 @@ from pathlib import Path
 from .config import ConfigError, check_param
 from .runs import new_run_id
 from .settings import make_config
-from .files import one_line
+from .files import KitError, one_line
 from .progress import JOB_ENV
 
 # %% auto #0
-__all__ = ['job_params', 'job_plan', 'check_notebook', 'injected', 'run_job']
+__all__ = ['job_params', 'job_plan', 'check_notebook', 'injected', 'run_job', 'JobStop', 'job_stop']
 
 # %% ../nbs/07_jobs.ipynb #89c22d24
 def job_params(pairs=(),  # `(NAME, VALUE)` string pairs, as `-p NAME VALUE` gives them
@@ -100,3 +100,12 @@ def run_job(notebook,  # the workbook to execute
                             stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None,
                             cwd=str(Path.cwd()))
     return out
+
+# %% ../nbs/07_jobs.ipynb #4dbe100a
+class JobStop(KitError):
+    "A workbook's stop on input it cannot use: `finetune-kit run` says the message in one line and exits 2."
+
+# %% ../nbs/07_jobs.ipynb #b72e8e1e
+def job_stop(ename:str|None) -> bool:
+    "Whether a failed cell's exception name (papermill's `ename`) is a `JobStop`."
+    return ename == JobStop.__name__

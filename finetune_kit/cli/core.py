@@ -54,7 +54,8 @@ class KitGroup(TyperGroup):
         return rv
 
 # %% ../../nbs/08a_cli_core.ipynb #a25cf100
-ALL_PARAMS = ("data", "model", "peft", "train", "eval", "tracking", "tune", "seed", "runs_dir", "run_id", "recipe")
+ALL_PARAMS = ("data", "model", "peft", "train", "eval", "tracking", "tune", "improve", "seed", "runs_dir", "run_id",
+              "recipe")
 
 def stage_params(reads=ALL_PARAMS,  # config sections and parameter names
                  skips=()) -> list[str]:  # names to leave out

@@ -81,6 +81,12 @@ def _canary_args(specs:list[str]|None, named:dict) -> dict:
                                    f"{', '.join(named) or 'none'}); name the adapter the candidate replaces")
         if name in out: fail(f"--canary: two canaries for '{name}'")
         if cand in named: out[name] = cand
+        elif Path(cand).is_file() and cand.endswith(".jsonl"):  # a canary registry (improve): its newest entry for NAME
+            from finetune_kit.deploy import next_canary
+            if (e := next_canary(cand, name)) is None: fail(f"--canary {spec!r}: {cand} registers no candidate for '{name}'")
+            out[name] = f"{name}-canary"
+            if out[name] in named: fail(f"--canary {spec!r}: an adapter is already named '{out[name]}'")
+            named[out[name]] = Path(e["adapter"])
         elif Path(cand).exists():
             out[name] = f"{name}-canary"
             if out[name] in named: fail(f"--canary {spec!r}: an adapter is already named '{out[name]}'")
@@ -126,8 +132,9 @@ def serve_cmd(ctx:typer.Context,
                                            "message and the answer, PII-scrubbed (for drift and retraining)"),
               retention_days:float|None = typer.Option(None, "--text-retention-days", help="logged text older than "
                                                        "this is dropped from the log (default: 30)"),
-              canary:list[str]|None = typer.Option(None, "--canary", help="NAME=ADAPTER: release ADAPTER (a folder, or "
-                                                   "a served adapter's name) to requests for the served adapter NAME, "
+              canary:list[str]|None = typer.Option(None, "--canary", help="NAME=ADAPTER: release ADAPTER (a folder, "
+                                                   "a served adapter's name, or a canary registry .jsonl: its newest "
+                                                   "entry for NAME) to requests for the served adapter NAME, "
                                                    "share raised step by step, rolled back or promoted on evidence"),
               canary_steps:str|None = typer.Option(None, "--canary-steps", help="the candidate's shares, rising "
                                                    "(default: 0.05,0.25,0.5; passing the last promotes)"),

@@ -12,7 +12,7 @@ from ..config import load_config, update_config
 from ..settings import make_config
 from ..files import md_table, one_line, read_jsonl
 from ..recipes import recipe_rows
-from ..jobs import check_notebook, job_plan, run_job
+from ..jobs import check_notebook, job_plan, job_stop, run_job
 from .core import ALL_PARAMS, KitCommand, KitGroup, fail, reads, typer_app
 
 # %% auto #0
@@ -42,6 +42,7 @@ def run_cmd(ctx:typer.Context,
     params, out = job_plan(ctx.meta["params"], output, notebook)
     try: run_job(notebook, params, output)
     except PapermillExecutionError as e:
+        if job_stop(e.ename): fail(f"{one_line(e.evalue)} (executed notebook: {out})")  # input it cannot use: exit 2
         typer.echo(f"error: cell {e.exec_count} failed: {e.ename}: {e.evalue}", err=True)
         typer.echo("\n".join("    " + l for l in (e.source or "").splitlines()[:20]), err=True)
         fail(f"the executed notebook is kept: {out}", code=1)

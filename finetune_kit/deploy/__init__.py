@@ -17,3 +17,4 @@ from .vllm import *
 from .drift import *
 from .monitor import *
 from .canary import *
+from .improve import *
