@@ -57,7 +57,7 @@ def compile_model(model,  # the model to train (compiled in place)
     parts = [model] if how == "model" else compile_regions(model)
     if not parts: return {**info, "reason": "the model names no repeated blocks (_no_split_modules) to compile"}
     try:
-        for m in parts: m.compile()
+        for m in parts: m.compile(dynamic=True)  # sequence length changes every batch: one graph for all
     except Exception as e:
         uncompile(model)
         return {**info, "reason": f"torch.compile failed: {type(e).__name__}: {one_line(e)}"}
