@@ -38,7 +38,7 @@ def op_group(name:str,  # the profiler event's name, e.g. "aten::mm"
              vocab:int|None=None  # the output layer's width (a product this wide is never a LoRA product)
             ) -> str:
     "Which of `GROUPS` a profiler event's self time belongs to."
-    if any(p.startswith(("Optimizer.step", "Optimizer.zero_grad")) for p in parents): return "optimizer"
+    if any(p.startswith(("Optimizer.step", "Optimizer.zero_grad")) for p in [name, *parents]): return "optimizer"
     if "Compiled" in name or "compiled" in name or name.startswith(("cpp_fused", "inductor", "## Call")): return "compiled"
     if name in _ATTN or "scaled_dot_product" in name or "flash_attention" in name: return "attention"
     if name in _MM:
