@@ -12,19 +12,21 @@ It also prints each side's useful FLOP/s (`_bench.train_flops`: forward and inpu
 weights, the output layer only where a label is) and the kit's share of the device's best matrix-product peak
 (`_bench.device_peak`, fp32 or bf16), as `peak_share`. Diagnostic sides change one kit default at a time:
 `kit-fp32` (dtype float32), `kit-sdpa` (SDPA attention), `kit-full-logits` (TRL's loss over every position),
-`kit-random` (random batches instead of length-grouped), `kit-dropout` (LoRA dropout 0.05).
+`kit-random` (random batches instead of length-grouped), `kit-dropout` (LoRA dropout 0.05), and with `--compile HOW`
+`kit-compile` (the kit's defaults with `torch_compile=HOW`: model or regions; its compile happens in the warm-up steps,
+printed apart as the first steps' seconds beside the eager side's).
 
 Last line: `speedup_vs_trl: <kit tokens/s / the faster TRL default run's tokens/s>` (target >= 2.0).
 
-    python benchmarks/train_throughput.py [--steps 12] [--warmup 2] [--records 200] [--sides kit,trl,trl-bf16,...]
+    python benchmarks/train_throughput.py [--steps 12] [--warmup 2] [--records 200] [--sides kit,trl,trl-bf16,...] [--compile regions]
 """
-import argparse, json, subprocess, sys, tempfile, time
+import argparse, json, os, subprocess, sys, tempfile, time
 from _bench import device_peak, linear_params, train_flops
 
 KIT_VARIANTS = {"kit": {}, "kit-fp32": {"dtype": "float32"}, "kit-sdpa": {"attn_implementation": "sdpa"},
                 "kit-dropout": {"lora_dropout": 0.05}, "kit-full-logits": {}, "kit-random": {}}
 
-def measure(side, steps, warmup, records, data_dir):
+def measure(side, steps, warmup, records, data_dir, compile_how="none"):
     import torch
     from transformers import TrainerCallback
     from finetune_kit.settings import make_config
@@ -33,15 +35,19 @@ def measure(side, steps, warmup, records, data_dir):
     from finetune_kit.adapters import apply_peft
     cfg = make_config({"base_model": "smollm2-135m-instruct", "peft_method": "lora", "lora_r": 16, "report_to": "none",
                        "max_steps": steps + warmup, "source": "bbc", "max_records": records,
-                       **KIT_VARIANTS.get(side, {})}, settings=False)
+                       **KIT_VARIANTS.get(side, {}), **({"torch_compile": compile_how} if side == "kit-compile" else {})},
+                      settings=False)
     train_ds = load_splits(data_dir)["train"]
     train_ds = train_ds.remove_columns([c for c in train_ds.column_names if c not in ("prompt", "completion")])
 
     class Clock(TrainerCallback):
         "Time and count non-padding tokens of the steps after the warm-up."
-        def __init__(self): self.t, self.tok = None, None
+        def __init__(self): self.t, self.tok, self.t0 = None, None, None
         def on_step_begin(self, args, state, control, **kw):
-            if state.global_step == warmup: self.t, self.tok = time.perf_counter(), trainer._total_train_tokens
+            if state.global_step == 0: self.t0 = time.perf_counter()
+            if state.global_step == warmup:
+                self.t, self.tok = time.perf_counter(), trainer._total_train_tokens
+                self.warmup_seconds = self.t - self.t0  # the warm-up steps: a compiled side compiles here
         def on_train_end(self, args, state, control, **kw):
             self.seconds, self.tokens = time.perf_counter() - self.t, trainer._total_train_tokens - self.tok
 
@@ -55,6 +61,8 @@ def measure(side, steps, warmup, records, data_dir):
             trainer = FinetuneTrainer(model=model, args=training_args(cfg, d, save_strategy="no", disable_tqdm=True, **over),
                                       processing_class=tok, train_dataset=train_ds, callbacks=[clock])
             trainer.compact_loss = side != "kit-full-logits"
+            from finetune_kit.compiling import compile_model
+            trainer.compile_info = compile_model(trainer.model, cfg.train.torch_compile, trainer.args.device.type)
         else:
             from peft import LoraConfig
             from trl import SFTConfig, SFTTrainer
@@ -70,7 +78,8 @@ def measure(side, steps, warmup, records, data_dir):
         blocks, head = linear_params(trainer.model)
     return {"side": side, "blocks": blocks, "head": head, "tokens": clock.tokens, "seconds": clock.seconds, "tokens_per_s": clock.tokens / clock.seconds,
             "batch": trainer.args.per_device_train_batch_size, "gradient_checkpointing": trainer.args.activation_checkpointing,
-            "bf16": bool(trainer.args.bf16)}
+            "bf16": bool(trainer.args.bf16), "warmup_seconds": clock.warmup_seconds,
+            "compile": getattr(trainer, "compile_info", {"used": "none"})}
 
 def main():
     ap = argparse.ArgumentParser()
@@ -79,11 +88,14 @@ def main():
     ap.add_argument("--records", type=int, default=200)
     ap.add_argument("--one", metavar="SIDE")
     ap.add_argument("--data")
+    ap.add_argument("--compile", default="none", choices=("none", "model", "regions"),
+                    help="also measure the kit's defaults with torch_compile=COMPILE (side kit-compile)")
     ap.add_argument("--sides", default="kit,trl,trl-bf16",
                     help=f"comma-separated: {', '.join(KIT_VARIANTS)}, trl (fp32), trl-bf16 (TRL's strict default)")
     a = ap.parse_args()
+    if a.compile != "none" and "kit-compile" not in a.sides: a.sides += ",kit-compile"
     if a.one:
-        print(json.dumps(measure(a.one, a.steps, a.warmup, a.records, a.data)))
+        print(json.dumps(measure(a.one, a.steps, a.warmup, a.records, a.data, a.compile)))
         return
     from finetune_kit.settings import make_config
     from finetune_kit.data import prepare_data
@@ -97,23 +109,32 @@ def main():
         loss_share = 1 - sum(p_lens) / sum(t_lens)  # the answer's share of each record's tokens, over the split
         print(f"BBC records: {info['counts']['splits'] if 'splits' in info.get('counts', {}) else info.get('counts')}")
         res = {}
+        print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
         for side in a.sides.split(","):
             r = subprocess.run([sys.executable, __file__, "--one", side, "--data", data, "--steps", str(a.steps),
-                                "--warmup", str(a.warmup), "--records", str(a.records)], capture_output=True, text=True)
+                                "--warmup", str(a.warmup), "--records", str(a.records), "--compile", a.compile],
+                               capture_output=True, text=True)
             if r.returncode: sys.exit(f"{side} failed:\n{r.stderr[-3000:]}")
             res[side] = json.loads(r.stdout.strip().splitlines()[-1])
             x = res[side]
             x["gflops"] = train_flops(x["blocks"], x["head"], x["tokens"], x["tokens"] * loss_share) / x["seconds"] / 1e9
             print(f"{side:15s} {x['tokens_per_s']:7.1f} non-padding tokens/s, {x['gflops']:6.1f} useful GFLOP/s  "
                   f"({x['tokens']} tokens in {x['seconds']:.1f}s; batch {x['batch']}, gradient checkpointing "
-                  f"{x['gradient_checkpointing']}, bf16 {x['bf16']})", flush=True)
+                  f"{x['gradient_checkpointing']}, bf16 {x['bf16']}; {a.warmup} warm-up steps {x['warmup_seconds']:.1f}s"
+              + (f"; compile {x['compile']}" if side == "kit-compile" else "") + ")", flush=True)
     import torch
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     peak = device_peak("cuda" if torch.cuda.is_available() else "cpu", sizes=(1024, 2048))
     print("device peak GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in peak.items()))
     print(f"peak_share: {res['kit']['gflops'] / max(peak.values()):.3f}")
-    trl_best = max(res[s]["tokens_per_s"] for s in res if s.startswith("trl"))
+    trl_best = max((res[s]["tokens_per_s"] for s in res if s.startswith("trl")), default=None)
     if "trl-bf16" in res: print(f"speedup vs TRL defaults with bf16 (strict): {res['kit']['tokens_per_s'] / res['trl-bf16']['tokens_per_s']:.2f}")
-    print(f"speedup_vs_trl: {res['kit']['tokens_per_s'] / trl_best:.2f}")
+    if "kit-compile" in res:
+        c, k = res["kit-compile"], res["kit"]
+        print(f"compile ({a.compile}, used {c['compile']['used']}): warm-up steps {c['warmup_seconds']:.1f}s vs eager "
+              f"{k['warmup_seconds']:.1f}s (compile about {c['warmup_seconds'] - k['warmup_seconds']:.1f}s); "
+              f"compiled_speedup: {c['tokens_per_s'] / k['tokens_per_s']:.2f}")
+    if trl_best: print(f"speedup_vs_trl: {res['kit']['tokens_per_s'] / trl_best:.2f}")
 
 if __name__ == "__main__":
     main()

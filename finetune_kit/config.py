@@ -129,6 +129,9 @@ class TrainConfig:
     neftune_noise_alpha: float|None = _f(None, "NEFTune embedding noise (None: off)", gt=0)
     use_liger_kernel: bool = _f(False, "Liger's fused Triton kernels on CUDA (pip install 'finetune-kit[liger]'); "
                                        "ignored on CPU")
+    torch_compile: str = _f("none", "torch.compile for training: none (eager), model (the whole model) or regions "
+                                    "(each transformer block); falls back to eager, with the reason in manifest.json, "
+                                    "where unsupported", ("none", "model", "regions"))
     # Parameters that choose the objective (preference tuning)
     objective: str = _f("sft", "what training minimises: sft (gold answers), dpo or orpo (preference pairs), kto "
                                "(answers rated good or bad, or pairs), grpo (the task's score on sampled answers)",

@@ -22,6 +22,7 @@ from .methods import get_method
 from .models import (detect_bf16, device_settings, end_of_turn_id, load_model, model_report, set_stop_tokens,
                                  sharding, tokenizer_hashes)
 from .adapters import save_adapter
+from .compiling import compile_model, uncompile
 from .data import empty_train_reason, load_splits, parse_ratios, prepare_data, source_list
 from .tracking import RunRecorder, end_tracking, plot_training, start_tracking, wandb_logged_in
 from .trainers import check_objective, objective_trainer, plot_objective, start_model
@@ -149,6 +150,23 @@ def uses_compact_loss(method:str,  # the PEFT method
     cuda = torch.cuda.is_available() if cuda is None else cuda
     return not cuda and not get_method(method).prompt_learning
 
+# %% ../nbs/04_train.ipynb #b1c5c326
+@patch
+def training_step(self:FinetuneTrainer, model, inputs, num_items_in_batch=None):
+    "`SFTTrainer.training_step`; the first step of a compiled model falls back to eager when compiling fails."
+    info = getattr(self, "compile_info", None)
+    if not info or info["used"] == "none" or getattr(self, "_compile_checked", False): return SFTTrainer.training_step(self, model, inputs, num_items_in_batch)
+    try: loss = SFTTrainer.training_step(self, model, inputs, num_items_in_batch)
+    except TrainingError: raise
+    except Exception as e:
+        uncompile(self.model)
+        for p in self.model.parameters(): p.grad = None
+        info.update(used="none", reason=f"the first compiled step failed ({type(e).__name__}: {one_line(e)})")
+        print(f"warning: torch_compile={info['asked']}: {info['reason']}; training eager", file=sys.stderr)
+        loss = SFTTrainer.training_step(self, model, inputs, num_items_in_batch)
+    self._compile_checked = True
+    return loss
+
 # %% ../nbs/04_train.ipynb #128e18b8
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
@@ -191,8 +209,9 @@ _LOAD = ("load_1m", "others_load")  # a moment's measure: in the warning's text 
 
 def write_manifest(run_dir, cfg:RunConfig, tok, data_info:dict, model_id:str, world_size:int,
                    threads:dict|None=None,  # what `use_threads` did (its count and why, any warning; not the load)
+                   compiled:dict|None=None,  # what `compile_model` and the first step did: asked, used, reason
                   ) -> dict:
-    "Write `manifest.json` (data fingerprint, template/tokenizer hashes, precision and why, threads, packages, seed); return it."
+    "Write `manifest.json` (data fingerprint, template/tokenizer hashes, precision and why, threads, compile, packages, seed); return it."
     run_dir = Path(run_dir)
     env = json.loads((run_dir/"env.json").read_text()) if (run_dir/"env.json").exists() else {}
     cfg_d = {k: v for k, v in flatten(cfg).items() if k not in ("run_id", "runs_dir", "run_name", "data_dir")}
@@ -201,6 +220,7 @@ def write_manifest(run_dir, cfg:RunConfig, tok, data_info:dict, model_id:str, wo
          "data_fingerprint": data_info.get("fingerprint"), "base_model": model_id, **tokenizer_hashes(tok),
          "precision": {"weights": ds.dtype, "mixed_precision": ds.mixed_precision, "reason": ds.reason},
          "world_size": world_size, "threads": {k: v for k, v in (threads or {}).items() if k not in _LOAD} or None,
+         "compile": compiled,
          "python": env.get("python"), "packages": env.get("packages", {})}
     (run_dir/"manifest.json").write_text(json.dumps(m, indent=2) + "\n")
     return m
@@ -278,12 +298,19 @@ def _make_trainer(cfg:RunConfig, model, tok, splits, run_dir:Path, backend:str, 
     if (cb := get_method(cfg.peft.peft_method).callback) is not None: cbs.append(cb())
     if cfg.train.early_stopping_patience is not None and eval_ds is not None:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    if cfg.train.objective != "sft": return objective_trainer(cfg, model, tok, splits, args, cbs, data_info or {})
+    if cfg.train.objective != "sft":
+        trainer = objective_trainer(cfg, model, tok, splits, args, cbs, data_info or {})
+        how = cfg.train.torch_compile
+        trainer.compile_info = {"asked": how, "used": "none", "reason": None if how == "none" else
+                                f"torch_compile applies to sft training; objective {cfg.train.objective} trains eager"}
+        return trainer
     cols = lambda d: [c for c in d.column_names if c not in ("prompt", "completion")]
     trainer = FinetuneTrainer(model=model, args=args, processing_class=tok, callbacks=cbs,
                               train_dataset=train_ds.remove_columns(cols(train_ds)),
                               eval_dataset=eval_ds.remove_columns(cols(eval_ds)) if eval_ds is not None else None)
     trainer.compact_loss = uses_compact_loss(cfg.peft.peft_method)
+    trainer.compile_info = compile_model(trainer.model, cfg.train.torch_compile, trainer.args.device.type)
+    if (why := trainer.compile_info["reason"]): print(f"warning: torch_compile={cfg.train.torch_compile}: {why}; training eager", file=sys.stderr)
     return trainer
 
 # %% ../nbs/04_train.ipynb #aeaaf24f
@@ -308,7 +335,8 @@ def _save_results(trainer, tok, cfg:RunConfig, run_dir:Path, train_loss:float, s
                "trainable_pct": report.get("trainable_pct"),
                **{k: round(v, 1) for k, v in _peak_memory_mb().items()}, **checks}
     (run_dir/"summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_manifest(run_dir, cfg, tok, data_info, str(cfg.model.base_model), world_size, threads)
+    write_manifest(run_dir, cfg, tok, data_info, str(cfg.model.base_model), world_size, threads,
+                   getattr(trainer, "compile_info", None))
     plot_training(run_dir)
     return summary
 
