@@ -6,6 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("gguf")
+pytestmark = pytest.mark.slow  # llama.cpp's converter runs in its own Python process
 from typer.testing import CliRunner
 from finetune_kit.cli import app
 from finetune_kit.deploy import GGUF_TOLERANCES, export_gguf

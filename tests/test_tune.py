@@ -254,7 +254,7 @@ def test_every_trial_chooses_on_val_records_unless_the_validation_split_is_given
 
 # --- the search space ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("task", [t for t in TASKS if TASKS[t].preference is None])
 def test_every_task_has_a_valid_search_space_holding_its_recipe(task):
     space = dict(TASKS[task].tune_space)
     assert space and all(len(v) >= 2 for v in space.values())
@@ -409,3 +409,10 @@ def test_pruning_compares_a_trial_only_with_trials_of_its_own_length():
     with pytest.raises(SweepError, match="early_terminate.compare: must be all or same_length"):
         load_sweep({"method": "random", "metric": {"name": "m", "goal": "maximize"}, "parameters": {"lora_r": {"values": [8]}},
                     "early_terminate": {"type": "hyperband", "min_iter": 1, "compare": "some"}})
+
+
+@pytest.mark.parametrize("task", [t for t in TASKS if TASKS[t].preference is not None])
+def test_tune_on_preference_data_is_refused_in_one_line(task):
+    "Preference tasks have no search space yet: `tune` says so before any run, naming the task."
+    assert not TASKS[task].tune_space
+    with pytest.raises(TuneError, match=f"task {task}"): tune_space(task, {})
