@@ -237,7 +237,7 @@ def _save_checkpoint(self:FinetuneTrainer, model, trial):
 
 @patch
 def log(self:FinetuneTrainer, logs:dict, start_time=None):
-    "`SFTTrainer.log`; the closing row of a `train()` call reports the whole run (`RunTotals.closing`), resumes included."
+    "`SFTTrainer.log`; the closing row of a `train()` call reports the whole run (`RunTotals`' `closing` method), resumes included."
     if (t := getattr(self, "_run_totals", None)) is not None and {"train_loss", "train_runtime"} <= set(logs):
         logs = t.closing(logs)
     return SFTTrainer.log(self, logs, start_time)
