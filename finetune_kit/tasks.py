@@ -162,6 +162,7 @@ class TaskSpec:
     entities: Callable|None = None  # rec -> the type of each entity the record mentions (tagging tasks)
     row_fields: tuple = ()  # canonical fields kept on each written row besides prompt/completion/reference
     extra_inputs: tuple = ()  # other source fields the task reads
+    field_aliases: tuple = ()  # (canonical field, another source name `validate` reads for it) pairs
     headline: str|None = None  # metric a verdict is about (None: the scorer names it)
     has_reference: Callable = lambda r: isinstance(r.get("reference"), str) and r["reference"].strip() != ""
     score: str|Callable|None = None  # (records, outputs, labels, parse=None) -> (metrics, items, counts, agg, headline)
@@ -414,4 +415,4 @@ register_task(TaskSpec(
     "unpaired_preference", ("prompt", "label"), validate=_validate_rating, preference="ratings",
     texts=_message_texts("prompt", "completion"), input_text=_prompt_text, answer=lambda r: r["completion"],
     user_text=lambda r, t: r["prompt"], label=lambda r: "desirable" if r["label"] else "undesirable",
-    row_fields=("label",), extra_inputs=("completion",)))
+    row_fields=("label",), extra_inputs=("completion",), field_aliases=(("label", "rating"),)))

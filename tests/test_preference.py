@@ -163,6 +163,17 @@ def test_bad_preference_records_are_quarantined_with_reasons(tmp_path):
     assert sorted(r["label"] for r in lines(tmp_path/"r"/"train.jsonl")) == [False, True, True]
 
 
+def test_ratings_under_the_servers_field_name_prepare(tmp_path):
+    "The server's feedback file says `rating`, not `label`: the data stage's field check takes it (no -p label_field)."
+    from finetune_kit.data import prepare_data
+    write_jsonl([{"prompt": Q(f"q{i}"), "completion": "a", "rating": v} for i, v in enumerate([1, -1, 0.5, 0])],
+                tmp_path/"feedback.jsonl")
+    info = prepare_data(tiny_config(task="unpaired_preference", source=str(tmp_path/"feedback.jsonl"), max_records=None,
+                                    val_size=0, test_size=0), tmp_path/"r")
+    assert info["counts"]["kept"] == 3 and info["counts"]["rejected_by_reason"] == {"bad_rating": 1}
+    assert sorted(r["label"] for r in lines(tmp_path/"r"/"train.jsonl")) == [False, True, True]
+
+
 # --- each objective trains and resumes ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,7 @@ def check_fields(records:list[dict],  # from `data.prepare.read_and_validate`: `
     for part, have in sorted(keys.items()):
         for param, given, canonical, role in fields:
             if (name := given or canonical) in have: continue
+            if not given and dict(spec.field_aliases).get(canonical) in have: continue  # e.g. a feedback file's `rating`
             near = difflib.get_close_matches(name, list(have), n=1, cutoff=0.6)
             listed = ", ".join(k for k, _ in have.most_common(8)) + (", ..." if len(have) > 8 else "")
             what = (f"'{name}' ({param})" if given else
