@@ -132,6 +132,7 @@ def test_search_finds_the_api_page(site, browser):
     page.wait_for_url(re.compile(r'search\.html\?q=RunConfig'))
     results = page.locator('#search-results ul.search li a')
     results.first.wait_for(timeout=30_000)
+    page.wait_for_load_state('networkidle')  # the results page fetches each hit for its snippet: let it finish first
     hrefs = results.evaluate_all('els => els.map(e => e.href)')
     assert any(urldefrag(h)[0] == site + API for h in hrefs), hrefs
     if shots := os.environ.get('DOCS_SCREENSHOTS'):
