@@ -40,8 +40,13 @@ def direct_answers(adapter, prompts, max_new_tokens):
 
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory):
+    import torch
     d = tmp_path_factory.mktemp("adapters")
-    return {"a1": tiny_adapter(d/"a1", 1), "a2": tiny_adapter(d/"a2", 2)}
+    def made(name, seed):  # lora_A's init from the seed too, not from whatever earlier tests drew (a1 must run to its budget)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return tiny_adapter(d/name, seed)
+    return {"a1": made("a1", 1), "a2": made("a2", 2)}
 
 @pytest.fixture(scope="module")
 def loaded(adapters):
