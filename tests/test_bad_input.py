@@ -292,7 +292,7 @@ CASES = [
     ("export {d}/empty_dir --out {d}/x --format gguf", "empty_dir: neither a run folder"),
     ("serve a={d}/nosuch", "adapter 'a': "),
     ("serve justname", "adapter 'justname': "),
-    ("serve a={d}/empty_dir --max-batch 0", "empty_dir: neither a run folder"),
+    ("serve a={d}/empty_dir", "empty_dir: neither a run folder"),
     ("serve --scheduler fifo -p base_model tiny-test", "--scheduler 'fifo': choose continuous or batch"),
     ("serve --port 70000 -p base_model tiny-test", "--port 70000: a port is a number from 1 to 65535"),
     ("serve --max-batch 0 -p base_model tiny-test", "--max-batch 0: must be at least 1"),
