@@ -149,6 +149,10 @@ def serve_cmd(ctx:typer.Context,
     "Serve the base model and named adapters over an OpenAI-compatible API (or build vLLM's command for them)."
     from finetune_kit.deploy import (SCHEDULERS, Router, ServeSettings, load_engine, make_app, parse_split, run_vllm,
                                      serve, vllm_command)
+    if not 1 <= port <= 65535: fail(f"--port {port}: a port is a number from 1 to 65535")
+    for flag, v in (("--max-batch", max_batch), ("--max-queue", max_queue), ("--max-prompt-tokens", max_prompt_tokens),
+                    ("--max-tokens", max_tokens), ("--max-body-kb", max_body_kb)):
+        if v < 1: fail(f"{flag} {v}: must be at least 1")
     params, named = ctx.meta["params"], _adapter_args(adapters)
     canaries = _canary_args(canary, named)
     base = _serve_base(params, named)

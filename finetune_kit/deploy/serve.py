@@ -10,7 +10,8 @@ import asyncio, json, secrets, threading, time
 from collections import OrderedDict
 from dataclasses import dataclass
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
 from .ab import JsonlLog, Router, feedback_record, request_row, text_fields
 from .engine import Busy, Engine, Job, ServeError
 from ..files import one_line
@@ -32,6 +33,7 @@ class ServeSettings:
     recent: int = 10_000  # answered requests kept in memory for feedback to refer to
     log_text: bool = False  # also log each request's last user message and the answer, PII-scrubbed (`ab.text_fields`)
     text_retention_days: float = 30.0  # logged text older than this is dropped from the log (checked hourly)
+    shutdown_grace_s: float = 3.0  # on SIGTERM/SIGINT: seconds open requests get to finish before they are cancelled
 
 # %% ../../nbs/09d_deploy_serve.ipynb #aaa3b562
 class APIError(Exception):
@@ -56,10 +58,21 @@ def _content(m:dict, i:int) -> dict:
 def _number(obj:dict, k:str, lo:float, hi:float, default, kind=float):
     v = obj.get(k, default)
     if v is None: return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and v != int(v)) or not lo <= v <= hi:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi or (kind is int and v != int(v)):
         raise APIError(400, f"'{k}' must be {'an integer' if kind is int else 'a number'} from {lo} to {hi}; got {v!r}",
                        param=k)
     return kind(v)
+
+def _is_zero(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0
+
+_NO_OPS = {  # OpenAI parameters this server does not implement -> (accepted when, what to say otherwise)
+    "logprobs": (lambda v: v is False, "logprobs are not supported"),
+    "top_logprobs": (_is_zero, "logprobs are not supported"),
+    "presence_penalty": (_is_zero, "presence_penalty is not supported (0 only)"),
+    "frequency_penalty": (_is_zero, "frequency_penalty is not supported (0 only)"),
+    "logit_bias": (lambda v: v == {}, "logit_bias is not supported"),
+    "response_format": (lambda v: v == {"type": "text"}, "response_format is not supported (only {\"type\": \"text\"})"),
+}
 
 def parse_chat(obj, settings:ServeSettings) -> dict:
     "The checked fields of a chat-completion request body; an `APIError` (400) names the field that is wrong."
@@ -68,6 +81,8 @@ def parse_chat(obj, settings:ServeSettings) -> dict:
         raise APIError(400, "'model' is required: an adapter name, or the base model (see GET /v1/models)", param="model")
     for k, why in (("tools", "tools are not supported"), ("functions", "functions are not supported")):
         if obj.get(k): raise APIError(400, why, param=k)
+    for k, (fine, why) in _NO_OPS.items():  # refused, not ignored: the client would trust an answer they did not shape
+        if obj.get(k) is not None and not fine(obj[k]): raise APIError(400, why, param=k, code="unsupported_parameter")
     msgs = obj.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise APIError(400, "'messages' is required: a list of {role, content}", param="messages")
@@ -115,8 +130,9 @@ async def _read_body(request, limit:int) -> bytes:
 
 def _json_body(body:bytes):
     try: return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError) as e:  # ValueError: JSONDecodeError, an integer of over 4300 digits
         raise APIError(400, f"the request body is not valid JSON: {one_line(e)}") from None
+    except RecursionError: raise APIError(400, "the request body is nested too deeply") from None
 
 def _chunk(rid:str, model:str, created:int, delta:dict|None, finish:str|None=None, usage:dict|None=None) -> str:
     d = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -138,6 +154,13 @@ class _Recent:
             while len(self.d) > self.n: self.d.popitem(last=False)
     def get(self, rid):
         with self.lock: return self.d.get(rid)
+    def rate(self, rid):
+        "`(item, rated before)` for the answered request `rid`, marked rated now (item None: not here)."
+        with self.lock:
+            r = self.d.get(rid)
+            if r is None: return None, False
+            before, r["rated"] = r.get("rated", False), True
+            return r, before
 
 def _models(engine:Engine, router:Router) -> list[dict]:
     t, base = int(time.time()), engine.base_name
@@ -176,6 +199,18 @@ def make_app(engine:Engine,  # a started engine
     async def _api_error(request, e:APIError):
         headers = {"Retry-After": "1"} if e.status == 429 else None
         return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+    @app.exception_handler(HTTPException)  # an unknown route (404), a wrong method (405): OpenAI's shape too
+    async def _http_error(request, e:HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        msg = f"{request.method} {request.url.path}: " + ("no such route here (see /v1/models, /v1/chat/completions)"
+                                                          if e.status_code == 404 else str(e.detail))
+        return JSONResponse(APIError(e.status_code, msg, code=code).body(), status_code=e.status_code,
+                            headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)  # a bug still answers in OpenAI's shape (starlette logs its traceback)
+    async def _server_error(request, e:Exception):
+        return JSONResponse(APIError(500, f"internal error: {one_line(e)}", type="server_error").body(), 500)
 
     @app.get("/health")
     async def health():
@@ -243,8 +278,18 @@ def _chat_endpoint(app):
                                  "adapter": served, "arm": arm})
         if req["stream"]: return StreamingResponse(_stream(rid, req, created, q, job, done_row, t0),
                                                    media_type="text/event-stream", headers=headers)
-        ttft = None
-        while (ev := await q.get())["type"] == "token": ttft = ttft or round(time.perf_counter() - t0, 4)
+        ttft, left = None, asyncio.ensure_future(_disconnect(request))
+        try:
+            while True:  # the answer's events, until it is done or the client leaves (a timeout, a closed connection)
+                got = asyncio.ensure_future(q.get())
+                await asyncio.wait({got, left}, return_when=asyncio.FIRST_COMPLETED)
+                if not got.done():
+                    got.cancel(); job.cancelled = True
+                    done_row(None, 499, ttft, "client closed the connection")
+                    return Response(status_code=499)
+                if (ev := got.result())["type"] != "token": break
+                ttft = ttft or round(time.perf_counter() - t0, 4)
+        finally: left.cancel()
         if ev["type"] == "error":
             done_row(None, 500, ttft, ev["message"])
             return JSONResponse(APIError(500, ev["message"], type="server_error").body(), 500, headers=headers)
@@ -256,6 +301,10 @@ def _chat_endpoint(app):
     return chat
 
 # %% ../../nbs/09d_deploy_serve.ipynb #0fd8cb1b
+async def _disconnect(request:Request):
+    "Return when the client of `request` (whose body was read) has gone."
+    while (await request.receive())["type"] != "http.disconnect": pass
+
 async def _stream(rid, req, created, q, job, done_row, t0):
     "The server-sent events of a streaming answer; a client that leaves cancels the job."
     finished, ttft = False, None
@@ -299,7 +348,9 @@ def _feedback_endpoint(app):
         corr = obj.get("correction")
         if corr is not None and not isinstance(corr, str):
             raise APIError(400, "'correction' must be a string: the answer wanted", param="correction")
-        r = recent.get(rid)
+        r, before = recent.rate(rid)
+        if before: raise APIError(409, f"request '{rid}' was rated already: one rating per answer", param="request_id",
+                                  code="feedback_exists")
         if r is None: raise APIError(404, f"no answered request '{rid}' here (the server keeps its last "
                                           f"{settings.recent} answers)", param="request_id", code="request_not_found")
         rec = feedback_record(r["messages"], r["answer"], rating, corr, request_id=rid, model=r["model"],
@@ -317,7 +368,8 @@ def _feedback_endpoint(app):
 def serve(app, host:str="127.0.0.1", port:int=8000, log_level:str="info"):
     "Serve `app` with uvicorn until interrupted; the engine is closed after."
     import uvicorn
-    try: uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_keep_alive=30)
+    try: uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_keep_alive=30,
+                     timeout_graceful_shutdown=app.state.settings.shutdown_grace_s)  # a stream is cut, not waited for
     finally: app.state.engine.close()
 
 # %% ../../nbs/09d_deploy_serve.ipynb #e8b90339
