@@ -8,4 +8,4 @@ export PATH="$PWD/$VENV/bin:$PATH"
 export WANDB_MODE=${WANDB_MODE:-disabled} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if [ "${1:-}" = "--fast" ]; then flags=""; marks=(-m "not slow"); else flags="slow"; marks=(); fi
 nbdev-test --flags "$flags" --timing
-pytest -q "${marks[@]}" tests
+pytest -q --durations=30 "${marks[@]}" tests
