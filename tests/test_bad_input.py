@@ -325,6 +325,7 @@ CASES = [
     ("canary pin", "canary pin: name the canary"),
     ("canary status --url http://127.0.0.1:9", "cannot reach the server at http://127.0.0.1:9"),
     ("serve a={d}/empty_dir --canary b=c", "'b' is not a served adapter"),
+    ("serve a={d}/empty_dir --canary a=a --canary-min-labelled 1", "canary min_labelled must be an integer of at least 2"),
     ("monitor {d}/one_request.jsonl --resamples 0", "--resamples: must be at least 1"),
     ("monitor {d}/one_request.jsonl --resamples -1", "--resamples: must be at least 1"),
     # sweep

@@ -157,3 +157,50 @@ def test_a_better_candidate_is_promoted_and_users_keep_their_arm(adapters, serve
     assert all(r["input"] == ASK for r in rows if "event" not in r)  # --log-text
     print("\n".join(f"{d['time'] - log[0]['time']:7.1f}s {d['action']:8} by {d['by']:5} share {d['share']:.2f}: "
                     f"{d['reason']}" for d in log))
+
+
+def test_a_candidate_that_answers_worse_on_labelled_traffic_is_rolled_back_on_the_task_metric(adapters, serve_process,
+                                                                                              tmp_path):
+    "Feedback with the right answer (`reference`): the candidate is as fast, as sound and as well rated, but wrong."
+    url = serve_process(f"v1={adapters['v1']}", f"prod={adapters['v1']}", "--canary", f"v1={adapters['v2']}",
+                        "--canary-steps", "0.3,0.6", "--canary-min-requests", "30", "--canary-min-seconds", "0",
+                        "--canary-min-labelled", "20", "--canary-min-feedback", "20")
+    asks = [f"Classify: story {i} about markets" for i in range(16)]
+    greedy = lambda model, q, user="ref": {"model": model, "user": user, "max_tokens": 6, "temperature": 0,
+                                           "messages": [{"role": "user", "content": q}]}
+    with httpx.Client(base_url=url, timeout=300) as c:
+        # the right answers: what the production adapter says (served beside the canary as `prod`, no split on it)
+        right = {q: c.post("/v1/chat/completions", json=greedy("prod", q)).json()["choices"][0]["message"]["content"]
+                 for q in asks}
+        asks = [q for q in asks if right[q].strip()][:8]  # a random model may say nothing; a reference is some text
+        assert len(asks) >= 4, right
+        bad = c.post("/v1/feedback", json={"request_id": "nope", "rating": 0, "reference": 5})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "reference", bad.text
+        arms, i = [], 0
+        while _state(c)["state"] == "running" and i < 600:
+            q = asks[i % len(asks)]
+            r = c.post("/v1/chat/completions", json=greedy("v1", q, f"user{i}"))
+            assert r.status_code == 200, r.text
+            arms.append((r.headers["x-arm"], r.json()["choices"][0]["message"]["content"] == right[q]))
+            f = c.post("/v1/feedback", json={"request_id": r.json()["id"], "rating": 0, "reference": right[q]})
+            assert f.status_code == 200, f.text
+            i += 1
+        final = _state(c)
+    # the candidate's weights differ: its greedy answers are not production's (else this test shows nothing)
+    cand = [ok for a, ok in arms if a == "candidate"]
+    assert all(ok for a, ok in arms if a == "current") and sum(cand) <= len(cand) / 2, arms
+    assert final["state"] == "rolled_back", final
+    log = read_jsonl(tmp_path/"canary.jsonl")
+    assert [d["action"] for d in log] == ["start", "rollback"] and max(d["share"] for d in log) == 0.3
+    ev = log[-1]["evidence"]
+    assert log[-1]["reason"] == "worse beyond the margin on task_metric", log[-1]["reason"]
+    assert not any(ev[m]["worse"] for m in ("server_error_rate", "negative_feedback_rate"))
+    t = ev["task_metric"]
+    assert (t["task"], t["metric"], t["current"]) == ("prompt_completion", "token_f1", 1.0) and t["ci_high"] < -0.05, t
+    assert t["n_current"] >= 20 and t["n_candidate"] >= 20
+    kept = read_jsonl(tmp_path/"feedback.jsonl")  # the right answers are kept with the ratings; the log holds no text
+    assert len(kept) == i and all(k["reference"] == right[k["prompt"][-1]["content"]] for k in kept)
+    events = [r for r in read_jsonl(tmp_path/"requests.jsonl") if r.get("event") == "feedback"]
+    assert all(e["labelled"] and "reference" not in e and "answer" not in e for e in events)
+    print(f"\nrolled back after {i} requests: token F1 current {t['current']:.3f}, candidate {t['candidate']:.3f}, "
+          f"change {t['change']:+.3f} [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}]")

@@ -94,11 +94,12 @@ def _canary_args(specs:list[str]|None, named:dict) -> dict:
         else: fail(f"--canary {spec!r}: no adapter folder or served adapter '{cand}'")
     return out
 
-def _canary_rule(steps:str|None, min_requests:int|None, min_seconds:float|None, min_feedback:int|None):
+def _canary_rule(steps:str|None, min_requests:int|None, min_seconds:float|None, min_feedback:int|None,
+                 min_labelled:int|None=None):
     "The `CanaryRule` of the command's options (the rule's defaults where not given)."
     from finetune_kit.deploy import CanaryRule
     kw = {k: v for k, v in (("min_requests", min_requests), ("min_seconds", min_seconds),
-                            ("min_feedback", min_feedback)) if v is not None}
+                            ("min_feedback", min_feedback), ("min_labelled", min_labelled)) if v is not None}
     if steps is not None:
         try: kw["steps"] = tuple(float(x) for x in steps.split(","))
         except ValueError: fail(f"--canary-steps {steps!r}: expected shares like 0.05,0.25,0.5")
@@ -144,6 +145,9 @@ def serve_cmd(ctx:typer.Context,
                                                            "(default: 300)"),
               canary_min_feedback:int|None = typer.Option(None, "--canary-min-feedback", help="ratings of each arm's "
                                                           "step sample to wait for (default: 0)"),
+              canary_min_labelled:int|None = typer.Option(None, "--canary-min-labelled", help="labelled answers "
+                                                          "(feedback with a reference) each arm needs before the task "
+                                                          "metric counts (default: 30)"),
               canary_log:Path|None = typer.Option(None, "--canary-log", help="decisions log (default: canary.jsonl "
                                                   "beside the request log)")):
     "Serve the base model and named adapters over an OpenAI-compatible API (or build vLLM's command for them)."
@@ -155,6 +159,8 @@ def serve_cmd(ctx:typer.Context,
         if v < 1: fail(f"{flag} {v}: must be at least 1")
     params, named = ctx.meta["params"], _adapter_args(adapters)
     canaries = _canary_args(canary, named)
+    rule = _canary_rule(canary_steps, canary_min_requests, canary_min_seconds, canary_min_feedback,
+                        canary_min_labelled) if canaries else None
     base = _serve_base(params, named)
     if engine not in ("kit", "vllm"): fail(f"--engine {engine!r}: choose kit or vllm")
     if engine == "vllm":
@@ -175,21 +181,23 @@ def serve_cmd(ctx:typer.Context,
                              feedback_file=str(feedback or runs/"feedback.jsonl"), log_text=log_text,
                              **({} if retention_days is None else {"text_retention_days": retention_days}))
     if settings.text_retention_days <= 0: fail(f"--text-retention-days must be above 0; got {retention_days:g}")
-    rule = _canary_rule(canary_steps, canary_min_requests, canary_min_seconds, canary_min_feedback) if canaries else None
     eng = load_engine(base, named, {k: v for k, v in params.items() if k not in ("base_model", "runs_dir")},
                       max_batch, max_queue, **({"scheduler": scheduler} if scheduler else {}))
     try:  # a candidate on another base is refused at load_engine, with both names
         app_ = make_app(eng, settings, router)
         if canaries:
-            from finetune_kit.deploy import Canary, attach_canaries
+            from finetune_kit.deploy import Canary, attach_canaries, task_of
             decisions = canary_log or Path(settings.request_log).parent/"canary.jsonl"
-            attach_canaries(app_, [Canary(n, n, c, router, rule, decisions) for n, c in canaries.items()])
+            scored = {n: task_of(named[n]) for n in canaries}  # the task labelled answers are scored by: the current run's
+            attach_canaries(app_, [Canary(n, n, c, router, rule, decisions, task=scored[n][0], labels=scored[n][1])
+                                   for n, c in canaries.items()])
     except KitError: eng.close(); raise
     typer.echo(f"serving {base}" + (f" with adapters {', '.join(named)}" if named else "")
                + f" on http://{host}:{port}/v1 (chat/completions, models; /health; /v1/feedback)")
     for n, c in canaries.items():
         typer.echo(f"canary {c} for '{n}': shares {', '.join(f'{s:g}' for s in rule.steps)}, {rule.min_requests} "
-                   f"requests per arm and {rule.min_seconds:g} s per step; decisions in {decisions}")
+                   f"requests per arm and {rule.min_seconds:g} s per step; feedback with a reference scored as "
+                   f"{scored[n][0]}; decisions in {decisions}")
     typer.echo(f"request log {settings.request_log}" + (f" with text (PII-scrubbed, kept {settings.text_retention_days:g} "
                "days)" if settings.log_text else "") + f"; feedback {settings.feedback_file}")
     serve(app_, host, port, log_level="warning")

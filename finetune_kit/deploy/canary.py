@@ -1,4 +1,4 @@
-"""A candidate adapter released to a small share of a name's traffic, raised step by step, rolled back or promoted automatically on the monitored evidence (server errors, latency p95, negative feedback) with a rule that does not peek; every decision logged with its evidence; pin, promote or roll back by hand.
+"""A candidate adapter released to a small share of a name's traffic, raised step by step, rolled back or promoted automatically on the monitored evidence (server errors, latency p95, negative feedback, and the task metric where feedback carries the right answer) with a rule that does not peek; every decision logged with its evidence; pin, promote or roll back by hand.
 
 Docs: https://finetune-kit.github.io/finetune-kit/deploy_canary.html.md"""
 
@@ -11,12 +11,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from fastapi import Request
 from fastcore.basics import patch
+from ..data.folder import find_data_dir
 from ..files import KitError
 from .ab import ARMS, JsonlLog, Router, Split
 from .serve import APIError
+from ..evaluate.metrics import score_outputs
 
 # %% auto #0
-__all__ = ['FINAL', 'CanaryRule', 'interval_level', 'step_evidence', 'Canary', 'attach_canaries']
+__all__ = ['METRICS', 'FINAL', 'CanaryRule', 'interval_level', 'task_evidence', 'step_evidence', 'Canary', 'task_of',
+           'attach_canaries']
 
 # %% ../../nbs/09h_deploy_canary.ipynb #50dfc3a6
 @dataclass
@@ -28,8 +31,10 @@ class CanaryRule:
     max_error_increase: float = 0.01  # margin on the server-error rate (candidate - current)
     max_p95_increase: float = 0.25  # margin on latency p95, relative (0.25: 25% slower)
     max_negative_increase: float = 0.05  # margin on the share of negative ratings
+    max_metric_decrease: float = 0.05  # margin on the task metric of labelled answers (current - candidate)
+    min_labelled: int = 30  # labelled answers each arm needs before the task metric counts (fewer: no evidence)
     min_feedback: int = 0  # ratings of each arm's step sample to wait for (0: decide on what has come)
-    confidence: float = 0.95  # shared by all the canary's intervals (each: 1 - 0.05 / (steps x 3 metrics))
+    confidence: float = 0.95  # shared by all the canary's intervals (each: 1 - 0.05 / (steps x 4 metrics))
     n_resamples: int = 2000
     seed: int = 0
 
@@ -37,13 +42,17 @@ class CanaryRule:
         self.steps = tuple(float(s) for s in self.steps)
         if not self.steps or any(not 0 < s <= 1 for s in self.steps) or list(self.steps) != sorted(set(self.steps)):
             raise KitError(f"canary steps must be rising shares above 0 and at most 1; got {self.steps}")
+        if not isinstance(self.min_labelled, int) or self.min_labelled < 2:
+            raise KitError(f"canary min_labelled must be an integer of at least 2; got {self.min_labelled!r}")
         if not isinstance(self.min_requests, int) or self.min_requests < 2:
             raise KitError(f"canary min_requests must be an integer of at least 2; got {self.min_requests!r}")
-        if self.min_seconds < 0 or self.min_feedback < 0: raise KitError("canary min_seconds and min_feedback must be >= 0")
+        if self.min_seconds < 0 or self.min_feedback < 0 or self.max_metric_decrease < 0: raise KitError("canary min_seconds, min_feedback and max_metric_decrease must be >= 0")
         if not 0 < self.confidence < 1: raise KitError(f"canary confidence must be between 0 and 1; got {self.confidence}")
 
 # %% ../../nbs/09h_deploy_canary.ipynb #f7be58fc
-def interval_level(rule:CanaryRule, metrics:int=3) -> float:
+METRICS = ("server_error_rate", "latency_p95_change", "negative_feedback_rate", "task_metric")  # what a step compares
+
+def interval_level(rule:CanaryRule, metrics:int=len(METRICS)) -> float:
     "Each interval's confidence: `rule.confidence` shared by every look of the canary (Bonferroni over steps x metrics)."
     return 1 - (1 - rule.confidence) / (len(rule.steps) * metrics)
 
@@ -62,9 +71,50 @@ def _p95_change(a, b, axis=-1):
     import numpy as np
     return np.quantile(a, 0.95, axis=axis) / np.maximum(np.quantile(b, 0.95, axis=axis), 1e-9) - 1
 
+def _entry(cur, cand, change, lo, hi, margin, worse, n_cur, n_cand) -> dict:
+    import numpy as np
+    nan = lambda x: None if x is None or np.isnan(x) else float(x)
+    return {"current": cur, "candidate": cand, "change": change, "ci_low": nan(lo), "ci_high": nan(hi), "margin": margin,
+            "n_current": n_cur, "n_candidate": n_cand, "worse": bool(worse)}
+
+
+# %% ../../nbs/09h_deploy_canary.ipynb #ddc305bf
+def _headline_resamples(ts, rule:CanaryRule, rng, chunk:int=250):
+    "The task's headline on `rule.n_resamples` bootstrap resamples of one arm's scored answers (its own counts)."
+    import numpy as np
+    c, out = ts.counts, []
+    for start in range(0, rule.n_resamples, chunk):
+        idx = rng.integers(0, len(c), (min(chunk, rule.n_resamples - start), len(c)))
+        out.append(ts.agg(c[idx].sum(1)))
+    return np.concatenate(out)
+
+def task_evidence(labelled:dict,  # {arm: [(answer, reference)]}: each arm's answers that feedback gave the right answer of
+                  rule:CanaryRule, task:str="prompt_completion",  # the task whose scorer and headline judge them
+                  labels:list|None=None) -> dict:
+    "The task metric (its headline, e.g. macro-F1) of each arm's labelled answers; candidate - current with its interval."
+    import numpy as np
+    labels = labels or (sorted({r for a in ARMS for _, r in labelled[a]}) if task == "classification" else None)
+    ts = {a: score_outputs(task, [{"reference": r} for _, r in labelled[a]], [x for x, _ in labelled[a]], labels)
+          for a in ARMS if labelled[a]}
+    name = next((t.headline for t in ts.values() if t.headline), None)
+    n = {a: len(ts[a].scored) if a in ts and ts[a].headline else 0 for a in ARMS}
+    val = {a: float(ts[a].value) if n[a] else None for a in ARMS}
+    change = val["candidate"] - val["current"] if n["current"] and n["candidate"] else None
+    lo = hi = float("nan")
+    if min(n.values()) >= rule.min_labelled:  # a bootstrap of a handful of answers claims far too much
+        rng = np.random.default_rng(rule.seed)
+        d = _headline_resamples(ts["candidate"], rule, rng) - _headline_resamples(ts["current"], rule, rng)
+        a = 1 - interval_level(rule)
+        lo, hi = (float(x) for x in np.quantile(d, [a / 2, 1 - a / 2]))
+    margin = -rule.max_metric_decrease
+    return {"metric": name, "task": task} | _entry(val["current"], val["candidate"], change, lo, hi, margin,
+                                                   not np.isnan(hi) and hi < margin, n["current"], n["candidate"])
+
 def step_evidence(rows:dict,  # {arm: [request rows]}: each arm's step sample
                   feedback:dict,  # {arm: [ratings]} of those requests
-                  rule:CanaryRule) -> dict:
+                  rule:CanaryRule,
+                  labelled:dict|None=None,  # {arm: [(answer, reference)]} from feedback that carried the right answer
+                  task:str="prompt_completion", labels:list|None=None) -> dict:
     "Per metric: current, candidate, the change with its interval, the margin, and whether the candidate is worse."
     import numpy as np
     err = {a: [float((r.get("status") or 0) >= 500) for r in rows[a]] for a in ARMS}
@@ -79,12 +129,11 @@ def step_evidence(rows:dict,  # {arm: [request rows]}: each arm's step sample
         lo, hi = _interval(cand, cur, stat, rule)
         value = lambda x: (float(np.quantile(x, 0.95)) if metric.startswith("latency") else float(x.mean())) if len(x) \
                           else None
-        out[metric] = {"current": value(cur), "candidate": value(cand),
-                       "change": float(stat(cand, cur)) if len(cand) and len(cur) else None,
-                       "ci_low": None if np.isnan(lo) else lo, "ci_high": None if np.isnan(hi) else hi,
-                       "margin": margin, "n_current": len(cur), "n_candidate": len(cand),
-                       "worse": bool(not np.isnan(lo) and lo > margin)}
+        out[metric] = _entry(value(cur), value(cand), float(stat(cand, cur)) if len(cand) and len(cur) else None,
+                             lo, hi, margin, not np.isnan(lo) and lo > margin, len(cur), len(cand))
+    out["task_metric"] = task_evidence(labelled or {a: [] for a in ARMS}, rule, task, labels)
     return out
+
 
 # %% ../../nbs/09h_deploy_canary.ipynb #f6da886b
 FINAL = ("promoted", "rolled_back")
@@ -93,8 +142,11 @@ class Canary:
     "A staged release of `candidate` for requests to `name` (served now by `current`), decided by `rule`."
     def __init__(self, name:str, current:str, candidate:str, router:Router, rule:CanaryRule|None=None,
                  log=None,  # the decisions log (a path or a `JsonlLog`; None: none)
-                 clock=time.time):
+                 clock=time.time,
+                 task:str="prompt_completion",  # scores labelled answers (`task_of`: the current adapter's run's task)
+                 labels:list|None=None):  # its class labels (classification; None: the references seen)
         self.name, self.current, self.candidate, self.router = name, current, candidate, router
+        self.task, self.labels = task, labels
         self.rule, self.clock, self._lock = rule or CanaryRule(), clock, threading.RLock()
         self.log = JsonlLog(log) if isinstance(log, (str, Path)) else log
         if name in router.splits: raise KitError(f"'{name}' already has an A/B split; a canary needs the name to itself")
@@ -107,7 +159,8 @@ class Canary:
     def share(self) -> float: return self.router.splits[self.name].share
 
     def _new_sample(self):
-        self.started, self.rows, self.ratings, self.ids = self.clock(), {a: [] for a in ARMS}, {a: [] for a in ARMS}, {}
+        self.started, self.ids = self.clock(), {}
+        self.rows, self.ratings, self.labelled = ({a: [] for a in ARMS} for _ in range(3))
 
     def _decide_log(self, action:str, by:str, reason:str, evidence:dict|None=None) -> dict:
         d = {"time": self.clock(), "name": self.name, "action": action, "by": by, "step": self.step,
@@ -126,7 +179,10 @@ def observe(self:Canary, row:dict):
         if self.state != "running": return
         arm = row["arm"]
         if row.get("event") == "feedback":
-            if self.ids.get(row.get("request_id")) == arm: self.ratings[arm].append(row["rating"])
+            if self.ids.get(row.get("request_id")) == arm:
+                self.ratings[arm].append(row["rating"])
+                if isinstance(row.get("reference"), str) and isinstance(row.get("answer"), str):
+                    self.labelled[arm].append((row["answer"], row["reference"]))
         elif len(self.rows[arm]) < self.rule.min_requests:
             self.rows[arm].append(row)
             if row.get("id"): self.ids[row["id"]] = arm
@@ -147,7 +203,7 @@ def maybe_decide(self:Canary) -> dict|None:
     "The step's one decision (logged), when its sample is complete; else None."
     with self._lock:
         if self.state != "running" or not self.ready(): return None
-        ev = step_evidence(self.rows, self.ratings, self.rule)
+        ev = step_evidence(self.rows, self.ratings, self.rule, self.labelled, self.task, self.labels)
         worse = [m for m, e in ev.items() if e["worse"]]
         if worse:
             self.router.set_share(self.name, 0.0, keep_users=False)
@@ -189,7 +245,21 @@ def status(self:Canary) -> dict:
         return {"name": self.name, "current": self.current, "candidate": self.candidate, "state": self.state,
                 "step": self.step, "steps": list(self.rule.steps), "share": self.share,
                 "sample": {a: len(self.rows[a]) for a in ARMS}, "ratings": {a: len(self.ratings[a]) for a in ARMS},
+                "labelled": {a: len(self.labelled[a]) for a in ARMS}, "task": self.task,
                 "min_requests": self.rule.min_requests, "last": self.decisions[-1]}
+
+# %% ../../nbs/09h_deploy_canary.ipynb #9ca084af
+def task_of(adapter) -> tuple[str, list|None]:
+    "The task and class labels labelled answers to `adapter` (an adapter or run folder) are scored by."
+    path = Path(adapter)
+    if (path/"adapter_config.json").is_file() and (path.parent/"config.json").is_file(): path = path.parent
+    try: d = find_data_dir(path)
+    except KitError: return "prompt_completion", None
+    try: info = json.loads((d/"data.json").read_text())
+    except (OSError, json.JSONDecodeError): info = {}
+    task = info.get("task") if isinstance(info, dict) else None
+    if task in (None, "preference", "unpaired_preference"): return "prompt_completion", None
+    return task, (list(info.get("labels") or []) or None) if task == "classification" else None
 
 # %% ../../nbs/09h_deploy_canary.ipynb #3240f3f0
 def attach_canaries(app, canaries:list[Canary]):

@@ -348,18 +348,22 @@ def _feedback_endpoint(app):
         corr = obj.get("correction")
         if corr is not None and not isinstance(corr, str):
             raise APIError(400, "'correction' must be a string: the answer wanted", param="correction")
+        ref = obj.get("reference")
+        if ref is not None and (not isinstance(ref, str) or not ref.strip()):
+            raise APIError(400, "'reference' must be a non-empty string: the right answer to the request", param="reference")
         r, before = recent.rate(rid)
         if before: raise APIError(409, f"request '{rid}' was rated already: one rating per answer", param="request_id",
                                   code="feedback_exists")
         if r is None: raise APIError(404, f"no answered request '{rid}' here (the server keeps its last "
                                           f"{settings.recent} answers)", param="request_id", code="request_not_found")
         rec = feedback_record(r["messages"], r["answer"], rating, corr, request_id=rid, model=r["model"],
-                              adapter=r["adapter"], arm=r["arm"])
+                              adapter=r["adapter"], arm=r["arm"], **({"reference": ref} if ref else {}))
         if record_fb is not None: record_fb.append(rec)
         ev = {"event": "feedback", "time": time.time(), "request_id": rid, "model": r["model"], "adapter": r["adapter"],
-              "arm": r["arm"], "rating": rating, "corrected": bool(corr)}
+              "arm": r["arm"], "rating": rating, "corrected": bool(corr), "labelled": bool(ref)}
         if log: log.append(ev)
-        for f in observers: f(ev)
+        seen = ev | ({"answer": r["answer"], "reference": ref} if ref else {})  # observers score it; the log keeps no text
+        for f in observers: f(seen)
         return {"id": f"fb-{secrets.token_hex(8)}", "object": "feedback", "request_id": rid,
                 "kept": record_fb is not None, "training_record": "messages" in rec and record_fb is not None}
     return feedback
