@@ -121,6 +121,8 @@ class TrainConfig:
     gradient_checkpointing: bool|None = _f(None, "recompute activations in the backward pass "
                                                  "(None: on for qlora, off otherwise)")
     eval_steps: int = _f(0, "evaluation loss every N steps (0: only at the end)", ge=0)
+    eval_on_start: bool = _f(False, "evaluate once before the first step too, the start of the held-out curve "
+                                    "(then every eval_steps, or save_steps)")
     save_steps: int = _f(50, "checkpoint every N steps", ge=1)
     save_total_limit: int = _f(2, "keep the last K checkpoints", ge=1)
     logging_steps: int = _f(5, "log metrics every N steps", ge=1)

@@ -67,7 +67,7 @@ def training_args(cfg:RunConfig,  # the run config
                  ) -> SFTConfig:
     "The kit's `SFTConfig` for `cfg` on this machine's hardware (`overrides` win)."
     t, method = cfg.train, cfg.peft.peft_method
-    evaluating = t.eval_steps > 0 or t.early_stopping_patience is not None
+    evaluating = t.eval_steps > 0 or t.early_stopping_patience is not None or t.eval_on_start
     kw = dict(
         output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed, run_name=cfg.run_id,
         learning_rate=get_method(method).learning_rate if t.learning_rate is None else t.learning_rate,
@@ -80,7 +80,7 @@ def training_args(cfg:RunConfig,  # the run config
         padding_free=t.packing, train_sampling_strategy="random" if t.packing else "group_by_length",
         logging_steps=t.logging_steps, logging_first_step=True, save_strategy="steps", save_steps=t.save_steps,
         save_total_limit=t.save_total_limit, eval_strategy="steps" if evaluating else "no",
-        eval_steps=(t.eval_steps or t.save_steps) if evaluating else None,
+        eval_steps=(t.eval_steps or t.save_steps) if evaluating else None, eval_on_start=t.eval_on_start,
         load_best_model_at_end=t.early_stopping_patience is not None,
         metric_for_best_model="eval_loss" if evaluating else None, neftune_noise_alpha=t.neftune_noise_alpha,
         report_to="none", ddp_find_unused_parameters=False, dataloader_num_workers=0, disable_tqdm=False,

@@ -240,6 +240,12 @@ def test_r2_pick_cheapest_never_raises_on_an_empty_neighbourhood():
     assert pick_cheapest(t, "m", "maximize", within=-1) is None
     assert pick_cheapest(t, "m", "maximize", within=float("nan")) is None
     assert pick_cheapest(t, "m", "maximize", within=0.3)["seconds"] == 1.0
+    # right after trial 0 of a fresh sweep: one finished trial, one still running, or none finished yet
+    one = pd.DataFrame({"state": ["complete", "running"], "m": [0.5, None], "seconds": [3.0, None]})
+    assert pick_cheapest(one, "m", "maximize", within=0.1)["m"] == 0.5
+    assert pick_cheapest(one, "m", "maximize", within=float("nan")) is None
+    assert pick_cheapest(one.iloc[1:], "m", "maximize", within=0.1) is None
+    assert pick_cheapest(one.iloc[:0], "m", "maximize", within=0.1) is None
 
 def _seed_sweep(tmp_path, seed:int, metric="train/loss", **params):
     "A two-trial grid over a tiny notebook that fails while `seed` is 1, and the sweep command."

@@ -170,3 +170,14 @@ def test_compact_loss_equals_trls_loss(tmp_path):
         tr.compact_loss = True; ours = tr.compute_loss(tr.model, dict(batch))
         tr.compact_loss = False; theirs = tr.compute_loss(tr.model, dict(batch))
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+
+def test_eval_on_start_puts_a_held_out_point_before_the_first_step(tmp_path):
+    "The start of a held-out curve: evaluated before step 1, then every eval_steps (GRPO's held-out reward uses it)."
+    from finetune_kit.files import read_jsonl
+    from finetune_kit.train import train
+    res = train(tiny_config(TRAIN_SMALL, runs_dir=str(tmp_path), max_steps=4, eval_steps=2, eval_on_start=True,
+                            run_id="curve"))
+    steps = [r["step"] for r in read_jsonl(res.run_dir/"metrics.jsonl") if "eval_loss" in r]
+    assert steps[:3] == [0, 2, 4], steps
+    res = train(tiny_config(TRAIN_SMALL, runs_dir=str(tmp_path), max_steps=4, eval_steps=2, run_id="plain"))
+    assert [r["step"] for r in read_jsonl(res.run_dir/"metrics.jsonl") if "eval_loss" in r][0] == 2
