@@ -285,6 +285,7 @@ CASES = [
     ("export {d}/empty_dir --out {d}/x", "empty_dir: neither a run folder"),
     ("export {d}/empty_dir --out {d}/afile", "afile already exists"),
     ("export {d}/empty_dir --out {d}/x --format onnx", "--format 'onnx': choose safetensors or gguf"),
+    ("export {d}/empty_dir --out {d}/x --format gguf --n-probes 0", "--n-probes 0: must be at least 1"),
     ("export {d}/empty_dir --out {d}/x --format gguf --dtype float16", "--dtype is for --format safetensors"),
     ("export {d}/empty_dir --out {d}/x --quant q8_0", "--quant is for --format gguf"),
     ("export {d}/empty_dir --out {d}/x --format gguf --quant q4_k_m", "q4_k_m from an f16 GGUF"),

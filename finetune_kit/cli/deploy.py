@@ -29,18 +29,21 @@ def export_cmd(ctx:typer.Context,
                quant:str|None = typer.Option(None, "--quant", help="GGUF type: f32, f16 (the default), bf16 or q8_0"),
                probes:Path|None = typer.Option(None, "--probes", help="JSONL of probe prompts (default: the run's "
                                                "prepared data, then general prompts)"),
+               n_probes:int = typer.Option(8, "--n-probes", help="prompts taken from the run's data or --probes, at "
+                                           "most (its whole test split: a number at least its size)"),
                progress:bool = typer.Option(True, "--progress/--no-progress", help="progress bars")):
     "Merge an adapter into its base; the standalone model is kept only if it matches base + adapter."
     from finetune_kit.deploy import export_gguf, export_model
     if fmt not in ("safetensors", "gguf"): fail(f"--format {fmt!r}: choose safetensors or gguf")
     if fmt == "gguf" and dtype is not None: fail("--dtype is for --format safetensors; a GGUF export takes --quant")
     if fmt == "safetensors" and quant is not None: fail("--quant is for --format gguf; a safetensors export takes --dtype")
+    if n_probes < 1: fail(f"--n-probes {n_probes}: must be at least 1")
     if fmt == "gguf":
-        r = export_gguf(source, out, **({"quant": quant} if quant else {}), params=ctx.meta["params"], probes=probes,
+        r = export_gguf(source, out, **({"quant": quant} if quant else {}), params=ctx.meta["params"], probes=probes, n_probes=n_probes,
                         progress=progress).report
         kind, turn = r["quant"], f"end of turn {r['end_of_turn']['end_of_turn']} in the file's tokenizer and template"
     else:
-        r = export_model(source, out, **({"dtype": dtype} if dtype else {}), params=ctx.meta["params"], probes=probes,
+        r = export_model(source, out, **({"dtype": dtype} if dtype else {}), params=ctx.meta["params"], probes=probes, n_probes=n_probes,
                          progress=progress).report
         kind, turn = r["dtype"], (f"end of turn {r['end_of_turn']['end_of_turn']} in tokenizer, chat template and "
                                   f"generation config")
