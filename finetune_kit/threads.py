@@ -105,7 +105,8 @@ def shared_cores_warning(threads:int,  # this process's threads
     fit = max(1, cores - busy)
     return (f"the cores are shared: 1-minute load average {others if load is None else load:.1f} on {cores} usable "
             f"cores, about {busy} busy with other work; this job's {threads} threads will wait for each other: "
-            f"pass -p threads {fit} (or set OMP_NUM_THREADS={fit}), or run when the machine is quieter")
+            f"pass -p omp_wait_policy passive (idle threads sleep: about half the step time beside another training "
+            f"job) or -p threads {fit} (or set OMP_NUM_THREADS={fit}), or run when the machine is quieter")
 
 # %% ../nbs/00g_threads.ipynb #1d23206a
 def _own_load() -> float:
