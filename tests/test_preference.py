@@ -398,3 +398,34 @@ def test_sft_then_dpo_through_the_commands_a_user_types(tmp_path, run_cli):
     ok(r)
     assert "tuned - start" in r.stdout and "verdict:" in r.stdout
     _check_judged_against_start(runs/"dpo", runs/"sft", 8)
+
+def test_a_preference_run_on_open_ended_answers_gets_a_blind_sheet_start_vs_tuned(pref_data, tmp_path, one_torch_thread):
+    """Free-form answers have no exact label to count: the verdict adds a blind review sheet of the start adapter's
+    answers against the tuned one's, and the filled sheet comes back as a win rate with its interval."""
+    import pandas as pd
+    from typer.testing import CliRunner
+    from finetune_kit.cli import app
+    from finetune_kit.data import prepare_data
+    from finetune_kit.evaluate import evaluate_objective, win_interval
+    from finetune_kit.train import train
+    write_jsonl([{"prompt": f"Summarize: the council met on day {i} and voted on budget item {i % 7}.",
+                  "completion": f"Budget item {i % 7} voted on day {i}."} for i in range(40)], tmp_path/"notes.jsonl")
+    prepare_data(tiny_config(task="prompt_completion", source=str(tmp_path/"notes.jsonl"), max_records=None,
+                             test_records=6), tmp_path/"notes")
+    common = {"runs_dir": str(tmp_path/"runs"), "bootstrap_samples": 50, "review_samples": 4, "max_new_tokens": 6}
+    sft = train(tiny_config(common, data_dir=str(tmp_path/"notes"), max_steps=2, dtype="float32", run_id="sft"))
+    dpo = train(tiny_config(common, DPO, data_dir=str(pref_data/"pairs"), init_adapter=str(sft.run_dir), run_id="dpo"))
+    m = evaluate_objective(dpo.run_dir, progress=False)
+    assert (m["task"], m["n"], m["systems"][:3]) == ("prompt_completion", 6, ["base", "start", "tuned"])
+    assert m["files"]["review"], m["files"]
+    ev = Path(m["out_dir"])
+    key = json.loads((ev/"review_key.json").read_text())
+    assert len(key) == 4 and all(sorted((k["1"], k["2"])) == ["start", "tuned"] for k in key.values())  # blind
+    sheet = pd.read_csv(ev/"review_sheet.csv", dtype=str, keep_default_na=False)
+    assert "start" not in " ".join(sheet.columns) and "tuned" not in " ".join(sheet.columns)
+    sheet["verdict"] = ["1", "2", "1", "tie"]
+    sheet.to_csv(tmp_path/"filled.csv", index=False)
+    r = CliRunner().invoke(app, ["review", "import", str(tmp_path/"filled.csv"), "--key", str(ev/"review_key.json")])
+    wins = sum(key[it][v] == "tuned" for it, v in zip(sheet["item"], sheet["verdict"]) if v != "tie")
+    lo, hi = win_interval(wins, 4)
+    assert r.exit_code == 0 and f"over 4 judgments: win {wins/4:.0%} [{lo:.0%}, {hi:.0%}]" in r.output, r.output
