@@ -40,6 +40,8 @@ FILES = {  # name -> bytes of a damaged (or otherwise unusable) file
     "utf16.csv": "text,label\nhello,a\n".encode("utf-16"),
     "dup_header.csv": b"text,label,text\nhello there,a,x\n",
     "empty.csv": b"",
+    "prepared_split.jsonl": b'{"prompt": [{"role": "user", "content": "x"}], "completion": [{"role": "assistant", '
+                            b'"content": "a"}], "meta": {"source": "bbc/a.txt", "line": null}}\n',
     "garbage.parquet": b"PAR1 this is not parquet at all",
     "bad.json": b'{"records": [1, 2',
     "deep.json": b"[" * 100_000 + b"]" * 100_000,
@@ -165,6 +167,8 @@ CASES = [
     ("data prepare {d}/small.jsonl --out {d}/o -p text_field contnet", "no record has the field 'contnet' (text_field)"),
     ("data prepare {d}/small.jsonl --out {d}/o -p label_field lable", "did you mean 'label' (-p label_field label)?"),
     ("data prepare {d}/small.jsonl --out {d}/o -p task ner", "no record has the field 'tokens' (task ner's input"),
+    ("data prepare {d}/small.jsonl --out {d}/o -p decontaminate {d}/prepared_split.jsonl", "a file the kit prepared"),
+    ("data prepare {d}/small.jsonl --out {d}/o -p decontaminate {d}/unusable.jsonl", "none of its 2 records reads as a classification record"),
     ("data prepare {d}/small.jsonl --out {d}/mine", "holds card.md, train.jsonl, which the kit did not write"),
     ("data prepare {d}/small.jsonl --out {d}/proj", "proj: is a project root (it holds settings.ini)"),
     ("data prepare {d}/small.jsonl --out {d}/o --tokenizer nosuch-org/nosuch-model",

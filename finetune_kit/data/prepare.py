@@ -144,6 +144,10 @@ def dedup(items:list[dict],  # from `clean_and_scrub`
     return alive, {"found": dup_of, "rows": rows, "conflicts": conflicts}
 
 # %% ../../nbs/02f_data_prepare.ipynb #111c82f6
+def _prepared_row(x) -> bool:
+    "Whether `x` is a row the kit wrote into a prepared split (chat prompt, completion, meta), not a source record."
+    return isinstance(x, dict) and isinstance(x.get("prompt"), list) and "completion" in x and isinstance(x.get("meta"), dict)
+
 def decontaminate(items:list[dict],  # from `dedup`
                   spec:TaskSpec,  # the task
                   d,  # the run config's `DataConfig`
@@ -155,15 +159,21 @@ def decontaminate(items:list[dict],  # from `dedup`
     if not against and not test: return items, [], info
     ev, ev_names = DuplicateIndex(d.near_dup_threshold), []
     for name in against:
-        ev_items = []
+        ev_items, n_raw, why = [], 0, None
         for raw in _raws(name, spec):
-            if raw["reason"]: continue
+            n_raw += 1
+            if raw["reason"]: why = why or raw["reason"]; continue
+            if _prepared_row(raw["data"]):
+                raise DataError(f"decontaminate {name}: a file the kit prepared (prompt/completion rows), not a source; "
+                                "give the source it was prepared from (its data.json names it)")
             try:
                 r = validate_record(raw["data"], spec, d.text_field, d.label_field)
                 clean_record(r, spec, d.strip_html, d.max_chars)
-            except Rejected: continue
+            except Rejected as e: why = why or str(e); continue
             if d.pii_scrub: scrub_record(r, spec)
             ev_items.append((f"{raw['source']}:{raw['line']}" if raw["line"] else raw["source"], spec.input_text(r)))
+        if n_raw and not ev_items:  # nothing to compare with: removing nothing would pass for a clean result
+            raise DataError(f"decontaminate {name}: none of its {n_raw} records reads as a {spec.name} record ({why})")
         for (label, text), look in zip(ev_items, ev.lookups([t for _, t in ev_items])):
             ev.add(len(ev_names), text, look); ev_names.append(label)
     n_eval, texts = len(ev_names), [spec.input_text(t["rec"]) for t in test]
