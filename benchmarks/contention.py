@@ -9,15 +9,13 @@ Thread policies, each given to both jobs (two people running the same thing on o
 - default: what a user gets without the kit's care: no OMP_NUM_THREADS, so torch's own count (the physical cores
   `cpuinfo` reports, affinity and cgroup quota ignored) and the OpenMP library's wait policy (spin, then sleep);
 - kit: the kit's policy as configured today (`threads` and `omp_wait_policy` at their config defaults), applied as
-  `finetune-kit train` applies it: `threads.use_threads` before torch is imported;
+  `finetune-kit train` applies it: `threads.use_threads` before torch is imported, and, where nothing set the
+  count, `train`'s refit between steps (`threads.ThreadFit`: the cores other processes leave free);
 - kit-passive: the kit's threads with `omp_wait_policy passive` (idle OpenMP threads sleep at once);
 - kit-advice: the competitor runs the kit's policy; the measured job takes the thread count the shared-cores
   warning names (`-p threads N`, N = usable cores less the competitor's threads, at least 1). Its ratio is
   against the kit's policy alone, as a user who follows the warning would see it.
 `--competitor default` keeps the competing job at torch's defaults for every policy (someone else's job).
-
-Where the kit's policy resolves to the same threads and wait policy as the default (no quota, affinity = physical
-cores, `omp_wait_policy runtime`), the two are the same processes and are measured once (the script says so).
 
 Prints a table (threads, wait policy, seconds per step alone and beside, ratio), a `contention_ratio_<policy>:`
 line per policy, and last `contention_ratio: X`: beside / alone with the kit's policy (target <= 2.5; about 13
@@ -41,16 +39,17 @@ POLICIES = ("default", "kit", "kit-passive", "kit-advice")
 
 def worker(a):
     "Train `a.steps + a.warmup` steps (or until killed, with `--forever`); print the timed steps' seconds as JSON."
+    plan = None
     if a.kit:  # the kit's policy, applied as the command line applies it: before torch (and OpenMP) is loaded
         from finetune_kit.threads import use_threads
-        use_threads(a.threads, a.wait, warn=False)
+        plan = use_threads(a.threads, a.wait, warn=False)
     import torch
     from transformers import TrainerCallback
     from finetune_kit.settings import make_config
     from finetune_kit.data import load_splits
     from finetune_kit.models import load_model
     from finetune_kit.adapters import apply_peft
-    from finetune_kit.train import FinetuneTrainer, training_args
+    from finetune_kit.train import FinetuneTrainer, _follow_load, training_args
     cfg = make_config({"base_model": a.model, "peft_method": "lora", "lora_r": 16, "report_to": "none",
                        "max_steps": 10**6 if a.forever else a.steps + a.warmup}, settings=False)
     ds = load_splits(a.data)["train"]
@@ -70,10 +69,11 @@ def worker(a):
     with tempfile.TemporaryDirectory() as d:
         trainer = FinetuneTrainer(model=model, args=training_args(cfg, d, save_strategy="no", disable_tqdm=True,
                                                                   logging_steps=10**6),
-                                  processing_class=tok, train_dataset=ds, callbacks=[clock])
+                                  processing_class=tok, train_dataset=ds, callbacks=[clock, *_follow_load(plan)])
         trainer.train()
     print(json.dumps({"step_s": clock.times[a.warmup:], "threads": torch.get_num_threads(),
-                      "wait": os.environ.get("OMP_WAIT_POLICY", "runtime").lower(), "bf16": bool(trainer.args.bf16)}))
+                      "wait": os.environ.get("OMP_WAIT_POLICY", "runtime").lower(), "bf16": bool(trainer.args.bf16),
+                      "changes": (plan or {}).get("changes", [])}))
 
 # --- the driver -------------------------------------------------------------------------------------------------
 
@@ -141,6 +141,8 @@ def main():
     ap.add_argument("--steps", type=int, help="timed steps per measured job (default 4; --tiny 2)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--records", type=int, help="BBC records prepared (default 200; --tiny 60)")
+    ap.add_argument("--max-chars", type=int, help="cut each article to this many characters (default: whole; --tiny 120). "
+                    "In fp32 (a CPU without bf16) two SmolLM2 jobs on whole articles can pass 24 GiB together: 800 fits")
     ap.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated, of {', '.join(POLICIES)}")
     ap.add_argument("--competitor", choices=("same", "default"), default="same",
                     help="the competing job's policy: the measured job's own, or torch's defaults")
@@ -161,7 +163,7 @@ def main():
     a = ap.parse_args()
     a.model = a.model or ("tiny-test" if a.tiny else "smollm2-135m-instruct")
     a.steps = a.steps or (2 if a.tiny else 4)
-    a.records, a.max_chars = a.records or (60 if a.tiny else 200), 120 if a.tiny else None
+    a.records, a.max_chars = a.records or (60 if a.tiny else 200), a.max_chars or (120 if a.tiny else None)
     if a.worker: return worker(a)
     policies = [p.strip() for p in a.policies.split(",") if p.strip()]
     if bad := [p for p in policies if p not in POLICIES]: sys.exit(f"--policies: unknown {', '.join(bad)}")
@@ -183,24 +185,16 @@ def main():
             "kit": {"kit": True, "threads": m.threads, "wait": m.omp_wait_policy},
             "kit-passive": {"kit": True, "threads": m.threads, "wait": "passive"},
             "kit-advice": {"kit": True, "threads": max(1, cores - kit_threads), "wait": m.omp_wait_policy}}
-    same_as_default = (not a.keep_thread_env and kit_threads == torch_default and m.omp_wait_policy == "runtime"
-                       and m.threads is None)
-    if same_as_default and "kit" in policies:
-        print("the kit's policy is torch's default here (same threads, the runtime's wait policy): measured once, as default")
 
     res, t_start = {}, time.time()
     with tempfile.TemporaryDirectory() as data:
         print(f"data: {prepare(a, data)}")
         def measure(name):
             if name in res: return res[name]
-            if name == "kit" and same_as_default:
-                res[name] = measure("default")
-                print(f"{name:12s} the same processes as default: ratio {res[name]['ratio']:6.2f}")
-                return res[name]
             job = jobs[name]
             rival = jobs["default"] if a.competitor == "default" else jobs["kit"] if name == "kit-advice" else job
             if name != "kit-advice": alone = run_job(a, data, job, env)
-            elif "kit" in res or (same_as_default and "default" in res): alone = res.get("kit", res.get("default"))["alone"]
+            elif "kit" in res: alone = res["kit"]["alone"]
             else: alone = run_job(a, data, jobs["kit"], env)  # the kit's policy alone: what the advice is compared with
             near = beside(a, data, job, rival, env)
             res[name] = {"alone": alone, "beside": near, "alone_s": statistics.median(alone["step_s"]),
@@ -209,7 +203,9 @@ def main():
             r = res[name]
             print(f"{name:12s} threads {near['threads']:>2} (alone {alone['threads']}), wait {near['wait']:8s} "
                   f"alone {r['alone_s']:7.3f} s/step  beside {r['beside_s']:7.3f} s/step  ratio {r['ratio']:6.2f}  "
-                  f"(bf16 {near['bf16']}; steps beside: {', '.join(f'{x:.2f}' for x in near['step_s'])})")
+                  f"(bf16 {near['bf16']}; steps beside: {', '.join(f'{x:.2f}' for x in near['step_s'])}"
+                  + (f"; refits beside: {', '.join(str(c['threads']) for c in near['changes'])}" if near["changes"] else "")
+                  + ")")
             return r
         for name in policies: measure(name)
     print(f"{time.time() - t_start:.0f} s in all; load average {load_average():.2f} at the end")

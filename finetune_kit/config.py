@@ -85,7 +85,8 @@ class ModelConfig:
                                   "measured faster)", ("auto", "sdpa", "eager", "flash_attention_2"))
     trust_remote_code: bool = _f(False, "run code shipped with a hub model (off unless asked for)")
     threads: int|None = _f(None, "CPU threads for torch and OpenMP (None: OMP_NUM_THREADS if set, else the cores this "
-                                 "process may use: its CPU affinity and cgroup quota)", ge=1)
+                                 "process may use: its CPU affinity and cgroup quota, refitted as it trains to the cores "
+                                 "other processes leave free)", ge=1)
     omp_wait_policy: str = _f("runtime", "how idle OpenMP threads wait: runtime (the library's own: spin, then sleep; "
                                          "fastest alone) or passive (sleep at once: training about twice as fast beside "
                                          "another job, generation a quarter slower alone)", WAIT_POLICIES)

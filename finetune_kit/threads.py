@@ -1,4 +1,4 @@
-"""How many threads a stage computes with: the cores this process may use (its CPU affinity and cgroup quota), torch's and child processes' settings, the OpenMP wait policy, and a warning when others share the cores.
+"""How many threads a stage computes with: the cores this process may use (its CPU affinity and cgroup quota), torch's and child processes' settings, the OpenMP wait policy, a warning when others share the cores, and a count that follows the load as a stage runs.
 
 Docs: https://finetune-kit.github.io/finetune-kit/threads.html.md"""
 
@@ -10,8 +10,9 @@ import math, os, sys, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['THREADS_ENV', 'WAIT_POLICIES', 'cgroup_cpus', 'usable_cores', 'choose_threads', 'thread_env', 'shared_cores_warning',
-           'load_average', 'use_threads']
+__all__ = ['THREADS_ENV', 'USABLE_CORES', 'WAIT_POLICIES', 'REFIT_EVERY_S', 'cgroup_cpus', 'usable_cores', 'choose_threads',
+           'thread_env', 'shared_cores_warning', 'load_average', 'use_threads', 'cpu_counters', 'fit_threads',
+           'ThreadFit']
 
 # %% ../nbs/00g_threads.ipynb #2a7fe211
 def _quota_v2(d:Path) -> float|None:
@@ -62,6 +63,7 @@ def usable_cores(root="/sys/fs/cgroup",  # where the cgroup file systems are mou
 
 # %% ../nbs/00g_threads.ipynb #fe8dd551
 THREADS_ENV = "FINETUNE_KIT_THREADS"  # "N why": the thread count the kit chose and its reason, for child processes
+USABLE_CORES = "the usable cores (CPU affinity and cgroup quota)"  # the reason when nothing set the count
 
 def choose_threads(threads:int|None=None,  # the `threads` setting (None: not set)
                    env:dict|None=None,  # the environment (None: `os.environ`)
@@ -79,7 +81,7 @@ def choose_threads(threads:int|None=None,  # the `threads` setting (None: not se
     try: local = int(env.get("LOCAL_WORLD_SIZE") or 1)
     except ValueError: local = 1
     if local > 1: return max(1, cores // local), f"{cores} usable cores shared by {local} local processes"
-    return cores, "the usable cores (CPU affinity and cgroup quota)"
+    return cores, USABLE_CORES
 
 # %% ../nbs/00g_threads.ipynb #349145f5
 WAIT_POLICIES = ("runtime", "passive")  # the choices of the `omp_wait_policy` setting
@@ -140,9 +142,80 @@ def use_threads(threads:int|None=None,  # the `threads` setting (None: `OMP_NUM_
     warning = None if others is None else shared_cores_warning(n, cores, others, load)
     if warn and warning and os.environ.get("RANK", "0") == "0": print(f"warning: {warning}", file=sys.stderr, flush=True)
     out = {"threads": n, "why": why, "usable_cores": cores, "omp_wait_policy": wait_policy,
+           "follows_load": why == USABLE_CORES,  # nothing set the count: a long stage refits it (`ThreadFit`)
            "load_1m": None if load is None else round(load, 2), "others_load": None if others is None else round(others, 2),
            "warning": warning}
     if wait_policy != "runtime" and started:
         out["note"] = (f"omp_wait_policy {wait_policy} applies to child processes: this one loaded torch (and OpenMP) "
                        "before the setting was read")
     return out
+
+# %% ../nbs/00g_threads.ipynb #b5fb9a08
+def _niced() -> bool:
+    try: return os.getpriority(os.PRIO_PROCESS, 0) > 0
+    except (AttributeError, OSError): return False
+
+def cpu_counters(cpus:list[int]|None=None,  # the CPUs to count (None: this process's affinity)
+                ) -> tuple[float, float]:
+    "`(busy, own)`: seconds the `cpus` spent busy since boot, and this process's CPU seconds; their changes over an interval measure the others' work."
+    import psutil
+    if cpus is None:
+        try: cpus = sorted(os.sched_getaffinity(0))
+        except (AttributeError, OSError): cpus = []  # no affinity call: every CPU
+    per = psutil.cpu_times(percpu=True)
+    rows = [per[i] for i in cpus if i < len(per)] or per
+    niced = _niced()  # a niced process competes with niced work as an equal
+    busy = sum(t.user + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0) + (t.nice if niced else 0.0)
+               for t in rows)
+    own = psutil.Process().cpu_times()
+    return busy, own.user + own.system
+
+def fit_threads(most:int,  # the count the stage started with
+                cores:int,  # the usable cores
+                others:float,  # the cores other processes kept busy (a measured average)
+               ) -> int:
+    "The threads that fit beside the others' work: the cores it leaves (rounded), at least 1, at most `most`."
+    return max(1, min(most, cores - round(others)))
+
+# %% ../nbs/00g_threads.ipynb #5c09e21d
+REFIT_EVERY_S = 10.0  # `ThreadFit` measures the others' work over at least this many seconds
+
+class ThreadFit:
+    "Torch's intra-op threads kept to the cores other processes leave free; call `check` between units of work."
+    def __init__(self, most:int,  # the count the stage started with (`use_threads`'s)
+                 cores:int|None=None,  # the usable cores (None: `usable_cores()`)
+                 every_s:float|None=None,  # measure over at least this many seconds (None: `REFIT_EVERY_S`)
+                 counters=None,  # `() -> (busy, own)` CPU seconds (None: `cpu_counters`)
+                 set_threads=None,  # `(n) -> None` (None: `torch.set_num_threads`)
+                ):
+        self.most, self.every_s = most, REFIT_EVERY_S if every_s is None else every_s
+        self.cores, self.counters = usable_cores() if cores is None else cores, counters or cpu_counters
+        self.set_threads = set_threads
+        self.threads, self.changes, self._last = most, [], (time.monotonic(), *self.counters())
+
+    def check(self, now:float|None=None) -> str|None:
+        "Refit the count to the others' work since the last check; one line when it changed, else None."
+        now = time.monotonic() if now is None else now
+        t0, b0, o0 = self._last
+        if now - t0 < self.every_s: return None
+        b, o = self.counters()
+        self._last = (now, b, o)
+        others = max(0.0, (b - b0 - (o - o0)) / (now - t0))
+        n = fit_threads(self.most, self.cores, others)
+        if n == self.threads: return None
+        self._set(n)
+        line = (f"threads {self.threads} -> {n}: other processes kept {others:.1f} of {self.cores} usable cores busy "
+                f"over the last {now - t0:.0f} s")
+        self.threads = n
+        self.changes.append({"threads": n, "others": round(others, 2), "seconds": round(now - t0, 1)})
+        return line
+
+    def _set(self, n:int):
+        if self.set_threads is None:
+            import torch
+            torch.set_num_threads(n)
+        else: self.set_threads(n)
+
+    def reset(self):
+        "Back to the count the stage started with (when it ends)."
+        if self.threads != self.most: self._set(self.most); self.threads = self.most

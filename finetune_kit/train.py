@@ -16,7 +16,7 @@ from trl import SFTConfig, SFTTrainer
 from .config import RunConfig, ConfigError, flatten, load_config, save_config, seed_everything
 from .files import KitError, one_line
 from .progress import in_job
-from .threads import use_threads
+from .threads import ThreadFit, use_threads
 from .runs import capture_env, create_run
 from .methods import get_method
 from .models import (detect_bf16, device_settings, end_of_turn_id, load_model, model_report, set_stop_tokens,
@@ -31,7 +31,7 @@ from .checkpoints import (CHECKSUMS, RunTotals, TrainingError, TrainingInterrupt
 
 # %% auto #0
 __all__ = ['hardware_args', 'training_args', 'FinetuneTrainer', 'uses_compact_loss', 'check_trainable', 'write_manifest',
-           'total_steps', 'train', 'keep_model', 'TextProgress']
+           'total_steps', 'FollowLoad', 'train', 'keep_model', 'TextProgress']
 
 # %% ../nbs/04_train.ipynb #c4ac7a3f
 def _caps():
@@ -371,6 +371,21 @@ def _on_failure(run_dir:Path, created:bool, state):
         if created and state.is_main_process and not _has_checkpoint(run_dir): shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
+# %% ../nbs/04_train.ipynb #aba3d216
+class FollowLoad(TrainerCallback):
+    "Refit torch's threads between steps to the cores other processes leave free; one log line per change."
+    def __init__(self, threads:dict):  # what `use_threads` did; its `changes` are filled as the run goes
+        self.fit = ThreadFit(threads["threads"], threads["usable_cores"])
+        threads["changes"] = self.fit.changes
+    def on_step_end(self, args, state, control, **kw):
+        if (line := self.fit.check()): print(f"step {state.global_step}: {line}", file=sys.stderr, flush=True)
+    def on_train_end(self, args, state, control, **kw):
+        self.fit.reset()  # the count the run started with: what runs next in this process sets its own
+
+def _follow_load(threads:dict|None) -> list:
+    "The `FollowLoad` callback where the run's thread count follows the load and can change (more than one thread)."
+    return [FollowLoad(threads)] if threads and threads.get("follows_load") and threads["threads"] > 1 else []
+
 # %% ../nbs/04_train.ipynb #abcf723d
 def train(cfg:RunConfig,  # the run's config
           run_dir=None,  # the run folder (None: a new one under `runs_dir`)
@@ -398,7 +413,7 @@ def train(cfg:RunConfig,  # the run's config
         model = start_model(model, cfg, total_steps=total_steps(n, cfg, state.num_processes))
         extra = {"data_fingerprint": data_info.get("fingerprint")}
         backend = start_tracking(cfg, run_dir, extra) if state.is_main_process else "none"
-        trainer = _make_trainer(cfg, model, tok, splits, run_dir, backend, callbacks, data_info)
+        trainer = _make_trainer(cfg, model, tok, splits, run_dir, backend, [*callbacks, *_follow_load(threads)], data_info)
         totals = RunTotals.attach(trainer)
         sft = cfg.train.objective == "sft"
         checks = check_trainable(trainer.train_dataset, end_of_turn_id(tok), cfg.train.completion_only_loss) if sft \

@@ -506,3 +506,18 @@ def test_val_records_are_drawn_before_max_records_and_leave_training_its_size(tm
         assert not (sp[n]["validation"] & sp[n]["train"]) and not (sp[n]["test"] & (sp[n]["train"] | sp[n]["validation"]))
         assert info["split"]["val_records"] == 150
     assert sp[60]["validation"] == sp[120]["validation"] and sp[60]["test"] == sp[120]["test"]
+
+
+def test_records_given_as_a_list_keep_where_they_say_they_came_from(tmp_path):
+    "A list of dicts whose records carry their own meta.source and line (feedback, an earlier prepare) keeps them as meta.origin."
+    recs = [{"text": f"article number {i} about {'football' if i % 2 else 'markets'}", "label": "sport" if i % 2 else "business",
+             "meta": {"source": "feedback.jsonl", "line": 100 + i, "reviewer": "ana"}} for i in range(40)]
+    recs.append({"text": "one without a meta of its own", "label": "sport"})
+    info = prep(tmp_path/"o", [recs], task="classification")
+    rows = [r for s in ("train", "validation", "test") for r in lines(tmp_path/"o"/f"{s}.jsonl")]
+    assert len(rows) == 41 and info["counts"]["kept"] == 41
+    for r in rows:
+        m = r["meta"]
+        assert m["source"] == "records"  # where the kit read it
+        if m.get("reviewer"): assert m["origin"] == {"source": "feedback.jsonl", "line": 100 + (m["line"] - 1)}, m
+        else: assert "origin" not in m

@@ -171,3 +171,44 @@ def test_bad_thread_settings_are_one_line():
     with pytest.raises(ConfigError, match="threads must be >= 1"): make_config({"threads": 0}, settings=False)
     with pytest.raises(ConfigError, match="'omp_wait_policy' must be one of runtime, passive"):
         make_config({"omp_wait_policy": "spin"}, settings=False)
+
+def test_a_busy_process_beside_takes_a_core_from_the_count_and_gives_it_back_when_it_ends():
+    "ThreadFit on the real CPU counters: a spinning child process is measured as about one busy core; the count drops by one, then comes back."
+    import subprocess, sys, time
+    cores = usable_cores()
+    if cores < 2: pytest.skip("one usable core: nothing to refit")
+    got = []
+    fit = T.ThreadFit(cores, cores, every_s=1.0, set_threads=got.append)
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 30\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(2.0)
+        line = fit.check()
+    finally: spin.kill(); spin.wait()
+    assert line is not None and got == [cores - 1] and fit.changes[0]["others"] >= 0.6, (line, fit.changes)
+    assert f"threads {cores} -> {cores - 1}: other processes kept" in line
+    time.sleep(2.0)
+    assert fit.check() is not None and got == [cores - 1, cores] and fit.threads == cores
+
+def test_a_training_run_whose_count_nothing_set_follows_the_load_and_records_it(tmp_path, thread_state, capfd):
+    "With threads unset the run refits between steps (others faked at one busy core of two) and manifest.json lists the change; a set count stays."
+    import time
+    from finetune_kit.train import train
+    start = time.monotonic()
+    def counters():  # all the time: one core busy with this process, one with another
+        e = time.monotonic() - start
+        return 2.0 * e, 1.0 * e
+    thread_state.setattr(T, "usable_cores", lambda *a, **k: 2)
+    thread_state.setattr(T, "cpu_counters", counters)
+    thread_state.setattr(T, "REFIT_EVERY_S", 0.0)  # check at every step
+    from transformers import TrainerCallback
+    seen = []
+    class Threads(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw): seen.append(torch.get_num_threads())
+    res = train(tiny_config(TRAIN_SMALL, max_steps=3, save_steps=100, runs_dir=str(tmp_path)), callbacks=[Threads()])
+    m = json.loads((res.run_dir/"manifest.json").read_text())["threads"]
+    assert (m["threads"], m["follows_load"], [c["threads"] for c in m["changes"]]) == (2, True, [1]), m
+    assert "step 1: threads 2 -> 1: other processes kept 1.0 of 2 usable cores busy" in capfd.readouterr().err
+    assert seen == [2, 1, 1] and torch.get_num_threads() == 2  # refitted after step 1; the start's count after training
+    res = train(tiny_config(TRAIN_SMALL, max_steps=2, save_steps=100, threads=2, runs_dir=str(tmp_path)))
+    m = json.loads((res.run_dir/"manifest.json").read_text())["threads"]
+    assert (m["follows_load"], "changes" in m, torch.get_num_threads()) == (False, False, 2)

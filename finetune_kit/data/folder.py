@@ -18,7 +18,7 @@ from ..config import load_config
 
 # %% auto #0
 __all__ = ['SPLITS', 'source_list', 'foreign_outputs', 'label_warnings', 'writes_whole_folder', 'load_splits', 'find_data_dir',
-           'dvc_add']
+           'prepared_data', 'dvc_add']
 
 # %% ../../nbs/02j_data_folder.ipynb #f611039d
 _OUTPUTS = ("train.jsonl", "validation.jsonl", "test.jsonl", "rejected.jsonl", "duplicates.jsonl", "data.json",
@@ -134,6 +134,17 @@ def find_data_dir(path) -> Path:
         if any((c/f"{s}.jsonl").is_file() for s in ("test", "validation", "train")): return c
     raise DataError(f"{path}: no prepared splits (test.jsonl, ...) here; prepare data first "
                     "(finetune-kit data prepare)")
+
+# %% ../../nbs/02j_data_folder.ipynb #76141415
+def prepared_data(path) -> tuple[Path, dict]:
+    "`(data folder, its data.json)` behind `path`: a data folder, a JSONL file in one, a run folder or its `adapter/` ({} when data.json is missing or unreadable)."
+    path = Path(path)
+    if path.is_dir() and (path/"adapter_config.json").is_file() and (path.parent/"config.json").is_file():
+        path = path.parent  # runs/<id>/adapter: its run
+    d = find_data_dir(path)
+    try: info = json.loads((d/"data.json").read_text())
+    except (OSError, json.JSONDecodeError): info = {}
+    return d, info if isinstance(info, dict) else {}
 
 # %% ../../nbs/02j_data_folder.ipynb #ea5e40b3
 def _find_dvc_repo(p:Path) -> Path|None:

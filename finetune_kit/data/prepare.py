@@ -345,6 +345,8 @@ def write_splits(parts:dict[str, list[dict]],  # from `split_records`, with thei
             meta = {"source": it["source"], "line": it["line"]}
             if group_field: meta["group"] = it["extra"].get(group_field)
             row["meta"] = {**meta, **{k: v for k, v in it["extra"].items() if k not in meta}}
+            own = {k: it["extra"][k] for k in ("source", "line") if k in it["extra"] and it["extra"][k] != meta[k]}
+            if own: row["meta"]["origin"] = own  # where the record says it came from (its own meta): kept beside where it was read
             written[name].append(row)
     fp = fingerprint(digests, template, seed)
     for name, rows in written.items(): write_jsonl(rows, Path(out_dir)/f"{name}.jsonl")

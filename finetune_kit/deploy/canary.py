@@ -11,14 +11,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from fastapi import Request
 from fastcore.basics import patch
-from ..data.folder import find_data_dir
+from ..data.folder import prepared_data
 from ..files import KitError
 from .ab import ARMS, JsonlLog, Router, Split
 from .serve import APIError
 from ..evaluate.metrics import score_outputs
 
 # %% auto #0
-__all__ = ['METRICS', 'FINAL', 'CanaryRule', 'interval_level', 'task_evidence', 'step_evidence', 'Canary', 'task_of',
+__all__ = ['CANARY_METRICS', 'FINAL', 'CanaryRule', 'interval_level', 'task_evidence', 'step_evidence', 'Canary', 'task_of',
            'attach_canaries']
 
 # %% ../../nbs/09h_deploy_canary.ipynb #50dfc3a6
@@ -50,9 +50,9 @@ class CanaryRule:
         if not 0 < self.confidence < 1: raise KitError(f"canary confidence must be between 0 and 1; got {self.confidence}")
 
 # %% ../../nbs/09h_deploy_canary.ipynb #f7be58fc
-METRICS = ("server_error_rate", "latency_p95_change", "negative_feedback_rate", "task_metric")  # what a step compares
+CANARY_METRICS = ("server_error_rate", "latency_p95_change", "negative_feedback_rate", "task_metric")  # what a step compares
 
-def interval_level(rule:CanaryRule, metrics:int=len(METRICS)) -> float:
+def interval_level(rule:CanaryRule, metrics:int=len(CANARY_METRICS)) -> float:
     "Each interval's confidence: `rule.confidence` shared by every look of the canary (Bonferroni over steps x metrics)."
     return 1 - (1 - rule.confidence) / (len(rule.steps) * metrics)
 
@@ -251,13 +251,9 @@ def status(self:Canary) -> dict:
 # %% ../../nbs/09h_deploy_canary.ipynb #9ca084af
 def task_of(adapter) -> tuple[str, list|None]:
     "The task and class labels labelled answers to `adapter` (an adapter or run folder) are scored by."
-    path = Path(adapter)
-    if (path/"adapter_config.json").is_file() and (path.parent/"config.json").is_file(): path = path.parent
-    try: d = find_data_dir(path)
+    try: _, info = prepared_data(adapter)
     except KitError: return "prompt_completion", None
-    try: info = json.loads((d/"data.json").read_text())
-    except (OSError, json.JSONDecodeError): info = {}
-    task = info.get("task") if isinstance(info, dict) else None
+    task = info.get("task")
     if task in (None, "preference", "unpaired_preference"): return "prompt_completion", None
     return task, (list(info.get("labels") or []) or None) if task == "classification" else None
 

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from ..files import KitError, read_jsonl
-from ..data.folder import find_data_dir
+from ..data.folder import prepared_data
 from ..evaluate.metrics import normalize_label
 from .ab import last_user_text
 
@@ -60,16 +60,13 @@ class Reference:
 def load_reference(path) -> Reference:
     "The training split behind `path`: a run folder, its `adapter/` folder, a prepared data folder or a train.jsonl."
     path = Path(path)
-    if path.is_dir() and (path/"adapter_config.json").is_file() and (path.parent/"config.json").is_file():
-        path = path.parent  # runs/<id>/adapter: its run
-    try: d = find_data_dir(path)
+    try: d, info = prepared_data(path)
     except KitError as e: raise KitError(f"drift reference: {e}") from None
     f = path if path.is_file() else d/"train.jsonl"
     if not f.is_file(): raise KitError(f"{d}: no train.jsonl to compare served inputs with")
     recs = read_jsonl(f)
     texts = [last_user_text(r["prompt"]) for r in recs if isinstance(r.get("prompt"), list)]
     if len(texts) < 10: raise KitError(f"{f}: {len(texts)} training prompts; drift needs at least 10")
-    info = json.loads((d/"data.json").read_text()) if (d/"data.json").is_file() else {}
     task = info.get("task") or (recs[0].get("task") if recs else None)
     if task != "classification": return Reference(texts, source=str(f))
     labels = [r["completion"][-1]["content"] for r in recs if isinstance(r.get("prompt"), list)]

@@ -63,9 +63,9 @@ def start_comparison(systems:dict,  # TaskScores of base, start, tuned (and base
     return {"intervals": out, "verdict": _start_words(verdict) if "start" in systems else verdict}
 
 # %% ../../nbs/05j_evaluate_objective.ipynb #f49db38a
-def _answers(model, tok, records, cfg, timing) -> dict:
+def _answers(model, tok, records, cfg, timing, progress:bool=True) -> dict:
     "Base, start and tuned answers from one model with two adapters (`default`: tuned, `start`)."
-    kw = dict(batch_size=cfg.eval.eval_batch_size, max_new_tokens=cfg.eval.max_new_tokens)
+    kw = dict(batch_size=cfg.eval.eval_batch_size, max_new_tokens=cfg.eval.max_new_tokens, progress=progress)
     out = {}
     for name in ("base", "start", "tuned"):
         if name == "start" and "start" not in model.peft_config: continue
@@ -114,7 +114,7 @@ def evaluate_objective(run,  # a run trained with a preference objective
     start = adapter_source(cfg.train.init_adapter).adapter_dir if cfg.train.init_adapter else None
     if start is not None: model.load_adapter(str(start), adapter_name="start")
     timing = {}
-    outs = _answers(model, tok, records, cfg, timing)
+    outs = _answers(model, tok, records, cfg, timing, progress)
     systems, notes, baselines = score_systems(task, records, outs, labels, None, data, cfg.seed)
     best = next((k for k, b in baselines.items() if b["system"] == "baseline"), "baseline")
     for b in baselines.values(): timing[b["system"]] = {"fit_seconds": b["fit_seconds"], "ms_per_record": b["ms_per_record"]}
