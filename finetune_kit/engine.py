@@ -14,8 +14,8 @@ from .progress import progress_bar
 
 # %% auto #0
 __all__ = ['prompt_messages', 'eos_ids', 'greedy_config', 'prompt_ids', 'kv_cache_of', 'prompt_learning', 'takes_steps',
-           'decoding_attention', 'decoding', 'common_prefix', 'Prefix', 'shared_prefix', 'Request', 'Row', 'pick',
-           'Batch', 'generate']
+           'decoding_attention', 'decoding', 'common_prefix', 'Prefix', 'stacked_cache', 'shared_prefix', 'Request',
+           'Row', 'pick', 'Batch', 'generate']
 
 # %% ../nbs/03b_engine.ipynb #668e03b5
 def prompt_messages(p) -> list[dict]:
@@ -114,6 +114,17 @@ class Prefix:
         c.batch_repeat_interleave(n)
         return c
 
+def stacked_cache(prefixes:list[Prefix]):
+    "The cache of a batch whose rows start with `prefixes` (the same ids; one cache each, e.g. per adapter): copies stacked by row."
+    import torch
+    first = prefixes[0]
+    if all(p is first for p in prefixes): return first.for_rows(len(prefixes))
+    c = copy.deepcopy(first.cache)
+    for i, l in enumerate(c.layers):
+        l.keys = torch.cat([p.cache.layers[i].keys for p in prefixes])
+        l.values = torch.cat([p.cache.layers[i].values for p in prefixes])
+    return c
+
 # %% ../nbs/03b_engine.ipynb #7a78b9eb
 def shared_prefix(model, ids:list[list[int]],  # the prompts' token ids
                   min_len:int=8,  # shortest shared prefix worth caching
@@ -211,8 +222,10 @@ class Batch:
                  mixed:bool=False,  # pass each row's adapter to PEFT (`adapter_names`): several adapters per forward
                  prefix:Prefix|None=None,  # leading tokens every row starts with, already in a KV cache
                  pad_id:int|None=None,  # the left padding (None: the tokenizer's pad token, else the first stop id)
+                 prefixes:Callable|None=None,  # `(request) -> Prefix|None`: each row's own cached prefix (a server's, per adapter)
                 ):
         self.model, self.tok, self.stop, self.mixed, self.prefix = model, tokenizer, set(stop_ids), mixed, prefix
+        self.prefixes = prefixes
         self.pad = pad_id if pad_id is not None else tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
             else min(self.stop)
         self.device = next(model.parameters()).device
@@ -244,22 +257,29 @@ def _forward(self:Batch, inp, pos):
 @patch
 def add(self:Batch, requests:list[Request]) -> list[Row]:
     "Prefill `requests` (each picks its first token) and let them join the batch, between steps too; their `Row`s."
-    import torch
     rows = [Row(r, self.tok) for r in requests]
-    if not rows: return rows
+    pre = [self.prefix if self.prefixes is None else self.prefixes(r) for r in requests]
+    for has in (True, False):  # rows with a cached prefix, then rows without: one prefill each
+        part = [i for i, p in enumerate(pre) if (p is not None) == has]
+        if part: self._prefill([rows[i] for i in part], [pre[i] for i in part])
+    return rows
+
+@patch
+def _prefill(self:Batch, rows:list[Row], pre:list):
+    "Prefill `rows`, all after a cached prefix (`pre`, one per row) or none; they join the batch."
+    import torch
     into = self if not self.rows else Batch(self.model, self.tok, self.stop, self.mixed, self.prefix, self.pad)
-    P = len(into.prefix.ids) if into.prefix else 0
-    suf = [r.ids[P:] for r in requests]
+    P = len(pre[0].ids) if pre[0] is not None else 0
+    suf = [r.req.ids[P:] for r in rows]
     L = max(map(len, suf))
     # left padding, after the shared prefix: [prefix][pad...][own tokens]; masked pads are skipped by the attention
     # and by the position ids derived from the mask
     x = torch.tensor([[into.pad]*(L-len(t)) + t for t in suf], device=into.device)
     into.att = torch.tensor([[1]*P + [0]*(L-len(t)) + [1]*len(t) for t in suf], device=into.device)
     into.rows = rows
-    if into.prefix: into.cache, into.kw = into.prefix.for_rows(len(rows)), into.prefix.kw
+    if P: into.cache, into.kw = stacked_cache(pre), pre[0].kw
     into._forward(x, (into.att.cumsum(-1) - 1).clamp(min=0)[:, P:])
     if into is not self: self._join(into)
-    return rows
 
 # %% ../nbs/03b_engine.ipynb #91fa178c
 @patch

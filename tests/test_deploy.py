@@ -381,6 +381,7 @@ def test_answers_are_the_alone_answers_at_any_arrival_pattern(loaded, server):
         rs = [f.result() for f in fs]
     assert [r.json()["choices"][0]["message"]["content"].strip() for r in rs] == want
     assert _wait_for(lambda: eng.stats["served"] == len(asks)) and eng.stats["errors"] == 0
+    assert set(eng._prefixes) == {a[0] for a in asks} and all(eng._prefixes.values())  # the template's cache, per adapter
 
 def test_a_client_that_disconnects_mid_stream_frees_its_slot(server, tmp_path):
     url, eng = server(max_batch=1)

@@ -91,3 +91,35 @@ def test_a_cancelled_row_leaves_the_batch_and_the_others_go_on(lora):
         while b: b.step(); sizes.append(len(b))
     assert rows[0].reason is None and len(rows[0].tokens) < 8 and not any(e["type"] == "done" for e in events)
     assert sizes[0] == 2 and 1 in sizes and rows[1].tokens == _alone(model, tok, Request(ids[1], max_tokens=8))
+
+def test_rows_after_a_cached_prefix_per_adapter_answer_as_alone(lora):
+    "A server's prefix cache: rows after the cached tokens (one cache per adapter, stacked in one batch), a row that prefills whole, and a row that joins later all answer as each does alone."
+    import contextlib, torch
+    from finetune_kit.engine import Batch, Prefix, Request, common_prefix, decoding, eos_ids, kv_cache_of
+    model, tok, ids = lora
+    P = common_prefix(ids[:6])
+    assert P >= 8
+    stop = eos_ids(model, tok)
+    def prefix(adapter):
+        out = model(input_ids=torch.tensor([ids[0][:P]]), use_cache=True, adapter_names=[adapter or "__base__"])
+        return Prefix(ids[0][:P], *kv_cache_of(out))
+    reqs = [Request(ids[0], None, 6), Request(ids[1], "default", 6), Request(ids[2], "default", 6), Request(ids[3], None, 6)]
+    late = Request(ids[4], "default", 4)
+    asked = []
+    with decoding(model):
+        caches = {None: prefix(None), "default": prefix("default")}
+        def prefixes(r):
+            asked.append(r.adapter)
+            return None if r is reqs[2] else caches[r.adapter]  # reqs[2] as a prompt that does not start with them
+        b = Batch(model, tok, stop, mixed=True, prefixes=prefixes)
+        rows = b.add(reqs)
+        assert b.att.shape[0] == 4 and len(asked) == 4  # one batch: the prefixed rows and the whole one joined
+        b.step()
+        rows += b.add([late])
+        b.run()
+    def alone(r):
+        with contextlib.ExitStack() as s:
+            if r.adapter is None: s.enter_context(model.disable_adapter())
+            return _alone(model, tok, Request(r.ids, max_tokens=r.max_tokens))
+    assert [r.tokens for r in rows] == [alone(r) for r in [*reqs, late]]
+    assert not torch.equal(caches[None].cache.layers[0].keys, caches["default"].cache.layers[0].keys)  # LoRA moves k

@@ -126,6 +126,9 @@ def serve_cmd(ctx:typer.Context,
               scheduler:str|None = typer.Option(None, "--scheduler", help="continuous (the engine's default): "
                                                 "requests join the running batch at each decoding step and leave as "
                                                 "they finish; batch: each batch is decoded to its end"),
+              prefix_cache:bool = typer.Option(True, "--prefix-cache/--no-prefix-cache", help="keep the chat "
+                                               "template's leading tokens in a KV cache, one per adapter: rows "
+                                               "prefill only their own tokens"),
               max_prompt_tokens:int = typer.Option(2048, "--max-prompt-tokens", help="longer prompts get 400"),
               max_tokens:int = typer.Option(512, "--max-tokens", help="most new tokens a request may ask for"),
               max_body_kb:int = typer.Option(1000, "--max-body-kb", help="larger request bodies get 413"),
@@ -185,7 +188,7 @@ def serve_cmd(ctx:typer.Context,
                              **({} if retention_days is None else {"text_retention_days": retention_days}))
     if settings.text_retention_days <= 0: fail(f"--text-retention-days must be above 0; got {retention_days:g}")
     eng = load_engine(base, named, {k: v for k, v in params.items() if k not in ("base_model", "runs_dir")},
-                      max_batch, max_queue, **({"scheduler": scheduler} if scheduler else {}))
+                      max_batch, max_queue, prefix_cache=prefix_cache, **({"scheduler": scheduler} if scheduler else {}))
     try:  # a candidate on another base is refused at load_engine, with both names
         app_ = make_app(eng, settings, router)
         if canaries:

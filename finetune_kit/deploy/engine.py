@@ -17,7 +17,7 @@ from ..threads import use_threads
 from ..methods import get_method
 from ..models import end_of_turn_id, load_model
 from ..adapters import RESERVED, AdapterError, AdapterInfo, check_adapters, misfit_reason
-from ..engine import Batch, Request, decoding
+from ..engine import Batch, Prefix, Request, common_prefix, decoding, kv_cache_of, prompt_learning
 
 # %% auto #0
 __all__ = ['SCHEDULERS', 'ServeError', 'Busy', 'load_adapters', 'Job', 'decode_batch', 'Engine', 'load_engine']
@@ -85,13 +85,13 @@ def decode_batch(model, tok, jobs:list[Job], stop_ids:list[int],
     "Answer `jobs` together, emitting each one's events as its tokens come."
     with decoding(model): _decode(model, tok, jobs, stop_ids, mixed)
 
-def _decode(model, tok, jobs:list[Job], stop_ids:list[int], mixed:bool):
+def _decode(model, tok, jobs:list[Job], stop_ids:list[int], mixed:bool, prefixes=None):
     "`decode_batch` on a model already `decoding` (the engine's thread holds it so while it runs)."
     peft = hasattr(model, "peft_config")
     if peft and not mixed: _activate(model, jobs[0].adapter)
     base_only = peft and not mixed and jobs[0].adapter is None
     with model.disable_adapter() if base_only else contextlib.nullcontext():
-        batch = Batch(model, tok, stop_ids, mixed=peft and mixed)
+        batch = Batch(model, tok, stop_ids, mixed=peft and mixed, prefixes=prefixes)
         batch.add(jobs)
         batch.run()
 
@@ -109,13 +109,15 @@ class Engine:
                  batch_wait_s:float=0.005,  # how long the first job waits for company when the model is idle
                  scheduler:str=SCHEDULERS[0],  # continuous: jobs join the running batch at each step; batch: one batch to its end
                  max_join:int=4,  # continuous: most jobs prefilled (joining) at one step
-                 prefill_tokens:int=1024):  # continuous: most prompt tokens prefilled at one step (a longer prompt joins alone)
+                 prefill_tokens:int=1024,  # continuous: most prompt tokens prefilled at one step (a longer prompt joins alone)
+                 prefix_cache:bool=True):  # keep the chat template's leading tokens in a KV cache, one per adapter
         if scheduler not in SCHEDULERS: raise ServeError(f"scheduler {scheduler!r}: choose {' or '.join(SCHEDULERS)}")
         if min(max_batch, max_queue, max_join, prefill_tokens) < 1:
             raise ServeError("max_batch, max_queue, max_join and prefill_tokens must be at least 1")
         self.model, self.tok, self.infos, self.stop_ids, self.base_name = model, tok, infos, stop_ids, base_name
         self.max_batch, self.max_queue, self.batch_wait_s = max_batch, max_queue, batch_wait_s
         self.scheduler, self.max_join, self.prefill_tokens = scheduler, max_join, prefill_tokens
+        self.prefix_cache, self._prefixes, self._template = prefix_cache, {}, None
         self.mixed = bool(infos) and all(get_method(a.method).mixable for a in infos.values())
         self.pending, self.cv, self.running = collections.deque(), threading.Condition(), 0
         self.stats = {"served": 0, "batches": 0, "mixed_batches": 0, "steps": 0, "cancelled": 0, "errors": 0}
@@ -136,6 +138,37 @@ class Engine:
         if model_name in self.infos: return model_name
         if model_name in RESERVED or model_name == self.base_name: return None
         raise KeyError(model_name)
+
+# %% ../../nbs/09b_deploy_engine.ipynb #8b179651
+_PROBES = ("a", "b", "Hello", "1", "x y")  # user messages whose rendered prompts share exactly the template's lead
+
+@patch
+def _template_ids(self:Engine) -> list[int]:
+    "The tokens every prompt rendered with the base's template starts with (before the user's message)."
+    if self._template is None:
+        self._template = self.render([{"role": "user", "content": _PROBES[0]}])
+        for p in _PROBES[1:]:
+            ids = self.render([{"role": "user", "content": p}])
+            self._template = self._template[:common_prefix([self._template + [-1], ids])]
+    return self._template
+
+@patch
+def _prefix_of(self:Engine, job:Job):
+    "The cached template prefix `job`'s rows start from (its adapter's), or None: its prompt does not start with it."
+    import torch
+    ids = self._template_ids()
+    if len(ids) < 8 or len(job.ids) <= len(ids) or job.ids[:len(ids)] != ids or prompt_learning(self.model): return None
+    if job.adapter not in self._prefixes:
+        extra = {"adapter_names": [job.adapter or "__base__"]} if self.mixed and hasattr(self.model, "peft_config") else {}
+        device = next(self.model.parameters()).device
+        c, kw = kv_cache_of(self.model(input_ids=torch.tensor([ids], device=device), use_cache=True, **extra))
+        self._prefixes[job.adapter] = Prefix(ids, c, kw) if c is not None else None
+    return self._prefixes[job.adapter]
+
+@patch
+def _prefixes_fn(self:Engine):
+    "What a batch asks for each row's cached prefix (None: the prefix cache is off)."
+    return self._prefix_of if self.prefix_cache else None
 
 # %% ../../nbs/09b_deploy_engine.ipynb #1aa00184
 @patch
@@ -190,7 +223,7 @@ def _loop_batches(self:Engine):
         if not batch: continue
         self.stats["batches"] += 1
         self.stats["mixed_batches"] += len({j.adapter for j in batch}) > 1
-        try: _decode(self.model, self.tok, batch, self.stop_ids, self.mixed)
+        try: _decode(self.model, self.tok, batch, self.stop_ids, self.mixed, self._prefixes_fn())
         except Exception as e:  # the server keeps serving: this batch's requests get the error
             self._failed(batch, e)
         self.stats["served"] += len(batch)
@@ -246,7 +279,7 @@ def _loop_continuous(self:Engine):
             self.stats["steps"] += bool(b.rows)
         with contextlib.ExitStack() as scope:  # where adapters cannot mix: the batch's adapter, for its life
             if peft and not self.mixed: self._switch(scope, first[0].adapter)
-            batch = Batch(self.model, self.tok, self.stop_ids, mixed=peft and self.mixed)
+            batch = Batch(self.model, self.tok, self.stop_ids, mixed=peft and self.mixed, prefixes=self._prefixes_fn())
             try: batch.run(between)
             except Exception as e:  # the server keeps serving: the jobs of this batch get the error
                 self._failed(jobs, e); continue
