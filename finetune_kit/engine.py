@@ -14,8 +14,8 @@ from .progress import progress_bar
 
 # %% auto #0
 __all__ = ['prompt_messages', 'eos_ids', 'greedy_config', 'prompt_ids', 'kv_cache_of', 'prompt_learning', 'takes_steps',
-           'decoding_attention', 'decoding', 'common_prefix', 'Prefix', 'stacked_cache', 'shared_prefix', 'Request',
-           'Row', 'pick', 'Batch', 'generate']
+           'decoding_attention', 'decoding', 'common_prefix', 'Prefix', 'stacked_cache', 'cache_prefix',
+           'shared_prefix', 'Request', 'Row', 'pick', 'Batch', 'generate']
 
 # %% ../nbs/03b_engine.ipynb #668e03b5
 def prompt_messages(p) -> list[dict]:
@@ -126,17 +126,22 @@ def stacked_cache(prefixes:list[Prefix]):
     return c
 
 # %% ../nbs/03b_engine.ipynb #7a78b9eb
+def cache_prefix(model, ids:list[int],  # the leading tokens to cache
+                 **kw,  # more forward arguments (a mixed batch's `adapter_names`)
+                ) -> Prefix|None:
+    "`ids` run through `model` once, as a `Prefix`; None where the model returns no cache it can take back."
+    import torch
+    device = next(model.parameters()).device
+    c, k = kv_cache_of(model(input_ids=torch.tensor([ids], device=device), use_cache=True, **kw))
+    return None if c is None else Prefix(ids, c, k)
+
 def shared_prefix(model, ids:list[list[int]],  # the prompts' token ids
                   min_len:int=8,  # shortest shared prefix worth caching
                  ) -> Prefix|None:
     "The KV cache of the leading tokens all `ids` share; None for one prompt, a shorter prefix, or virtual tokens."
-    import torch
     P = common_prefix(ids) if len(ids) > 1 else 0
     if P < min_len or prompt_learning(model): return None
-    device = next(model.parameters()).device
-    c, kw = kv_cache_of(model(input_ids=torch.tensor([ids[0][:P]], device=device), use_cache=True))
-    if c is None: return None
-    return Prefix(ids[0][:P], c, kw)
+    return cache_prefix(model, ids[0][:P])
 
 # %% ../nbs/03b_engine.ipynb #8544e930
 @dataclass

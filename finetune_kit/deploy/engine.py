@@ -17,7 +17,7 @@ from ..threads import use_threads
 from ..methods import get_method
 from ..models import end_of_turn_id, load_model
 from ..adapters import RESERVED, AdapterError, AdapterInfo, check_adapters, misfit_reason
-from ..engine import Batch, Prefix, Request, common_prefix, decoding, kv_cache_of, prompt_learning
+from ..engine import Batch, Request, cache_prefix, common_prefix, decoding, prompt_learning
 
 # %% auto #0
 __all__ = ['SCHEDULERS', 'ServeError', 'Busy', 'load_adapters', 'Job', 'decode_batch', 'Engine', 'load_engine']
@@ -155,14 +155,11 @@ def _template_ids(self:Engine) -> list[int]:
 @patch
 def _prefix_of(self:Engine, job:Job):
     "The cached template prefix `job`'s rows start from (its adapter's), or None: its prompt does not start with it."
-    import torch
     ids = self._template_ids()
     if len(ids) < 8 or len(job.ids) <= len(ids) or job.ids[:len(ids)] != ids or prompt_learning(self.model): return None
     if job.adapter not in self._prefixes:
         extra = {"adapter_names": [job.adapter or "__base__"]} if self.mixed and hasattr(self.model, "peft_config") else {}
-        device = next(self.model.parameters()).device
-        c, kw = kv_cache_of(self.model(input_ids=torch.tensor([ids], device=device), use_cache=True, **extra))
-        self._prefixes[job.adapter] = Prefix(ids, c, kw) if c is not None else None
+        self._prefixes[job.adapter] = cache_prefix(self.model, ids, **extra)
     return self._prefixes[job.adapter]
 
 @patch
