@@ -1,6 +1,7 @@
 """GGUF export on the tiny model: llama.cpp's converter writes the file, transformers' GGUF reader loads it back and it
-answers like base + adapter; what llama.cpp cannot run is refused in one line."""
-import json
+answers like base + adapter, and so does llama.cpp itself where its binding is installed; what llama.cpp cannot run is
+refused in one line."""
+import json, sys
 from pathlib import Path
 import pytest
 
@@ -9,7 +10,7 @@ pytest.importorskip("gguf")
 pytestmark = pytest.mark.slow  # llama.cpp's converter runs in its own Python process
 from typer.testing import CliRunner
 from finetune_kit.cli import app
-from finetune_kit.deploy import GGUF_TOLERANCES, export_gguf
+from finetune_kit.deploy import GGUF_TOLERANCES, LLAMA_CPP_TOLERANCES, export_gguf
 from finetune_kit.models import end_of_turn_id, load_model
 from helpers import tiny_adapter, tiny_config
 
@@ -116,3 +117,41 @@ def test_a_tensor_mapped_to_the_wrong_place_fails_the_weight_check(lora, tmp_pat
         export_gguf(lora, tmp_path/"x", progress=False)
     assert e.value.report["weights"]["worst"] > 100 and "q_proj" in e.value.report["weights"]["tensor"]
     assert not (tmp_path/"x").exists()
+
+def test_llama_cpp_runs_the_file_and_answers_like_the_adapter(lora, tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from peft import PeftModel
+    out = tmp_path/"gguf"
+    rep = export_gguf(lora, out, progress=False).report["llama_cpp"]
+    assert rep["ok"] and rep["loads"] and rep["version"] == llama_cpp.__version__
+    assert rep["prompt_ids_differ"] == [] and rep["answers_equal"] == rep["probes"] and not rep["answer_near_ties"]
+    assert 0 < rep["rel_diff"] <= rep["tolerance"] == LLAMA_CPP_TOLERANCES["f16"]
+    # the same, checked here without the export's own code: llama.cpp's chat path as Ollama takes it (the template
+    # stored in the file, its tokenizer, its stop token) against base + adapter's greedy answers
+    base, tok = load_model(tiny_config(dtype="float32"), progress=False)
+    want = _answers_and_logits(PeftModel.from_pretrained(base, str(lora)).eval(), tok)
+    llm = llama_cpp.Llama(model_path=str(out/"model-f16.gguf"), n_ctx=256, verbose=False)
+    got = [llm.create_chat_completion([{"role": "user", "content": p}], temperature=0.0, top_k=1, repeat_penalty=1.0,
+                                      max_tokens=12)["choices"][0]["message"]["content"] for p in PROMPTS]
+    llm.close()
+    # the random model answers some bytes that are no UTF-8: transformers decodes them as U+FFFD, llama.cpp drops them
+    assert got == [tok.decode(ids, skip_special_tokens=True).replace("\ufffd", "") for ids, _ in want]
+    assert sum(map(len, got)) > 10
+
+def test_a_file_llama_cpp_cannot_load_fails_the_export_in_one_line(lora, tmp_path, monkeypatch):
+    pytest.importorskip("llama_cpp")
+    import finetune_kit.deploy.gguf as G
+    # the converter fallback's first name for GPT-2's pre-tokenizer: transformers reads such a file, llama.cpp refuses it
+    assert 'return "gpt-2"' in G._DRIVER
+    monkeypatch.setattr(G, "_DRIVER", G._DRIVER.replace('return "gpt-2"', 'return "gpt2"'))
+    out = tmp_path/"exports"/"gguf"
+    r = runner.invoke(app, ["export", str(lora), "--out", str(out), "--format", "gguf", "--no-progress"])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith("error: export check failed in llama.cpp (llama-cpp-python ") and \
+        "it cannot load the file" in r.output, r.output
+    assert not out.exists() and list(out.parent.iterdir()) == []
+
+def test_without_the_binding_the_export_says_it_skipped_llama_cpp(lora, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # `import llama_cpp` raises ImportError
+    rep = export_gguf(lora, tmp_path/"gguf", progress=False).report
+    assert rep["ok"] and "llama-cpp-python is not installed" in rep["llama_cpp"]["skipped"]

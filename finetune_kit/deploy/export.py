@@ -85,13 +85,15 @@ def probe_reference(model, tok, prompts:list, stop_ids:list[int], max_new_tokens
     return out
 
 # %% ../../nbs/09a_deploy_export.ipynb #e272160d
-def compare_to_reference(model, ref:list[dict], tolerance:float) -> dict:
+def compare_to_reference(model, ref:list[dict], tolerance:float,
+                         logits=None,  # `logits(model, ids)`: its logits at every position (None: a transformers forward)
+                        ) -> dict:
     "Logit differences and greedy agreement of `model` against the probes' reference; `ok` when both pass."
     import torch
     scale = max(float(r["logits"].abs().max()) for r in ref)
     worst, agree, ties, wrong = 0.0, 0, [], []
     for i, r in enumerate(ref):
-        got = _logits(model, r["ids"])
+        got = (logits or _logits)(model, r["ids"])
         worst = max(worst, float((got - r["logits"]).abs().max()))
         ok = True
         for pos in range(r["prompt_len"] - 1, len(r["ids"]) - 1):  # positions that predict the answer's tokens

