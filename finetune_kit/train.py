@@ -6,32 +6,30 @@ Docs: https://finetune-kit.github.io/finetune-kit/train.html.md"""
 
 # %% ../nbs/04_train.ipynb #8e314cf7
 from __future__ import annotations
-import contextlib, dataclasses, hashlib, importlib.util, json, math, resource, shutil, sys, time
+import importlib.util, json, math, shutil, sys, time
 from pathlib import Path
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
 from transformers import TrainerCallback, EarlyStoppingCallback
 from trl import SFTConfig, SFTTrainer
-from .config import RunConfig, ConfigError, flatten, load_config, save_config, seed_everything
+from .config import RunConfig, ConfigError, seed_everything
 from .files import KitError, one_line
 from .progress import in_job
 from .threads import ThreadFit, use_threads
-from .runs import capture_env, create_run
 from .methods import get_method
-from .models import (detect_bf16, device_settings, end_of_turn_id, load_model, model_report, set_stop_tokens,
-                                 sharding, tokenizer_hashes)
-from .adapters import save_adapter
+from .models import detect_bf16, device_settings, end_of_turn_id, load_model, set_stop_tokens, sharding
 from .compiling import compile_model, uncompile
 from .data import empty_train_reason, load_splits, parse_ratios, prepare_data, source_list
-from .tracking import RunRecorder, end_tracking, plot_training, start_tracking, wandb_logged_in
+from .tracking import RunRecorder, end_tracking, start_tracking, wandb_logged_in
 from .trainers import check_objective, objective_trainer, plot_objective, start_model
-from .checkpoints import (CHECKSUMS, RunTotals, TrainingError, TrainingInterrupted, TrainResult,
-                                      checkpoint_folders, finished_run, resume_point, write_checksums)
+from .checkpoints import (CHECKSUMS, RunTotals, TrainingError, TrainResult, checkpoint_folders, finished_run,
+                                      resume_point, write_checksums)
+from .run_folder import _makes_folder, _on_failure, _print_summary, _save_results, _setup_run
 
 # %% auto #0
-__all__ = ['hardware_args', 'training_args', 'FinetuneTrainer', 'uses_compact_loss', 'check_trainable', 'write_manifest',
-           'total_steps', 'FollowLoad', 'train', 'keep_model', 'TextProgress']
+__all__ = ['hardware_args', 'training_args', 'FinetuneTrainer', 'uses_compact_loss', 'check_trainable', 'total_steps',
+           'FollowLoad', 'train', 'keep_model', 'TextProgress']
 
 # %% ../nbs/04_train.ipynb #c4ac7a3f
 def _caps():
@@ -204,27 +202,6 @@ def check_trainable(ds,  # a tokenized training set with `labels` (-100: no loss
     return {"records": len(rows), "tokens": n_tok, "loss_tokens": n_loss, "loss_token_share": n_loss / max(n_tok, 1),
             "records_without_loss": no_loss, "records_without_end_of_turn": no_eot}
 
-# %% ../nbs/04_train.ipynb #fa58562f
-_LOAD = ("load_1m", "others_load")  # a moment's measure: in the warning's text when it matters, not in the manifest
-
-def write_manifest(run_dir, cfg:RunConfig, tok, data_info:dict, model_id:str, world_size:int,
-                   threads:dict|None=None,  # what `use_threads` did (its count and why, any warning; not the load)
-                   compiled:dict|None=None,  # what `compile_model` and the first step did: asked, used, reason
-                  ) -> dict:
-    "Write `manifest.json` (data fingerprint, template/tokenizer hashes, precision and why, threads, compile, packages, seed); return it."
-    run_dir = Path(run_dir)
-    env = json.loads((run_dir/"env.json").read_text()) if (run_dir/"env.json").exists() else {}
-    cfg_d = {k: v for k, v in flatten(cfg).items() if k not in ("run_id", "runs_dir", "run_name", "data_dir")}
-    ds = device_settings(cfg.model.dtype, cfg.model.attn_implementation, full=get_method(cfg.peft.peft_method).full)
-    m = {"run_id": cfg.run_id, "seed": cfg.seed, "config_sha256": hashlib.sha256(json.dumps(cfg_d, sort_keys=True).encode()).hexdigest(),
-         "data_fingerprint": data_info.get("fingerprint"), "base_model": model_id, **tokenizer_hashes(tok),
-         "precision": {"weights": ds.dtype, "mixed_precision": ds.mixed_precision, "reason": ds.reason},
-         "world_size": world_size, "threads": {k: v for k, v in (threads or {}).items() if k not in _LOAD} or None,
-         "compile": compiled,
-         "python": env.get("python"), "packages": env.get("packages", {})}
-    (run_dir/"manifest.json").write_text(json.dumps(m, indent=2) + "\n")
-    return m
-
 # %% ../nbs/04_train.ipynb #288f0282
 @patch
 def _save_checkpoint(self:FinetuneTrainer, model, trial):
@@ -241,28 +218,6 @@ def log(self:FinetuneTrainer, logs:dict, start_time=None):
     if (t := getattr(self, "_run_totals", None)) is not None and {"train_loss", "train_runtime"} <= set(logs):
         logs = t.closing(logs)
     return SFTTrainer.log(self, logs, start_time)
-
-# %% ../nbs/04_train.ipynb #b96d2916
-def _setup_run(cfg:RunConfig, run_dir, resume:bool):
-    "Create or reopen the run folder on the main process; share config and folder with every process."
-    from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list
-    state = PartialState(cpu=not torch.cuda.is_available())
-    box = [None, None]
-    if state.is_main_process:
-        if run_dir is not None and resume:
-            run_dir = Path(run_dir)
-            if not (run_dir/"config.json").exists(): raise ConfigError(f"{run_dir}: no config.json, nothing to resume")
-            cfg = load_config(run_dir/"config.json")
-        elif run_dir is not None:
-            run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
-            cfg = dataclasses.replace(cfg, run_id=cfg.run_id or run_dir.name)
-            save_config(cfg, run_dir/"config.json")
-            (run_dir/"env.json").write_text(json.dumps(capture_env(), indent=2) + "\n")
-        else: cfg, run_dir = create_run(cfg, exist_ok=resume)
-        box = [cfg, str(run_dir)]
-    if state.num_processes > 1: broadcast_object_list(box)
-    return state, box[0], Path(box[1])
 
 # %% ../nbs/04_train.ipynb #23a32389
 def _prepare(cfg, run_dir, tok, state):
@@ -312,64 +267,6 @@ def _make_trainer(cfg:RunConfig, model, tok, splits, run_dir:Path, backend:str, 
     trainer.compile_info = compile_model(trainer.model, cfg.train.torch_compile, trainer.args.device.type)
     if (why := trainer.compile_info["reason"]): print(f"warning: torch_compile={cfg.train.torch_compile}: {why}; training eager", file=sys.stderr)
     return trainer
-
-# %% ../nbs/04_train.ipynb #aeaaf24f
-def _dir_mb(p:Path) -> float: return sum(f.stat().st_size for f in Path(p).rglob("*") if f.is_file()) / 2**20
-
-def _peak_memory_mb() -> dict:
-    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if torch.cuda.is_available(): out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return out
-
-def _save_results(trainer, tok, cfg:RunConfig, run_dir:Path, train_loss:float, seconds:float, data_info:dict,
-                  checks:dict, world_size:int, threads:dict|None=None) -> dict:
-    "Save the adapter and generation config; write `summary.json`, `manifest.json` and the curve; return the summary."
-    adapter_dir, model = run_dir/"adapter", trainer.accelerator.unwrap_model(trainer.model)
-    if not sharding(): save_adapter(model, adapter_dir, tok)  # sharded: `trainer.save_model` on every rank did
-    model.generation_config.save_pretrained(adapter_dir)
-    report = model_report(trainer.model)
-    summary = {"steps": trainer.state.global_step, "train_loss": train_loss, "train_seconds": round(seconds, 2),
-               "num_tokens": trainer._total_train_tokens, "tokens_per_s": trainer._total_train_tokens / seconds,
-               "adapter_mb": round(_dir_mb(adapter_dir), 3),
-               "world_size": world_size, "trainable": report.get("trainable"),
-               "trainable_pct": report.get("trainable_pct"),
-               **{k: round(v, 1) for k, v in _peak_memory_mb().items()}, **checks}
-    (run_dir/"summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_manifest(run_dir, cfg, tok, data_info, str(cfg.model.base_model), world_size, threads,
-                   getattr(trainer, "compile_info", None))
-    plot_training(run_dir)
-    return summary
-
-# %% ../nbs/04_train.ipynb #5b79d1cb
-def _print_summary(run_dir, s:dict):
-    from rich.console import Console
-    from rich.table import Table
-    t = Table(title=f"run {Path(run_dir).name}", show_header=False)
-    for k in ("steps", "train_loss", "train_seconds", "tokens_per_s", "peak_rss_mb", "peak_gpu_mb", "adapter_mb",
-              "loss_token_share", "world_size"):
-        if s.get(k) is not None: t.add_row(k, f"{s[k]:.4g}" if isinstance(s[k], float) else str(s[k]))
-    Console().print(t)
-
-# %% ../nbs/04_train.ipynb #ed98e970
-def _makes_folder(cfg:RunConfig, run_dir, resume:bool) -> bool:
-    "Whether this `train` call makes the run folder (so a failure before its first checkpoint removes it)."
-    if resume: return False
-    if run_dir is not None: return not Path(run_dir).exists()
-    return not (cfg.run_id and (Path(cfg.runs_dir).expanduser()/cfg.run_id).exists())
-
-def _has_checkpoint(run_dir:Path) -> bool:
-    return any(p.is_dir() for p in (Path(run_dir)/"checkpoints").glob("checkpoint-*"))
-
-@contextlib.contextmanager
-def _on_failure(run_dir:Path, created:bool, state):
-    "Ctrl-C: the command that resumes the run. Another failure before the first checkpoint: the folder made is removed."
-    try: yield
-    except KeyboardInterrupt as e:
-        if isinstance(e, TrainingInterrupted) or not state.is_main_process: raise
-        raise TrainingInterrupted(run_dir) from None
-    except BaseException:
-        if created and state.is_main_process and not _has_checkpoint(run_dir): shutil.rmtree(run_dir, ignore_errors=True)
-        raise
 
 # %% ../nbs/04_train.ipynb #aba3d216
 class FollowLoad(TrainerCallback):

@@ -15,6 +15,7 @@ from .compare import *
 from .baselines import *
 from .review import *
 from .vllm import *
+from .out import *
 from .run import *
 from .interim import *
 from .pairs import *

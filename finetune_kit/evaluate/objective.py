@@ -18,7 +18,8 @@ from ..engine import generate
 from .generate import EvalError
 from .compare import bootstrap_intervals, comparison_plot, comparison_table, ship_verdict
 from .review import make_review_sheet, write_review
-from .run import free_eval_dir, load_for_eval, load_split, prediction_rows, score_systems
+from .out import free_eval_dir
+from .run import load_for_eval, load_split, prediction_rows, score_systems
 
 # %% auto #0
 __all__ = ['judging_data', 'start_comparison', 'evaluate_objective']

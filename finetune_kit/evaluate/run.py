@@ -6,14 +6,14 @@ Docs: https://finetune-kit.github.io/finetune-kit/evaluate_run.html.md"""
 
 # %% ../../nbs/05e_evaluate_run.ipynb #3b8815f2
 from __future__ import annotations
-import dataclasses, functools, inspect, json, math, os, random, re, shutil, time, warnings
+import json, math, os, random, re, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import pandas as pd
 from ..config import RunConfig, load_config
 from ..runs import create_run
 from ..threads import use_threads
-from ..files import KitError, atomic_folder, md_table, one_line, read_jsonl, write_jsonl
+from ..files import KitError, md_table, one_line, read_jsonl, write_jsonl
 from ..tracking import import_mlflow, wandb_run_args
 from ..tasks import get_task
 from ..models import load_model
@@ -26,11 +26,12 @@ from .vllm import check_backend, vllm_systems
 from .metrics import TaskScores, score_outputs
 from .compare import (bootstrap_intervals, comparison_plot, comparison_table, confusion_plot,
                                            ship_verdict, slice_report, slice_values)
-from .review import human_work, make_review_sheet, prompt_text, write_review
+from .review import make_review_sheet, prompt_text, write_review
+from .out import _into_atomic_eval_folder
 
 # %% auto #0
 __all__ = ['load_split', 'load_for_eval', 'generate_systems', 'score_systems', 'compare_systems', 'prediction_rows',
-           'eval_figures', 'eval_report', 'log_tracking', 'EvalResult', 'free_eval_dir', 'check_out_dir', 'evaluate']
+           'eval_figures', 'eval_report', 'log_tracking', 'EvalResult', 'evaluate']
 
 # %% ../../nbs/05e_evaluate_run.ipynb #e997c835
 def load_split(path, split:str="test",
@@ -324,67 +325,6 @@ class EvalResult:
         return f"EvalResult({self.out_dir}, {m.get('task')}, n={m.get('n')}, ship={v.get('ship')})"
     def _repr_markdown_(self):  # the report without its plots (those are in `figures`)
         return "\n".join(l for l in self.report.splitlines() if not l.startswith("!["))
-
-# %% ../../nbs/05e_evaluate_run.ipynb #1332ae73
-_EVAL_FILES = ("predictions.jsonl", "metrics.json", "report.md", "review_sheet.csv", "review_sheet.html",
-               "review_key.json", "label_studio_tasks.json", "label_studio_config.xml")
-
-def free_eval_dir(out) -> tuple[Path, str|None]:
-    "Where an evaluation meant for `out` goes: `out`, or when it holds human work the first `out-N` not yet used; and why."
-    out = Path(out)
-    if not (why := human_work(out)): return out, None
-    n = 2
-    while (p := out.parent/f"{out.name}-{n}").exists() and (not p.is_dir() or any(p.iterdir())): n += 1
-    return out.parent/f"{out.name}-{n}", why
-
-# %% ../../nbs/05e_evaluate_run.ipynb #2788a7ea
-def check_out_dir(out,  # the output folder the user named (`evaluate run --out`)
-                  overwrite:bool=False  # replace an evaluation already there (whole)
-                 ):
-    "An explicit output folder is used as named or refused in one line: never human review work, nor files the kit did not write, nor (without `overwrite`) an earlier evaluation."
-    out = Path(out)
-    if out.exists() and not out.is_dir(): raise EvalError(f"--out {out}: a file, not a folder")
-    if not out.is_dir() or not any(out.iterdir()): return
-    if (why := human_work(out)):
-        raise EvalError(f"--out {out}: {why}: an evaluation there would replace it; import the verdicts first "
-                        "(finetune-kit review import) or choose another --out")
-    if not ((out/"metrics.json").is_file() or (out/"predictions.jsonl").is_file()):
-        raise EvalError(f"--out {out}: the folder holds files the kit did not write; choose a new or empty --out")
-    if not overwrite:
-        raise EvalError(f"--out {out}: holds an evaluation; pass --overwrite to replace it whole, or choose another --out")
-
-def _into_atomic_eval_folder(evaluate):
-    "`evaluate` writing into a temporary sibling of its folder (a new folder beside human work), moved in at the end."
-    sig = inspect.signature(evaluate)
-    @functools.wraps(evaluate)
-    def wrapper(*args, **kwargs):
-        ba = sig.bind(*args, **kwargs); ba.apply_defaults()
-        cfg, out = ba.arguments["cfg"], ba.arguments["out_dir"]
-        if ba.arguments["outputs"] is None: check_backend(cfg.eval.backend)  # before a run folder is made
-        made = None  # the run folder this call makes: a failed evaluation removes it
-        if out is None:
-            if not cfg.run_id:
-                if not (data := ba.arguments["data"] or cfg.data.data_dir): return evaluate(*ba.args, **ba.kwargs)
-                find_data_dir(data)  # a missing data folder fails before a run folder is made
-                ba.arguments["cfg"] = cfg = create_run(cfg)[0]
-                made = Path(cfg.runs_dir)/cfg.run_id
-            out = Path(cfg.runs_dir)/cfg.run_id/"eval"
-        out, kept = free_eval_dir(out)
-        legacy = [*_EVAL_FILES, *(p.name for p in out.glob("*.png"))]
-        try:
-            with atomic_folder(out, last="metrics.json", legacy=legacy) as tmp:
-                ba.arguments["out_dir"] = tmp
-                res = evaluate(*ba.args, **ba.kwargs)
-                if kept:
-                    note = f"{kept}: this evaluation is in {out}, the earlier one is kept as it was"
-                    res.metrics["notes"].append(note)
-                    m = json.loads((tmp/"metrics.json").read_text()); m["notes"].append(note)
-                    (tmp/"metrics.json").write_text(json.dumps(m, indent=1, default=str) + "\n")
-        except BaseException:
-            if made is not None: shutil.rmtree(made, ignore_errors=True)
-            raise
-        return dataclasses.replace(res, out_dir=out)
-    return wrapper
 
 # %% ../../nbs/05e_evaluate_run.ipynb #3ec39e87
 def _costs(timing:dict, baselines:dict, run_dir, adapter) -> dict:
