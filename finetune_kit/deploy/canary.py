@@ -15,6 +15,7 @@ from ..data.folder import prepared_data
 from ..files import KitError
 from .ab import ARMS, JsonlLog, Router, Split
 from .serve import APIError
+from ..evaluate.compare import unpaired_interval
 from ..evaluate.metrics import score_outputs
 
 # %% auto #0
@@ -79,15 +80,6 @@ def _entry(cur, cand, change, lo, hi, margin, worse, n_cur, n_cand) -> dict:
 
 
 # %% ../../nbs/09h_deploy_canary.ipynb #ddc305bf
-def _headline_resamples(ts, rule:CanaryRule, rng, chunk:int=250):
-    "The task's headline on `rule.n_resamples` bootstrap resamples of one arm's scored answers (its own counts)."
-    import numpy as np
-    c, out = ts.counts, []
-    for start in range(0, rule.n_resamples, chunk):
-        idx = rng.integers(0, len(c), (min(chunk, rule.n_resamples - start), len(c)))
-        out.append(ts.agg(c[idx].sum(1)))
-    return np.concatenate(out)
-
 def task_evidence(labelled:dict,  # {arm: [(answer, reference)]}: each arm's answers that feedback gave the right answer of
                   rule:CanaryRule, task:str="prompt_completion",  # the task whose scorer and headline judge them
                   labels:list|None=None) -> dict:
@@ -102,10 +94,7 @@ def task_evidence(labelled:dict,  # {arm: [(answer, reference)]}: each arm's ans
     change = val["candidate"] - val["current"] if n["current"] and n["candidate"] else None
     lo = hi = float("nan")
     if min(n.values()) >= rule.min_labelled:  # a bootstrap of a handful of answers claims far too much
-        rng = np.random.default_rng(rule.seed)
-        d = _headline_resamples(ts["candidate"], rule, rng) - _headline_resamples(ts["current"], rule, rng)
-        a = 1 - interval_level(rule)
-        lo, hi = (float(x) for x in np.quantile(d, [a / 2, 1 - a / 2]))
+        _, lo, hi = unpaired_interval(ts["candidate"], ts["current"], rule.n_resamples, interval_level(rule), rule.seed)
     margin = -rule.max_metric_decrease
     return {"metric": name, "task": task} | _entry(val["current"], val["candidate"], change, lo, hi, margin,
                                                    not np.isnan(hi) and hi < margin, n["current"], n["candidate"])

@@ -14,8 +14,8 @@ from .generate import EvalError
 from .metrics import OUTSIDE, TaskScores
 
 # %% auto #0
-__all__ = ['bootstrap_intervals', 'ship_verdict', 'comparison_table', 'comparison_plot', 'confusion_plot', 'slice_values',
-           'slice_report']
+__all__ = ['bootstrap_intervals', 'unpaired_interval', 'ship_verdict', 'comparison_table', 'comparison_plot', 'confusion_plot',
+           'slice_values', 'slice_report']
 
 # %% ../../nbs/05c_evaluate_compare.ipynb #048db2c4
 def bootstrap_intervals(base:TaskScores, tuned:TaskScores|None=None, n_resamples:int=1000, seed:int=42,
@@ -49,6 +49,26 @@ def bootstrap_intervals(base:TaskScores, tuned:TaskScores|None=None, n_resamples
     lo, hi = np.atleast_1d(r.confidence_interval.low), np.atleast_1d(r.confidence_interval.high)
     lo, hi = np.where(np.isnan(lo), point, lo), np.where(np.isnan(hi), point, hi)
     return {k: {"value": float(p), "low": float(l), "high": float(h)} for k, p, l, h in zip(names, point, lo, hi)}
+
+# %% ../../nbs/05c_evaluate_compare.ipynb #cc522d73
+def unpaired_interval(a:TaskScores, b:TaskScores, n_resamples:int=1000, confidence:float=0.95,
+                      seed:int=42) -> tuple[float, float, float]:
+    "`a`'s headline minus `b`'s, each scored on its own records: `(difference, low, high)`, a percentile bootstrap interval."
+    from scipy.stats import bootstrap
+    if a.headline is None or b.headline is None: raise EvalError("unpaired_interval: a system has no headline metric")
+    def stat(ia, ib, axis=-1):  # resampled record positions of each, (batch, n_a) and (batch, n_b)
+        return a.agg(a.counts[ia].sum(-2)) - b.agg(b.counts[ib].sum(-2))
+    na, nb = len(a.counts), len(b.counts)
+    point = float(stat(np.arange(na)[None], np.arange(nb)[None])[0])
+    if min(na, nb) < 2 or n_resamples <= 0: return point, float("nan"), float("nan")
+    batch = max(1, min(n_resamples, 2_000_000//max((na + nb)*a.counts.shape[1], 1)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)  # degenerate distributions (resamples all equal) warn
+        ci = bootstrap((np.arange(na), np.arange(nb)), stat, n_resamples=n_resamples, vectorized=True,
+                       method="percentile", confidence_level=confidence, rng=np.random.default_rng(seed),
+                       batch=batch).confidence_interval
+    lo, hi = (point if np.isnan(x) else float(x) for x in (ci.low, ci.high))
+    return point, lo, hi
 
 # %% ../../nbs/05c_evaluate_compare.ipynb #03415d3d
 def _ci(d) -> str:
