@@ -18,10 +18,10 @@ from .tracking import plot_training
 from .checkpoints import TrainingInterrupted
 
 # %% auto #0
-__all__ = ['write_manifest']
+__all__ = ['open_run_folder', 'makes_run_folder', 'cleanup_on_failure', 'write_manifest', 'save_run_results', 'print_run_summary']
 
 # %% ../nbs/04e_train_run_folder.ipynb #b96d2916
-def _setup_run(cfg:RunConfig, run_dir, resume:bool):
+def open_run_folder(cfg:RunConfig, run_dir, resume:bool):
     "Create or reopen the run folder on the main process; share config and folder with every process."
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
@@ -43,7 +43,7 @@ def _setup_run(cfg:RunConfig, run_dir, resume:bool):
     return state, box[0], Path(box[1])
 
 # %% ../nbs/04e_train_run_folder.ipynb #ed98e970
-def _makes_folder(cfg:RunConfig, run_dir, resume:bool) -> bool:
+def makes_run_folder(cfg:RunConfig, run_dir, resume:bool) -> bool:
     "Whether this `train` call makes the run folder (so a failure before its first checkpoint removes it)."
     if resume: return False
     if run_dir is not None: return not Path(run_dir).exists()
@@ -53,7 +53,7 @@ def _has_checkpoint(run_dir:Path) -> bool:
     return any(p.is_dir() for p in (Path(run_dir)/"checkpoints").glob("checkpoint-*"))
 
 @contextlib.contextmanager
-def _on_failure(run_dir:Path, created:bool, state):
+def cleanup_on_failure(run_dir:Path, created:bool, state):
     "Ctrl-C: the command that resumes the run. Another failure before the first checkpoint: the folder made is removed."
     try: yield
     except KeyboardInterrupt as e:
@@ -92,7 +92,7 @@ def _peak_memory_mb() -> dict:
     if torch.cuda.is_available(): out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
-def _save_results(trainer, tok, cfg:RunConfig, run_dir:Path, train_loss:float, seconds:float, data_info:dict,
+def save_run_results(trainer, tok, cfg:RunConfig, run_dir:Path, train_loss:float, seconds:float, data_info:dict,
                   checks:dict, world_size:int, threads:dict|None=None) -> dict:
     "Save the adapter and generation config; write `summary.json`, `manifest.json` and the curve; return the summary."
     adapter_dir, model = run_dir/"adapter", trainer.accelerator.unwrap_model(trainer.model)
@@ -112,7 +112,7 @@ def _save_results(trainer, tok, cfg:RunConfig, run_dir:Path, train_loss:float, s
     return summary
 
 # %% ../nbs/04e_train_run_folder.ipynb #5b79d1cb
-def _print_summary(run_dir, s:dict):
+def print_run_summary(run_dir, s:dict):
     from rich.console import Console
     from rich.table import Table
     t = Table(title=f"run {Path(run_dir).name}", show_header=False)

@@ -25,7 +25,7 @@ from .tracking import RunRecorder, end_tracking, start_tracking, wandb_logged_in
 from .trainers import check_objective, objective_trainer, plot_objective, start_model
 from .checkpoints import (CHECKSUMS, RunTotals, TrainingError, TrainResult, checkpoint_folders, finished_run,
                                       resume_point, write_checksums)
-from .run_folder import _makes_folder, _on_failure, _print_summary, _save_results, _setup_run
+from .run_folder import makes_run_folder, cleanup_on_failure, print_run_summary, save_run_results, open_run_folder
 
 # %% auto #0
 __all__ = ['hardware_args', 'training_args', 'FinetuneTrainer', 'uses_compact_loss', 'check_trainable', 'total_steps',
@@ -294,11 +294,11 @@ def train(cfg:RunConfig,  # the run's config
     if not (resume or cfg.data.data_dir): parse_ratios(source_list(cfg.data.source))  # a bad ratio: before any folder or model
     asked = (cfg.model.threads, cfg.model.omp_wait_policy) if cfg is not None else None  # None: resume, the run's own
     threads = use_threads(*asked) if asked else None  # before torch's threads are recorded in env.json; warns when shared
-    created = _makes_folder(cfg, run_dir, resume)
-    state, cfg, run_dir = _setup_run(cfg, run_dir, resume)
+    created = makes_run_folder(cfg, run_dir, resume)
+    state, cfg, run_dir = open_run_folder(cfg, run_dir, resume)
     if (cfg.model.threads, cfg.model.omp_wait_policy) != asked:  # a resumed run's own setting
         threads = use_threads(cfg.model.threads, cfg.model.omp_wait_policy, warn=asked is None)
-    with _on_failure(run_dir, created, state):
+    with cleanup_on_failure(run_dir, created, state):
         if resume and (done := finished_run(run_dir)): return done
         if resume: checkpoint_folders(run_dir/"checkpoints")  # a folder in the way stops the resume before any work
         seed_everything(cfg.seed)
@@ -333,10 +333,10 @@ def train(cfg:RunConfig,  # the run's config
         if sharding(): trainer.save_model(str(run_dir/"adapter"))  # every rank: the shards are gathered, rank 0 writes
         if state.is_main_process:
             whole = totals.final or totals.whole(out.training_loss, seconds)  # the closing log row's figures
-            summary = _save_results(trainer, tok, cfg, run_dir, *whole, data_info, checks, state.num_processes, threads)
+            summary = save_run_results(trainer, tok, cfg, run_dir, *whole, data_info, checks, state.num_processes, threads)
             if not sft: plot_objective(run_dir, cfg.train.objective)
             if backend != "none": end_tracking(backend)
-            _print_summary(run_dir, summary)
+            print_run_summary(run_dir, summary)
     return TrainResult(run_dir, run_dir/"adapter", summary)
 
 # %% ../nbs/04_train.ipynb #afac23e5

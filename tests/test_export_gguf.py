@@ -134,9 +134,19 @@ def test_llama_cpp_runs_the_file_and_answers_like_the_adapter(lora, tmp_path):
     got = [llm.create_chat_completion([{"role": "user", "content": p}], temperature=0.0, top_k=1, repeat_penalty=1.0,
                                       max_tokens=12)["choices"][0]["message"]["content"] for p in PROMPTS]
     llm.close()
-    # the random model answers some bytes that are no UTF-8: transformers decodes them as U+FFFD, llama.cpp drops them
-    assert got == [tok.decode(ids, skip_special_tokens=True).replace("\ufffd", "") for ids, _ in want]
-    assert sum(map(len, got)) > 10
+    # a random model's top two logits are often within the kernels' rounding of each other: as the export's check does,
+    # a different pick counts only where the reference's own margin is wider than twice the tolerance; up to the first
+    # near tie the answers must be equal, and entirely where there is none. The random model also answers bytes that
+    # are no UTF-8: transformers decodes them as U+FFFD, llama.cpp drops them.
+    scale = max(float(l.abs().max()) for _, l in want)
+    whole = 0
+    for text, (ids, logits) in zip(got, want):
+        top2 = logits[-len(ids) - 1:-1].topk(2, dim=-1).values if ids else logits[:0, :2]
+        near = [k for k, (a, b) in enumerate(top2.tolist()) if a - b <= 2 * LLAMA_CPP_TOLERANCES["f16"] * scale]
+        sure = tok.decode(ids[:near[0]] if near else ids, skip_special_tokens=True).replace("\ufffd", "")
+        assert text == sure if not near else text.startswith(sure), (text, sure, near)
+        whole += not near
+    assert whole >= 2 and sum(map(len, got)) > 10  # most answers compared whole, and they are text
 
 def test_a_file_llama_cpp_cannot_load_fails_the_export_in_one_line(lora, tmp_path, monkeypatch):
     pytest.importorskip("llama_cpp")

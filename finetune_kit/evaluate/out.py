@@ -16,7 +16,7 @@ from .vllm import check_backend
 from .review import human_work
 
 # %% auto #0
-__all__ = ['free_eval_dir', 'check_out_dir']
+__all__ = ['free_eval_dir', 'check_out_dir', 'into_atomic_eval_folder']
 
 # %% ../../nbs/05k_evaluate_out.ipynb #1332ae73
 _EVAL_FILES = ("predictions.jsonl", "metrics.json", "report.md", "review_sheet.csv", "review_sheet.html",
@@ -46,7 +46,7 @@ def check_out_dir(out,  # the output folder the user named (`evaluate run --out`
     if not overwrite:
         raise EvalError(f"--out {out}: holds an evaluation; pass --overwrite to replace it whole, or choose another --out")
 
-def _into_atomic_eval_folder(evaluate):
+def into_atomic_eval_folder(evaluate):
     "`evaluate` writing into a temporary sibling of its folder (a new folder beside human work), moved in at the end."
     sig = inspect.signature(evaluate)
     @functools.wraps(evaluate)

@@ -27,7 +27,7 @@ from .metrics import TaskScores, score_outputs
 from .compare import (bootstrap_intervals, comparison_plot, comparison_table, confusion_plot,
                                            ship_verdict, slice_report, slice_values)
 from .review import make_review_sheet, prompt_text, write_review
-from .out import _into_atomic_eval_folder
+from .out import into_atomic_eval_folder
 
 # %% auto #0
 __all__ = ['load_split', 'load_for_eval', 'generate_systems', 'score_systems', 'compare_systems', 'prediction_rows',
@@ -344,7 +344,7 @@ def _unreadable(records, outputs, scores, k=5) -> list[dict]:
     return [{"id": r.get("id"), "output": o} for r, o, it in zip(records, outputs, scores.items)
             if it.get("readable") is False][:k]
 
-@_into_atomic_eval_folder
+@into_atomic_eval_folder
 def evaluate(cfg:RunConfig,
              data=None,  # prepared data folder, run folder or JSONL file (None: cfg.data.data_dir, else the run folder)
              adapter=None,  # adapter folder for the tuned model (None: base model only, unless `model` is a PeftModel)
