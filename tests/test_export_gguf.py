@@ -24,6 +24,7 @@ def lora(tmp_path_factory):
     from finetune_kit.adapters import apply_peft, save_adapter
     cfg = tiny_config(dtype="float32", peft_method="lora", lora_r=8)
     m, tok = load_model(cfg, progress=False)
+    torch.manual_seed(3)  # lora_A's initialisation: the same adapter whatever ran before
     pm = apply_peft(m, cfg)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
@@ -139,14 +140,14 @@ def test_llama_cpp_runs_the_file_and_answers_like_the_adapter(lora, tmp_path):
     # near tie the answers must be equal, and entirely where there is none. The random model also answers bytes that
     # are no UTF-8: transformers decodes them as U+FFFD, llama.cpp drops them.
     scale = max(float(l.abs().max()) for _, l in want)
-    whole = 0
+    whole = compared = 0
     for text, (ids, logits) in zip(got, want):
         top2 = logits[-len(ids) - 1:-1].topk(2, dim=-1).values if ids else logits[:0, :2]
         near = [k for k, (a, b) in enumerate(top2.tolist()) if a - b <= 2 * LLAMA_CPP_TOLERANCES["f16"] * scale]
         sure = tok.decode(ids[:near[0]] if near else ids, skip_special_tokens=True).replace("\ufffd", "")
         assert text == sure if not near else text.startswith(sure), (text, sure, near)
-        whole += not near
-    assert whole >= 2 and sum(map(len, got)) > 10  # most answers compared whole, and they are text
+        whole, compared = whole + (not near), compared + (near[0] if near else len(ids))
+    assert whole >= 1 and compared >= 12 and sum(map(len, got)) > 10  # a dozen tokens or more compared, and text
 
 def test_a_file_llama_cpp_cannot_load_fails_the_export_in_one_line(lora, tmp_path, monkeypatch):
     pytest.importorskip("llama_cpp")
