@@ -14,14 +14,14 @@ from fastcore.basics import patch
 from transformers import TrainerCallback, EarlyStoppingCallback
 from trl import SFTConfig, SFTTrainer
 from .config import RunConfig, ConfigError, seed_everything
-from .files import KitError, one_line
+from .files import one_line
 from .progress import in_job
 from .threads import ThreadFit, use_threads
 from .methods import get_method
 from .models import detect_bf16, device_settings, end_of_turn_id, load_model, set_stop_tokens, sharding
 from .compiling import compile_model, uncompile
 from .data import empty_train_reason, load_splits, parse_ratios, prepare_data, source_list
-from .tracking import RunRecorder, end_tracking, start_tracking, wandb_logged_in
+from .tracking import RunRecorder, end_tracking, start_tracking
 from .trainers import check_objective, objective_trainer, plot_objective, start_model
 from .checkpoints import (CHECKSUMS, RunTotals, TrainingError, TrainResult, checkpoint_folders, finished_run,
                                       resume_point, write_checksums)

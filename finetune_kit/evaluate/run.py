@@ -6,11 +6,11 @@ Docs: https://finetune-kit.github.io/finetune-kit/evaluate_run.html.md"""
 
 # %% ../../nbs/05e_evaluate_run.ipynb #3b8815f2
 from __future__ import annotations
-import json, math, os, random, re, time, warnings
+import json, math, os, random, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import pandas as pd
-from ..config import RunConfig, load_config
+from ..config import RunConfig
 from ..runs import create_run
 from ..threads import use_threads
 from ..files import KitError, md_table, one_line, read_jsonl, write_jsonl
@@ -21,7 +21,7 @@ from ..adapters import misfit_reason
 from ..data.folder import find_data_dir
 from ..data.testset import own_test_line
 from ..engine import generate
-from .generate import EvalError, generate_pair, perplexity, rank_labels
+from .generate import EvalError, perplexity, rank_labels
 from .vllm import check_backend, vllm_systems
 from .metrics import TaskScores, score_outputs
 from .compare import (bootstrap_intervals, comparison_plot, comparison_table, confusion_plot,
