@@ -240,10 +240,19 @@ class Batch:
 
 # %% ../nbs/03b_engine.ipynb #a8dbc68b
 @patch
+def _adapters(self:Batch) -> dict:
+    "The forward's adapter argument for a mixed batch: every row's adapter, or none where all rows share one (made active)."
+    names = {r.req.adapter for r in self.rows}
+    if len(names) == 1 and (name := names.pop()) is not None:  # PEFT's per-row path gathers and scatters in every layer
+        if self.model.active_adapter != name: self.model.set_adapter(name)
+        return {}
+    return {"adapter_names": [r.req.adapter or "__base__" for r in self.rows]}
+
+@patch
 def _forward(self:Batch, inp, pos):
     "One forward of the rows' `inp` at positions `pos`; each row takes its next token; finished rows leave."
     import torch
-    extra = {"adapter_names": [r.req.adapter or "__base__" for r in self.rows]} if self.mixed else {}
+    extra = self._adapters() if self.mixed else {}
     if self.cache is not None: extra[self.kw] = self.cache
     out = self.model(input_ids=inp, attention_mask=self.att, position_ids=pos, use_cache=True, logits_to_keep=1, **extra)
     if self.cache is None: self.cache, self.kw = kv_cache_of(out)

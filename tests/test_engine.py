@@ -92,6 +92,40 @@ def test_a_cancelled_row_leaves_the_batch_and_the_others_go_on(lora):
     assert rows[0].reason is None and len(rows[0].tokens) < 8 and not any(e["type"] == "done" for e in events)
     assert sizes[0] == 2 and 1 in sizes and rows[1].tokens == _alone(model, tok, Request(ids[1], max_tokens=8))
 
+def test_a_mixed_batch_of_one_adapter_runs_it_as_the_active_adapter():
+    "Rows that all name one adapter skip PEFT's per-row path: the adapter is made active (as evaluation runs it) and they answer as alone with it; rows of two adapters take the per-row path until one adapter is left."
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from finetune_kit.engine import Batch, Request, decoding, eos_ids, prompt_ids
+    from finetune_kit.files import read_jsonl
+    from finetune_kit.testing import load_tiny
+    model, tok = load_tiny()
+    torch.manual_seed(1)
+    cfg = LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(model, cfg, adapter_name="news")
+    model.add_adapter("sport", cfg)
+    ids = prompt_ids(tok, read_jsonl(ROOT/"tests/fixtures/evaluate/cls/test.jsonl"))[:2]
+    calls = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw.get("adapter_names")), with_kwargs=True)
+    def run(adapters, budgets=(6, 6)):
+        calls.clear()
+        with decoding(model):
+            b = Batch(model, tok, eos_ids(model, tok), mixed=True)
+            rows = b.add([Request(i, a, n) for i, a, n in zip(ids, adapters, budgets)])
+            b.run()
+        return [r.tokens for r in rows], list(calls)
+    model.set_adapter("news")
+    one, seen = run(["sport", "sport"])
+    assert seen and all(c is None for c in seen) and model.active_adapter == "sport"
+    two, seen = run(["news", "sport"], (2, 6))
+    assert seen[0] == ["news", "sport"] and seen[-1] is None and model.active_adapter == "sport"  # "news" left after 2 tokens
+    hook.remove()
+    def alone(i, name, n=6):
+        model.set_adapter(name)
+        return _alone(model, tok, Request(i, max_tokens=n))
+    assert one == [alone(ids[0], "sport"), alone(ids[1], "sport")] and two == [alone(ids[0], "news", 2), one[1]]
+    assert one[0] != alone(ids[0], "news")  # the two adapters answer differently, so a wrong active adapter shows
+
 def test_rows_after_a_cached_prefix_per_adapter_answer_as_alone(lora):
     "A server's prefix cache: rows after the cached tokens (one cache per adapter, stacked in one batch), a row that prefills whole, and a row that joins later all answer as each does alone."
     import contextlib, torch
