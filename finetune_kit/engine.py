@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from fastcore.basics import patch
 from .progress import progress_bar
+from .row_adapters import row_adapters
 
 # %% auto #0
 __all__ = ['prompt_messages', 'eos_ids', 'greedy_config', 'prompt_ids', 'kv_cache_of', 'prompt_learning', 'takes_steps',
@@ -240,21 +241,24 @@ class Batch:
 
 # %% ../nbs/03b_engine.ipynb #a8dbc68b
 @patch
-def _adapters(self:Batch) -> dict:
-    "The forward's adapter argument for a mixed batch: every row's adapter, or none where all rows share one (made active)."
-    names = {r.req.adapter for r in self.rows}
-    if len(names) == 1 and (name := names.pop()) is not None:  # PEFT's per-row path gathers and scatters in every layer
-        if self.model.active_adapter != name: self.model.set_adapter(name)
-        return {}
-    return {"adapter_names": [r.req.adapter or "__base__" for r in self.rows]}
+def _adapters(self:Batch):
+    "A mixed batch's forward: (its extra arguments, the block it runs in) for the rows' adapters."
+    names = [r.req.adapter for r in self.rows]
+    if len(set(names)) == 1 and names[0] is not None:  # one adapter: made active, as evaluation runs it
+        if self.model.active_adapter != names[0]: self.model.set_adapter(names[0])
+        return {}, contextlib.nullcontext()
+    rows = row_adapters(self.model)  # several: every adapter's products stacked, each row masked to its own
+    if rows is not None: return {}, rows(names)
+    return {"adapter_names": [n or "__base__" for n in names]}, contextlib.nullcontext()  # PEFT's per-row path
 
 @patch
 def _forward(self:Batch, inp, pos):
     "One forward of the rows' `inp` at positions `pos`; each row takes its next token; finished rows leave."
     import torch
-    extra = self._adapters() if self.mixed else {}
+    extra, scope = self._adapters() if self.mixed else ({}, contextlib.nullcontext())
     if self.cache is not None: extra[self.kw] = self.cache
-    out = self.model(input_ids=inp, attention_mask=self.att, position_ids=pos, use_cache=True, logits_to_keep=1, **extra)
+    with scope:
+        out = self.model(input_ids=inp, attention_mask=self.att, position_ids=pos, use_cache=True, logits_to_keep=1, **extra)
     if self.cache is None: self.cache, self.kw = kv_cache_of(out)
     nxt = pick(out.logits[:, -1], self.rows).to(self.device)  # the output layer may sit on another device (device_map)
     keep = [i for i, (r, t) in enumerate(zip(self.rows, nxt.tolist()))

@@ -92,39 +92,52 @@ def test_a_cancelled_row_leaves_the_batch_and_the_others_go_on(lora):
     assert rows[0].reason is None and len(rows[0].tokens) < 8 and not any(e["type"] == "done" for e in events)
     assert sizes[0] == 2 and 1 in sizes and rows[1].tokens == _alone(model, tok, Request(ids[1], max_tokens=8))
 
-def test_a_mixed_batch_of_one_adapter_runs_it_as_the_active_adapter():
-    "Rows that all name one adapter skip PEFT's per-row path: the adapter is made active (as evaluation runs it) and they answer as alone with it; rows of two adapters take the per-row path until one adapter is left."
+def test_a_mixed_batch_runs_one_adapter_active_and_several_stacked():
+    "Rows that all name one adapter run it as the active adapter (as evaluation does); rows of several run the stacked products (`row_adapters`) until one adapter is left; a LoRA bias keeps PEFT's per-row path. Every row answers as it does alone."
     import torch
     from peft import LoraConfig, get_peft_model
     from finetune_kit.engine import Batch, Request, decoding, eos_ids, prompt_ids
     from finetune_kit.files import read_jsonl
     from finetune_kit.testing import load_tiny
-    model, tok = load_tiny()
-    torch.manual_seed(1)
-    cfg = LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False)
-    model = get_peft_model(model, cfg, adapter_name="news")
-    model.add_adapter("sport", cfg)
-    ids = prompt_ids(tok, read_jsonl(ROOT/"tests/fixtures/evaluate/cls/test.jsonl"))[:2]
-    calls = []
-    hook = model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw.get("adapter_names")), with_kwargs=True)
-    def run(adapters, budgets=(6, 6)):
-        calls.clear()
+    ids = prompt_ids(load_tiny()[1], read_jsonl(ROOT/"tests/fixtures/evaluate/cls/test.jsonl"))[:3]
+    def adapted(**kw):
+        model, tok = load_tiny()
+        torch.manual_seed(1)
+        model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False, **kw),
+                               adapter_name="news")
+        model.add_adapter("sport", LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False, **kw))
+        return model, tok
+    def run(model, tok, adapters, budgets=(6, 6, 6)):
+        seen = []
+        def mode(m, a, kw):
+            rows = getattr(model, "_kit_row_adapters", None)
+            seen.append("peft" if kw.get("adapter_names") else "stacked" if rows and rows.rows else model.active_adapter)
+        hook = model.register_forward_pre_hook(mode, with_kwargs=True)
         with decoding(model):
             b = Batch(model, tok, eos_ids(model, tok), mixed=True)
             rows = b.add([Request(i, a, n) for i, a, n in zip(ids, adapters, budgets)])
             b.run()
-        return [r.tokens for r in rows], list(calls)
+        hook.remove()
+        return [r.tokens for r in rows], seen
+    def alone(model, tok, i, name, n=6):
+        with decoding(model):
+            if name is None:
+                with model.disable_adapter(): return _alone(model, tok, Request(i, max_tokens=n))
+            model.set_adapter(name)
+            return _alone(model, tok, Request(i, max_tokens=n))
+    model, tok = adapted()
     model.set_adapter("news")
-    one, seen = run(["sport", "sport"])
-    assert seen and all(c is None for c in seen) and model.active_adapter == "sport"
-    two, seen = run(["news", "sport"], (2, 6))
-    assert seen[0] == ["news", "sport"] and seen[-1] is None and model.active_adapter == "sport"  # "news" left after 2 tokens
-    hook.remove()
-    def alone(i, name, n=6):
-        model.set_adapter(name)
-        return _alone(model, tok, Request(i, max_tokens=n))
-    assert one == [alone(ids[0], "sport"), alone(ids[1], "sport")] and two == [alone(ids[0], "news", 2), one[1]]
-    assert one[0] != alone(ids[0], "news")  # the two adapters answer differently, so a wrong active adapter shows
+    one, seen = run(model, tok, ["sport"] * 3)
+    assert set(seen) == {"sport"}  # made active
+    assert one == [alone(model, tok, i, "sport") for i in ids]
+    three, seen = run(model, tok, ["news", "sport", None], (2, 6, 2))
+    assert seen[0] == "stacked" and seen[-1] == "sport"  # "news" and the base left after 2 tokens
+    assert three == [alone(model, tok, ids[0], "news", 2), one[1], alone(model, tok, ids[2], None, 2)]
+    assert alone(model, tok, ids[0], "news") != one[0]  # the adapters answer differently: a wrong one would show
+    biased, tok = adapted(lora_bias=True)  # a LoRA bias: PEFT mixes it, the stacked products do not
+    got, seen = run(biased, tok, ["news", "sport", None], (2, 6, 2))
+    assert seen[0] == "peft" and got == [alone(biased, tok, ids[0], "news", 2), alone(biased, tok, ids[1], "sport"),
+                                         alone(biased, tok, ids[2], None, 2)]
 
 def test_rows_after_a_cached_prefix_per_adapter_answer_as_alone(lora):
     "A server's prefix cache: rows after the cached tokens (one cache per adapter, stacked in one batch), a row that prefills whole, and a row that joins later all answer as each does alone."
