@@ -56,13 +56,14 @@ def _stack(self:RowAdapters, layer):
 @patch
 def _mask(self:RowAdapters, cols:tuple, like):
     "(rows, 1, rank of all): each row's own adapter's scaling in its columns, zero elsewhere."
-    if cols not in self._masks:
+    key = (cols, like.device, like.dtype)  # layers on several devices (`device_map`) each get their own
+    if key not in self._masks:
         m = like.new_zeros(len(self.rows), 1, cols[-1][2] if cols else 0)
         at = {n: (s, e, sc) for n, s, e, sc in cols}
         for i, a in enumerate(self.rows):
             if a in at: s, e, sc = at[a]; m[i, 0, s:e] = sc
-        self._masks[cols] = m
-    return self._masks[cols]
+        self._masks[key] = m
+    return self._masks[key]
 
 def _rows_forward(self, x, *args, **kwargs):
     "A LoRA layer's forward: PEFT's own, or (while its `RowAdapters` has rows) the base plus each row's adapter."
@@ -78,12 +79,12 @@ def _rows_forward(self, x, *args, **kwargs):
 
 # %% ../nbs/03e_row_adapters.ipynb #d3b70dc7
 def row_adapters(model) -> RowAdapters|None:
-    "The `RowAdapters` of PEFT `model` (installed on first call); None where not every LoRA layer is plain LoRA."
+    "The `RowAdapters` of PEFT `model` (installed on first call, again when its adapters change); None where not every LoRA layer is plain LoRA."
     if not hasattr(model, "peft_config"): return None
-    got = getattr(model, "_kit_row_adapters", False)
-    if got is False:
+    names = tuple(sorted(model.peft_config))
+    got = getattr(model, "_kit_row_adapters", None)
+    if got is None or got[0] != names:  # an adapter added (perhaps on more layers, perhaps not plain) or deleted
         from peft.tuners.lora import LoraLayer
         lora = [m for m in model.modules() if isinstance(m, LoraLayer)]
-        got = RowAdapters(model) if lora and all(_plain_lora(m) for m in lora) else None
-        model._kit_row_adapters = got
-    return got
+        got = model._kit_row_adapters = (names, RowAdapters(model) if lora and all(map(_plain_lora, lora)) else None)
+    return got[1]

@@ -98,6 +98,7 @@ def test_a_mixed_batch_runs_one_adapter_active_and_several_stacked():
     from peft import LoraConfig, get_peft_model
     from finetune_kit.engine import Batch, Request, decoding, eos_ids, prompt_ids
     from finetune_kit.files import read_jsonl
+    from finetune_kit.row_adapters import row_adapters
     from finetune_kit.testing import load_tiny
     ids = prompt_ids(load_tiny()[1], read_jsonl(ROOT/"tests/fixtures/evaluate/cls/test.jsonl"))[:3]
     def adapted(**kw):
@@ -110,7 +111,7 @@ def test_a_mixed_batch_runs_one_adapter_active_and_several_stacked():
     def run(model, tok, adapters, budgets=(6, 6, 6)):
         seen = []
         def mode(m, a, kw):
-            rows = getattr(model, "_kit_row_adapters", None)
+            rows = row_adapters(model)
             seen.append("peft" if kw.get("adapter_names") else "stacked" if rows and rows.rows else model.active_adapter)
         hook = model.register_forward_pre_hook(mode, with_kwargs=True)
         with decoding(model):
