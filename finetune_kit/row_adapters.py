@@ -24,8 +24,8 @@ class RowAdapters:
     def __init__(self, model):
         from peft.tuners.lora import LoraLayer
         self.rows, self._masks, self._stacks = None, {}, {}
-        self.layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-        for m in self.layers: m._row_adapters, m.forward = self, types.MethodType(_rows_forward, m)
+        for m in model.modules():
+            if isinstance(m, LoraLayer): m._row_adapters, m.forward = self, types.MethodType(_rows_forward, m)
 
     @contextlib.contextmanager
     def __call__(self, rows:list[str|None]):
@@ -48,8 +48,7 @@ def _stack(self:RowAdapters, layer):
         for n in names:
             r = layer.lora_A[n].weight.shape[0]
             cols.append((n, s, s + r, layer.scaling[n])); s += r
-        A = torch.cat([layer.lora_A[n].weight for n in names])
-        B = torch.cat([layer.lora_B[n].weight for n in names], 1)
+        A, B = torch.cat(ws[0::2]), torch.cat(ws[1::2], 1)
         got = self._stacks[id(layer)] = (key, A, B, tuple(cols))
     return got[1:]
 
@@ -69,7 +68,7 @@ def _rows_forward(self, x, *args, **kwargs):
     "A LoRA layer's forward: PEFT's own, or (while its `RowAdapters` has rows) the base plus each row's adapter."
     import torch.nn.functional as F
     st = self._row_adapters
-    if st.rows is None or kwargs.get("adapter_names") is not None: return type(self).forward(self, x, *args, **kwargs)
+    if st.rows is None: return type(self).forward(self, x, *args, **kwargs)
     if x.dim() != 3 or x.shape[0] != len(st.rows):
         raise ValueError(f"row adapters: {len(st.rows)} rows named, input of shape {tuple(x.shape)}")
     result = self.base_layer(x, *args, **kwargs)
