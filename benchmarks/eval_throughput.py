@@ -48,6 +48,8 @@ def main():
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--dtype", default="auto", help="model precision (auto: bf16 where the hardware computes it)")
+    ap.add_argument("--packed-weights", choices=("auto", "off"), default="auto",
+                    help="the packed_weights setting: auto (oneDNN's packed weights on a CPU in float32) or off")
     ap.add_argument("--attn", default="auto", help="attention kernel (auto: eager on CPUs, sdpa on GPUs)")
     ap.add_argument("--agreement", default=None, action=argparse.BooleanOptionalAction,
                     help="compare the answers with an fp32 model's (default: on unless the precision is fp32)")
@@ -61,14 +63,16 @@ def main():
     from finetune_kit.settings import make_config
     from finetune_kit.models import load_model
     from finetune_kit.engine import generate
+    from finetune_kit.packed import packing_info
     recs = bbc_prompts(a.n, a.max_chars)
-    model, tok = load_model(make_config(settings=False, base_model=a.model, dtype=a.dtype, attn_implementation=a.attn),
+    model, tok = load_model(make_config(settings=False, base_model=a.model, dtype=a.dtype, attn_implementation=a.attn,
+                                          packed_weights=a.packed_weights),
                             progress=False)
     lens = [len(tok(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"])
             for r in recs]
     print(f"model {a.model}, {len(recs)} prompts of {min(lens)}-{max(lens)} tokens (mean {sum(lens)/len(lens):.0f}), "
           f"max_new_tokens {a.max_new_tokens}, prefix cache {a.prefix_cache}, {model.dtype}, {model.config._attn_implementation} "
-          f"attention, torch threads {torch.get_num_threads()}, "
+          f"attention, packed weights {packing_info(model)['used']}, torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.2f}")
     generate(model, tok, recs[:2], batch_size=2, max_new_tokens=2, progress=False)  # warm-up
 

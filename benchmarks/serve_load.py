@@ -119,13 +119,14 @@ def run_load(url:str, reqs:list[dict], max_inflight:int=64, timeout:float=600) -
 class Server:
     "`finetune-kit serve` in a subprocess on a free loopback port, with one scheduler."
     def __init__(self, base:str, adapters:dict, scheduler:str, dtype:str, max_batch:int, max_tokens:int,
-                 logdir:Path, threads:int|None, prefix_cache:bool=True):
+                 logdir:Path, threads:int|None, prefix_cache:bool=True, packed_weights:str="auto"):
         import httpx
         self.port = free_port()
         self.url, self.scheduler = f"http://127.0.0.1:{self.port}", scheduler
         exe = Path(sys.executable).parent/"finetune-kit"
         cmd = [str(exe), "serve", *[f"{n}={p}" for n, p in adapters.items()], "-p", "base_model", base, "-p", "dtype",
-               dtype, "--port", str(self.port), "--scheduler", scheduler, "--max-batch", str(max_batch),
+               dtype, "-p", "packed_weights", packed_weights, "--port", str(self.port), "--scheduler", scheduler,
+               "--max-batch", str(max_batch),
                "--max-queue", "1024", "--max-tokens", str(max_tokens), "--log", str(logdir/f"{scheduler}.jsonl"),
                "--feedback", str(logdir/f"{scheduler}-feedback.jsonl"), *([] if prefix_cache else ["--no-prefix-cache"])]
         env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
@@ -188,6 +189,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--prefix-cache", choices=("on", "off"), default="on",
                     help="both servers keep the template's prefix in a KV cache (the default) or prefill whole prompts")
+    ap.add_argument("--packed-weights", choices=("auto", "off"), default="auto",
+                    help="both servers' packed_weights setting: auto (oneDNN's packed weights on a CPU in float32) or off")
     ap.add_argument("--quick", action="store_true", help="a short check: 2 rates, 12 requests each, 24-token "
                     "generations, a burst of 12")
     ap.add_argument("--json", default=None, help="where to write the figures (default: none)")
@@ -206,7 +209,7 @@ def run(a, tmp:Path):
     adapters = make_adapters(a.model, tmp, a.adapters, a.seed)
     names = [*adapters, a.model]  # the base model too
     servers = {s: Server(a.model, adapters, s, a.dtype, a.max_batch, max(a.short_tokens, a.long_tokens), tmp,
-                         a.threads, a.prefix_cache == "on") for s in ("batch", "continuous")}
+                         a.threads, a.prefix_cache == "on", a.packed_weights) for s in ("batch", "continuous")}
     try:
         for s in servers.values(): run_load(s.url, workload(4, 50.0, names, 2, 4, a.seed + 2))  # warm-up
         if a.rates: rates = [float(r) for r in a.rates.split(",")]
@@ -246,7 +249,7 @@ def run(a, tmp:Path):
     low = rates[0]
     seconds = time.perf_counter() - t_start
     out = {"model": a.model, "dtype": a.dtype, "adapters": a.adapters, "max_batch": a.max_batch, "rates": rates,
-           "prefix_cache": a.prefix_cache,
+           "prefix_cache": a.prefix_cache, "packed_weights": a.packed_weights,
            "requests_per_rate": a.requests, "short_tokens": a.short_tokens, "long_tokens": a.long_tokens,
            "results": {s: {str(k): v for k, v in d.items()} for s, d in res.items()}, "saturation_rate": sat,
            "compared_at_rate": top, "throughput_ratio_at_onset": round(onset, 3),

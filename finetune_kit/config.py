@@ -90,6 +90,10 @@ class ModelConfig:
     omp_wait_policy: str = _f("runtime", "how idle OpenMP threads wait: runtime (the library's own: spin, then sleep; "
                                          "fastest alone) or passive (sleep at once: training about twice as fast beside "
                                          "another job, generation a quarter slower alone)", WAIT_POLICIES)
+    packed_weights: str = _f("auto", "inference on a CPU in float32 (evaluation, the server): auto multiplies each linear "
+                                     "layer by its weights packed once for oneDNN where a product has 2-256 rows (a decoding "
+                                     "step of several sequences costs about one; a packed copy of the weights while "
+                                     "decoding), off keeps torch's kernels", ("auto", "off"))
 
 # %% ../nbs/00_config.ipynb #bb492250
 @dataclass

@@ -12,6 +12,7 @@ from typing import Callable
 from fastcore.basics import patch
 from .progress import progress_bar
 from .row_adapters import row_adapters
+from .packed import packed
 
 # %% auto #0
 __all__ = ['prompt_messages', 'eos_ids', 'greedy_config', 'prompt_ids', 'kv_cache_of', 'prompt_learning', 'takes_steps',
@@ -86,12 +87,12 @@ def decoding_attention(model, device):
 # %% ../nbs/03b_engine.ipynb #08173a7d
 @contextlib.contextmanager
 def decoding(model):
-    "`model` ready to decode inside this block (eval mode, inference mode, SDPA attention); yields its device."
+    "`model` ready to decode inside this block (eval mode, inference mode, SDPA attention, packed weights); yields its device."
     import torch
     was, device = model.training, next(model.parameters()).device
     model.eval()
     try:
-        with torch.inference_mode(), decoding_attention(model, device): yield device
+        with torch.inference_mode(), decoding_attention(model, device), packed(model): yield device
     finally: model.train(was)
 
 # %% ../nbs/03b_engine.ipynb #836b29ad

@@ -13,6 +13,7 @@ from .config import RunConfig
 from .files import cache_dir, one_line
 from .methods import ModelError, get_method
 from .testing import tiny_model_path
+from .packed import pack_linears
 
 # %% auto #0
 __all__ = ['SMOLLM2', 'KNOWN_MODELS', 'SMOLLM2_PIP', 'smollm2_gguf', 'convert_gguf', 'check_model_name', 'resolve_model',
@@ -316,6 +317,7 @@ def load_model(cfg:RunConfig,  # the run config: its `model` section and `peft_m
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=getattr(torch, ds.compute_dtype), bnb_4bit_quant_storage=storage)
     with hub_errors(cfg.model.base_model, path): model = AutoModelForCausalLM.from_pretrained(path, **kw)
+    pack_linears(model, cfg.model.packed_weights)  # packed weights for decoding on a CPU (the `packed` notebook)
     tok = load_tokenizer(cfg if not (full and (adapter/"tokenizer_config.json").is_file()) else str(adapter))
     if adapter is not None and not full:
         from peft import PeftModel

@@ -39,17 +39,19 @@ def test_the_loop_check_can_fail(tmp_path):
     (pkg/"c.py").write_text("def once(model, x):\n    return model(input_ids=x, use_cache=True)\n")  # no loop: not one
     assert decoding_loops(pkg) == ["finetune_kit/a.py:greedy", "finetune_kit/b.py:serve"]
 
-@pytest.fixture(scope="module")
-def lora():
-    "The tiny model under a random LoRA (the bare tiny model answers every prompt alike), its tokenizer and prompts."
+@pytest.fixture(scope="module", params=["torch", "packed"])
+def lora(request):
+    "The tiny model under a random LoRA (the bare tiny model answers every prompt alike), its tokenizer and prompts; with torch's kernels, and with the base's linear layers packed as `load_model` leaves them on a CPU."
     import torch
     from peft import LoraConfig, get_peft_model
     from finetune_kit.engine import prompt_ids
     from finetune_kit.files import read_jsonl
+    from finetune_kit.packed import pack_linears
     from finetune_kit.testing import load_tiny
     model, tok = load_tiny()
     torch.manual_seed(0)
     model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False))
+    if request.param == "packed": assert pack_linears(model)["used"] == "packed"
     return model, tok, prompt_ids(tok, read_jsonl(ROOT/"tests/fixtures/evaluate/cls/test.jsonl"))
 
 def _alone(model, tok, req):

@@ -171,6 +171,33 @@ def test_merged_logits_match_base_plus_adapter(method, batch):
     tol = 1e-2 if method == "qlora" else 1e-4
     assert (_logits(merged, batch) - before).abs().max().item() < tol
 
+def test_decoding_on_a_cpu_uses_packed_weights_that_follow_the_weights(batch):
+    "load_model packs the base's linear layers for decoding (not the adapter's factors); inside `decoding` the logits are torch's within rounding, also after a merge changed the weights in place; `packed_weights=off` keeps torch's kernels; the answers are the same."
+    from finetune_kit.engine import decoding, generate
+    from finetune_kit.packed import packing_info
+    c = tiny_config(dtype="float32")
+    m = apply_peft(load_model(c)[0], c, total_steps=20)
+    _nudge(m)
+    info = packing_info(m)
+    base_linears = [x for n, x in m.named_modules() if type(x) is torch.nn.Linear and ".lora_" not in n]
+    assert info["used"] == "packed" and info["reason"] is None and info["layers"] == len(base_linears)
+    assert all(x.forward.__name__ == "_packed_forward" for x in base_linears)
+    assert not any(x.forward.__name__ == "_packed_forward" for n, x in m.named_modules() if ".lora_" in n)
+    plain = _logits(m, batch)
+    with decoding(m): fast = m(**batch).logits
+    assert 0 < (fast - plain).abs().max().item() < 1e-4  # another kernel (not bitwise torch's), the same products
+    merged = merge_adapter(m)  # the base weights change in place: packed again
+    with decoding(merged): fast = merged(**batch).logits
+    assert (fast - plain).abs().max().item() < 1e-4
+    off = tiny_config(dtype="float32", packed_weights="off")
+    assert packing_info(load_model(off)[0]) == {"asked": "off", "used": "none", "reason": None, "layers": 0}
+    prompts = [{"prompt": [{"role": "user", "content": t}]} for t in
+               ["Classify: the team won the match.", "Summarise: shares fell.", "Name a colour.", "Count to three."]]
+    tok = load_tokenizer("tiny-test")
+    a = generate(merged, tok, prompts, batch_size=4, max_new_tokens=6, progress=False)
+    for x in base_linears: x.forward = torch.nn.Linear.forward.__get__(x)  # torch's kernels only
+    assert generate(merged, tok, prompts, batch_size=4, max_new_tokens=6, progress=False) == a
+
 @pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
 def test_prompt_methods_say_they_cannot_merge(method, tmp_path, batch):
     c = tiny_config(peft_method=method)

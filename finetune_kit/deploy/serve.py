@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from .ab import JsonlLog, Router, feedback_record, request_row, text_fields
 from .engine import Busy, Engine, Job, ServeError
 from ..files import one_line
+from ..packed import packing_info
 from ..tasks import Rejected, messages_of
 
 # %% auto #0
@@ -215,7 +216,8 @@ def make_app(engine:Engine,  # a started engine
     @app.get("/health")
     async def health():
         return {"status": "ok", "base_model": engine.base_name, "adapters": list(engine.infos),
-                "splits": list(router.splits), "queued": len(engine.pending), "running": engine.running, **engine.stats}
+                "splits": list(router.splits), "queued": len(engine.pending), "running": engine.running,
+                "packed_weights": packing_info(engine.model), **engine.stats}
 
     @app.get("/v1/models")
     async def models(): return {"object": "list", "data": _models(engine, router)}

@@ -21,6 +21,7 @@ from ..adapters import misfit_reason
 from ..data.folder import find_data_dir
 from ..data.testset import own_test_line
 from ..engine import generate
+from ..packed import packing_info
 from .generate import EvalError, perplexity, rank_labels
 from .vllm import check_backend, vllm_systems
 from .metrics import TaskScores, score_outputs
@@ -76,7 +77,8 @@ def _answers(model, tokenizer, records:list[dict], cfg:RunConfig, name:str, labe
     decode, out = cfg.eval.decode if labels else "generate", {}
     if decode in ("generate", "both"):
         t = time.perf_counter(); out[name] = generate(model, tokenizer, records, desc=name, **kw)
-        timing[name] = {"ms_per_record": round(1000 * (time.perf_counter() - t) / max(len(records), 1), 2)}
+        timing[name] = {"ms_per_record": round(1000 * (time.perf_counter() - t) / max(len(records), 1), 2),
+                        "packed_weights": packing_info(model)}  # the kernels the time was measured with
     if decode in ("rank", "both"):
         key = name if decode == "rank" else f"{name}_rank"
         t = time.perf_counter()
