@@ -110,7 +110,7 @@ def _canary_rule(steps:str|None, min_requests:int|None, min_seconds:float|None, 
 
 # %% ../../nbs/08e_cli_deploy.ipynb #d71e5623
 @deploy_app.command("serve", cls=reads("base_model", "dtype", "attn_implementation", "trust_remote_code", "threads",
-                                       "omp_wait_policy", "runs_dir"))
+                                       "omp_wait_policy", "packed_weights", "runs_dir"))
 def serve_cmd(ctx:typer.Context,
               adapters:list[str]|None = typer.Argument(None, help="adapters to serve: NAME=PATH (an adapter or run "
                                                        "folder; clients ask for NAME)"),
