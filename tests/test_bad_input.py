@@ -292,7 +292,7 @@ CASES = [
     ("export {d}/empty_dir --out {d}/x --format gguf --n-probes 0", "--n-probes 0: must be at least 1"),
     ("export {d}/empty_dir --out {d}/x --format gguf --dtype float16", "--dtype is for --format safetensors"),
     ("export {d}/empty_dir --out {d}/x --quant q8_0", "--quant is for --format gguf"),
-    ("export {d}/empty_dir --out {d}/x --format gguf --quant q4_k_m", "q4_k_m from an f16 GGUF"),
+    ("export {d}/empty_dir --out {d}/x --format gguf --quant q2_k", "--quant 'q2_k': choose f32, f16, bf16, q8_0, q4_0, q4_k_s, q4_k_m"),
     ("export {d}/empty_dir --out {d}/x --format gguf --quant int3", "--quant 'int3': choose f32, f16, bf16, q8_0"),
     ("export {d}/empty_dir --out {d}/x --format gguf", "empty_dir: neither a run folder"),
     ("serve a={d}/nosuch", "adapter 'a': "),
