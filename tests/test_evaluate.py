@@ -292,13 +292,15 @@ def test_finished_rows_leave_the_batch_and_answers_match_transformers():
 
 @pytest.mark.slow
 def test_cpu_batched_generation_matches_one_at_a_time_on_smollm2():
-    "The CPU measures (few-rows GEMM orientation, growing KV cache, shared prefix) leave SmolLM2's fp32 answers unchanged."
+    "The CPU measures (few-row products on packed weights, growing KV cache, shared prefix) leave SmolLM2's fp32 answers unchanged."
     from finetune_kit.models import load_model  # fp32: bf16 sums depend on the batch's padding, so only fp32 can be exact
     model, tok = load_model(make_config(settings=False, base_model="smollm2-135m-instruct", dtype="float32"), progress=False)
     recs = read_jsonl(CLS/"test.jsonl")[:8]
     batched = generate(model, tok, recs, batch_size=8, max_new_tokens=12, progress=False)
     assert all(batched) and batched == [generate(model, tok, [r], batch_size=1, max_new_tokens=12, progress=False)[0] for r in recs]
-    assert not [m for m in model.modules() if "forward" in vars(m)]  # the GEMM patch is gone after generating
+    from finetune_kit.packed import packing_info
+    assert packing_info(model)["used"] == "packed"  # batches of 2-8 rows decoded on packed weights, single rows on MKL's
+    assert all(m._kit_packed.w is None for m in model._kit_packing.layers)  # the packed copies are dropped after generating
     want, ids = _transformers_answers(model, tok, recs, 12)
     assert batched == want and min(map(len, ids)) < 12  # plain transformers agrees; some answers ended early, leaving the batch
 
