@@ -29,7 +29,9 @@ def main():
     print(groups.round(3).to_string())
     print(ops.head(a.top).round(3).to_string())
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"step_seconds: {ops.attrs['step_seconds']:.2f} (torch_compile {a.compile}, profiler on)")
+    c = ops.attrs["compiled"]
+    print(f"torch_compile asked {c['asked']}, used {c['used']}" + (f" ({c['reason']})" if c["reason"] else ""))
+    print(f"step_seconds: {ops.attrs['step_seconds']:.2f} (torch_compile {c['used']}, profiler on)")
 
 if __name__ == "__main__":
     main()

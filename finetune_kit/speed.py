@@ -17,6 +17,7 @@ from .models import load_model
 from .data import load_splits, prepare_data
 from .trainers import start_model
 from .train import FinetuneTrainer, training_args, uses_compact_loss
+from .compiling import compile_model
 
 # %% auto #0
 __all__ = ['GROUPS', 'op_group', 'op_table', 'profile_steps']
@@ -83,7 +84,7 @@ def op_table(prof, steps:int, seconds:float, r:int=16, vocab:int|None=None) -> p
 # %% ../nbs/04d_speed.ipynb #e48dd3c2
 def profile_steps(cfg:RunConfig,  # the run config (its model, method, data, batch and compile setting)
                   steps:int=3,  # training steps profiled
-                  warmup:int=1,  # steps run first, unprofiled (a compiled model compiles here)
+                  warmup:int=1,  # steps run first, unprofiled (a compiled model compiles here: give it 2)
                   data_dir=None,  # a prepared data folder (None: prepare the config's data in a temporary folder)
                  ) -> pd.DataFrame:
     "Self CPU time per training step of each op of the kit's training, grouped (see `op_group`), largest first."
@@ -98,6 +99,9 @@ def profile_steps(cfg:RunConfig,  # the run config (its model, method, data, bat
                              logging_steps=warmup + steps, report_to="none")
         tr = FinetuneTrainer(model=model, args=args, processing_class=tok, train_dataset=ds, callbacks=[prof])
         tr.compact_loss = uses_compact_loss(cfg.peft.peft_method)
+        tr.compile_info = compile_model(tr.model, cfg.train.torch_compile, tr.args.device.type)  # as `train` does
         tr.train()
     head = tr.model.get_output_embeddings()
-    return op_table(prof.prof, steps, prof.seconds, cfg.peft.lora_r, head.weight.shape[0] if head is not None else None)
+    ops = op_table(prof.prof, steps, prof.seconds, cfg.peft.lora_r, head.weight.shape[0] if head is not None else None)
+    ops.attrs["compiled"] = tr.compile_info  # asked, used, and why they differ (a failed first step falls back)
+    return ops

@@ -73,3 +73,21 @@ def test_compiled_regions_train_like_eager(tmp_path):
     assert m["compile"] == {"asked": "regions", "used": "regions", "reason": None}
     a, b = (runs[k].summary["train_loss"] for k in ("none", "regions"))
     assert abs(a - b) / a < 0.02, (a, b)
+
+@pytest.mark.slow  # compiles the tiny model's blocks (reuses what the test above compiled, when it ran first)
+@pytest.mark.skipif(compile_support("cpu") is not None, reason="torch.compile unsupported here")
+def test_the_profiler_table_of_a_compiled_step_shows_the_compiled_kernels():
+    "profile_steps compiles as train does: the table says regions were used, and inductor's fused kernels replace the eager elementwise ops."
+    from finetune_kit.settings import make_config
+    from finetune_kit.speed import profile_steps
+    tables = {}
+    for how in ("none", "regions"):
+        cfg = make_config({"base_model": "tiny-test", "max_records": 40, "max_chars": 200, "report_to": "none",
+                           "torch_compile": how}, settings=False)
+        tables[how] = profile_steps(cfg, steps=1, warmup=2)
+    eager, compiled = tables["none"], tables["regions"]
+    assert compiled.attrs["compiled"] == {"asked": "regions", "used": "regions", "reason": None}
+    assert eager.attrs["compiled"]["used"] == "none" and "compiled" not in set(eager.group)
+    assert compiled[compiled.group == "compiled"].ms_per_step.sum() > 0
+    silu = lambda t: t[t.op == "aten::silu"].calls_per_step.sum()
+    assert silu(eager) > 0 and silu(compiled) == 0, (silu(eager), silu(compiled))  # fused into the blocks' kernels
