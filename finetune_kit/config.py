@@ -92,8 +92,8 @@ class ModelConfig:
                                          "another job, generation a quarter slower alone)", WAIT_POLICIES)
     packed_weights: str = _f("auto", "inference on a CPU in float32 (evaluation, the server): auto multiplies each linear "
                                      "layer by its weights packed once for oneDNN where a product has 2-256 rows (a decoding "
-                                     "step of several sequences costs about one; a packed copy of the weights while "
-                                     "decoding), off keeps torch's kernels", ("auto", "off"))
+                                     "step of several sequences costs about one; a packed copy of the weights from the "
+                                     "first decoding until a training step), off keeps torch's kernels", ("auto", "off"))
 
 # %% ../nbs/00_config.ipynb #bb492250
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib, types
 
 # %% auto #0
-__all__ = ['PACKED_ROWS', 'packing_support', 'Packing', 'pack_linears', 'packing_info', 'packed']
+__all__ = ['PACKED_ROWS', 'packing_support', 'Packing', 'pack_linears', 'packing_info', 'packed', 'unpack']
 
 # %% ../nbs/03f_packed.ipynb #744acb4e
 PACKED_ROWS = (2, 256)  # products of this many rows use the packed weights: where they measured faster (above)
@@ -45,13 +45,14 @@ class Packing:
 def _packed_forward(self, x):
     "A linear layer's forward: its packed weights inside `packed` for products of `PACKED_ROWS` rows, else `F.linear`."
     import torch, torch.nn.functional as F
-    w = self.weight
+    w, p = self.weight, self._kit_packed
     rows = x.numel() // max(x.shape[-1], 1)
+    if torch.is_grad_enabled() and p.w is not None: p.w = p.key = None  # training: the copy's memory is freed
     if (not self._kit_packing.on or torch.is_grad_enabled() or not PACKED_ROWS[0] <= rows <= PACKED_ROWS[1]
             or x.dtype != w.dtype or w.device.type != "cpu"):
         return F.linear(x, w, self.bias)
     # weights made in inference mode count no in-place changes: their address and shape only
-    p, key = self._kit_packed, (w.data_ptr(), 0 if w.is_inference() else w._version, tuple(w.shape))
+    key = (w.data_ptr(), 0 if w.is_inference() else w._version, tuple(w.shape))
     if p.key != key: p.w, p.key = torch.ops.mkldnn._reorder_linear_weight(w.detach()), key
     return torch.ops.mkldnn._linear_pointwise(x, p.w, self.bias, "none", [], "")
 
@@ -94,12 +95,16 @@ def packing_info(model) -> dict|None:
 
 @contextlib.contextmanager
 def packed(model):
-    "Inside this block `model`'s packed layers compute with packed weights (made on first use, dropped at its end)."
+    "Inside this block `model`'s packed layers compute with packed weights (made on first use, kept for the next block)."
     st = getattr(model, "_kit_packing", None)
     if st is None: yield; return
     st.on += 1
     try: yield
-    finally:
-        st.on -= 1
-        if not st.on:
-            for m in st.layers: m._kit_packed.key = m._kit_packed.w = None
+    finally: st.on -= 1
+
+def unpack(model) -> int:
+    "Drop `model`'s packed copies now (they are made again on the next use inside `packed`); how many were held."
+    st = getattr(model, "_kit_packing", None)
+    held = [m._kit_packed for m in (st.layers if st is not None else ()) if m._kit_packed.w is not None]
+    for p in held: p.w = p.key = None
+    return len(held)

@@ -1,6 +1,5 @@
 "Evaluation: metrics against hand-computed cases, resampling, review round trips, generation with an adapter toggle, the CLI."
 import json, math
-from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,8 +8,8 @@ from helpers import BIN, CLS, ROOT, tiny_config
 from finetune_kit.settings import make_config
 from finetune_kit.cli import app
 from finetune_kit.engine import generate
-from finetune_kit.evaluate import (OUTSIDE, LABEL_STUDIO_CHOICES, EvalError, win_interval, bootstrap_intervals, classification_metrics,
-                                   comparison_table, evaluate, exact_match, generate_pair, import_review,
+from finetune_kit.evaluate import (LABEL_STUDIO_CHOICES, EvalError, win_interval, bootstrap_intervals, classification_metrics,
+                                   evaluate, exact_match, generate_pair, import_review,
                                    json_field_metrics, label_studio_tasks, label_studio_verdicts, load_split, make_review_sheet,
                                    ner_metrics, normalize_label, perplexity, qa_metrics, review_rates, rouge_metrics,
                                    score_outputs, ship_verdict, slice_report, slice_values, tags_from_entities, tfidf_baseline,
@@ -300,7 +299,10 @@ def test_cpu_batched_generation_matches_one_at_a_time_on_smollm2():
     assert all(batched) and batched == [generate(model, tok, [r], batch_size=1, max_new_tokens=12, progress=False)[0] for r in recs]
     from finetune_kit.packed import packing_info
     assert packing_info(model)["used"] == "packed"  # batches of 2-8 rows decoded on packed weights, single rows on MKL's
-    assert all(m._kit_packed.w is None for m in model._kit_packing.layers)  # the packed copies are dropped after generating
+    held = [m._kit_packed.w for m in model._kit_packing.layers]
+    assert all(w is not None for w in held)  # the packed copies outlive a call, for the next one
+    generate(model, tok, recs[:2], batch_size=2, max_new_tokens=2, progress=False)
+    assert all(m._kit_packed.w is w for m, w in zip(model._kit_packing.layers, held))  # reused: nothing packed again
     want, ids = _transformers_answers(model, tok, recs, 12)
     assert batched == want and min(map(len, ids)) < 12  # plain transformers agrees; some answers ended early, leaving the batch
 
@@ -529,7 +531,7 @@ global.Blob=function(parts){csv=parts.join('')}; global.URL={createObjectURL:()=
 @pytest.mark.slow  # papermill starts a Jupyter kernel
 def test_evaluate_workbook_runs_as_a_papermill_job(tmp_path):
     "The workbook's parameters reach the run: a base-model evaluation of the fixture set on the tiny model."
-    import subprocess, sys
+    import subprocess
     wb = ROOT/"nbs/workbooks/evaluate.ipynb"
     args = dict(base_model="tiny-test", data_dir=str(CLS), runs_dir=str(tmp_path/"runs"), run_id="wb", report_to="none",
                 max_eval_samples=5, max_new_tokens=3, bootstrap_samples=50)

@@ -8,7 +8,7 @@ from finetune_kit.methods import METHODS as PEFT_METHODS
 from finetune_kit.settings import make_config
 from finetune_kit import models as M
 from finetune_kit.methods import MERGEABLE, ModelError, adalora_callback
-from finetune_kit.models import (SMOLLM2, SMOLLM2_PIP, DeviceSettings, device_settings, load_model, load_tokenizer,
+from finetune_kit.models import (SMOLLM2, DeviceSettings, device_settings, load_model, load_tokenizer,
                                  model_report, resolve_model)
 from finetune_kit.adapters import apply_peft, merge_adapter, save_adapter
 
@@ -172,7 +172,7 @@ def test_merged_logits_match_base_plus_adapter(method, batch):
     assert (_logits(merged, batch) - before).abs().max().item() < tol
 
 def test_decoding_on_a_cpu_uses_packed_weights_that_follow_the_weights(batch):
-    "load_model packs the base's linear layers for decoding (not the adapter's factors); inside `decoding` the logits are torch's within rounding, also after a merge changed the weights in place; `packed_weights=off` keeps torch's kernels; the answers are the same."
+    "load_model packs the base's linear layers for decoding (not the adapter's factors); inside `decoding` the logits are torch's within rounding, also after a merge changed the weights in place; the packed copies outlive the block until a forward with gradients; `packed_weights=off` keeps torch's kernels; the answers are the same."
     from finetune_kit.engine import decoding, generate
     from finetune_kit.packed import packing_info
     c = tiny_config(dtype="float32")
@@ -186,6 +186,9 @@ def test_decoding_on_a_cpu_uses_packed_weights_that_follow_the_weights(batch):
     plain = _logits(m, batch)
     with decoding(m): fast = m(**batch).logits
     assert 0 < (fast - plain).abs().max().item() < 1e-4  # another kernel (not bitwise torch's), the same products
+    assert all(x._kit_packed.w is not None for x in base_linears)  # kept after the block, for the next one
+    m(**batch).logits.sum().backward()  # a forward with gradients (training) frees them
+    assert not any(x._kit_packed.w is not None for x in base_linears)
     merged = merge_adapter(m)  # the base weights change in place: packed again
     with decoding(merged): fast = merged(**batch).logits
     assert (fast - plain).abs().max().item() < 1e-4
