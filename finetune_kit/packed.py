@@ -47,8 +47,10 @@ def _packed_forward(self, x):
     import torch, torch.nn.functional as F
     w, p = self.weight, self._kit_packed
     rows = x.numel() // max(x.shape[-1], 1)
-    if torch.is_grad_enabled() and p.w is not None: p.w = p.key = None  # training: the copy's memory is freed
-    if (not self._kit_packing.on or torch.is_grad_enabled() or not PACKED_ROWS[0] <= rows <= PACKED_ROWS[1]
+    if torch.is_grad_enabled():  # training (autograd needs F.linear): the copy's memory is freed
+        if p.w is not None: p.w = p.key = None
+        return F.linear(x, w, self.bias)
+    if (not self._kit_packing.on or not PACKED_ROWS[0] <= rows <= PACKED_ROWS[1]
             or x.dtype != w.dtype or w.device.type != "cpu"):
         return F.linear(x, w, self.bias)
     # weights made in inference mode count no in-place changes: their address and shape only
